@@ -1,0 +1,28 @@
+"""transferkit: choose a pre-trained model, adapt it to a small target task, know whether
+the transfer helped, and ship the result.
+
+Importing this package loads nothing from a hub and no heavy model code; the
+public calls import what they need.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "fit": "transferkit.api", "evaluate": "transferkit.api", "compare": "transferkit.api",
+    "prepare_data": "transferkit.api", "FitResult": "transferkit.api", "CompareResult": "transferkit.api",
+    "load": "transferkit.export.bundle", "Predictor": "transferkit.export.bundle",
+    "load_backbone": "transferkit.backbones", "Backbone": "transferkit.backbones.base",
+    "TaskData": "transferkit.data.dataset", "TrainConfig": "transferkit.training",
+    "STRATEGIES": "transferkit.strategies",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'transferkit' has no attribute {name!r}")

@@ -13,6 +13,7 @@ A backbone is an ``nn.Module`` that knows its modality and its preprocessing:
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Sequence
@@ -143,6 +144,9 @@ class Backbone(nn.Module):
         source_head: optional module mapping features to the source task's
             logits (EfficientNet-Lite's ImageNet classifier); not part of
             ``layer_groups()``, never trained; for LwF / LEEP later.
+        rebuilt_from: set by the ``file:`` source to the architecture the saved
+            weights were loaded on; :meth:`architecture` returns it, while
+            ``spec`` stays ``file:PATH``.
     """
 
     spec: str = ""
@@ -150,7 +154,12 @@ class Backbone(nn.Module):
     num_features: int = 0
     preprocess: Preprocess
     pretrained: bool = False
-    source_head: nn.Module | None = None
+    rebuilt_from: dict | None = None
+    source_head: nn.Module | None  # set in __init__: a class-level default would hide a registered module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source_head = None
 
     def forward_features(self, batch) -> torch.Tensor:
         raise NotImplementedError
@@ -166,8 +175,15 @@ class Backbone(nn.Module):
 
         A spec may refer to files written by :meth:`save_files` with a path
         relative to the bundle's ``backbone/`` folder, prefixed ``bundle:``.
+        Subclasses describe their options in :meth:`architecture_options`.
         """
-        return {"spec": self.spec, "options": {}}
+        if self.rebuilt_from is not None:
+            return copy.deepcopy(self.rebuilt_from)
+        return {"spec": self.spec, "options": self.architecture_options()}
+
+    def architecture_options(self) -> dict:
+        """Keyword options of :func:`load_backbone` that rebuild this architecture (``image_size``, ...)."""
+        return {}
 
     def save_files(self, directory: str | Path) -> None:
         """Write what an offline rebuild needs (configs, tokenizer files). Default: nothing."""

@@ -1,0 +1,276 @@
+"""The public Python facade: ``fit``, ``evaluate``, ``compare``, ``load``.
+
+Example:
+    >>> import transferkit as tk                                                  # doctest: +SKIP
+    >>> result = tk.fit("efficientnet-lite:0", "fashion-mnist", "linear-probe",  # doctest: +SKIP
+    ...                 labels_per_class=10, image_size=64, out="runs/fmnist")
+    >>> tk.load("runs/fmnist").predict(["boot.png"])                            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from transferkit.backbones import load_backbone
+from transferkit.backbones.base import Backbone
+from transferkit.data import check_eval_labels, resolve_data, sample_per_class, subsample, train_val_split
+from transferkit.data.dataset import TaskData
+from transferkit.errors import ConfigError, DataError
+from transferkit.evaluation import PRIMARY_METRIC, compute_metrics, higher_is_better, summarize, transfer_verdicts
+from transferkit.export.bundle import Predictor, check_writable, load, read_manifest, rebuild_model, save_bundle
+from transferkit.strategies import STRATEGIES, Strategy, TransferModel, make_strategy
+from transferkit.training import TrainConfig, Trainer
+from transferkit.training.loop import distributed_state
+
+__all__ = ["FitResult", "CompareResult", "fit", "evaluate", "compare", "load", "prepare_data"]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    predictor: Predictor
+    metrics: dict
+    history: list[dict]
+    manifest: dict
+    path: Path | None = None
+
+
+@dataclass
+class CompareResult:
+    """What :func:`compare` returns: one row per run, the summary and the verdicts."""
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    verdicts: pd.DataFrame
+    metric: str
+    path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_data(data, *, test_data=None, labels_per_class: int | None = None, val_fraction: float = 0.2,
+                 seed: int = 0, max_test: int | None = None, strict_labels: bool = True, **data_options) -> tuple[TaskData, TaskData | None, TaskData | None]:
+    """Resolve ``data`` to (train, validation, test) with a seeded per-class draw and split."""
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"The 'val_fraction' parameter must be a float in [0, 1). Got {val_fraction!r} instead.")
+    train, test = resolve_data(data, test_data=test_data, **data_options)
+    if labels_per_class is not None:
+        if labels_per_class < 1:
+            raise ConfigError(f"The 'labels_per_class' parameter must be an int in [1, inf). Got {labels_per_class} instead.")
+        train = sample_per_class(train, labels_per_class, seed, strict=strict_labels)
+    train, val = train_val_split(train, val_fraction, seed)
+    if test is not None and max_test is not None and len(test) > max_test:
+        test = subsample(test, max_test, 0)  # the same test items for every seed
+    return train, val, test
+
+
+def _strategy(strategy: str | Strategy, options: dict | None) -> Strategy:
+    if isinstance(strategy, Strategy):
+        return strategy
+    return make_strategy(strategy, options)
+
+
+def _backbone(backbone: str | Backbone | None, strategy: Strategy, data: TaskData, **options) -> Backbone | None:
+    if isinstance(backbone, Backbone) or backbone is None:
+        return backbone
+    if strategy.kind == "scratch" and getattr(strategy, "variant", None) and strategy.variant(data) != "same-arch":
+        return None  # the small CNN and TF-IDF baselines need no pre-trained model
+    opts = {k: v for k, v in options.items() if v is not None}
+    return load_backbone(backbone, **opts)
+
+
+def _train_and_score(backbone, strategy: Strategy, train: TaskData, val, test, config: TrainConfig,
+                     backbone_options: dict) -> tuple[TransferModel, list[dict], dict, float]:
+    start = time.perf_counter()
+    bb = _backbone(backbone, strategy, train, **backbone_options)
+    model, history = strategy.fit(bb, train, val, Trainer(config))
+    seconds = time.perf_counter() - start
+    scored = test if test is not None else val
+    metrics = {}
+    if scored is not None and scored.targets is not None and len(scored):
+        metrics = compute_metrics(train.task, scored.targets, strategy.predict(model, scored), train.label_names)
+        metrics["evaluated_on"] = "test" if test is not None else "validation"
+    return model, history, metrics, seconds
+
+
+def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linear-probe", *,
+        strategy_options: dict | None = None, test_data=None, labels_per_class: int | None = None,
+        val_fraction: float = 0.2, out: str | Path | None = None, overwrite: bool = False,
+        image_size: int | None = None, max_length: int | None = None, pretrained: bool = True,
+        config: TrainConfig | None = None, report: bool = True, text_column: str | None = None,
+        label_column: str = "label", max_test: int | None = None, **train_options: Any) -> FitResult:
+    """Adapt ``backbone`` to ``data`` with ``strategy`` and (if ``out``) save a bundle.
+
+    Args:
+        backbone: a spec string (``efficientnet-lite:0``, ``sentence:all-MiniLM-L6-v2``) or a Backbone.
+        data: a built-in data set name, a folder / table path, a TaskData, ``(X, y)`` or a DataFrame.
+        strategy: a registered strategy name (``transferkit list strategies``).
+        strategy_options: the strategy's config fields.
+        labels_per_class: draw this many labelled training examples per class (seeded).
+        val_fraction: stratified validation split held out of the training data.
+        out: bundle directory; refused if it exists unless ``overwrite``.
+        max_test: evaluate on a fixed stratified subset of this many test items.
+        train_options: :class:`TrainConfig` fields (``epochs``, ``lr``, ``seed``, ...).
+    """
+    config = replace(config or TrainConfig(), **train_options)
+    strat = _strategy(strategy, strategy_options)
+    if out is not None:
+        check_writable(out, overwrite)
+    train, val, test = prepare_data(data, test_data=test_data, labels_per_class=labels_per_class,
+                                    val_fraction=val_fraction, seed=config.seed, text_column=text_column,
+                                    label_column=label_column, max_test=max_test)
+    model, history, metrics, seconds = _train_and_score(
+        backbone, strat, train, val, test, config,
+        {"image_size": image_size, "max_length": max_length, "pretrained": pretrained})
+    manifest = {
+        "backbone_spec": backbone if isinstance(backbone, str) else getattr(backbone, "spec", None),
+        "strategy": {"name": strat.name, "kind": strat.kind, "config": strat.config.to_dict()},
+        "train": config.to_dict(), "task": train.task, "modality": train.modality,
+        "data": {"name": train.name, "source": train.source, "fingerprint": train.fingerprint(),
+                 "n_train": len(train), "n_val": len(val) if val is not None else 0,
+                 "n_test": len(test) if test is not None else 0, "labels_per_class": labels_per_class},
+        "metrics": metrics, "history": history, "train_seconds": round(seconds, 2),
+    }
+    predictor = Predictor(model, manifest)
+    path = None
+    if out is not None and _is_main_process():
+        path = save_bundle(model, out, manifest, overwrite=overwrite, extra=_fit_report(manifest, history, metrics, train) if report else None)
+        predictor = Predictor(model, read_manifest(path), path)
+    _wait_for_everyone()
+    return FitResult(predictor, metrics, history, predictor.manifest, Path(out) if out is not None else None)
+
+
+def _fit_report(manifest, history, metrics, train):
+    def write(directory: Path) -> None:
+        from transferkit.reports import write_fit_report
+
+        write_fit_report(directory, manifest=manifest, history=history, metrics=metrics, label_names=train.label_names)
+    return write
+
+
+def _is_main_process() -> bool:
+    return distributed_state().is_main_process
+
+
+def _wait_for_everyone() -> None:
+    distributed_state().wait_for_everyone()
+
+
+def _align_labels(data: TaskData, names: list[str] | None) -> TaskData:
+    """Re-index the evaluation targets to the bundle's label order, refusing unseen labels."""
+    if data.task != "classification" or names is None or data.label_names == names:
+        return data
+    index = {n: i for i, n in enumerate(names)}
+    present = {data.label_names[t] for t in np.unique(data.targets)}
+    unseen = sorted(present - set(index))
+    if unseen:
+        raise DataError(f"Label(s) {', '.join(map(repr, unseen))} of '{data.name}' never appeared in training; "
+                        f"the model knows {', '.join(names)}.")
+    targets = np.array([index[data.label_names[t]] for t in data.targets], dtype=np.int64)
+    return replace(data, targets=targets, label_names=list(names), _fingerprint=None)
+
+
+def evaluate(bundle: str | Path | Predictor, data, *, split: str = "test", **data_options) -> dict:
+    """Metrics of a saved bundle on ``data`` (a built-in name uses its test split unless ``split="train"``)."""
+    predictor = bundle if isinstance(bundle, Predictor) else load(bundle)
+    train, test = resolve_data(data, **data_options)
+    target = test if (split == "test" and test is not None) else train
+    if target.targets is None:
+        raise DataError(f"'{target.name}' has no labels to evaluate against.")
+    target = _align_labels(target, predictor.label_names)
+    outputs = predictor.outputs(target.items)
+    return compute_metrics(predictor.task, target.targets, outputs, predictor.label_names)
+
+
+def default_baselines(modality: str) -> list[str]:
+    """The no-transfer baselines a practitioner would train for this modality."""
+    return {"image": ["small-cnn", "same-arch"], "text": ["tfidf"]}.get(modality, [])
+
+
+def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, seeds: int = 3,
+            labels_per_class=None, baselines="auto", strategy_options: dict | None = None, test_data=None,
+            val_fraction: float = 0.2, max_test: int | None = None, experiment: str | None = None,
+            image_size: int | None = None, max_length: int | None = None, out: str | Path | None = None,
+            overwrite: bool = False, config: TrainConfig | None = None, progress: bool = True,
+            text_column: str | None = None, label_column: str = "label", strict_labels: bool = True,
+            **train_options: Any) -> CompareResult:
+    """Run ``strategies`` and the scratch baselines over ``seeds`` and label budgets, with verdicts.
+
+    Every strategy sees the same labelled draw for a given seed, so gains are
+    paired by seed. Baselines use their own recipes (the user's ``epochs``/``lr``
+    apply to the transfer strategies only). ``baselines="auto"``: a small CNN and the
+    same architecture at random init for images, TF-IDF + logistic regression for text.
+    ``strict_labels=False`` lets a class with fewer than ``labels_per_class``
+    examples contribute all it has ("up to N per class").
+    """
+    config = replace(config or TrainConfig(progress=False), **train_options)
+    budgets = labels_per_class if isinstance(labels_per_class, (list, tuple)) else [labels_per_class]
+    strategy_options = strategy_options or {}
+    for name in strategies:
+        make_strategy(name, strategy_options.get(name))  # validate every config before any training
+    if out is not None:
+        check_writable(out, overwrite)
+    bb_opts = {"image_size": image_size, "max_length": max_length}
+    rows, notes = [], []
+    for lpc in budgets:
+        for seed in range(seeds):
+            train, val, test = prepare_data(data, test_data=test_data, labels_per_class=lpc,
+                                            val_fraction=val_fraction, seed=seed, max_test=max_test,
+                                            text_column=text_column, label_column=label_column,
+                                            strict_labels=strict_labels)
+            exp = experiment or (data if isinstance(data, str) else data_name(train))
+            if test is None:
+                notes.append("No test split: metrics are on the validation split.")
+            runs = [(s, make_strategy(s, strategy_options.get(s)), replace(config, seed=seed)) for s in strategies]
+            names = default_baselines(train.modality) if baselines == "auto" else list(baselines or [])
+            runs += [(f"scratch:{v}", make_strategy("scratch", {"variant": v}), TrainConfig(seed=seed, progress=False,
+                      batch_size=config.batch_size, mixed_precision=config.mixed_precision, cpu=config.cpu))
+                     for v in names]
+            for label, strat, cfg in runs:
+                _, _, metrics, seconds = _train_and_score(backbone, strat, train, val, test, cfg, bb_opts)
+                rows.append({"experiment": exp, "labels_per_class": lpc if lpc is not None else len(train),
+                             "strategy": label, "kind": strat.kind, "seed": seed, "seconds": round(seconds, 2),
+                             **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+                if progress:
+                    _print_run(rows[-1], PRIMARY_METRIC[train.task])
+    runs_df = pd.DataFrame(rows)
+    metric = PRIMARY_METRIC[train.task]
+    summary = summarize(runs_df, metric)
+    verdicts = transfer_verdicts(runs_df, metric, higher_is_better(metric))
+    result = CompareResult(runs_df, summary, verdicts, metric, notes=sorted(set(notes)))
+    if out is not None and _is_main_process():
+        from transferkit.reports import write_compare_report
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_compare_report(out, runs=runs_df, summary=summary, verdicts=verdicts, metric=metric,
+                             title=f"{backbone} on {exp}", notes=result.notes)
+        result.path = Path(out)
+    return result
+
+
+def data_name(data: TaskData) -> str:
+    """The data set's name without the sampling suffix (``fashion-mnist[10/class]`` -> ``fashion-mnist``)."""
+    return data.name.split("[", 1)[0]
+
+
+def _print_run(row: dict, metric: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"  [dim]{row['experiment']} n/class={row['labels_per_class']} seed={row['seed']} "
+                               f"{row['strategy']}: {metric}={row.get(metric, float('nan')):.3f} ({row['seconds']:.1f}s)[/dim]")
+
+
+def list_strategies() -> list[dict]:
+    """Name, kind, one-line help and config fields of every registered strategy."""
+    return [{"name": e.name, "kind": e.obj.kind, "help": e.help, "options": e.obj.Config.describe()}
+            for e in STRATEGIES]
+
+
+def rebuild(path: str | Path) -> TransferModel:
+    """The trained ``TransferModel`` of a bundle (for further training or export)."""
+    return rebuild_model(path)

@@ -1,0 +1,52 @@
+"""``transferkit fit``: adapt a backbone to data with one strategy and save a bundle."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from transferkit.cli.common import CONFIG_OPTION, console, friendly_errors, parse_options
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fit")(fit_command)
+
+
+@friendly_errors
+def fit_command(
+    backbone: str = typer.Option(..., help="Backbone spec, e.g. efficientnet-lite:0, sentence:all-MiniLM-L6-v2, timm:resnet18."),
+    data: str = typer.Option(..., help="Built-in data set name, image folder, or CSV/TSV/JSONL file."),
+    out: Path = typer.Option(..., help="Bundle directory to write (refused if it exists, unless --overwrite)."),
+    strategy: str = typer.Option("linear-probe", help="Strategy name (see `transferkit list strategies`)."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Strategy option KEY=VALUE (repeatable), e.g. -o train_last=2."),
+    labels_per_class: Optional[int] = typer.Option(None, help="Draw N labelled training examples per class (seeded)."),
+    test_data: Optional[str] = typer.Option(None, help="Evaluation data (default: the built-in test split, if any)."),
+    val_fraction: float = typer.Option(0.2, help="Stratified validation split held out of the training data."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: the strategy's)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of pre-trained weights (default: the strategy's)."),
+    head_lr: Optional[float] = typer.Option(None, help="Learning rate of new layers (default: the strategy's)."),
+    batch_size: int = typer.Option(32, help="Batch size per process."),
+    schedule: str = typer.Option("cosine", help="Learning-rate schedule: cosine, onecycle or constant (with warm-up)."),
+    patience: Optional[int] = typer.Option(None, help="Early stopping after N epochs without validation gain."),
+    mixed_precision: str = typer.Option("no", help="no, bf16 or fp16."),
+    grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
+    seed: int = typer.Option(0, help="Random seed (data draw, split, initialisation)."),
+    image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default: the backbone's)."),
+    max_length: Optional[int] = typer.Option(None, help="Text: maximum tokens (default: 128)."),
+    text_column: Optional[str] = typer.Option(None, help="Table files: the text column."),
+    label_column: str = typer.Option("label", help="Table files: the label column."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
+    config: Optional[Path] = CONFIG_OPTION,
+) -> None:
+    """Adapt BACKBONE to DATA with STRATEGY; save a bundle (weights, manifest, report) to OUT."""
+    from transferkit.api import fit
+    from transferkit.cli.tables import metrics_table
+
+    result = fit(backbone, data, strategy, strategy_options=parse_options(option), test_data=test_data,
+                 labels_per_class=labels_per_class, val_fraction=val_fraction, out=out, overwrite=overwrite,
+                 image_size=image_size, max_length=max_length, epochs=epochs, lr=lr, head_lr=head_lr,
+                 batch_size=batch_size, schedule=schedule, patience=patience, mixed_precision=mixed_precision,
+                 grad_accum=grad_accum, seed=seed, text_column=text_column, label_column=label_column)
+    console.print(metrics_table(result.metrics, f"{strategy} on {data}"))
+    console.print(f"bundle: [bold]{out}[/bold] (report: {out / 'report.html'})")

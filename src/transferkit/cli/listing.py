@@ -1,0 +1,45 @@
+"""``transferkit list``: backbones sources, strategies and built-in data sets."""
+from __future__ import annotations
+
+from enum import Enum
+
+import typer
+from rich.table import Table
+
+from transferkit.cli.common import console, friendly_errors
+
+
+class What(str, Enum):
+    backbones = "backbones"
+    strategies = "strategies"
+    datasets = "datasets"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("list")(list_command)
+
+
+@friendly_errors
+def list_command(what: What = typer.Argument(What.strategies, help="backbones, strategies or datasets.")) -> None:
+    """List the registered backbone sources, strategies (with their options) or built-in data sets."""
+    if what is What.backbones:
+        from transferkit.backbones import list_backbones
+
+        t = Table("prefix", "what", "examples", title="backbone sources (spec = PREFIX:NAME)")
+        for b in list_backbones():
+            t.add_row(b["prefix"], b.get("help", ""), ", ".join(b.get("examples", [])))
+    elif what is What.strategies:
+        from transferkit.api import list_strategies
+
+        t = Table("strategy", "kind", "what", "options (default)", title="strategies")
+        for s in list_strategies():
+            opts = "\n".join(f"{n}={d!r}: {h}" for n, d, h in s["options"])
+            t.add_row(s["name"], s["kind"], s["help"], opts)
+    else:
+        from transferkit.data import list_datasets
+
+        t = Table("name", "modality / task", "size", "provenance", title="built-in data sets")
+        for d in list_datasets():
+            t.add_row(d["name"], f"{d.get('modality', '')} / {d.get('task', '')}", str(d.get("size", "")),
+                      d.get("source", d.get("provenance", "")))
+    console.print(t)

