@@ -164,7 +164,7 @@ def test_architecture_and_files_rebuild_same_model(case, tmp_path, image_file):
 def skip_if_architecture_overridden(bb) -> None:
     """``file:`` keeps the inner architecture through ``Backbone.rebuilt_from``, which an override bypasses."""
     if type(bb).architecture is not Backbone.architecture:
-        pytest.xfail(f"{type(bb).__name__} overrides architecture(); it should override architecture_options() "
+        pytest.fail(f"{type(bb).__name__} overrides architecture(); it should override architecture_options() "
                      "so that a file: backbone still names its inner architecture")
 
 

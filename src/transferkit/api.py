@@ -233,7 +233,7 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
                      for v in names]
             for label, strat, cfg in runs:
                 _, _, metrics, seconds = _train_and_score(backbone, strat, train, val, test, cfg, bb_opts)
-                rows.append({"experiment": exp, "labels_per_class": lpc if lpc is not None else len(train),
+                rows.append({"experiment": exp, "labels_per_class": lpc if lpc is not None else _per_class(train),
                              "strategy": label, "kind": strat.kind, "seed": seed, "seconds": round(seconds, 2),
                              **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
                 if progress:
@@ -251,6 +251,13 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
                              title=f"{backbone} on {exp}", notes=result.notes)
         result.path = Path(out)
     return result
+
+
+def _per_class(data: TaskData) -> int:
+    """Median training examples per class (for runs on all the labelled data)."""
+    if data.task != "classification":
+        return len(data)
+    return int(np.median(np.bincount(data.targets, minlength=len(data.label_names or [])))) if len(data) else 0
 
 
 def data_name(data: TaskData) -> str:

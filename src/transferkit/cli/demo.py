@@ -53,7 +53,7 @@ def run_demo(out: Path, seeds: int = 3, quick: bool = False, parts: tuple[str, .
     results, notes = [], []
     if "text" in parts:
         cfg = {**TEXT, **({"labels_per_class": [8]} if quick else {})}
-        results.append(compare(**cfg, seeds=seeds, val_fraction=0.0, experiment="debian-topics (MiniLM)"))
+        results.append(compare(**cfg, seeds=seeds, val_fraction=0.0, experiment="debian / MiniLM"))
     if "image" in parts:
         name, note = image_dataset()
         if note:
@@ -61,7 +61,7 @@ def run_demo(out: Path, seeds: int = 3, quick: bool = False, parts: tuple[str, .
             console.print(f"[yellow]{note}[/yellow]")
         cfg = {**IMAGE, **({"epochs": 3, "max_test": 300, "baselines": ["small-cnn"]} if quick else {})}
         results.append(compare(data=name, **cfg, seeds=seeds, val_fraction=0.0,
-                               experiment=f"{name} (EfficientNet-Lite0)"))
+                               experiment=f"{name} / Lite0"))
     runs = pd.concat([r.runs for r in results], ignore_index=True)
     summary, verdicts = summarize(runs, "accuracy"), transfer_verdicts(runs, "accuracy", True)
     combined = CompareResult(runs, summary, verdicts, "accuracy", path=out, notes=notes)

@@ -16,6 +16,12 @@ for module in (fit, evaluate, predict, compare, listing, demo):
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:  # the CLI shows its own progress; transformers' per-load weight bars are noise here
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     app()
 
 

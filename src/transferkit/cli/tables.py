@@ -33,9 +33,11 @@ def _pct(mean: float, low: float, high: float, percent: bool) -> str:
 def compare_table(result) -> Table:
     """Summary (mean ± 95% CI half-width) with the gain over the strongest scratch baseline and the verdict."""
     percent = result.metric in ("accuracy", "balanced_accuracy", "macro_f1", "micro_f1", "mAP")
-    t = Table(title=f"{result.metric} ({'%, ' if percent else ''}mean ± 95% CI over seeds)")
-    for col in ("experiment", "labels/class", "strategy", result.metric, "gain vs best scratch", "verdict"):
-        t.add_column(col, justify="right" if col in (result.metric, "gain vs best scratch") else "left")
+    t = Table(title=f"{result.metric} ({'%, ' if percent else ''}mean ± 95% CI over seeds; "
+                    f"gain vs the strongest scratch baseline)")
+    for col in ("experiment", "n/class", "strategy", result.metric, "gain", "verdict"):
+        t.add_column(col, justify="right" if col in (result.metric, "gain", "n/class") else "left",
+                     no_wrap=col in ("strategy", result.metric, "gain"))
     v = result.verdicts.set_index(["experiment", "labels_per_class", "strategy"]) if len(result.verdicts) else None
     for _, r in result.summary.sort_values(["experiment", "labels_per_class", "kind", "mean"],
                                            ascending=[True, True, False, False]).iterrows():
@@ -45,7 +47,7 @@ def compare_table(result) -> Table:
             row = v.loc[key]
             gain = _pct(row["gain"], row["gain_low"], row["gain_high"], percent)
             gain = ("+" if row["gain"] >= 0 else "") + gain
-            verdict = f"{row['verdict']} (vs {row['baseline']})"
+            verdict = row["verdict"]
         t.add_row(str(r["experiment"]), str(r["labels_per_class"]), r["strategy"],
                   _pct(r["mean"], r["ci_low"], r["ci_high"], percent), gain, verdict)
     return t

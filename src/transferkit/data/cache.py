@@ -33,6 +33,10 @@ CACHE_ENV = "TRANSFERKIT_CACHE"
 FEATURES_KEY = "features"
 
 
+#: Subsets of pools up to this size are served from the whole pool's features.
+POOL_LIMIT = 5000
+
+
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir``, else ``$TRANSFERKIT_CACHE``, else ``~/.cache/transferkit/features``."""
     if cache_dir is not None:
@@ -180,6 +184,10 @@ def extract_features(backbone: Any, data: TaskData, *, batch_size: int = 64, cac
     check_range("extract_features", "batch_size", batch_size, low=1, kind="an int")
     if not use_cache:
         return compute_features(backbone, data, batch_size=batch_size, progress=progress)
+    if data.origin is not None and len(data) < len(data.origin[0]) <= POOL_LIMIT:
+        # A subset of a small pool: embed the pool once, and every later draw is a cache read.
+        root, idx = data.origin
+        return extract_features(backbone, root, batch_size=batch_size, cache_dir=cache_dir, progress=progress)[idx]
     key = feature_cache_key(backbone, data)
     path = default_cache_dir(cache_dir) / f"{key}.safetensors"
     cached = _read_cached(path, key, len(data))

@@ -44,6 +44,9 @@ class TaskData:
     source: str = ""
     feature_names: list[str] | None = None
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
+    #: (root data, indices into it) when this is a subset: lets the feature cache
+    #: compute a small pool once and index it for every draw.
+    origin: tuple["TaskData", np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -68,7 +71,9 @@ class TaskData:
         idx = np.asarray(indices, dtype=np.int64)
         items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i] for i in idx]
         targets = None if self.targets is None else self.targets[idx]
-        return replace(self, items=items, targets=targets, name=name or self.name, _fingerprint=None)
+        root, base = self.origin if self.origin is not None else (self, np.arange(len(self)))
+        return replace(self, items=items, targets=targets, name=name or self.name, _fingerprint=None,
+                       origin=(root, base[idx]))
 
     def fingerprint(self) -> str:
         """A sha256 over the items and targets (paths hash by path, size and mtime)."""
