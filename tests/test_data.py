@@ -429,8 +429,18 @@ def test_cache_recomputes_when_weights_preprocess_or_data_change(tmp_path, tab_d
     bb.preprocess = ScaledPreprocess(2.0)
     extract_features(bb, tab_data, cache_dir=tmp_path)
     assert bb.calls == 3
-    extract_features(bb, tab_data.subset(range(10)), cache_dir=tmp_path)
+    other = from_arrays(np.random.default_rng(1).normal(size=(20, 4)).astype(np.float32), np.arange(20) % 2)
+    extract_features(bb, other, cache_dir=tmp_path)
     assert bb.calls == 4 and len(list(tmp_path.glob("*.safetensors"))) == 4
+
+
+def test_subset_of_a_small_pool_reads_the_pool_features(tmp_path, tab_data):
+    bb = TinyBackbone()
+    pool = extract_features(bb, tab_data, cache_dir=tmp_path)
+    draw = tab_data.subset([3, 1, 7]).subset([2, 0])  # nested draws map back to pool rows 7 and 3
+    feats = extract_features(bb, draw, cache_dir=tmp_path)
+    assert bb.calls == 1  # no new forward pass
+    np.testing.assert_array_equal(feats, pool[[7, 3]])
 
 
 def test_corrupt_cache_file_is_recomputed(tmp_path, tab_data, monkeypatch):
