@@ -58,7 +58,7 @@ def images(seeds: int, quick: bool) -> pd.DataFrame:
 def text(seeds: int, quick: bool) -> pd.DataFrame:
     r = tk.compare("sentence:all-MiniLM-L6-v2", "debian-packages", ["linear-probe"], seeds=seeds,
                    labels_per_class=[8] if quick else [8, 32, 200], baselines=["tfidf"], val_fraction=0.0,
-                   strict_labels=False, experiment="debian-topics / MiniLM")
+                   strict_labels=False, data_options={"snapshot": "subset"}, experiment="debian-topics / MiniLM")
     return r.runs
 
 

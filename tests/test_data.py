@@ -439,8 +439,16 @@ def test_subset_of_a_small_pool_reads_the_pool_features(tmp_path, tab_data):
     pool = extract_features(bb, tab_data, cache_dir=tmp_path)
     draw = tab_data.subset([3, 1, 7]).subset([2, 0])  # nested draws map back to pool rows 7 and 3
     feats = extract_features(bb, draw, cache_dir=tmp_path)
-    assert bb.calls == 1  # no new forward pass
+    assert bb.calls == 1  # the pool is cached: no new forward pass
     np.testing.assert_array_equal(feats, pool[[7, 3]])
+
+
+def test_small_draw_from_an_uncached_pool_embeds_only_the_draw(tmp_path, tab_data):
+    bb = TinyBackbone()
+    extract_features(bb, tab_data.subset([0, 1]), cache_dir=tmp_path)  # 2 of 20: not worth the pool
+    assert not cached_path(bb, tab_data, tmp_path).is_file()
+    extract_features(bb, tab_data.subset(range(12)), cache_dir=tmp_path)  # 12 of 20: embed the pool
+    assert cached_path(bb, tab_data, tmp_path).is_file()
 
 
 def test_corrupt_cache_file_is_recomputed(tmp_path, tab_data, monkeypatch):

@@ -146,3 +146,28 @@ def test_scratch_tfidf_learns_text_and_matches_sklearn(tmp_path):
     assert (predict_outputs(model, data).argmax(1) == data.targets).mean() == 1.0
     save_bundle(model, tmp_path / "tfidf", {})
     assert load(tmp_path / "tfidf").predict(["a chess puzzle game"]) == ["games"]
+
+
+@pytest.mark.parametrize("name", ["linear-probe", "finetune"])
+def test_regression_and_multilabel_tasks_train_and_reload(name, tmp_path):
+    """Besides single-label classification: regression (MSE) and multi-label (per-label sigmoid)."""
+    import transferkit as tk
+    from conftest import shapes_images
+    from transferkit.data import from_arrays
+
+    X, y = shapes_images(n_per_class=10)
+    brightness = X.reshape(len(X), -1).mean(1).astype(np.float32) / 255.0
+    reg = from_arrays(X, brightness, task="regression")
+    r = tk.fit("small-cnn:16", reg, name, test_data=reg, epochs=3, val_fraction=0.0, out=tmp_path / "reg",
+               progress=False)
+    assert {"mse", "mae", "r2"} <= set(r.metrics)
+    values = tk.load(tmp_path / "reg").predict(list(X[:3]))
+    assert all(isinstance(v, float) for v in values)
+
+    multi = np.stack([y == 0, y == 1], axis=1).astype(np.float32)  # "square", "bar"; noise has neither
+    ml = from_arrays(X, multi, task="multilabel", label_names=["square", "bar"])
+    r = tk.fit("small-cnn:16", ml, name, test_data=ml, epochs=3, val_fraction=0.0, out=tmp_path / "ml",
+               progress=False)
+    assert {"micro_f1", "macro_f1", "mAP"} <= set(r.metrics)
+    preds = tk.load(tmp_path / "ml").predict(list(X[:3]))
+    assert all(set(p) <= {"square", "bar"} for p in preds)

@@ -198,7 +198,7 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
             image_size: int | None = None, max_length: int | None = None, out: str | Path | None = None,
             overwrite: bool = False, config: TrainConfig | None = None, progress: bool = True,
             text_column: str | None = None, label_column: str = "label", strict_labels: bool = True,
-            **train_options: Any) -> CompareResult:
+            data_options: dict | None = None, **train_options: Any) -> CompareResult:
     """Run ``strategies`` and the scratch baselines over ``seeds`` and label budgets, with verdicts.
 
     Every strategy sees the same labelled draw for a given seed, so gains are
@@ -206,7 +206,8 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
     apply to the transfer strategies only). ``baselines="auto"``: a small CNN and the
     same architecture at random init for images, TF-IDF + logistic regression for text.
     ``strict_labels=False`` lets a class with fewer than ``labels_per_class``
-    examples contribute all it has ("up to N per class").
+    examples contribute all it has ("up to N per class"). ``data_options`` go to
+    the built-in data set's loader (``transferkit list datasets`` shows them).
     """
     config = replace(config or TrainConfig(progress=False), **train_options)
     budgets = labels_per_class if isinstance(labels_per_class, (list, tuple)) else [labels_per_class]
@@ -222,7 +223,7 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
             train, val, test = prepare_data(data, test_data=test_data, labels_per_class=lpc,
                                             val_fraction=val_fraction, seed=seed, max_test=max_test,
                                             text_column=text_column, label_column=label_column,
-                                            strict_labels=strict_labels)
+                                            strict_labels=strict_labels, **(data_options or {}))
             exp = experiment or (data if isinstance(data, str) else data_name(train))
             if test is None:
                 notes.append("No test split: metrics are on the validation split.")

@@ -23,7 +23,8 @@ import typer
 from transferkit.cli.common import console, friendly_errors
 
 TEXT = dict(backbone="sentence:all-MiniLM-L6-v2", data="debian-packages", strategies=["linear-probe"],
-            labels_per_class=[8, 32, 200], baselines=["tfidf"], max_length=128, strict_labels=False)
+            labels_per_class=[8, 32, 200], baselines=["tfidf"], max_length=128, strict_labels=False,
+            data_options={"snapshot": "subset"})  # the packaged subset: the same numbers on every machine
 IMAGE = dict(backbone="efficientnet-lite:0", strategies=["linear-probe", "finetune", "gradual-unfreeze"],
              labels_per_class=10, baselines=["small-cnn", "same-arch"], image_size=64, max_test=1000, epochs=30)
 

@@ -37,6 +37,21 @@ FEATURES_KEY = "features"
 POOL_LIMIT = 5000
 
 
+def _serve_from_pool(backbone: Any, data: TaskData, cache_dir) -> bool:
+    """Whether ``data`` (a subset) should be cut from its whole pool's features.
+
+    Yes when the pool's features are cached already, or when the pool is small
+    (<= :data:`POOL_LIMIT`) and the draw is at least a quarter of it; a small
+    draw from a big pool is embedded on its own.
+    """
+    if data.origin is None or len(data) >= len(data.origin[0]):
+        return False
+    root = data.origin[0]
+    if cached_path(backbone, root, cache_dir).is_file():
+        return True
+    return len(root) <= POOL_LIMIT and 4 * len(data) >= len(root)
+
+
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir``, else ``$TRANSFERKIT_CACHE``, else ``~/.cache/transferkit/features``."""
     if cache_dir is not None:
@@ -184,8 +199,9 @@ def extract_features(backbone: Any, data: TaskData, *, batch_size: int = 64, cac
     check_range("extract_features", "batch_size", batch_size, low=1, kind="an int")
     if not use_cache:
         return compute_features(backbone, data, batch_size=batch_size, progress=progress)
-    if data.origin is not None and len(data) < len(data.origin[0]) <= POOL_LIMIT:
-        # A subset of a small pool: embed the pool once, and every later draw is a cache read.
+    if _serve_from_pool(backbone, data, cache_dir):
+        # A large draw from a small pool (or any draw from a cached pool): embed the
+        # pool once, and every later draw from it is a cache read.
         root, idx = data.origin
         return extract_features(backbone, root, batch_size=batch_size, cache_dir=cache_dir, progress=progress)[idx]
     key = feature_cache_key(backbone, data)
