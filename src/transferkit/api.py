@@ -270,7 +270,8 @@ def _print_run(row: dict, metric: str) -> None:
     from rich.console import Console
 
     Console(stderr=True).print(f"  [dim]{row['experiment']} n/class={row['labels_per_class']} seed={row['seed']} "
-                               f"{row['strategy']}: {metric}={row.get(metric, float('nan')):.3f} ({row['seconds']:.1f}s)[/dim]")
+                               f"{row['strategy']}: {metric}={row.get(metric, float('nan')):.3f} ({row['seconds']:.1f}s)[/dim]",
+                               soft_wrap=True)
 
 
 def list_strategies() -> list[dict]:

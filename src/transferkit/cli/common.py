@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ from rich.console import Console
 
 from transferkit.errors import ConfigError, TransferkitError
 
-console = Console()
+# Tables are wide: use the terminal's width, or 120 columns when writing to a file or pipe ($COLUMNS wins).
+console = Console(width=shutil.get_terminal_size((120, 24)).columns)
 err_console = Console(stderr=True)
 
 
