@@ -105,3 +105,12 @@ def test_list(what, expected):
     assert r.exit_code == 0, r.output
     for name in expected:
         assert name in r.output
+
+
+def test_given_validation_data_replaces_the_split(image_folder, tmp_path):
+    r = invoke("fit", "--backbone", "small-cnn:16", "--data", image_folder, "--val-data", image_folder,
+               "--strategy", "finetune", "--epochs", "2", "--patience", "5", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert m["data"]["n_train"] == 24 and m["data"]["n_val"] == 24  # nothing held out of --data
+    assert all("val_accuracy" in row for row in m["history"])

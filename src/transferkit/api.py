@@ -53,9 +53,13 @@ class CompareResult:
     notes: list[str] = field(default_factory=list)
 
 
-def prepare_data(data, *, test_data=None, labels_per_class: int | None = None, val_fraction: float = 0.2,
-                 seed: int = 0, max_test: int | None = None, strict_labels: bool = True, **data_options) -> tuple[TaskData, TaskData | None, TaskData | None]:
-    """Resolve ``data`` to (train, validation, test) with a seeded per-class draw and split."""
+def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int | None = None,
+                 val_fraction: float = 0.2, seed: int = 0, max_test: int | None = None, strict_labels: bool = True,
+                 **data_options) -> tuple[TaskData, TaskData | None, TaskData | None]:
+    """Resolve ``data`` to (train, validation, test) with a seeded per-class draw and split.
+
+    A given ``val_data`` is used as the validation set (no split is held out).
+    """
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"The 'val_fraction' parameter must be a float in [0, 1). Got {val_fraction!r} instead.")
     train, test = resolve_data(data, test_data=test_data, **data_options)
@@ -63,7 +67,11 @@ def prepare_data(data, *, test_data=None, labels_per_class: int | None = None, v
         if labels_per_class < 1:
             raise ConfigError(f"The 'labels_per_class' parameter must be an int in [1, inf). Got {labels_per_class} instead.")
         train = sample_per_class(train, labels_per_class, seed, strict=strict_labels)
-    train, val = train_val_split(train, val_fraction, seed)
+    if val_data is not None:
+        columns = {k: v for k, v in data_options.items() if k in ("text_column", "label_column", "feature_columns", "task")}
+        _, val = resolve_data(train, test_data=val_data, **columns)  # checks and aligns its labels with training
+    else:
+        train, val = train_val_split(train, val_fraction, seed)
     if test is not None and max_test is not None and len(test) > max_test:
         test = subsample(test, max_test, 0)  # the same test items for every seed
     return train, val, test
@@ -78,8 +86,8 @@ def _strategy(strategy: str | Strategy, options: dict | None) -> Strategy:
 def _backbone(backbone: str | Backbone | None, strategy: Strategy, data: TaskData, **options) -> Backbone | None:
     if isinstance(backbone, Backbone) or backbone is None:
         return backbone
-    if strategy.kind == "scratch" and getattr(strategy, "variant", None) and strategy.variant(data) != "same-arch":
-        return None  # the small CNN and TF-IDF baselines need no pre-trained model
+    if not strategy.needs_backbone(data):
+        return None  # e.g. the small CNN and TF-IDF baselines
     opts = {k: v for k, v in options.items() if v is not None}
     return load_backbone(backbone, **opts)
 
@@ -100,7 +108,7 @@ def _train_and_score(backbone, strategy: Strategy, train: TaskData, val, test, c
 
 def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linear-probe", *,
         strategy_options: dict | None = None, test_data=None, labels_per_class: int | None = None,
-        val_fraction: float = 0.2, out: str | Path | None = None, overwrite: bool = False,
+        val_fraction: float = 0.2, val_data=None, out: str | Path | None = None, overwrite: bool = False,
         image_size: int | None = None, max_length: int | None = None, pretrained: bool = True,
         config: TrainConfig | None = None, report: bool = True, text_column: str | None = None,
         label_column: str = "label", max_test: int | None = None, **train_options: Any) -> FitResult:
@@ -113,6 +121,7 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         strategy_options: the strategy's config fields.
         labels_per_class: draw this many labelled training examples per class (seeded).
         val_fraction: stratified validation split held out of the training data.
+        val_data: a validation set (same forms as ``data``); no split is held out then.
         out: bundle directory; refused if it exists unless ``overwrite``.
         max_test: evaluate on a fixed stratified subset of this many test items.
         train_options: :class:`TrainConfig` fields (``epochs``, ``lr``, ``seed``, ...).
@@ -122,7 +131,8 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
     if out is not None:
         check_writable(out, overwrite)
     train, val, test = prepare_data(data, test_data=test_data, labels_per_class=labels_per_class,
-                                    val_fraction=val_fraction, seed=config.seed, text_column=text_column,
+                                    val_fraction=val_fraction, val_data=val_data, seed=config.seed,
+                                    text_column=text_column,
                                     label_column=label_column, max_test=max_test)
     model, history, metrics, seconds = _train_and_score(
         backbone, strat, train, val, test, config,

@@ -23,6 +23,7 @@ def fit_command(
     labels_per_class: Optional[int] = typer.Option(None, help="Draw N labelled training examples per class (seeded)."),
     test_data: Optional[str] = typer.Option(None, help="Evaluation data (default: the built-in test split, if any)."),
     val_fraction: float = typer.Option(0.2, help="Stratified validation split held out of the training data."),
+    val_data: Optional[str] = typer.Option(None, help="Validation data (then no split is held out of --data)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default: the strategy's)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate of pre-trained weights (default: the strategy's)."),
     head_lr: Optional[float] = typer.Option(None, help="Learning rate of new layers (default: the strategy's)."),
@@ -44,7 +45,7 @@ def fit_command(
     from transferkit.cli.tables import metrics_table
 
     result = fit(backbone, data, strategy, strategy_options=parse_options(option), test_data=test_data,
-                 labels_per_class=labels_per_class, val_fraction=val_fraction, out=out, overwrite=overwrite,
+                 labels_per_class=labels_per_class, val_fraction=val_fraction, val_data=val_data, out=out, overwrite=overwrite,
                  image_size=image_size, max_length=max_length, epochs=epochs, lr=lr, head_lr=head_lr,
                  batch_size=batch_size, schedule=schedule, patience=patience, mixed_precision=mixed_precision,
                  grad_accum=grad_accum, seed=seed, text_column=text_column, label_column=label_column)

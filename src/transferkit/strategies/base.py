@@ -206,6 +206,10 @@ class Strategy:
             raise ConfigError(f"Backbone '{backbone.spec}' takes {backbone.modality} input but data "
                               f"'{data.name}' is {data.modality}.")
 
+    def needs_backbone(self, data: TaskData) -> bool:
+        """Whether :meth:`fit` uses the user's backbone (baselines that bring their own model don't)."""
+        return True
+
     def prepare(self, backbone: Backbone, data: TaskData) -> TransferModel:
         """Build the model to train: by default the backbone with a new linear head."""
         head = linear_head(backbone.num_features, max(data.num_outputs, 1), getattr(self.config, "dropout", 0.0))

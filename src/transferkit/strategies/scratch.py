@@ -87,6 +87,9 @@ class Scratch(Finetune):
             raise ConfigError(f"Scratch variant '{v}' does not apply to {data.modality} data '{data.name}'.")
         return v
 
+    def needs_backbone(self, data: TaskData) -> bool:
+        return self.variant(data) == "same-arch"
+
     def fit(self, backbone: Backbone | None, train: TaskData, val: TaskData | None, trainer):
         self.check_data(None, train)
         variant = self.variant(train)
