@@ -28,6 +28,8 @@ def test_lite0_linear_probe_on_fashion_mnist(tmp_path):
     manifest = tk.load(tmp_path / "probe").manifest
     assert manifest["backbone"]["spec"].startswith("efficientnet-lite:0")
     assert manifest["data"]["n_train"] == 100 and manifest["data"]["labels_per_class"] == 10
+    assert "ImageNet" in manifest["backbone_provenance"]
+    assert "ImageNet" in (tmp_path / "probe" / "report.md").read_text()
     again = tk.evaluate(tmp_path / "probe", "fashion-mnist")
     assert again["n"] == 10000 and again["accuracy"] > 0.45
 

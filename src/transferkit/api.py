@@ -139,6 +139,7 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         {"image_size": image_size, "max_length": max_length, "pretrained": pretrained})
     manifest = {
         "backbone_spec": backbone if isinstance(backbone, str) else getattr(backbone, "spec", None),
+        "backbone_provenance": _provenance(backbone, strat, train),
         "strategy": {"name": strat.name, "kind": strat.kind, "config": strat.config.to_dict()},
         "train": config.to_dict(), "task": train.task, "modality": train.modality,
         "data": {"name": train.name, "source": train.source, "fingerprint": train.fingerprint(),
@@ -153,6 +154,17 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         predictor = Predictor(model, read_manifest(path), path)
     _wait_for_everyone()
     return FitResult(predictor, metrics, history, predictor.manifest, Path(out) if out is not None else None)
+
+
+def _provenance(backbone, strategy: Strategy, data: TaskData) -> str:
+    """What the backbone source says about where its weights come from (``transferkit list backbones``)."""
+    from transferkit.backbones import BACKBONE_SOURCES, split_spec
+
+    if not strategy.needs_backbone(data):
+        return "none: a model trained from scratch on the target data"
+    spec = backbone if isinstance(backbone, str) else getattr(backbone, "spec", "")
+    prefix = split_spec(spec)[0] if spec else ""
+    return BACKBONE_SOURCES.entry(prefix).help if prefix in BACKBONE_SOURCES else ""
 
 
 def _fit_report(manifest, history, metrics, train):
