@@ -114,3 +114,27 @@ def test_given_validation_data_replaces_the_split(image_folder, tmp_path):
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert m["data"]["n_train"] == 24 and m["data"]["n_val"] == 24  # nothing held out of --data
     assert all("val_accuracy" in row for row in m["history"])
+
+
+def test_evaluate_aligns_labels_by_name_and_refuses_unseen_ones(image_folder, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    import transferkit as tk
+    from transferkit.data import from_image_folder
+    from transferkit.errors import DataError
+
+    assert invoke("fit", "--backbone", "small-cnn:16", "--data", image_folder, "--strategy", "finetune",
+                  "--epochs", "2", "--out", tmp_path / "b").exit_code == 0
+    predictor = tk.load(tmp_path / "b")  # labels sorted: bar, noise, square
+    part = tmp_path / "part"
+    for name in ("square", "noise"):  # a folder of two classes: its own indices are noise=0, square=1
+        shutil.copytree(image_folder / name, part / name)
+    data = from_image_folder(part)
+    expected = np.mean(np.array(predictor.predict(data.items)) == np.array(data.label_names)[data.targets])
+    assert tk.evaluate(tmp_path / "b", part)["accuracy"] == pytest.approx(expected)
+    (part / "triangle").mkdir()
+    shutil.copy(next((part / "square").iterdir()), part / "triangle" / "t.png")
+    with pytest.raises(DataError, match="triangle"):
+        tk.evaluate(tmp_path / "b", part)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from transferkit.backbones import load_backbone
 from transferkit.backbones.base import Backbone
-from transferkit.data import check_eval_labels, resolve_data, sample_per_class, subsample, train_val_split
+from transferkit.data import align_labels, resolve_data, sample_per_class, subsample, train_val_split
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation import PRIMARY_METRIC, compute_metrics, higher_is_better, summarize, transfer_verdicts
@@ -184,17 +184,16 @@ def _wait_for_everyone() -> None:
 
 
 def _align_labels(data: TaskData, names: list[str] | None) -> TaskData:
-    """Re-index the evaluation targets to the bundle's label order, refusing unseen labels."""
-    if data.task != "classification" or names is None or data.label_names == names:
+    """Re-index the evaluation targets to the bundle's label order, refusing labels it never saw.
+
+    The bundle keeps label names, not training data, so a reference that holds
+    every known label once stands in for the training set of ``align_labels``.
+    """
+    if names is None or data.task == "regression":
         return data
-    index = {n: i for i, n in enumerate(names)}
-    present = {data.label_names[t] for t in np.unique(data.targets)}
-    unseen = sorted(present - set(index))
-    if unseen:
-        raise DataError(f"Label(s) {', '.join(map(repr, unseen))} of '{data.name}' never appeared in training; "
-                        f"the model knows {', '.join(names)}.")
-    targets = np.array([index[data.label_names[t]] for t in data.targets], dtype=np.int64)
-    return replace(data, targets=targets, label_names=list(names), _fingerprint=None)
+    known = np.eye(len(names), dtype=np.float32) if data.task == "multilabel" else np.arange(len(names))
+    reference = TaskData(list(names), known, data.modality, data.task, list(names), name="the trained model")
+    return align_labels(reference, data)
 
 
 def evaluate(bundle: str | Path | Predictor, data, *, split: str = "test", **data_options) -> dict:

@@ -160,19 +160,18 @@ class GradualUnfreeze(Finetune):
     Config = GradualUnfreezeConfig
     defaults = TrainDefaults(epochs=20, lr=1e-4, head_lr=1e-3)
 
+    def prepare(self, backbone, data: TaskData) -> TransferModel:
+        model = super().prepare(backbone, data)
+        # What the freeze options let train at all; the schedule opens groups within it.
+        self._allowed = {id(p) for p in model.backbone.parameters() if p.requires_grad}
+        return model
+
     def on_epoch_start(self, model: TransferModel, epoch: int, epochs: int) -> None:
         c = self.config
-        allowed = self._allowed(model)
         groups = model.backbone.layer_groups()
         n_open = 0 if epoch < c.head_epochs else 1 + (epoch - c.head_epochs) // c.unfreeze_every
         open_ids = {id(p) for g in groups[len(groups) - n_open:] for p in g} if n_open else set()
         for p in model.backbone.parameters():
-            if id(p) in allowed:
+            if id(p) in self._allowed:
                 p.requires_grad_(id(p) in open_ids)
         frozen_batchnorm_to_eval(model.backbone)
-
-    def _allowed(self, model: TransferModel) -> set[int]:
-        """Parameters the freeze options let train at all (fixed at prepare time)."""
-        if not hasattr(self, "_allowed_ids"):
-            self._allowed_ids = {id(p) for p in model.backbone.parameters() if p.requires_grad}
-        return self._allowed_ids

@@ -7,11 +7,9 @@ process, so early-stopping decisions agree without any gathering.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
