@@ -361,3 +361,56 @@ def test_file_refuses_tensors_that_do_not_fit(tmp_path):
     save_file(state, str(bundle / "model.safetensors"))
     with pytest.raises(BundleError, match="do not fit timm:test_resnet: .*size mismatch"):
         load_backbone(f"file:{bundle}")
+
+
+# ---------------------------------------------------------------- SPEC@LAYER: intermediate layers
+
+
+def test_layer_backbone_is_the_truncated_model():
+    """efficientnet-lite:0@block5 gives the pooled output of stage 5, not a prefix of the final features."""
+    full = load_backbone("efficientnet-lite:0", image_size=32).eval()
+    cut = load_backbone("efficientnet-lite:0@block5", image_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = full.model.blocks[:6](full.model.bn1(full.model.conv_stem(x))).mean(dim=(2, 3))
+        got = cut.forward_features(x)
+    assert cut.num_features == 192 == got.shape[1]
+    torch.testing.assert_close(got, expected)
+    assert cut.source_head is None and cut.spec == "efficientnet-lite:0@block5"
+    # Only the stages up to the layer are trainable groups; the head conv after it is left out.
+    used = {id(p) for g in cut.layer_groups() for p in g}
+    assert id(cut.base.model.conv_stem.weight) in used and id(cut.base.model.conv_head.weight) not in used
+    assert len(cut.layer_groups()) == 7  # stem + stages 0..5
+
+
+@pytest.mark.parametrize("spec, path", [("timm:resnet18@block2", "model.layer3"), ("timm:resnet18@layer3", "model.layer3"),
+                                        ("torchvision:mobilenet_v3_small@block4", "model.features.4"),
+                                        ("timm:vit_tiny_patch16_224@block1", "model.blocks.1")])
+def test_layer_names_resolve_per_family(spec, path):
+    bb = load_backbone(spec, pretrained=False, image_size=32)
+    assert bb.path == path
+    assert bb.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, bb.num_features)
+
+
+def test_text_layer_pools_tokens_under_the_mask(tiny_bert):
+    bb = load_backbone(f"hf:{tiny_bert}@block0").eval()
+    batch = bb.preprocess(["a short text", "a much longer text with many more words in it"])
+    with torch.no_grad():
+        feats = bb.forward_features(batch)
+        alone = bb.forward_features(bb.preprocess(["a short text"]))
+    assert feats.shape == (2, 32)
+    torch.testing.assert_close(feats[:1], alone, atol=1e-5, rtol=1e-5)  # padding does not leak into the mean
+
+
+def test_layer_backbone_saves_and_rebuilds(tmp_path):
+    bb = load_backbone("efficientnet-lite:0@block3", image_size=32)
+    path = save_checkpoint(bb, tmp_path / "cut.safetensors")
+    again = load_backbone(f"file:{path}")
+    assert again.architecture()["spec"] == "efficientnet-lite:0@block3"
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(again.eval().forward_features(x), bb.eval().forward_features(x))
+
+
+def test_unknown_layer_lists_the_aliases():
+    with pytest.raises(UnknownNameError, match=r"Did you mean 'block5'\?.*block0, block1"):
+        load_backbone("efficientnet-lite:0@blok5", image_size=32)

@@ -116,7 +116,9 @@ def load_backbone(spec: str, *, pretrained: bool = True, image_size: int | None 
     Args:
         spec: ``PREFIX:NAME``, e.g. ``timm:resnet50``, ``torchvision:resnet18``,
             ``hf:bert-base-uncased``, ``sentence:all-MiniLM-L6-v2``,
-            ``efficientnet-lite:0``, ``file:runs/my-bundle``.
+            ``efficientnet-lite:0``, ``file:runs/my-bundle``; ``PREFIX:NAME@LAYER``
+            pools an intermediate layer (``efficientnet-lite:0@block5``, see
+            :mod:`transferkit.backbones.layers`).
         pretrained: load pre-trained weights; ``False`` gives the same
             architecture at random init (and never touches the network for
             timm and torchvision).
@@ -136,13 +138,19 @@ def load_backbone(spec: str, *, pretrained: bool = True, image_size: int | None 
         ConfigError: an option does not apply to the source, or is out of range.
         MissingWeightsError: the weights or files cannot be found offline.
     """
+    from transferkit.backbones.layers import LayerBackbone, split_layer
+
     prefix, name = split_spec(spec)
     source = BACKBONE_SOURCES.get(prefix)
+    name, layer = split_layer(name)
+    if layer is not None and prefix == "file" and Path(f"{name}@{layer}").exists():
+        name, layer = f"{name}@{layer}", None  # a path that holds '@'
     given = {"image_size": image_size, "max_length": max_length, "pooling": pooling, **options}
     given = {k: v for k, v in given.items() if v is not None}
     _check_options(prefix, source, given)
-    return source(name, pretrained=pretrained, files_dir=Path(files_dir) if files_dir is not None else None,
-                  **given)
+    backbone = source(name, pretrained=pretrained, files_dir=Path(files_dir) if files_dir is not None else None,
+                      **given)
+    return LayerBackbone(backbone, layer) if layer is not None else backbone
 
 
 def list_backbones() -> list[dict]:
