@@ -235,3 +235,22 @@ def test_verdict_groups_and_errors():
         transfer_verdicts(bad, "accuracy")
     with pytest.raises(DataError, match="seed"):
         transfer_verdicts(runs.drop(columns="seed"), "accuracy")
+
+
+def test_bootstrap_difference_covers_the_true_gain_and_judges_it():
+    from transferkit.evaluation import bootstrap_difference, judge
+
+    rng = np.random.default_rng(0)
+    a = (rng.random(2000) < 0.80).astype(float)  # model A right 80% of the time
+    b = (rng.random(2000) < 0.70).astype(float)
+    gain, low, high = bootstrap_difference(a, b, seed=1)
+    assert gain == pytest.approx(a.mean() - b.mean())
+    assert low < gain < high and low > 0.05 and high < 0.15
+    assert judge(gain, low, high) == "positive transfer"
+    # Identical predictions: no gain, a zero-width interval, no verdict either way.
+    assert bootstrap_difference(a, a) == (0.0, 0.0, 0.0)
+    assert judge(*bootstrap_difference(a, a)) == "no clear gain"
+    # A small difference on few items is not significant.
+    assert judge(*bootstrap_difference([1, 0, 1, 1, 0], [1, 0, 1, 0, 0])) == "no clear gain"
+    with pytest.raises(DataError, match="same length"):
+        bootstrap_difference([1, 0], [1])

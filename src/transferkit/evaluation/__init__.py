@@ -1,4 +1,4 @@
-"""Layer 1: pure functions on arrays: task metrics and statistics over seeds."""
+"""Layer 1: pure functions on arrays: task metrics, statistics over seeds, transferability scores."""
 from transferkit.evaluation.metrics import (
     PRIMARY_METRIC,
     classification_metrics,
@@ -9,24 +9,58 @@ from transferkit.evaluation.metrics import (
     regression_metrics,
 )
 from transferkit.evaluation.stats import (
+    bootstrap_difference,
+    judge,
     mean_ci,
     paired_difference,
     summarize,
     transfer_verdicts,
     welch_difference,
 )
+from transferkit.evaluation.transferability import (
+    DEFAULT_SCORES,
+    SCORES,
+    ScoreInfo,
+    check_score_inputs,
+    compute_score,
+    gbc,
+    hscore,
+    knn_accuracy,
+    leep,
+    linear_probe_accuracy,
+    logme,
+    nce,
+    nleep,
+    transrate,
+)
 
 __all__ = [
+    "DEFAULT_SCORES",
     "PRIMARY_METRIC",
+    "SCORES",
+    "ScoreInfo",
+    "bootstrap_difference",
+    "check_score_inputs",
     "classification_metrics",
     "compute_metrics",
+    "compute_score",
+    "gbc",
     "higher_is_better",
+    "hscore",
     "is_fraction_metric",
+    "judge",
+    "knn_accuracy",
+    "leep",
+    "linear_probe_accuracy",
+    "logme",
     "mean_ci",
     "multilabel_metrics",
+    "nce",
+    "nleep",
     "paired_difference",
     "regression_metrics",
     "summarize",
     "transfer_verdicts",
+    "transrate",
     "welch_difference",
 ]
