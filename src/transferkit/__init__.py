@@ -15,6 +15,7 @@ _LAZY = {
     "load_backbone": "transferkit.backbones", "Backbone": "transferkit.backbones.base",
     "TaskData": "transferkit.data.dataset", "TrainConfig": "transferkit.training",
     "STRATEGIES": "transferkit.strategies",
+    "rank": "transferkit.selection", "RankResult": "transferkit.selection",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,4 +1,4 @@
-"""The public Python facade: ``fit``, ``evaluate``, ``compare``, ``load``.
+"""The public Python facade: ``fit``, ``evaluate``, ``compare``, ``rank``, ``load``.
 
 Example:
     >>> import transferkit as tk                                                  # doctest: +SKIP
@@ -23,11 +23,12 @@ from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation import PRIMARY_METRIC, compute_metrics, higher_is_better, summarize, transfer_verdicts
 from transferkit.export.bundle import Predictor, check_writable, load, read_manifest, rebuild_model, save_bundle
+from transferkit.selection import RankResult, rank
 from transferkit.strategies import STRATEGIES, Strategy, TransferModel, make_strategy
 from transferkit.training import TrainConfig, Trainer
 from transferkit.training.loop import distributed_state
 
-__all__ = ["FitResult", "CompareResult", "fit", "evaluate", "compare", "load", "prepare_data"]
+__all__ = ["FitResult", "CompareResult", "RankResult", "fit", "evaluate", "compare", "rank", "load", "prepare_data"]
 
 
 @dataclass
@@ -92,18 +93,36 @@ def _backbone(backbone: str | Backbone | None, strategy: Strategy, data: TaskDat
     return load_backbone(backbone, **opts)
 
 
+@dataclass
+class _Run:
+    model: TransferModel
+    history: list[dict]
+    metrics: dict
+    seconds: float
+    outputs: np.ndarray | None = None  # on the scored split (test, else validation)
+
+
 def _train_and_score(backbone, strategy: Strategy, train: TaskData, val, test, config: TrainConfig,
-                     backbone_options: dict) -> tuple[TransferModel, list[dict], dict, float]:
+                     backbone_options: dict) -> _Run:
     start = time.perf_counter()
     bb = _backbone(backbone, strategy, train, **backbone_options)
     model, history = strategy.fit(bb, train, val, Trainer(config))
     seconds = time.perf_counter() - start
-    scored = test if test is not None else val
-    metrics = {}
-    if scored is not None and scored.targets is not None and len(scored):
-        metrics = compute_metrics(train.task, scored.targets, strategy.predict(model, scored), train.label_names)
-        metrics["evaluated_on"] = "test" if test is not None else "validation"
-    return model, history, metrics, seconds
+    scored = _scored(val, test)
+    metrics, outputs = {}, None
+    if scored is not None:
+        outputs = strategy.predict(model, scored)
+        metrics = compute_metrics(train.task, scored.targets, outputs, train.label_names)
+        metrics["evaluated_on"] = "test" if scored is test else "validation"
+    return _Run(model, history, metrics, seconds, outputs)
+
+
+def _scored(val, test) -> TaskData | None:
+    """The labelled split metrics are computed on: test, else validation."""
+    for split in (test, val):
+        if split is not None and split.targets is not None and len(split):
+            return split
+    return None
 
 
 def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linear-probe", *,
@@ -111,7 +130,8 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         val_fraction: float = 0.2, val_data=None, out: str | Path | None = None, overwrite: bool = False,
         image_size: int | None = None, max_length: int | None = None, pretrained: bool = True,
         config: TrainConfig | None = None, report: bool = True, text_column: str | None = None,
-        label_column: str = "label", max_test: int | None = None, **train_options: Any) -> FitResult:
+        label_column: str = "label", max_test: int | None = None, check_transfer: bool = False,
+        baselines="auto", **train_options: Any) -> FitResult:
     """Adapt ``backbone`` to ``data`` with ``strategy`` and (if ``out``) save a bundle.
 
     Args:
@@ -124,6 +144,12 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         val_data: a validation set (same forms as ``data``); no split is held out then.
         out: bundle directory; refused if it exists unless ``overwrite``.
         max_test: evaluate on a fixed stratified subset of this many test items.
+        check_transfer: also train the from-scratch baseline(s) on the same draw and
+            splits and put the verdict (positive transfer / no clear gain / negative
+            transfer, with a paired bootstrap interval over the evaluated items) into
+            the manifest's ``verdict`` and the report. See :func:`check_transfer_against_scratch`.
+        baselines: scratch variants for ``check_transfer``; ``"auto"`` is the small CNN for
+            images and TF-IDF + logistic regression for text.
         train_options: :class:`TrainConfig` fields (``epochs``, ``lr``, ``seed``, ...).
     """
     config = replace(config or TrainConfig(), **train_options)
@@ -134,9 +160,12 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
                                     val_fraction=val_fraction, val_data=val_data, seed=config.seed,
                                     text_column=text_column,
                                     label_column=label_column, max_test=max_test)
-    model, history, metrics, seconds = _train_and_score(
-        backbone, strat, train, val, test, config,
-        {"image_size": image_size, "max_length": max_length, "pretrained": pretrained})
+    if check_transfer and train.task == "multilabel":
+        raise ConfigError("check_transfer supports classification and regression; for multi-label data "
+                          "run transferkit compare, which judges transfer over seeds.")
+    run = _train_and_score(backbone, strat, train, val, test, config,
+                           {"image_size": image_size, "max_length": max_length, "pretrained": pretrained})
+    model, history, metrics, seconds = run.model, run.history, run.metrics, run.seconds
     manifest = {
         "backbone_spec": backbone if isinstance(backbone, str) else getattr(backbone, "spec", None),
         "backbone_provenance": _provenance(backbone, strat, train),
@@ -147,6 +176,8 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
                  "n_test": len(test) if test is not None else 0, "labels_per_class": labels_per_class},
         "metrics": metrics, "history": history, "train_seconds": round(seconds, 2),
     }
+    if check_transfer:
+        manifest["verdict"] = check_transfer_against_scratch(run, strat, train, val, test, config, baselines)
     predictor = Predictor(model, manifest)
     path = None
     if out is not None and _is_main_process():
@@ -154,6 +185,75 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         predictor = Predictor(model, read_manifest(path), path)
     _wait_for_everyone()
     return FitResult(predictor, metrics, history, predictor.manifest, Path(out) if out is not None else None)
+
+
+def check_transfer_against_scratch(run: _Run, strategy: Strategy, train: TaskData, val, test,
+                                   config: TrainConfig, baselines="auto") -> dict:
+    """Train the scratch baseline(s) on the same draw and splits, and judge the gain of ``run``.
+
+    One seed gives no seed-to-seed spread, so the interval is a paired
+    percentile bootstrap over the evaluated items (both models predict the
+    same items): it covers which test items were drawn, not training noise,
+    and the verdict says so. ``transferkit compare`` judges over seeds. For
+    regression the per-item value is the negative squared error, and the
+    gain is expressed in R² (the SSE difference over the total sum of squares).
+
+    Returns:
+        The manifest's ``verdict``: ``verdict``, ``explanation``, ``baseline``,
+        ``metric``, ``transfer``, ``baseline_value``, ``gain``, ``gain_low``,
+        ``gain_high``, ``interval``, ``baseline_seconds``.
+    """
+    from transferkit.evaluation import bootstrap_difference, judge
+
+    scored = _scored(val, test)
+    metric = PRIMARY_METRIC[train.task]
+    names = default_baselines(train.modality) if baselines == "auto" else list(baselines or [])
+    names = names[:1] if baselines == "auto" else names
+    if scored is None or run.outputs is None or not names:
+        why = "no labelled split to evaluate on" if scored is None else f"no scratch baseline for {train.modality} data"
+        return {"verdict": "no baseline", "explanation": f"Transfer was not checked: {why}."}
+    best = None
+    for variant in names:
+        cfg = TrainConfig(seed=config.seed, progress=False, batch_size=config.batch_size,
+                          mixed_precision=config.mixed_precision, cpu=config.cpu)
+        base = _train_and_score(None, make_strategy("scratch", {"variant": variant}), train, val, test, cfg, {})
+        if best is None or _better(base.metrics.get(metric), best[1].metrics.get(metric), metric):
+            best = (variant, base)
+    variant, base = best
+    item_a, item_b, scale = _per_item(train.task, scored.targets, run.outputs, base.outputs)
+    gain, low, high = (v * scale for v in bootstrap_difference(item_a, item_b, seed=config.seed))
+    verdict = judge(gain, low, high)
+    pts = 100 if metric == "accuracy" else 1
+    unit = " points" if pts == 100 else ""
+    explanation = (f"'{strategy.name}' {metric} {run.metrics[metric]:.4f} vs scratch:{variant} "
+                   f"{base.metrics[metric]:.4f}: gain {pts * gain:+.1f}{unit} (95% paired bootstrap interval "
+                   f"{pts * low:+.1f} to {pts * high:+.1f} over the {len(scored)} {run.metrics['evaluated_on']} "
+                   f"items; one seed, so training noise is not in the interval: transferkit compare runs seeds). "
+                   + {"positive transfer": "Transfer helped.", "negative transfer":
+                      "Transfer hurt: the model trained from scratch was better.",
+                      "no clear gain": "No significant difference from training from scratch."}[verdict])
+    return {"verdict": verdict, "explanation": explanation, "baseline": f"scratch:{variant}", "metric": metric,
+            "transfer": run.metrics[metric], "baseline_value": base.metrics[metric], "gain": gain,
+            "gain_low": low, "gain_high": high, "interval": "95% paired bootstrap over evaluated items, one seed",
+            "baseline_seconds": round(base.seconds, 2)}
+
+
+def _better(value, current, metric: str) -> bool:
+    if value is None or current is None:
+        return current is None
+    return value > current if higher_is_better(metric) else value < current
+
+
+def _per_item(task: str, targets, out_a: np.ndarray, out_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-item values whose mean difference is the primary metric's difference (times ``scale``)."""
+    targets = np.asarray(targets)
+    if task == "classification":
+        return (out_a.argmax(1) == targets).astype(float), (out_b.argmax(1) == targets).astype(float), 1.0
+    y = targets.reshape(len(targets), -1).astype(float)
+    err_a = -((out_a.reshape(y.shape) - y) ** 2).sum(1)
+    err_b = -((out_b.reshape(y.shape) - y) ** 2).sum(1)
+    total = float(((y - y.mean(0)) ** 2).sum(1).mean()) or 1.0
+    return err_a, err_b, 1.0 / total  # mean(SSE_b - SSE_a) / mean(SST) = R²_a - R²_b
 
 
 def _provenance(backbone, strategy: Strategy, data: TaskData) -> str:
@@ -254,7 +354,8 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
                       batch_size=config.batch_size, mixed_precision=config.mixed_precision, cpu=config.cpu))
                      for v in names]
             for label, strat, cfg in runs:
-                _, _, metrics, seconds = _train_and_score(backbone, strat, train, val, test, cfg, bb_opts)
+                run = _train_and_score(backbone, strat, train, val, test, cfg, bb_opts)
+                metrics, seconds = run.metrics, run.seconds
                 rows.append({"experiment": exp, "labels_per_class": lpc if lpc is not None else _per_class(train),
                              "strategy": label, "kind": strat.kind, "seed": seed, "seconds": round(seconds, 2),
                              **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})

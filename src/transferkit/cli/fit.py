@@ -38,6 +38,8 @@ def fit_command(
     text_column: Optional[str] = typer.Option(None, help="Table files: the text column."),
     label_column: str = typer.Option("label", help="Table files: the label column."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
+    check_transfer: bool = typer.Option(False, help="Also train the from-scratch baseline on the same data and "
+                                                    "record whether transfer helped (verdict in manifest and report)."),
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Adapt BACKBONE to DATA with STRATEGY; save a bundle (weights, manifest, report) to OUT."""
@@ -48,6 +50,10 @@ def fit_command(
                  labels_per_class=labels_per_class, val_fraction=val_fraction, val_data=val_data, out=out, overwrite=overwrite,
                  image_size=image_size, max_length=max_length, epochs=epochs, lr=lr, head_lr=head_lr,
                  batch_size=batch_size, schedule=schedule, patience=patience, mixed_precision=mixed_precision,
-                 grad_accum=grad_accum, seed=seed, text_column=text_column, label_column=label_column)
+                 grad_accum=grad_accum, seed=seed, text_column=text_column, label_column=label_column,
+                 check_transfer=check_transfer)
     console.print(metrics_table(result.metrics, f"{strategy} on {data}"))
+    verdict = result.manifest.get("verdict")
+    if verdict:
+        console.print(f"[bold]{verdict['verdict']}[/bold]: {verdict['explanation']}", highlight=False)
     console.print(f"bundle: [bold]{out}[/bold] (report: {out / 'report.html'})")

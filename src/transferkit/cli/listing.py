@@ -13,6 +13,7 @@ class What(str, Enum):
     backbones = "backbones"
     strategies = "strategies"
     datasets = "datasets"
+    scores = "scores"
 
 
 def register(app: typer.Typer) -> None:
@@ -20,12 +21,13 @@ def register(app: typer.Typer) -> None:
 
 
 @friendly_errors
-def list_command(what: What = typer.Argument(What.strategies, help="backbones, strategies or datasets.")) -> None:
-    """List the registered backbone sources, strategies (with their options) or built-in data sets."""
+def list_command(what: What = typer.Argument(What.strategies, help="backbones, strategies, datasets or scores.")) -> None:
+    """List the registered backbone sources, strategies (with their options), built-in data sets or scores."""
     if what is What.backbones:
         from transferkit.backbones import list_backbones
 
-        t = Table("prefix", "what", "examples", title="backbone sources (spec = PREFIX:NAME)")
+        t = Table("prefix", "what", "examples",
+                  title="backbone sources (spec = PREFIX:NAME; PREFIX:NAME@LAYER pools an intermediate layer)")
         for b in list_backbones():
             t.add_row(b["prefix"], b.get("help", ""), ", ".join(b.get("examples", [])))
     elif what is What.strategies:
@@ -35,6 +37,12 @@ def list_command(what: What = typer.Argument(What.strategies, help="backbones, s
         for s in list_strategies():
             opts = "\n".join(f"{n}={d!r}: {h}" for n, d, h in s["options"])
             t.add_row(s["name"], s["kind"], s["help"], opts)
+    elif what is What.scores:
+        from transferkit.evaluation.transferability import SCORES
+
+        t = Table("score", "needs", "what", "reference", title="transferability scores (transferkit rank)")
+        for e in SCORES:
+            t.add_row(e.name, e.obj.needs, e.obj.help, e.obj.reference)
     else:
         from transferkit.data import list_datasets
 
