@@ -1,0 +1,41 @@
+"""``transferkit export``: a bundle as ONNX or TorchScript, with its preprocessing, labels and a parity check."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from transferkit.cli.common import console, friendly_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_command)
+
+
+@friendly_errors
+def export_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory written by `transferkit fit`."),
+    out: Path = typer.Option(..., help="Directory to write (refused if it exists, unless --overwrite)."),
+    format: str = typer.Option("onnx", "--format", help="onnx (for onnxruntime) or torchscript."),
+    quantize: bool = typer.Option(False, help="ONNX: also write model.int8.onnx (dynamic int8 quantisation)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing directory at --out."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's own; below 18 uses the "
+                                                   "TorchScript-based exporter)."),
+) -> None:
+    """Export the model of BUNDLE to OUT, with a dynamic batch size, and check it against PyTorch."""
+    from transferkit.export.onnx_export import export_bundle, read_export
+
+    path = export_bundle(bundle, out, format=format, quantize=quantize, overwrite=overwrite, opset=opset)
+    info = read_export(path)
+    opset_note = f", opset {info['opset']}" if info.get("opset") else ""
+    console.print(f"exported [bold]{bundle}[/bold] to [bold]{path}[/bold] ({info['format']}{opset_note}; "
+                  f"{info['exporter']})", highlight=False)
+    for name, size in info["sizes"].items():
+        console.print(f"  {name}  {size / 1e6:.2f} MB", highlight=False)
+    parity = info["parity"]
+    console.print(f"parity with PyTorch: max |logit difference| {parity['max_abs_diff']:.2e} "
+                  f"(tolerance {parity['tolerance']:.0e}, {parity['inputs']} inputs)", highlight=False)
+    if info.get("quantization"):
+        console.print(f"int8 model: max |logit difference| {info['quantization']['max_abs_diff']:.2e} "
+                      "(reported, not enforced)", highlight=False)
