@@ -128,3 +128,26 @@ def test_cli_rank_and_list_scores(tmp_path):
     assert r.exit_code == 0 and "logme" in r.output and "transrate" in r.output
     r = runner.invoke(app, ["rank", "--candidates", "efficientnet-lite:0", "--data", "digits", "--scores", "nope"])
     assert r.exit_code == 2 and "Unknown transferability score" in r.output
+
+
+def test_recommend_rule():
+    from transferkit.selection import FEW_LABELS, SEPARABLE_AT, recommend
+
+    table = pd.DataFrame({"candidate": ["a", "b", "c"], "logme": [0.3, 0.5, 0.1], "flag": ["", "", ""],
+                          "linear-probe": [0.8, SEPARABLE_AT - 0.1, 0.99]})
+    many = FEW_LABELS * 4
+    assert recommend(table, "logme", labels_per_class=many) == {
+        "backbone": "b", "strategy": "finetune", "reason": recommend(table, "logme", labels_per_class=many)["reason"]}
+    assert recommend(table, "logme", labels_per_class=FEW_LABELS - 1)["strategy"] == "linear-probe"
+    assert recommend(table, "linear-probe", labels_per_class=many)["backbone"] == "c"  # separable: probe it
+    assert recommend(table, "linear-probe", labels_per_class=many)["strategy"] == "linear-probe"
+    flagged = table.assign(flag=["no better than random init"] * 3)
+    assert recommend(flagged, "logme", labels_per_class=many)["strategy"] == "scratch"
+
+
+def test_rank_primary_score():
+    r = rank(["efficientnet-lite:0@block3", "efficientnet-lite:0@block5"], "digits", scores=["logme", "knn"],
+             primary="knn", labels_per_class=5, image_size=32, random_reference=False)
+    assert r.primary == "knn" and r.table["knn"].is_monotonic_decreasing
+    with pytest.raises(ConfigError, match="one of the scores computed"):
+        rank(["efficientnet-lite:0"], "digits", scores=["logme"], primary="knn")

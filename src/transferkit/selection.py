@@ -33,6 +33,8 @@ from transferkit.evaluation.transferability import DEFAULT_SCORES, REGRESSION_SC
 
 __all__ = ["RankResult", "rank", "recommend"]
 
+#: The score that sorts ``rank``'s table and picks the backbone, unless the caller says otherwise.
+PRIMARY_SCORE = "logme"
 #: Cross-validated linear-probe accuracy from which the frozen features "already separate the classes".
 SEPARABLE_AT = 0.9
 #: Labels per class below which fine-tuning rarely beats a linear probe (ASSETS.md: Lite0 on
@@ -116,14 +118,8 @@ def _score_all(backbone: Backbone, data: TaskData, names: list[str], batch_size:
     return row
 
 
-def _primary(names: list[str], table: pd.DataFrame) -> str:
-    for name in names:
-        if name in table and table[name].notna().any():
-            return name
-    return names[0]
-
-
-def rank(candidates, data, *, scores=None, labels_per_class: int | None = None, max_items: int | None = 2000,
+def rank(candidates, data, *, scores=None, primary: str | None = None, labels_per_class: int | None = None,
+         max_items: int | None = 2000,
          budget_minutes: float | None = None, random_reference: bool = True, image_size: int | None = None,
          max_length: int | None = None, batch_size: int = 64, seed: int = 0, progress: bool = False,
          data_options: dict | None = None) -> RankResult:
@@ -136,8 +132,10 @@ def rank(candidates, data, *, scores=None, labels_per_class: int | None = None, 
         scores: score names (``transferkit list scores``); default
             :data:`~transferkit.evaluation.transferability.DEFAULT_SCORES`. The
             table is sorted by the first that every candidate could compute
-            (LogME by default). LEEP and NCE need a source head (EfficientNet-Lite's
-            ImageNet classifier); other candidates get NaN there.
+            LEEP and NCE need a source head (EfficientNet-Lite's ImageNet
+            classifier); other candidates get NaN there.
+        primary: the score that sorts the table and picks the recommended backbone;
+            default :data:`PRIMARY_SCORE` when ``scores`` is not given, else the first of ``scores``.
         labels_per_class: score on a seeded draw of this many labels per class
             (what you will train with).
         max_items: score on a stratified subset of at most this many items.
@@ -151,6 +149,9 @@ def rank(candidates, data, *, scores=None, labels_per_class: int | None = None, 
         A :class:`RankResult`.
     """
     names = _check_scores(scores)
+    primary = primary or (PRIMARY_SCORE if scores is None else names[0])
+    if primary not in names:
+        raise ConfigError(f"The primary score '{primary}' must be one of the scores computed: {', '.join(names)}.")
     if not candidates:
         raise ConfigError("Give at least one candidate backbone spec.")
     target = _target_data(data, labels_per_class, max_items, seed, data_options or {})
@@ -177,13 +178,13 @@ def rank(candidates, data, *, scores=None, labels_per_class: int | None = None, 
         if progress:
             _say(row)
     table = pd.DataFrame(rows)
-    primary = _primary(names, table)
     table = _finish_table(table, names, primary, random_reference)
     if random_reference and table["flag"].str.contains("random").all() and len(table):
         notes.append(f"Every candidate scores near a randomly initialised network's {primary}: none of them "
                      "is likely to transfer; compare against a from-scratch baseline (transferkit compare).")
     notes += [f"{r.candidate}: {r.error}" for r in table.itertuples() if r.error]
-    return RankResult(table, primary, recommend(table, primary, target), target.name, notes)
+    rec = recommend(table, primary, labels_per_class=_labels_per_class(target), task=target.task)
+    return RankResult(table, primary, rec, target.name, notes)
 
 
 def _load(spec: str, target: TaskData, options: dict, *, pretrained: bool) -> Backbone:
@@ -220,25 +221,33 @@ def _finish_table(table: pd.DataFrame, names: list[str], primary: str, random_re
     return table
 
 
-def recommend(table: pd.DataFrame, primary: str, target: TaskData) -> dict:
+def recommend(table: pd.DataFrame, primary: str, *, labels_per_class: int, task: str = "classification") -> dict:
     """The backbone to start from and the strategy to adapt it with, with the reason.
 
-    Rule (documented, checked by ``benchmarks/model_selection.py``): the top
-    candidate by ``primary`` that is not flagged; then ``linear-probe`` when its
-    cross-validated linear-probe accuracy reaches :data:`SEPARABLE_AT` (the
-    frozen features already separate the classes) or when there are fewer than
-    :data:`FEW_LABELS` labels per class (too few for fine-tuning to pay off
-    reliably); otherwise ``finetune``.
+    Rule (checked by ``benchmarks/model_selection.py``): the candidate with the
+    highest ``primary`` score that is not flagged; then ``linear-probe`` when
+    its cross-validated linear-probe accuracy reaches :data:`SEPARABLE_AT` (the
+    frozen features already separate the classes) or when there are fewer
+    than :data:`FEW_LABELS` labels per class (too few for fine-tuning to pay
+    off reliably); otherwise ``finetune``.
+
+    Args:
+        table: one row per candidate with ``candidate``, ``flag`` ("" when usable),
+            the ``primary`` score and, if computed, ``linear-probe``.
+        primary: the score that picks the backbone.
+        labels_per_class: median labelled examples per class of the target.
+        task: ``classification`` or ``regression``.
     """
-    usable = table[(table["flag"] == "") & table[primary].notna()]
+    usable = table[(table["flag"].fillna("") == "") & table[primary].notna()]
+    usable = usable.sort_values(primary, ascending=False, kind="stable")
     if usable.empty:
         return {"backbone": None, "strategy": "scratch",
                 "reason": "No candidate scores above its randomly initialised architecture: train from scratch "
                           "or find a closer source model."}
     best = usable.iloc[0]
     lp = best.get("linear-probe", np.nan)
-    per_class = _labels_per_class(target)
-    if target.task == "regression":
+    per_class = labels_per_class
+    if task == "regression":
         strategy, why = "finetune", "regression target: fine-tune, and compare with a linear probe"
     elif not pd.isna(lp) and lp >= SEPARABLE_AT:
         strategy, why = "linear-probe", f"its frozen features already separate the classes (cross-validated " \

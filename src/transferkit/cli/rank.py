@@ -21,7 +21,9 @@ def rank_command(
                                              "layer (efficientnet-lite:0@block5)."),
     data: str = typer.Option(..., help="Built-in data set name, image folder, or CSV/TSV/JSONL file (labelled)."),
     scores: Optional[str] = typer.Option(None, help="Comma-separated scores (transferkit list scores); "
-                                                    "default: all. The first one sorts the table."),
+                                                    "default: all."),
+    primary: Optional[str] = typer.Option(None, help="The score that sorts the table and picks the backbone "
+                                                     "(default: the first of --scores, or the library default)."),
     labels_per_class: Optional[int] = typer.Option(None, help="Score a seeded draw of N labels per class."),
     max_items: int = typer.Option(2000, help="Score a stratified subset of at most this many items."),
     budget: Optional[float] = typer.Option(None, help="MINUTES: load no new candidate after this much time."),
@@ -39,7 +41,7 @@ def rank_command(
     from transferkit.selection import rank, save_rank
 
     options = {k: v for k, v in {"text_column": text_column, "label_column": label_column}.items() if v}
-    result = rank(parse_list(candidates), data, scores=parse_list(scores) or None,
+    result = rank(parse_list(candidates), data, scores=parse_list(scores) or None, primary=primary,
                   labels_per_class=labels_per_class, max_items=max_items, budget_minutes=budget,
                   random_reference=random_reference, image_size=image_size, max_length=max_length,
                   seed=seed, progress=True, data_options=options)
