@@ -16,6 +16,7 @@ _LAZY = {
     "TaskData": "transferkit.data.dataset", "TrainConfig": "transferkit.training",
     "STRATEGIES": "transferkit.strategies",
     "rank": "transferkit.selection", "RankResult": "transferkit.selection",
+    "TransferClassifier": "transferkit.sklearn", "TransferRegressor": "transferkit.sklearn",
 }
 
 __all__ = sorted(_LAZY)
