@@ -30,7 +30,7 @@ def invoke(*args):
 
 def test_help_lists_every_command():
     out = invoke("--help").output
-    for cmd in ("fit", "evaluate", "predict", "compare", "rank", "export", "serve", "tune", "list", "demo"):
+    for cmd in ("fit", "evaluate", "predict", "compare", "rank", "export", "serve", "push", "tune", "list", "demo"):
         assert cmd in out
 
 

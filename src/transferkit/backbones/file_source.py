@@ -149,7 +149,8 @@ def _resolve_bundle_ref(spec: str, files: Path | None) -> str:
     return f"{prefix}:{files / name[len(BUNDLE_REF):]}"
 
 
-@register_source("file", help="a transferkit bundle directory or a .safetensors file written by save_checkpoint()",
+@register_source("file", help="a transferkit bundle directory, a bundle on the Hub (file:hf:ORG/NAME), or a "
+                              ".safetensors file written by save_checkpoint()",
                  examples=("file:runs/my-bundle", "file:checkpoints/backbone.safetensors"),
                  options=("image_size", "max_length", "pooling"), modality="any")
 def create_file(name: str, *, pretrained: bool = True, files_dir: Path | None = None, **options: Any) -> Backbone:
@@ -165,7 +166,12 @@ def create_file(name: str, *, pretrained: bool = True, files_dir: Path | None = 
         MissingWeightsError: the path does not exist.
         BundleError: the bundle or file is incomplete, or its tensors do not fit.
     """
-    path = Path(name).expanduser()
+    if name.startswith("hf:"):  # a bundle pushed to the Hub (transferkit push)
+        from transferkit.export.hub import fetch_bundle
+
+        path = fetch_bundle(name)
+    else:
+        path = Path(name).expanduser()
     if not path.exists():
         raise MissingWeightsError(f"file: backbone not found: {path} (a bundle directory or a .safetensors file).")
     if path.is_dir():

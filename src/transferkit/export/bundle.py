@@ -192,6 +192,10 @@ class Predictor:
 
 
 def load(path: str | Path) -> Predictor:
-    """Load a bundle directory written by ``fit`` into a :class:`Predictor`."""
+    """Load a bundle directory written by ``fit`` (or ``hf:ORG/NAME``, one pushed to the Hub) into a :class:`Predictor`."""
+    if str(path).startswith("hf:"):
+        from transferkit.export.hub import fetch_bundle
+
+        path = fetch_bundle(str(path))
     manifest = read_manifest(path)
     return Predictor(rebuild_model(path, manifest), manifest, Path(path))
