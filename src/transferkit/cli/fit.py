@@ -40,6 +40,9 @@ def fit_command(
     overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
     check_transfer: bool = typer.Option(False, help="Also train the from-scratch baseline on the same data and "
                                                     "record whether transfer helped (verdict in manifest and report)."),
+    track: Optional[str] = typer.Option(None, help="Experiment tracker: tensorboard or mlflow (needs transferkit[track])."),
+    track_dir: Optional[Path] = typer.Option(None, help="Tracker output folder (default: runs/track; MLflow: a local "
+                                                        "file store there unless MLFLOW_TRACKING_URI is set)."),
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Adapt BACKBONE to DATA with STRATEGY; save a bundle (weights, manifest, report) to OUT."""
@@ -51,7 +54,8 @@ def fit_command(
                  image_size=image_size, max_length=max_length, epochs=epochs, lr=lr, head_lr=head_lr,
                  batch_size=batch_size, schedule=schedule, patience=patience, mixed_precision=mixed_precision,
                  grad_accum=grad_accum, seed=seed, text_column=text_column, label_column=label_column,
-                 check_transfer=check_transfer)
+                 check_transfer=check_transfer, track=track,
+                 track_dir=str(track_dir) if track_dir is not None else None)
     console.print(metrics_table(result.metrics, f"{strategy} on {data}"))
     verdict = result.manifest.get("verdict")
     if verdict:

@@ -8,6 +8,7 @@ process, so early-stopping decisions agree without any gathering.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,6 +21,8 @@ from transferkit.strategies.base import ItemDataset, Strategy, TransferModel, pr
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
+TRACKERS = ("tensorboard", "mlflow")
+_TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 
 
 @dataclass
@@ -40,6 +43,8 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is there"})
+    track: str | None = field(default=None, metadata={"help": f"experiment tracker: {', '.join(TRACKERS)} or None"})
+    track_dir: str | None = field(default=None, metadata={"help": "tracker output folder (default: runs/track)"})
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
@@ -59,6 +64,12 @@ class TrainConfig:
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"The 'mixed_precision' parameter of TrainConfig must be one of "
                               f"{', '.join(PRECISIONS)}. Got {self.mixed_precision!r} instead.")
+        if self.track is not None and self.track not in TRACKERS:
+            raise ConfigError(f"The 'track' parameter of TrainConfig must be one of {', '.join(TRACKERS)} or None. "
+                              f"Got {self.track!r} instead.")
+        if self.track_dir is not None and not isinstance(self.track_dir, (str, os.PathLike)):
+            raise ConfigError(f"The 'track_dir' parameter of TrainConfig must be a path or None. "
+                              f"Got {self.track_dir!r} instead.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +106,28 @@ def _sync_buffers(model: nn.Module, acc) -> None:
             dist.broadcast(buf.data, src=0)
 
 
+def _flat_params(values: dict, prefix: str = "") -> dict:
+    """Flatten nested dicts to ``a.b`` keys with tracker-safe scalar values (others become strings)."""
+    out = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_params(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = str(v)  # None, tuples, paths
+    return out
+
+
+def _require_tracker(track: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(_TRACKER_PACKAGES[track]) is None:
+        raise ConfigError(f"track={track!r} needs the {_TRACKER_PACKAGES[track]!r} package: "
+                          f"pip install 'transferkit[track]'.")
+
+
 def distributed_state():
     """Accelerate's process state (one process, or a torchrun / accelerate-launch group; gloo on CPU)."""
     from accelerate import PartialState
@@ -113,6 +146,11 @@ class Trainer:
     def __init__(self, config: TrainConfig | None = None, accelerator=None):
         self.config = config or TrainConfig()
         self._accelerator = accelerator
+        self._step = 0
+
+    @property
+    def track_dir(self) -> str:
+        return str(self.config.track_dir or os.path.join("runs", "track"))
 
     @property
     def accelerator(self):
@@ -124,9 +162,13 @@ class Trainer:
             ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
             # Without a GPU, `cpu=True` is what lets Accelerate join a torchrun/launch group over gloo.
             cpu = self.config.cpu or not torch.cuda.is_available()
+            tracking = {}
+            if self.config.track is not None:
+                _require_tracker(self.config.track)
+                tracking = {"log_with": self.config.track, "project_dir": self.track_dir}
             self._accelerator = Accelerator(mixed_precision=self.config.mixed_precision, cpu=cpu,
                                             gradient_accumulation_steps=self.config.grad_accum,
-                                            kwargs_handlers=[ddp])
+                                            kwargs_handlers=[ddp], **tracking)
         return self._accelerator
 
     def resolved(self, strategy: Strategy) -> tuple[int, float, float]:
@@ -160,7 +202,31 @@ class Trainer:
             sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.schedule, steps, warm))
         wrapped, optimizer, loader, sched = acc.prepare(model, optimizer, loader, sched)
         val_ds = ItemDataset(val, model.backbone.preprocess) if val is not None and len(val) else None
-        return self._run(strategy, model, wrapped, optimizer, loader, sched, epochs, val, val_ds)
+        if cfg.track is None:
+            return self._run(strategy, model, wrapped, optimizer, loader, sched, epochs, val, val_ds)
+        try:
+            self._start_tracking(strategy, model, epochs, lr, head_lr, steps)
+            return self._run(strategy, model, wrapped, optimizer, loader, sched, epochs, val, val_ds)
+        finally:
+            acc.end_training()
+            acc.trackers = []  # a later fit() on this Trainer starts a fresh run
+
+    def _start_tracking(self, strategy, model, epochs, lr, head_lr, steps) -> None:
+        cfg, acc = self.config, self.accelerator
+        if cfg.track == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI") and acc.is_main_process:
+            import mlflow
+            from pathlib import Path
+
+            # A local file store under track_dir, unless the user points MLflow elsewhere. MLflow >= 3.x
+            # refuses file stores (maintenance mode) unless opted in; a database backend needs full mlflow.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            mlflow.set_tracking_uri((Path(self.track_dir).resolve() / "mlruns").as_uri())
+        backbone = getattr(getattr(model, "backbone", None), "spec", None)
+        params = {**cfg.to_dict(), "resolved": {"epochs": epochs, "lr": lr, "head_lr": head_lr, "steps": steps},
+                  "strategy": {"name": strategy.name, **(strategy.config.to_dict() if strategy.config else {})},
+                  "backbone": backbone, "task": model.task}
+        self._step = 0
+        acc.init_trackers(f"transferkit-{strategy.name}", config=_flat_params(params))
 
     def _run(self, strategy, model, wrapped, optimizer, loader, sched, epochs, val, val_ds):
         cfg, acc = self.config, self.accelerator
@@ -183,6 +249,8 @@ class Trainer:
                 else:
                     stale += 1
             history.append(row)
+            if cfg.track is not None:
+                acc.log({f"epoch/{k}": v for k, v in row.items() if isinstance(v, (int, float))}, step=self._step)
             bar.update(row)
             if cfg.patience is not None and stale >= cfg.patience:
                 break
@@ -205,9 +273,14 @@ class Trainer:
                 acc.backward(out["loss"])
                 if cfg.max_grad_norm and acc.sync_gradients:
                     acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+                lrs = [gr["lr"] for gr in optimizer.param_groups]  # the rates this step uses
                 optimizer.step()
                 sched.step()
                 optimizer.zero_grad(set_to_none=True)
+            if cfg.track is not None and acc.sync_gradients:
+                self._step += 1
+                acc.log({"train/loss": float(out["loss"].detach()), "train/lr": lrs[0],
+                         "train/head_lr": lrs[-1]}, step=self._step)
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
             n += 1
