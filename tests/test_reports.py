@@ -154,3 +154,15 @@ def test_compare_report_single_budget_has_no_curve(tmp_path):
     assert "data_efficiency.png" not in {p.name for p in paths}
     md = (tmp_path / "report.md").read_text()
     assert "± n/a" in md and "interval unknown" in md
+
+
+def test_projection_png_draws_classes_and_refuses_bad_shapes():
+    from transferkit.errors import DataError
+    from transferkit.reports.plots import projection_png
+
+    rng = np.random.default_rng(0)
+    feats, labels = rng.normal(size=(60, 8)) + np.repeat(np.eye(3, 8) * 5, 20, axis=0), np.repeat([0, 1, 2], 20)
+    png = projection_png(feats, labels, ["a", "b", "c"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    with pytest.raises(DataError, match="N labels"):
+        projection_png(feats, labels[:10])

@@ -181,7 +181,7 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
     predictor = Predictor(model, manifest)
     path = None
     if out is not None and _is_main_process():
-        path = save_bundle(model, out, manifest, overwrite=overwrite, extra=_fit_report(manifest, history, metrics, train) if report else None)
+        path = save_bundle(model, out, manifest, overwrite=overwrite, extra=_fit_report(manifest, history, metrics, train, model, _scored(val, test)) if report else None)
         predictor = Predictor(model, read_manifest(path), path)
     _wait_for_everyone()
     return FitResult(predictor, metrics, history, predictor.manifest, Path(out) if out is not None else None)
@@ -267,12 +267,25 @@ def _provenance(backbone, strategy: Strategy, data: TaskData) -> str:
     return BACKBONE_SOURCES.entry(prefix).help if prefix in BACKBONE_SOURCES else ""
 
 
-def _fit_report(manifest, history, metrics, train):
+def _fit_report(manifest, history, metrics, train, model=None, scored=None):
     def write(directory: Path) -> None:
         from transferkit.reports import write_fit_report
 
-        write_fit_report(directory, manifest=manifest, history=history, metrics=metrics, label_names=train.label_names)
+        write_fit_report(directory, manifest=manifest, history=history, metrics=metrics, label_names=train.label_names,
+                         projection=_projection(model, scored))
     return write
+
+
+def _projection(model, scored) -> tuple | None:
+    """Features of (up to 1,000 of) the evaluated items under the trained backbone, for the report's PCA plot."""
+    from transferkit.data.cache import compute_features
+
+    if model is None or scored is None or scored.task != "classification" or model.backbone is None:
+        return None
+    if model.backbone.num_features > 5000:  # e.g. a TF-IDF vocabulary: not worth a dense projection
+        return None
+    part = subsample(scored, 1000, 0)
+    return compute_features(model.backbone, part), np.asarray(part.targets)
 
 
 def _is_main_process() -> bool:

@@ -138,6 +138,41 @@ def confusion_png(matrix, label_names: Sequence[str] | None = None) -> bytes:
     return _to_png(fig)
 
 
+def projection_png(features, labels, label_names: Sequence[str] | None = None, max_points: int = 2000) -> bytes:
+    """The features projected on their first two principal components, one colour per class.
+
+    Args:
+        features: ``[N, D]`` features of the evaluated items.
+        labels: ``[N]`` integer classes.
+        label_names: Class names for the legend.
+        max_points: plot at most this many items (an evenly spaced subset).
+
+    Raises:
+        DataError: If the shapes do not match or there are fewer than 2 items.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels).astype(int)
+    if x.ndim != 2 or len(x) != len(y) or len(x) < 2:
+        raise DataError(f"A projection needs [N, D] features and N labels, N >= 2; got {x.shape} and {y.shape}.")
+    keep = np.linspace(0, len(x) - 1, min(len(x), max_points)).astype(int)
+    x, y = x[keep] - x[keep].mean(0), y[keep]
+    _, sv, vt = np.linalg.svd(x, full_matrices=False)
+    xy = x @ vt[:2].T if vt.shape[0] >= 2 else np.column_stack([x @ vt[:1].T, np.zeros(len(x))])
+    explained = (sv[:2] ** 2) / max((sv**2).sum(), 1e-300)
+    fig = Figure(figsize=(6.5, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = colormaps["tab20" if y.max() >= 10 else "tab10"]
+    for c in np.unique(y):
+        name = label_names[c] if label_names is not None and c < len(label_names) else str(c)
+        ax.scatter(xy[y == c, 0], xy[y == c, 1], s=10, alpha=0.7, color=cmap(int(c) % cmap.N), label=str(name))
+    if len(np.unique(y)) <= 20:
+        ax.legend(fontsize="small", markerscale=1.5, loc="best")
+    ax.set_xlabel(f"PC 1 ({100 * explained[0]:.0f}% of variance)")
+    ax.set_ylabel(f"PC 2 ({100 * explained[1]:.0f}% of variance)" if len(explained) > 1 else "PC 2")
+    ax.set_title("Features of the evaluated items (PCA)")
+    return _to_png(fig)
+
+
 def strategy_colors(summary: pd.DataFrame) -> dict[str, tuple]:
     """A colour per strategy: blues for transfer, oranges for scratch, stable across figures."""
     kinds = _kinds(summary)

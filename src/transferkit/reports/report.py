@@ -31,6 +31,7 @@ from transferkit.reports.plots import (
     data_efficiency_png,
     learning_curve_png,
     lpc_label,
+    projection_png,
     strategy_bars_png,
 )
 
@@ -319,7 +320,8 @@ def _versions_section(manifest: dict) -> list[Block]:
                                   "report was written:"), *_kv_table(_installed_versions())]
 
 
-def _fit_figures(history: Sequence[dict], metrics: dict | None, label_names: Sequence[str] | None) -> list[Block]:
+def _fit_figures(history: Sequence[dict], metrics: dict | None, label_names: Sequence[str] | None,
+                 projection: tuple | None = None) -> list[Block]:
     blocks = [_h(2, "Learning curve")]
     if history:
         blocks.append(_img("learning_curve.png", learning_curve_png(history), "Learning curve"))
@@ -330,6 +332,12 @@ def _fit_figures(history: Sequence[dict], metrics: dict | None, label_names: Seq
         names = (metrics or {}).get("labels") or label_names
         names = names if names is not None and len(names) == len(matrix) else None
         blocks += [_h(2, "Confusion matrix"), _img("confusion.png", confusion_png(matrix, names), "Confusion matrix")]
+    if projection is not None:
+        feats, labels = projection
+        blocks += [_h(2, "Features by class"),
+                   _p("The trained backbone's features of the evaluated items on their first two principal "
+                      "components: classes that overlap here are the ones the head confuses."),
+                   _img("features_pca.png", projection_png(feats, labels, label_names), "Features by class (PCA)")]
     return blocks
 
 
@@ -340,6 +348,7 @@ def write_fit_report(
     history: list[dict],
     metrics: dict | None,
     label_names: Sequence[str] | None = None,
+    projection: tuple | None = None,
 ) -> list[Path]:
     """Write the model card of one fit as ``report.md`` (+ ``plots/``) and a self-contained ``report.html``.
 
@@ -361,6 +370,7 @@ def write_fit_report(
         metrics: Evaluation metrics (from :func:`transferkit.evaluation.compute_metrics`);
             ``None`` falls back to ``manifest["metrics"]``.
         label_names: Class names; default ``manifest["label_names"]``.
+        projection: ``(features [N, D], labels [N])`` of the evaluated items, drawn as a 2-D PCA plot.
 
     Returns:
         The paths written: ``report.md``, ``report.html``, then the PNGs.
@@ -372,7 +382,7 @@ def write_fit_report(
     blocks = [_h(1, title)] + ([_p(f"Created: {created}.")] if created else [])
     blocks += _source_section(manifest) + _data_section(manifest, label_names) + _training_section(manifest)
     blocks += _metrics_section(metrics, manifest) + _verdict_section(manifest)
-    blocks += _fit_figures(history, metrics, label_names)
+    blocks += _fit_figures(history, metrics, label_names, projection)
     blocks += _limits_section(manifest) + _versions_section(manifest)
     return _write_report(Path(out_dir), blocks, title, extra={})
 
