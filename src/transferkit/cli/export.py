@@ -22,10 +22,14 @@ def export_command(
     overwrite: bool = typer.Option(False, help="Replace an existing directory at --out."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's own; below 18 uses the "
                                                    "TorchScript-based exporter)."),
+    eval_data: Optional[str] = typer.Option(None, help="With --quantize: labelled data (a built-in name uses its test "
+                                                       "split) on which to measure the int8 model's metric change."),
 ) -> None:
     """Export the model of BUNDLE to OUT, with a dynamic batch size, and check it against PyTorch."""
     from transferkit.export.onnx_export import export_bundle, read_export
 
+    if eval_data is not None and not quantize:
+        raise typer.BadParameter("--eval-data measures the int8 model: give --quantize too.")
     path = export_bundle(bundle, out, format=format, quantize=quantize, overwrite=overwrite, opset=opset)
     info = read_export(path)
     opset_note = f", opset {info['opset']}" if info.get("opset") else ""
@@ -39,3 +43,10 @@ def export_command(
     if info.get("quantization"):
         console.print(f"int8 model: max |logit difference| {info['quantization']['max_abs_diff']:.2e} "
                       "(reported, not enforced)", highlight=False)
+    if eval_data is not None:
+        from transferkit.export.onnx_export import quantization_accuracy
+
+        q = quantization_accuracy(path, eval_data)
+        agree = f", same prediction on {100 * q['agreement']:.1f}% of items" if q["agreement"] is not None else ""
+        console.print(f"int8 {q['metric']} on {q['n']} items of {eval_data}: {q['int8']:.4f} vs {q['float']:.4f} "
+                      f"float ({q['change']:+.4f}{agree})", highlight=False)
