@@ -18,7 +18,7 @@ import pandas as pd
 
 from transferkit.backbones import load_backbone
 from transferkit.backbones.base import Backbone
-from transferkit.data import align_labels, resolve_data, sample_per_class, subsample, train_val_split
+from transferkit.data import align_to_label_names, resolve_data, sample_per_class, subsample, train_val_split
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation import PRIMARY_METRIC, compute_metrics, higher_is_better, summarize, transfer_verdicts
@@ -181,7 +181,8 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
     predictor = Predictor(model, manifest)
     path = None
     if out is not None and _is_main_process():
-        path = save_bundle(model, out, manifest, overwrite=overwrite, extra=_fit_report(manifest, history, metrics, train, model, _scored(val, test)) if report else None)
+        extra = _fit_report(manifest, history, metrics, train, model, _scored(val, test)) if report else None
+        path = save_bundle(model, out, manifest, overwrite=overwrite, extra=extra)
         predictor = Predictor(model, read_manifest(path), path)
     _wait_for_everyone()
     return FitResult(predictor, metrics, history, predictor.manifest, Path(out) if out is not None else None)
@@ -296,19 +297,6 @@ def _wait_for_everyone() -> None:
     distributed_state().wait_for_everyone()
 
 
-def _align_labels(data: TaskData, names: list[str] | None) -> TaskData:
-    """Re-index the evaluation targets to the bundle's label order, refusing labels it never saw.
-
-    The bundle keeps label names, not training data, so a reference that holds
-    every known label once stands in for the training set of ``align_labels``.
-    """
-    if names is None or data.task == "regression":
-        return data
-    known = np.eye(len(names), dtype=np.float32) if data.task == "multilabel" else np.arange(len(names))
-    reference = TaskData(list(names), known, data.modality, data.task, list(names), name="the trained model")
-    return align_labels(reference, data)
-
-
 def evaluate(bundle: str | Path | Predictor, data, *, split: str = "test", **data_options) -> dict:
     """Metrics of a saved bundle on ``data`` (a built-in name uses its test split unless ``split="train"``)."""
     predictor = bundle if isinstance(bundle, Predictor) else load(bundle)
@@ -316,7 +304,7 @@ def evaluate(bundle: str | Path | Predictor, data, *, split: str = "test", **dat
     target = test if (split == "test" and test is not None) else train
     if target.targets is None:
         raise DataError(f"'{target.name}' has no labels to evaluate against.")
-    target = _align_labels(target, predictor.label_names)
+    target = align_to_label_names(target, predictor.label_names)
     outputs = predictor.outputs(target.items)
     return compute_metrics(predictor.task, target.targets, outputs, predictor.label_names)
 

@@ -200,6 +200,19 @@ def check_eval_labels(train: TaskData, evaluation: TaskData) -> None:
                         f"had: {listed}. Training labels: {', '.join(seen)}.")
 
 
+def align_to_label_names(data: TaskData, names: Sequence[str] | None, owner: str = "the trained model") -> TaskData:
+    """Re-index evaluation targets to a trained model's label order, refusing labels it never saw.
+
+    A model keeps label names, not training data, so a reference that holds
+    every known label once stands in for the training set of :func:`align_labels`.
+    Regression data, or a model without label names, is returned unchanged.
+    """
+    if names is None or data.task == "regression":
+        return data
+    known = np.eye(len(names), dtype=np.float32) if data.task == "multilabel" else np.arange(len(names))
+    return align_labels(TaskData(list(names), known, data.modality, data.task, list(names), name=owner), data)
+
+
 def align_labels(train: TaskData, evaluation: TaskData) -> TaskData:
     """Re-index ``evaluation``'s targets onto ``train.label_names`` (matched by name).
 

@@ -182,17 +182,21 @@ class Predictor:
 
     def predict(self, items: Sequence, batch_size: int = 64) -> list:
         """Label names (classification), lists of label names (multi-label) or floats (regression)."""
-        out = self.outputs(items, batch_size)
-        names = self.label_names or []
-        if self.task == "classification":
-            return [names[i] if names else int(i) for i in out.argmax(1)]
-        if self.task == "multilabel":
-            return [[names[j] for j in np.flatnonzero(row > 0.5)] for row in out]
-        return [float(v) for v in out]
+        return outputs_to_predictions(self.outputs(items, batch_size), self.task, self.label_names)
+
+
+def outputs_to_predictions(out: np.ndarray, task: str, label_names: Sequence[str] | None) -> list:
+    """Label names (classification), lists of label names (multi-label, p > 0.5) or floats (regression)."""
+    names = list(label_names or [])
+    if task == "classification":
+        return [names[i] if names else int(i) for i in out.argmax(1)]
+    if task == "multilabel":
+        return [[names[j] for j in np.flatnonzero(row > 0.5)] for row in out]
+    return [float(v) for v in out]
 
 
 def load(path: str | Path) -> Predictor:
-    """Load a bundle directory written by ``fit`` (or ``hf:ORG/NAME``, one pushed to the Hub) into a :class:`Predictor`."""
+    """Load a bundle written by ``fit`` (a directory, or ``hf:ORG/NAME`` pushed to the Hub) into a :class:`Predictor`."""
     if str(path).startswith("hf:"):
         from transferkit.export.hub import fetch_bundle
 

@@ -53,6 +53,7 @@ from transferkit.export.bundle import (
     MANIFEST,
     _json_default,
     _replace_dir,
+    outputs_to_predictions,
     check_writable,
     read_manifest,
     rebuild_model,
@@ -587,13 +588,7 @@ class OnnxPredictor:
 
     def predict(self, items: Sequence, batch_size: int = 64) -> list:
         """Label names (classification), lists of label names (multi-label) or floats (regression)."""
-        out = self.outputs(items, batch_size)
-        names = self.label_names or []
-        if self.task == "classification":
-            return [names[i] if names else int(i) for i in out.argmax(1)]
-        if self.task == "multilabel":
-            return [[names[j] for j in np.flatnonzero(row > 0.5)] for row in out]
-        return [float(v) for v in out]
+        return outputs_to_predictions(self.outputs(items, batch_size), self.task, self.label_names)
 
 
 def quantization_accuracy(export_dir: str | Path, data, *, max_items: int | None = 1000, **data_options) -> dict:
@@ -613,8 +608,7 @@ def quantization_accuracy(export_dir: str | Path, data, *, max_items: int | None
         ConfigError: the export has no int8 model.
         DataError: the data has no labels or labels the model never saw.
     """
-    from transferkit.data import align_labels, resolve_data, subsample
-    from transferkit.data.dataset import TaskData
+    from transferkit.data import align_to_label_names, resolve_data, subsample
     from transferkit.errors import DataError
     from transferkit.evaluation import PRIMARY_METRIC, compute_metrics
 
@@ -629,10 +623,7 @@ def quantization_accuracy(export_dir: str | Path, data, *, max_items: int | None
     if max_items is not None and len(target) > max_items:
         target = subsample(target, max_items, 0)
     names = fp32.label_names
-    if names is not None and fp32.task == "classification":
-        reference = TaskData(list(names), np.arange(len(names)), target.modality, target.task, list(names),
-                             name="the exported model")
-        target = align_labels(reference, target)
+    target = align_to_label_names(target, names, "the exported model")
     out_a, out_b = fp32.outputs(target.items), int8.outputs(target.items)
     metric = PRIMARY_METRIC[fp32.task]
     a = compute_metrics(fp32.task, target.targets, out_a, names)[metric]
