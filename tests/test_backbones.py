@@ -42,6 +42,7 @@ CASES = {
     "small-cnn": ("small-cnn:32", {}, False),
     "hf-tiny-bert": ("hf:{tiny_bert}", {"max_length": 16}, True),
     "sentence-minilm": ("sentence:all-MiniLM-L6-v2", {"max_length": 32}, True),
+    "peft-lora-tiny-bert": ("peft:{peft_adapter}", {"max_length": 16}, True),
 }
 #: Registered sources without a conformance case, and why.
 EXEMPT = {"file": "exercised by the round trips of every case",
@@ -78,10 +79,24 @@ def tiny_bert(tmp_path_factory, no_network) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def peft_adapter(tmp_path_factory, tiny_bert) -> str:
+    """A LoRA adapter saved by ``peft`` itself on the tiny BERT (non-zero B, so it changes the features)."""
+    import peft
+    from transformers import AutoModel
+
+    path = tmp_path_factory.mktemp("peft-adapter")
+    torch.manual_seed(0)
+    config = peft.LoraConfig(r=2, target_modules=["query", "value"], init_lora_weights=False)
+    peft.get_peft_model(AutoModel.from_pretrained(tiny_bert), config).save_pretrained(str(path))
+    return str(path)
+
+
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request, tiny_bert) -> dict:
     spec, options, pretrained = CASES[request.param]
-    spec = spec.format(tiny_bert=tiny_bert)
+    adapter = request.getfixturevalue("peft_adapter") if "{peft_adapter}" in spec else None
+    spec = spec.format(tiny_bert=tiny_bert, peft_adapter=adapter)
     torch.manual_seed(0)
     bb = load_backbone(spec, pretrained=pretrained, **options).eval()
     return {"id": request.param, "spec": spec, "options": options, "backbone": bb}

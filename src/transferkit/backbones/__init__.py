@@ -175,6 +175,7 @@ from transferkit.backbones import (  # noqa: E402,F401
     efficientnet_lite,
     file_source,
     hf,
+    peft_source,
     small_cnn,
     tfidf,
     timm_source,

@@ -170,6 +170,15 @@ class Backbone(nn.Module):
     def layer_groups(self) -> list[list[nn.Parameter]]:
         raise NotImplementedError
 
+    def transformer_slot(self) -> tuple[nn.Module, str] | None:
+        """``(owner, attribute)`` holding the inner transformers model, or ``None``.
+
+        Strategies that wrap the transformer itself (prompt and prefix tuning
+        through PEFT) replace ``getattr(owner, attribute)``; the backbone's
+        pooling then skips the virtual tokens the wrapper prepends.
+        """
+        return None
+
     def architecture(self) -> dict:
         """JSON-able description to rebuild this architecture: ``{"spec": ..., "options": {...}}``.
 

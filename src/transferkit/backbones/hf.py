@@ -113,6 +113,25 @@ def transformer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     return [g for g in (before, *layers, after) if g]
 
 
+def is_peft_wrapper(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``peft.PeftModel`` (prompt or prefix tuning wraps the transformer in one)."""
+    return hasattr(model, "active_peft_config")
+
+
+def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tokenizer's tensors, without ``token_type_ids`` for a PEFT wrapper (which ignores them, with a warning)."""
+    if is_peft_wrapper(model):
+        return {k: v for k, v in batch.items() if k != "token_type_ids"}
+    return batch
+
+
+def skip_virtual_tokens(hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Drop the soft-prompt positions prompt tuning prepends, so pooling sees the real tokens only."""
+    mask = batch.get("attention_mask")
+    extra = hidden.shape[1] - (mask.shape[1] if mask is not None else batch["input_ids"].shape[1])
+    return hidden[:, extra:] if extra > 0 else hidden
+
+
 def _hidden_size(config: Any, spec: str) -> int:
     for attr in ("hidden_size", "d_model", "dim"):
         if isinstance(getattr(config, attr, None), int):
@@ -154,7 +173,7 @@ class HFBackbone(Backbone):
         self.preprocess = text_preprocess(spec, tokenizer, max_length)
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.model(**batch).last_hidden_state
+        hidden = skip_virtual_tokens(self.model(**model_inputs(self.model, batch)).last_hidden_state, batch)
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = batch.get("attention_mask")
@@ -165,6 +184,9 @@ class HFBackbone(Backbone):
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         return transformer_groups(self.model)
+
+    def transformer_slot(self) -> tuple[nn.Module, str]:
+        return self, "model"
 
     def architecture_options(self) -> dict:
         return {"pooling": self.pooling, "max_length": self.preprocess.max_length}
@@ -245,10 +267,23 @@ class SentenceBackbone(Backbone):
         self.preprocess = text_preprocess(spec, model.tokenizer, max_length)
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(dict(batch))["sentence_embedding"]
+        owner, attr = self.transformer_slot()
+        inner = getattr(owner, attr)
+        if not is_peft_wrapper(inner):
+            return self.model(dict(batch))["sentence_embedding"]
+        # A PEFT prompt/prefix wrapper: run it directly, then the pooling modules on the real tokens.
+        hidden = skip_virtual_tokens(inner(**model_inputs(inner, batch)).last_hidden_state, batch)
+        features = {**batch, "token_embeddings": hidden}
+        for module in list(self.model)[1:]:
+            features = module(features)
+        return features["sentence_embedding"]
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         return transformer_groups(self.model)
+
+    def transformer_slot(self) -> tuple[nn.Module, str]:
+        first = self.model[0]
+        return first, "model" if "model" in first._modules else "auto_model"
 
     def architecture_options(self) -> dict:
         return {"max_length": self.preprocess.max_length}

@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
 def export_command(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `transferkit fit`."),
     out: Path = typer.Option(..., help="Directory to write (refused if it exists, unless --overwrite)."),
-    format: str = typer.Option("onnx", "--format", help="onnx (for onnxruntime) or torchscript."),
+    format: str = typer.Option("onnx", "--format", help="onnx (for onnxruntime), torchscript, or peft (an adapter "
+                                                        "bundle's adapter in Hugging Face PEFT's format)."),
     quantize: bool = typer.Option(False, help="ONNX: also write model.int8.onnx (dynamic int8 quantisation)."),
     overwrite: bool = typer.Option(False, help="Replace an existing directory at --out."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's own; below 18 uses the "
@@ -30,6 +31,15 @@ def export_command(
 
     if eval_data is not None and not quantize:
         raise typer.BadParameter("--eval-data measures the int8 model: give --quantize too.")
+    if format == "peft":
+        from transferkit.export.peft_interop import export_peft_adapter
+
+        if quantize or opset is not None:
+            raise typer.BadParameter("--quantize and --opset apply to ONNX export, not --format peft.")
+        path = export_peft_adapter(bundle, out, overwrite=overwrite)
+        console.print(f"wrote the adapter of [bold]{bundle}[/bold] in PEFT's format to [bold]{path}[/bold]: "
+                      f"peft.PeftModel.from_pretrained(base_model, '{path}') loads it", highlight=False)
+        return
     path = export_bundle(bundle, out, format=format, quantize=quantize, overwrite=overwrite, opset=opset)
     info = read_export(path)
     opset_note = f", opset {info['opset']}" if info.get("opset") else ""

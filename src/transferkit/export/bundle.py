@@ -73,6 +73,13 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        adapter = getattr(model, "adapter", None)
+        if adapter is not None:
+            manifest = {**manifest, "adapter": {k: v for k, v in adapter.items() if k != "keys"}}
+            if adapter["adapter_only"]:
+                from transferkit.strategies.parameter_efficient import adapter_state
+
+                state = adapter_state(model, state)
         save_file(state, str(tmp / WEIGHTS), metadata={"format": BUNDLE_FORMAT})
         model.backbone.save_files(tmp / "backbone")
         manifest = {"format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, **manifest,
@@ -139,13 +146,57 @@ def rebuild_model(path: str | Path, manifest: dict | None = None) -> TransferMod
     manifest = manifest or read_manifest(path)
     arch, h = manifest["backbone"], manifest["head"]
     files = path / "backbone"
-    backbone = load_backbone(arch["spec"], pretrained=False, files_dir=files if files.exists() else None,
-                             **arch.get("options", {}))
+    adapter = manifest.get("adapter")
+    if adapter and adapter.get("adapter_only"):
+        backbone = _base_for_adapter(path, arch, adapter)
+    else:
+        backbone = load_backbone(arch["spec"], pretrained=False, files_dir=files if files.exists() else None,
+                                 **arch.get("options", {}))
+    if adapter:
+        from transferkit.strategies.parameter_efficient import attach_from_manifest
+
+        attach_from_manifest(backbone, adapter)
     layers: list[nn.Module] = [nn.Dropout(h["dropout"])] if h.get("dropout") else []
     head = nn.Sequential(*layers, nn.Linear(h["in_features"], h["out_features"]))
     model = TransferModel(backbone, head, manifest["task"], manifest.get("label_names"))
-    model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+    state = load_file(str(path / WEIGHTS))
+    if adapter and adapter.get("adapter_only"):
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        not_base = [k for k in missing if k.startswith("head.") or k not in _base_keys(backbone)]
+        if unexpected or not_base:
+            raise BundleError(f"{path / WEIGHTS} does not fit the adapter its manifest describes: "
+                              f"unexpected {unexpected[:3]}, missing {not_base[:3]}.")
+        model.adapter = {**adapter, "keys": sorted(state)}
+    else:
+        model.load_state_dict(state, strict=True)
+        if adapter:
+            model.adapter = {**adapter, "keys": sorted(k for k in state if k.startswith("backbone.") and
+                                                       _is_adapter_key(model, k))}
     return model.eval()
+
+
+def _base_for_adapter(path: Path, arch: dict, adapter: dict):
+    """The pre-trained base an adapter-only bundle was trained on, checked against its recorded digest."""
+    from transferkit.strategies.parameter_efficient import check_base_digest
+
+    try:
+        backbone = load_backbone(arch["spec"], pretrained=True, **arch.get("options", {}))
+    except Exception as exc:  # noqa: BLE001 - re-raised with what the bundle needs
+        raise BundleError(f"{path} stores only an adapter: it needs the pre-trained base '{arch['spec']}', which "
+                          f"could not be loaded ({exc}).") from exc
+    check_base_digest(backbone, adapter, str(path))
+    return backbone
+
+
+def _base_keys(backbone) -> set[str]:
+    """State-dict keys of the frozen base (every key of the backbone but the trainable adapter's)."""
+    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
+    return {f"backbone.{k}" for k in backbone.state_dict() if k not in trainable}
+
+
+def _is_adapter_key(model: TransferModel, key: str) -> bool:
+    name = key[len("backbone."):]
+    return any(n == name and p.requires_grad for n, p in model.backbone.named_parameters())
 
 
 class Predictor:

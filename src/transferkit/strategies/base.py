@@ -81,6 +81,9 @@ class TransferModel(nn.Module):
         self.head = head
         self.task = task
         self.label_names = list(label_names) if label_names is not None else None
+        #: set by parameter-efficient strategies: what was attached (strategy, options, the adapter's
+        #: state-dict keys, the base weights' digest); bundles store and replay it.
+        self.adapter: dict | None = None
 
     def forward(self, batch) -> torch.Tensor:
         return self.head(self.backbone.forward_features(batch))
@@ -248,6 +251,9 @@ class Strategy:
     def fit(self, backbone: Backbone, train: TaskData, val: TaskData | None, trainer) -> tuple[TransferModel, list[dict]]:
         """Prepare the model and run the generic loop. Returns the model and its history."""
         self.check_data(backbone, train)
+        seed = getattr(getattr(trainer, "config", None), "seed", None)
+        if seed is not None:  # new heads and adapters initialise the same way for the same seed
+            torch.manual_seed(seed)
         model = self.prepare(backbone, train)
         model, history = trainer.fit(self, model, train, val)
         self.on_train_end(model, train)

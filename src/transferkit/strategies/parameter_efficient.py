@@ -1,0 +1,363 @@
+"""Parameter-efficient adaptation: ``lora``, ``ia3``, ``prompt-tuning``, ``prefix-tuning`` (through
+Hugging Face PEFT) and bottleneck ``adapter`` layers (written here: PEFT has none for these placements).
+
+The pre-trained backbone stays frozen; only the injected parameters and the
+new head train. Because the base weights never change, a bundle stores only
+the trained adapter, the head and the base model's spec (plus a digest of
+its weights, checked on load): a few percent of the full model.
+
+* ``lora`` (Hu et al. 2021, https://arxiv.org/abs/2106.09685): ``W x + (alpha/r) B A x``
+  with ``B = 0`` at the start; ``dora=True`` adds DoRA's magnitude vector
+  (Liu et al. 2024, https://arxiv.org/abs/2402.09353). Linear layers and plain
+  convolutions (the convolution's own kernel for ``A``, 1x1 for ``B``).
+* ``ia3`` (Liu et al. 2022, https://arxiv.org/abs/2205.05638): learned vectors scaling the
+  keys, values and the feed-forward activations (one number per channel).
+* ``prompt-tuning`` (Lester et al. 2021, https://arxiv.org/abs/2104.08691): trainable
+  virtual token embeddings prepended to the input; pooling skips them.
+* ``prefix-tuning`` (Li & Liang 2021, https://arxiv.org/abs/2101.00190): trainable
+  key/value prefixes in every attention layer.
+* ``adapter``: bottleneck adapters ``h + U f(D h)`` (``U = 0`` at the start) after the
+  attention output and the feed-forward output of each transformer layer
+  (``placement="houlsby"``, Houlsby et al. 2019, https://arxiv.org/abs/1902.00751) or after the
+  feed-forward output only (``"pfeiffer"``, Pfeiffer et al. 2021,
+  https://arxiv.org/abs/2005.00247); on conv nets, parallel residual adapters
+  ``conv(x) + U D x`` with 1x1 convolutions (Rebuffi et al. 2018,
+  https://arxiv.org/abs/1803.10082).
+
+Target modules are chosen per architecture (see :func:`default_targets`) or by
+``target_modules``: fnmatch patterns or name suffixes over the backbone's module names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from transferkit.backbones.base import Backbone
+from transferkit.data.dataset import TaskData
+from transferkit.errors import BundleError, ConfigError, check_range
+from transferkit.strategies.adapter_layers import (ACTIVATIONS, ParallelConvAdapter, SeriesAdapter, check_rank,
+                                                   is_ffn_output, set_module, default_targets, enable_checkpointing,
+                                                   resolve_targets)
+from transferkit.strategies.base import TrainDefaults, TransferModel, register_strategy
+from transferkit.strategies.finetune import Finetune, FinetuneConfig
+
+#: FinetuneConfig options that choose which backbone weights train: meaningless when only adapters train.
+_LAYER_OPTIONS = {"train_last": None, "freeze": [], "train_only": [], "lr_decay": 1.0, "recalibrate_bn": False}
+PLACEMENTS = ("houlsby", "pfeiffer")
+
+
+@dataclass
+class PeftConfig(FinetuneConfig):
+    """Options every parameter-efficient strategy shares (plus the fine-tuning loss and augmentation options)."""
+
+    target_modules: list[str] = field(default_factory=list, metadata={
+        "help": "fnmatch patterns or name suffixes of the modules to adapt (empty: the architecture's default)"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute the frozen encoder's activations in backward: less memory, more time (transformers, timm)"})
+
+    def validate(self) -> None:
+        super().validate()
+        owner = type(self).__name__
+        for name, default in _LAYER_OPTIONS.items():
+            if getattr(self, name) != default:
+                raise ConfigError(f"{owner}: option {name!r} chooses which backbone weights fine-tune; this strategy "
+                                  f"keeps them frozen and trains adapters only. Choose modules with 'target_modules'.")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+
+
+# -- the strategies -----------------------------------------------------------------
+
+class ParameterEfficient(Finetune):
+    """Base of the parameter-efficient strategies: freeze the backbone, :meth:`attach` adapters, train them."""
+
+    defaults = TrainDefaults(epochs=20, lr=1e-3, head_lr=1e-3)
+    allowed_regularizers: ClassVar[tuple[str, ...] | None] = ("lwf", "bss")
+    #: whether :func:`merge_adapter` can fold the adapter into the base weights.
+    mergeable: ClassVar[bool] = True
+
+    def attach(self, backbone: Backbone) -> None:
+        """Add the adapter to ``backbone`` in place (deterministic given the config: bundles replay it on load)."""
+        raise NotImplementedError
+
+    def prepare(self, backbone: Backbone, data: TaskData) -> TransferModel:
+        model = super().prepare(backbone, data)  # the head, and any regularizer's snapshot of the base
+        backbone.requires_grad_(False)
+        # Adapter-only bundles need the base weights back on load: only for weights a spec can fetch again.
+        digest = backbone.weights_digest() if backbone.pretrained else None
+        self.attach(backbone)
+        added = [f"backbone.{n}" for n, p in backbone.named_parameters() if p.requires_grad]
+        if not added:
+            raise ConfigError(f"{self.name} added no trainable parameter to backbone '{backbone.spec}'.")
+        model.adapter = {"strategy": self.name, "options": self.config.to_dict(), "keys": sorted(added),
+                         "base_digest": digest, "adapter_only": digest is not None}
+        if self.config.gradient_checkpointing:
+            enable_checkpointing(backbone, self.name)
+        return model
+
+    def param_groups(self, model: TransferModel, lr: float, head_lr: float) -> list[dict]:
+        adapter = [p for p in model.backbone.parameters() if p.requires_grad]
+        head = [p for p in model.head.parameters() if p.requires_grad]
+        return [g for g in ({"params": adapter, "lr": lr, "name": "adapter"},
+                            {"params": head, "lr": head_lr, "name": "head"}) if g["params"]]
+
+
+@dataclass
+class LoraConfig(PeftConfig):
+    rank: int = field(default=8, metadata={"help": "rank r of the update B A"})
+    alpha: float = field(default=16.0, metadata={"help": "scale: the update is multiplied by alpha / rank"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input"})
+    dora: bool = field(default=False, metadata={"help": "DoRA: also learn a per-output magnitude (weight-decomposed LoRA)"})
+
+    def validate(self) -> None:
+        super().validate()
+        check_range("LoraConfig", "rank", self.rank, low=1, kind="an int")
+        check_range("LoraConfig", "alpha", self.alpha, low=0, low_open=True)
+        check_range("LoraConfig", "lora_dropout", self.lora_dropout, low=0, high=0.9)
+
+
+@register_strategy
+class Lora(ParameterEfficient):
+    """LoRA on the backbone's linear layers and convolutions (Hugging Face PEFT), with a new head."""
+
+    name = "lora"
+    Config = LoraConfig
+
+    def targets(self, backbone: Backbone) -> list[str]:
+        return resolve_targets(backbone, self.config.target_modules, default_targets(backbone, "lora")[0], self.name)
+
+    def peft_config(self, targets: list[str]):
+        import peft
+
+        c = self.config
+        return peft.LoraConfig(r=c.rank, lora_alpha=c.alpha, lora_dropout=c.lora_dropout, use_dora=c.dora,
+                               target_modules=targets)
+
+    def attach(self, backbone: Backbone) -> None:
+        import peft
+
+        targets = check_rank(backbone, self.targets(backbone), self.config.rank, self.name,
+                              explicit=bool(self.config.target_modules))
+        peft.inject_adapter_in_model(self.peft_config(targets), backbone)
+
+
+@dataclass
+class IA3Config(PeftConfig):
+    feedforward_modules: list[str] = field(default_factory=list, metadata={
+        "help": "of the targets, those whose input (not output) is scaled (empty: the architecture's default)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.feedforward_modules, str):
+            self.feedforward_modules = [self.feedforward_modules]
+
+
+@register_strategy
+class IA3(ParameterEfficient):
+    """(IA)^3: learned per-channel scaling of keys, values and feed-forward activations (Hugging Face PEFT)."""
+
+    name = "ia3"
+    Config = IA3Config
+    defaults = TrainDefaults(epochs=20, lr=3e-3, head_lr=1e-3)
+
+    def attach(self, backbone: Backbone) -> None:
+        import peft
+
+        c = self.config
+        default, default_ff = default_targets(backbone, "ia3")
+        targets = resolve_targets(backbone, c.target_modules, default, self.name)
+        ff = resolve_targets(backbone, c.feedforward_modules, [], self.name) if c.feedforward_modules else (
+            [n for n in default_ff if n in targets] if not c.target_modules else [])
+        stray = [n for n in ff if n not in targets]
+        if stray:
+            raise ConfigError(f"ia3: feed-forward modules must be among the targets; not targeted: {', '.join(stray)}.")
+        peft.inject_adapter_in_model(peft.IA3Config(target_modules=targets, feedforward_modules=ff), backbone)
+
+
+def _transformer(backbone: Backbone, method: str) -> tuple[nn.Module, str]:
+    slot = backbone.transformer_slot()
+    if slot is None:
+        raise ConfigError(f"{method} needs a transformer text encoder (hf:..., sentence:...); backbone "
+                          f"'{backbone.spec}' is not one. For conv nets and other backbones use lora, ia3 or adapter.")
+    return slot
+
+
+@dataclass
+class PromptConfig(PeftConfig):
+    num_virtual_tokens: int = field(default=16, metadata={"help": "number of trainable virtual tokens"})
+
+    def validate(self) -> None:
+        super().validate()
+        check_range(type(self).__name__, "num_virtual_tokens", self.num_virtual_tokens, low=1, high=512, kind="an int")
+        if self.target_modules:
+            raise ConfigError(f"{type(self).__name__}: 'target_modules' does not apply: virtual tokens enter at the "
+                              f"input (prompt tuning) or in every attention layer (prefix tuning).")
+
+
+class _PromptLearning(ParameterEfficient):
+    modalities = ("text",)
+    mergeable = False
+    peft_type: ClassVar[str] = ""
+
+    def peft_config(self):
+        raise NotImplementedError
+
+    def attach(self, backbone: Backbone) -> None:
+        import peft
+
+        owner, attr = _transformer(backbone, self.name)
+        inner = getattr(owner, attr)
+        setattr(owner, attr, peft.get_peft_model(inner, self.peft_config()))
+
+
+@register_strategy
+class PromptTuning(_PromptLearning):
+    """Soft prompt: trainable virtual tokens prepended to the input of a text transformer (Hugging Face PEFT)."""
+
+    name = "prompt-tuning"
+    Config = PromptConfig
+    defaults = TrainDefaults(epochs=20, lr=3e-2, head_lr=1e-3)
+
+    def peft_config(self):
+        import peft
+
+        # Initialised from sampled vocabulary embeddings: random normal vectors sit far off the embedding scale.
+        return peft.PromptTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=self.config.num_virtual_tokens,
+                                       prompt_tuning_init="SAMPLE_VOCAB")
+
+
+@dataclass
+class PrefixConfig(PromptConfig):
+    num_virtual_tokens: int = field(default=16, metadata={"help": "length of the key/value prefix of every layer"})
+    projection: bool = field(default=False, metadata={"help": "reparameterise the prefix through a 2-layer MLP"})
+
+
+@register_strategy
+class PrefixTuning(_PromptLearning):
+    """Trainable key/value prefixes in every attention layer of a text transformer (Hugging Face PEFT)."""
+
+    name = "prefix-tuning"
+    Config = PrefixConfig
+    defaults = TrainDefaults(epochs=20, lr=1e-2, head_lr=1e-3)
+
+    def peft_config(self):
+        import peft
+
+        return peft.PrefixTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=self.config.num_virtual_tokens,
+                                       prefix_projection=self.config.projection)
+
+
+@dataclass
+class AdapterConfig(PeftConfig):
+    reduction: int = field(default=16, metadata={"help": "bottleneck width = layer width / reduction"})
+    placement: str = field(default="houlsby", metadata={
+        "help": f"transformers: {' or '.join(PLACEMENTS)} (after attention and feed-forward, or feed-forward only)"})
+    activation: str = field(default="gelu", metadata={"help": f"bottleneck non-linearity: {', '.join(ACTIVATIONS)}"})
+
+    def validate(self) -> None:
+        super().validate()
+        check_range("AdapterConfig", "reduction", self.reduction, low=1, kind="an int")
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"The 'placement' parameter of AdapterConfig must be one of {', '.join(PLACEMENTS)}. "
+                              f"Got {self.placement!r} instead.")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"The 'activation' parameter of AdapterConfig must be one of {', '.join(ACTIVATIONS)}. "
+                              f"Got {self.activation!r} instead.")
+
+
+@register_strategy
+class Adapter(ParameterEfficient):
+    """Bottleneck adapters: Houlsby/Pfeiffer placement in transformers, parallel residual adapters in conv nets."""
+
+    name = "adapter"
+    Config = AdapterConfig
+
+    def attach(self, backbone: Backbone) -> None:
+        c = self.config
+        targets = resolve_targets(backbone, c.target_modules, default_targets(backbone, "adapter")[0], self.name)
+        if c.placement == "pfeiffer" and not c.target_modules:
+            targets = [n for n in targets if is_ffn_output(n)] or targets
+        modules = dict(backbone.named_modules())
+        for name in targets:
+            m = modules[name]
+            if isinstance(m, nn.Conv2d):
+                wrapped: nn.Module = ParallelConvAdapter(m, max(1, m.out_channels // c.reduction))
+            else:
+                wrapped = SeriesAdapter(m, max(1, m.out_features // c.reduction), c.activation)
+            wrapped.to(m.weight.device)
+            set_module(backbone, name, wrapped)
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        for m in backbone.modules():
+            if isinstance(m, (SeriesAdapter, ParallelConvAdapter)):
+                for n, p in m.named_parameters():
+                    p.requires_grad_(not n.startswith("base_layer."))
+
+
+PEFT_STRATEGIES = ("lora", "ia3", "prompt-tuning", "prefix-tuning", "adapter")
+
+
+# -- bundles: re-attach on load, merge ----------------------------------------------
+
+def attach_from_manifest(backbone: Backbone, adapter: dict) -> None:
+    """Replay the adapter a bundle was trained with on a freshly built ``backbone`` (same options, same names)."""
+    from transferkit.strategies.base import make_strategy
+
+    strategy = make_strategy(adapter["strategy"], adapter.get("options"))
+    if not isinstance(strategy, ParameterEfficient):
+        raise BundleError(f"Bundle adapter names strategy {adapter['strategy']!r}, which adds no adapter.")
+    backbone.requires_grad_(False)
+    strategy.attach(backbone)
+
+
+def check_base_digest(backbone: Backbone, adapter: dict, where: str) -> None:
+    """Refuse to put an adapter on base weights other than those it was trained on."""
+    expected = adapter.get("base_digest")
+    if expected and backbone.weights_digest() != expected:
+        raise BundleError(f"{where}: the base weights of '{backbone.spec}' (digest {backbone.weights_digest()}) are "
+                          f"not those the adapter was trained on ({expected}); the adapter-only bundle needs the "
+                          f"same pre-trained weights.")
+
+
+def adapter_state(model: TransferModel, state: dict[str, Any]) -> dict[str, Any]:
+    """What an adapter-only bundle stores: the adapter's tensors and the head."""
+    keys = set(model.adapter["keys"])
+    return {k: v for k, v in state.items() if k in keys or k.startswith("head.")}
+
+
+def merge_adapter(model: TransferModel) -> TransferModel:
+    """Fold the adapter of ``model`` into its base weights, in place; the model becomes a plain fine-tuned one.
+
+    LoRA and IA3 fold through PEFT; parallel conv adapters fold exactly into
+    their convolution. Bottleneck adapters (non-linear) and prompt or prefix
+    tuning (extra tokens) cannot be folded: a :class:`ConfigError` says so.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    adapter = model.adapter
+    if adapter is None:
+        raise ConfigError("This model has no adapter to merge (it was trained by a strategy that changes the "
+                          "weights directly). Mergeable strategies: lora, ia3, adapter on conv nets.")
+    name = adapter["strategy"]
+    backbone = model.backbone
+    if name in ("prompt-tuning", "prefix-tuning"):
+        raise ConfigError(f"{name} adds virtual tokens, not weight updates: there is nothing to fold into the base "
+                          f"weights. Use the bundle as it is (it loads and serves like any other).")
+    if any(isinstance(m, SeriesAdapter) for m in backbone.modules()):
+        raise ConfigError("Bottleneck adapters are non-linear layers: they cannot be folded into the base weights. "
+                          "Only lora, ia3 and the parallel conv adapters merge.")
+    with torch.no_grad():
+        for mod_name, module in list(backbone.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+                set_module(backbone, mod_name, module.get_base_layer())
+            elif isinstance(module, ParallelConvAdapter):
+                set_module(backbone, mod_name, module.merged())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if attr in backbone.__dict__:
+            delattr(backbone, attr)
+    model.adapter = None
+    return model
