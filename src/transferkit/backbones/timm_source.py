@@ -121,6 +121,24 @@ class TimmBackbone(PooledImageBackbone):
         return [grouped[k] for k in sorted(grouped) if grouped[k]]
 
 
+def drop_path_kwargs(spec: str, drop_path: float | None) -> dict:
+    """timm's ``drop_path_rate`` for stochastic depth (Huang et al. 2016, https://arxiv.org/abs/1603.09382).
+
+    timm raises the drop probability of the residual blocks linearly with
+    depth, up to (about) this rate at the last block. It only acts in training: the parameters and the
+    evaluation-mode outputs do not depend on it, so ``architecture_options``
+    leaves it out and a bundle rebuilds without it.
+
+    Raises:
+        ConfigError: ``drop_path`` is not a float in [0, 1).
+    """
+    if drop_path is None:
+        return {}
+    if isinstance(drop_path, bool) or not isinstance(drop_path, (int, float)) or not 0 <= drop_path < 1:
+        raise ConfigError(f"The 'drop_path' parameter of {spec} must be a float in [0, 1). Got {drop_path!r} instead.")
+    return {"drop_path_rate": float(drop_path)}
+
+
 def _timm_preprocess(model: nn.Module, spec: str, image_size: int | None) -> ImagePreprocess:
     import timm.data
 
@@ -134,16 +152,18 @@ def _timm_preprocess(model: nn.Module, spec: str, image_size: int | None) -> Ima
 
 @register_source("timm", help="timm image models (timm.create_model); pre-trained weights from the Hugging Face hub",
                  examples=("timm:resnet50", "timm:convnext_tiny", "timm:vit_small_patch16_224"),
-                 options=("image_size",), modality="image")
+                 options=("image_size", "drop_path"), modality="image")
 def create_timm(name: str, *, pretrained: bool = True, files_dir: Path | None = None,
-                image_size: int | None = None) -> TimmBackbone:
+                image_size: int | None = None, drop_path: float | None = None) -> TimmBackbone:
     """Build ``timm:NAME`` (``NAME`` may carry a tag: ``resnet50.a1_in1k``).
 
     Models with a fixed input size (ViTs) are built at ``image_size``; the
-    others take any size and only the preprocessing changes.
+    others take any size and only the preprocessing changes. ``drop_path``
+    is the stochastic-depth rate of the training run (:func:`drop_path_kwargs`).
 
     Raises:
         UnknownNameError: timm has no such model.
+        ConfigError: ``drop_path`` is out of range, or the model has no stochastic depth.
         MissingWeightsError: ``pretrained`` and the weights are neither cached nor downloadable.
     """
     import timm
@@ -152,8 +172,14 @@ def create_timm(name: str, *, pretrained: bool = True, files_dir: Path | None = 
         raise unknown_model("timm model", name, timm.list_models(), "timm.list_models()")
     cfg = timm.get_pretrained_cfg(name)
     kwargs = {"img_size": image_size} if image_size and cfg is not None and cfg.fixed_input_size else {}
+    kwargs.update(drop_path_kwargs(f"timm:{name}", drop_path))
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except TypeError as exc:
+        if "drop_path_rate" not in kwargs or "drop_path_rate" not in str(exc):
+            raise
+        raise ConfigError(f"timm:{name} has no stochastic depth (its constructor takes no drop_path_rate); "
+                          "leave drop_path unset for it.") from None
     except OSError as exc:
         raise MissingWeightsError(
             f"Pre-trained weights of timm:{name} are not in the local Hugging Face cache and the hub cannot be "

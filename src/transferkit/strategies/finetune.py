@@ -10,19 +10,30 @@ the same options work on CNNs, vision transformers and BERT-style encoders.
 * ``lr_decay=d``: group i from the top trains at ``lr * d**i``
   (discriminative learning rates, Howard & Ruder 2018,
   https://arxiv.org/abs/1801.06146).
+* ``regularizer="l2sp"|"ewc"|"lwf"|"bss"`` (with ``regularizer_weight`` and
+  ``regularizer_options``): a knowledge-preserving penalty added to the loss
+  and reported by name (:mod:`transferkit.strategies.regularizers`).
+* ``augment=True|"trivialaugment"|...``, ``mixup=alpha``, ``cutmix=alpha``:
+  image augmentation policies and label-mixing regularisers
+  (:mod:`transferkit.strategies.augment`).
 """
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, check_range
+from transferkit.strategies import regularizers
+from transferkit.strategies.augment import (POLICIES, ImageAugment, mix_batch, random_shift_flip,  # noqa: F401
+                                            resolve_policy, soft_target_cross_entropy)
 from transferkit.strategies.base import (Strategy, StrategyConfig, TrainDefaults, TransferModel,
                                          frozen_batchnorm_to_eval, register_strategy)
+from transferkit.strategies.regularizers import REGULARIZERS
 
 
 @dataclass
@@ -33,8 +44,18 @@ class FinetuneConfig(StrategyConfig):
     lr_decay: float = field(default=1.0, metadata={"help": "per-group learning-rate factor from the top (1: uniform)"})
     dropout: float = field(default=0.0, metadata={"help": "dropout before the head"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the classification loss"})
-    augment: bool = field(default=False, metadata={"help": "images: random shifts and horizontal flips"})
+    augment: bool | str = field(default=False, metadata={
+        "help": f"images: true (shift-flip), false, or a policy: {', '.join(POLICIES)}"})
+    mixup: float = field(default=0.0, metadata={"help": "images, classification: mixup Beta(alpha, alpha); 0: off"})
+    cutmix: float = field(default=0.0, metadata={"help": "images, classification: cutmix Beta(alpha, alpha); 0: off"})
+    mix_prob: float = field(default=1.0, metadata={"help": "probability that a batch is mixed (mixup/cutmix)"})
     recalibrate_bn: bool = field(default=False, metadata={"help": "re-estimate BatchNorm statistics after training"})
+    regularizer: str | None = field(default=None, metadata={
+        "help": f"knowledge-preserving penalty: {', '.join(REGULARIZERS.names())} (None: none)"})
+    regularizer_weight: float | None = field(default=None, metadata={
+        "help": "weight of the penalty (None: the regularizer's default)"})
+    regularizer_options: dict = field(default_factory=dict, metadata={
+        "help": "the regularizer's options, e.g. {temperature: 2} for lwf (transferkit.strategies.regularizers)"})
 
     def validate(self) -> None:
         owner = type(self).__name__
@@ -43,22 +64,13 @@ class FinetuneConfig(StrategyConfig):
         check_range(owner, "lr_decay", self.lr_decay, low=0, low_open=True, high=1)
         check_range(owner, "dropout", self.dropout, low=0, high=0.95)
         check_range(owner, "label_smoothing", self.label_smoothing, low=0, high=0.5)
+        resolve_policy(self.augment, owner)
+        check_range(owner, "mixup", self.mixup, low=0)
+        check_range(owner, "cutmix", self.cutmix, low=0)
+        check_range(owner, "mix_prob", self.mix_prob, low=0, high=1)
         if self.freeze and self.train_only:
             raise ConfigError(f"{owner}: give 'freeze' or 'train_only', not both.")
-
-
-def random_shift_flip(x: torch.Tensor, max_shift: int | None = None) -> torch.Tensor:
-    """Per-sample random translation (reflect padding, up to ~1/8 of the side) and horizontal flip."""
-    if x.dim() != 4:
-        return x
-    b, _, h, w = x.shape
-    s = max_shift if max_shift is not None else max(1, h // 8)
-    padded = nn.functional.pad(x, (s, s, s, s), mode="reflect")
-    dx, dy = torch.randint(0, 2 * s + 1, (b,)), torch.randint(0, 2 * s + 1, (b,))
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
-    flip = torch.rand(b) < 0.5
-    out[flip] = out[flip].flip(-1)
-    return out
+        regularizers.validate_fields(owner, self.regularizer, self.regularizer_weight, self.regularizer_options)
 
 
 @torch.no_grad()
@@ -91,6 +103,16 @@ class Finetune(Strategy):
     name = "finetune"
     Config = FinetuneConfig
     defaults = TrainDefaults(epochs=20, lr=1e-4, head_lr=1e-3)
+    #: Regularizers a subclass accepts (``None``: every registered one); PEFT methods narrow it.
+    allowed_regularizers: ClassVar[tuple[str, ...] | None] = None
+    #: Trains the pre-trained backbone, so ``fit`` measures ``source_agreement`` where there is a source head.
+    changes_backbone: ClassVar[bool] = True
+
+    def __init__(self, config=None, **options):
+        super().__init__(config, **options)
+        if self.config.regularizer is not None:
+            regularizers.check_allowed(self, self.config.regularizer)
+        self.regularizer_ = None
 
     def _frozen_names(self, model: TransferModel) -> set[str]:
         c, bb = self.config, model.backbone
@@ -111,13 +133,18 @@ class Finetune(Strategy):
         return frozen
 
     def prepare(self, backbone, data: TaskData) -> TransferModel:
+        self._check_mixing(data)
         model = super().prepare(backbone, data)
+        pre = backbone.preprocess
+        self._augment = ImageAugment(self.config.augment, getattr(pre, "mean", None), getattr(pre, "std", None))
         if backbone.source_head is not None:
             backbone.source_head.requires_grad_(False)
         frozen = self._frozen_names(model)
         for n, p in backbone.named_parameters():
             if backbone.source_head is None or not n.startswith("source_head."):
                 p.requires_grad_(n not in frozen)
+        # Snapshots and the Fisher see every weight the freeze options let train.
+        self.regularizer_ = regularizers.build_regularizer(self, model, data)
         return model
 
     def param_groups(self, model: TransferModel, lr: float, head_lr: float) -> list[dict]:
@@ -130,13 +157,49 @@ class Finetune(Strategy):
         head = [p for p in model.head.parameters() if p.requires_grad]
         return out + [{"params": head, "lr": head_lr, "name": "head"}]
 
+    def _check_mixing(self, data: TaskData) -> None:
+        """Mixup/cutmix mix images and one-hot labels; named policies act on images only."""
+        c = self.config
+        if (c.mixup > 0 or c.cutmix > 0) and (data.modality != "image" or data.task != "classification"):
+            raise ConfigError(f"mixup and cutmix mix images and their class labels, so they need image "
+                              f"classification data; '{data.name}' is {data.modality} {data.task}. "
+                              f"Set mixup=0 and cutmix=0.")
+        if isinstance(c.augment, str) and resolve_policy(c.augment) != "none" and data.modality != "image":
+            raise ConfigError(f"augment={c.augment!r} transforms images; '{data.name}' is {data.modality} data.")
+
     def augment(self, inputs):
-        return random_shift_flip(inputs) if self.config.augment and isinstance(inputs, torch.Tensor) else inputs
+        """The ``augment`` policy on a normalised image batch (other inputs pass through)."""
+        aug = getattr(self, "_augment", None)
+        if aug is None:  # prepare() not run on this instance: build from the config alone (needs no mean/std)
+            aug = self._augment = ImageAugment(self.config.augment)
+        return aug(inputs)
 
     def on_epoch_start(self, model: TransferModel, epoch: int, epochs: int) -> None:
         frozen_batchnorm_to_eval(model.backbone)
 
+    def step(self, model: nn.Module, batch: dict) -> dict:
+        # Mix first, so the task loss and every penalty see the same (mixed) inputs.
+        c = self.config
+        if (c.mixup > 0 or c.cutmix > 0) and "targets" in batch:
+            mixed = mix_batch(batch["inputs"], batch["targets"], mixup=c.mixup, cutmix=c.cutmix, prob=c.mix_prob)
+            if mixed is not None:
+                batch = {**batch, "inputs": mixed.inputs, "mixed": mixed}
+        if self.regularizer_ is None:
+            return self._task_step(model, batch)
+        return regularizers.regularized_step(self._task_step, self.regularizer_, model, batch)
+
+    def _task_step(self, model: nn.Module, batch: dict) -> dict:
+        """The task loss: soft-target cross-entropy (label smoothing folded in) on a mixed batch."""
+        mixed = batch.get("mixed")
+        if mixed is None:
+            return super().step(model, batch)
+        outputs = model(batch["inputs"])
+        soft = mixed.soft_targets(outputs.shape[-1], self.config.label_smoothing)
+        return {"loss": soft_target_cross_entropy(outputs, soft)}
+
     def on_train_end(self, model: TransferModel, data: TaskData) -> None:
+        if self.regularizer_ is not None:
+            self.regularizer_.release()
         if self.config.recalibrate_bn:
             recalibrate_batchnorm(model, data)
 
