@@ -39,16 +39,28 @@ def test_config_defaults_validate_and_describe(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_strategy_trains_and_bundle_round_trips(name, tiny_images, tmp_path):
+def test_strategy_trains_and_bundle_round_trips(name, tiny_images, tmp_path, request):
     strategy = make_strategy(name)
-    backbone = load_backbone("small-cnn:16")
-    model, history = strategy.fit(backbone, tiny_images, None, Trainer(TrainConfig(epochs=2, progress=False)))
-    out = predict_outputs(model, tiny_images)
-    assert out.shape == (len(tiny_images), 3)
+    if "image" in strategy.modalities:
+        data, backbone = tiny_images, load_backbone("small-cnn:16")
+    else:  # text-only strategies (prompt and prefix tuning): a tiny randomly initialised BERT
+        from conftest import tiny_texts
+        from transferkit.data import from_arrays
+
+        texts, labels = tiny_texts()
+        data = from_arrays(texts, ["games", "sound", "other"] * (len(texts) // 3) + ["other"] * (len(texts) % 3))
+        backbone = load_backbone(f"hf:{request.getfixturevalue('tiny_bert')}", max_length=16)
+    if getattr(strategy, "needs_target", False):  # domain adaptation: an unlabelled, shifted target (inverted images)
+        from transferkit.data import from_arrays
+
+        strategy.set_target(from_arrays(255 - np.asarray(data.items)))
+    model, history = strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=2, progress=False)))
+    out = predict_outputs(model, data)
+    assert out.shape == (len(data), 3)
     assert np.allclose(out.sum(1), 1, atol=1e-5)
     assert history and "epoch" in history[0]
     save_bundle(model, tmp_path / "b", {"strategy": {"name": name}})
-    again = load(tmp_path / "b").outputs(tiny_images.items)
+    again = load(tmp_path / "b").outputs(data.items)
     np.testing.assert_allclose(again, out, atol=1e-5)
 
 

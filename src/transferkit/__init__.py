@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "fit": "transferkit.api", "evaluate": "transferkit.api", "compare": "transferkit.api",
     "prepare_data": "transferkit.api", "FitResult": "transferkit.api", "CompareResult": "transferkit.api",
+    "lr_find": "transferkit.api", "merge_bundle": "transferkit.export.peft_interop",
+    "measure_shift": "transferkit.shift", "ShiftResult": "transferkit.shift",
     "load": "transferkit.export.bundle", "Predictor": "transferkit.export.bundle",
     "load_backbone": "transferkit.backbones", "Backbone": "transferkit.backbones.base",
     "TaskData": "transferkit.data.dataset", "TrainConfig": "transferkit.training",

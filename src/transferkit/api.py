@@ -28,7 +28,8 @@ from transferkit.strategies import STRATEGIES, Strategy, TransferModel, make_str
 from transferkit.training import TrainConfig, Trainer
 from transferkit.training.loop import distributed_state
 
-__all__ = ["FitResult", "CompareResult", "RankResult", "fit", "evaluate", "compare", "rank", "load", "prepare_data"]
+__all__ = ["FitResult", "CompareResult", "RankResult", "fit", "evaluate", "compare", "rank", "load", "prepare_data",
+           "lr_find"]
 
 
 @dataclass
@@ -104,16 +105,26 @@ class _Run:
 
 def _train_and_score(backbone, strategy: Strategy, train: TaskData, val, test, config: TrainConfig,
                      backbone_options: dict) -> _Run:
+    from transferkit.strategies.regularizers import changes_backbone, source_agreement, source_predictions
+
     start = time.perf_counter()
     bb = _backbone(backbone, strategy, train, **backbone_options)
+    if bb is not None:
+        strategy.check_data(bb, train)  # a modality mismatch is named before anything runs the backbone
+    scored = _scored(val, test)
+    tick = time.perf_counter()
+    # The source head's classes before adaptation, to measure what fine-tuning preserved.
+    before = source_predictions(bb, scored) if changes_backbone(strategy) else None
+    start += time.perf_counter() - tick  # not training time
     model, history = strategy.fit(bb, train, val, Trainer(config))
     seconds = time.perf_counter() - start
-    scored = _scored(val, test)
     metrics, outputs = {}, None
     if scored is not None:
         outputs = strategy.predict(model, scored)
         metrics = compute_metrics(train.task, scored.targets, outputs, train.label_names)
         metrics["evaluated_on"] = "test" if scored is test else "validation"
+        if before is not None and model.backbone is bb:
+            metrics["source_agreement"] = source_agreement(before, source_predictions(model.backbone, scored))
     return _Run(model, history, metrics, seconds, outputs)
 
 
@@ -129,9 +140,10 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         strategy_options: dict | None = None, test_data=None, labels_per_class: int | None = None,
         val_fraction: float = 0.2, val_data=None, out: str | Path | None = None, overwrite: bool = False,
         image_size: int | None = None, max_length: int | None = None, pretrained: bool = True,
+        drop_path: float | None = None,
         config: TrainConfig | None = None, report: bool = True, text_column: str | None = None,
         label_column: str = "label", max_test: int | None = None, check_transfer: bool = False,
-        baselines="auto", **train_options: Any) -> FitResult:
+        baselines="auto", target_data=None, target_labelled_data=None, **train_options: Any) -> FitResult:
     """Adapt ``backbone`` to ``data`` with ``strategy`` and (if ``out``) save a bundle.
 
     Args:
@@ -150,9 +162,20 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
             the manifest's ``verdict`` and the report. See :func:`check_transfer_against_scratch`.
         baselines: scratch variants for ``check_transfer``; ``"auto"`` is the small CNN for
             images and TF-IDF + logistic regression for text.
-        train_options: :class:`TrainConfig` fields (``epochs``, ``lr``, ``seed``, ...).
+        drop_path: stochastic-depth rate of ``timm:`` and ``efficientnet-lite:`` backbones in training.
+        target_data: domain adaptation (strategies ``dann``, ``cdan``, ``mmd``, ``coral``,
+            ``self-training``, ``coral-linear``, ``reweight-linear``, ``source-only``): the target
+            domain's inputs, same forms as ``data`` or a flat image folder; labels are not used.
+            ``data`` is then the labelled source; evaluate on the target with ``test_data``.
+        target_labelled_data: a few labelled target examples (semi-supervised adaptation).
+        train_options: :class:`TrainConfig` fields (``epochs``, ``lr``, ``seed``, ...). ``lr="auto"``
+            runs the learning-rate finder (:func:`lr_find`) on the training split first and trains
+            at its suggestion; ``head_lr``, unless given, keeps the strategy's default ratio to
+            ``lr``. The finder's curve goes into the manifest (``lr_find``) and the bundle
+            (``lr_find.png``).
     """
-    config = replace(config or TrainConfig(), **train_options)
+    lr_auto = _is_auto_lr(train_options.get("lr"))
+    config = replace(config or TrainConfig(), **{**train_options, "lr": None} if lr_auto else train_options)
     strat = _strategy(strategy, strategy_options)
     if out is not None:
         check_writable(out, overwrite)
@@ -163,8 +186,15 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
     if check_transfer and train.task == "multilabel":
         raise ConfigError("check_transfer supports classification and regression; for multi-label data "
                           "run transferkit compare, which judges transfer over seeds.")
-    run = _train_and_score(backbone, strat, train, val, test, config,
-                           {"image_size": image_size, "max_length": max_length, "pretrained": pretrained})
+    domain = _attach_target(strat, train, target_data, target_labelled_data, text_column, label_column)
+    bb_options = {"image_size": image_size, "max_length": max_length, "pretrained": pretrained, "drop_path": drop_path}
+    finder = None
+    if lr_auto:
+        finder = _find_lr_for(backbone, strat, train, bb_options, batch_size=config.batch_size, seed=config.seed,
+                              cpu=config.cpu, progress=config.progress)
+        config = replace(config, lr=finder.suggestion,
+                         head_lr=config.head_lr if config.head_lr is not None else finder.head_lr)
+    run = _train_and_score(backbone, strat, train, val, test, config, bb_options)
     model, history, metrics, seconds = run.model, run.history, run.metrics, run.seconds
     manifest = {
         "backbone_spec": backbone if isinstance(backbone, str) else getattr(backbone, "spec", None),
@@ -176,16 +206,35 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
                  "n_test": len(test) if test is not None else 0, "labels_per_class": labels_per_class},
         "metrics": metrics, "history": history, "train_seconds": round(seconds, 2),
     }
+    if drop_path is not None:  # acts in training only, so it is not part of the rebuilt architecture
+        manifest["backbone_training"] = {"drop_path": drop_path}
+    if domain is not None:
+        manifest["domain_adaptation"] = domain
+    if finder is not None:
+        manifest["lr_find"] = finder.to_dict()
     if check_transfer:
         manifest["verdict"] = check_transfer_against_scratch(run, strat, train, val, test, config, baselines)
     predictor = Predictor(model, manifest)
     path = None
     if out is not None and _is_main_process():
         extra = _fit_report(manifest, history, metrics, train, model, _scored(val, test)) if report else None
+        if finder is not None:
+            extra = _with_lr_plot(extra, finder)
         path = save_bundle(model, out, manifest, overwrite=overwrite, extra=extra)
         predictor = Predictor(model, read_manifest(path), path)
     _wait_for_everyone()
     return FitResult(predictor, metrics, history, predictor.manifest, Path(out) if out is not None else None)
+
+
+def _attach_target(strategy: Strategy, train: TaskData, target_data, target_labelled_data, text_column,
+                   label_column) -> dict | None:
+    """Resolve the target domain like ``data`` and give it to a domain-adaptation strategy (manifest entry)."""
+    from transferkit.data.domains import prepare_target_data
+    from transferkit.strategies.domain import attach_target
+
+    target, labelled = prepare_target_data(train, target_data, target_labelled_data, text_column=text_column,
+                                           label_column=label_column)
+    return attach_target(strategy, target, labelled)
 
 
 def check_transfer_against_scratch(run: _Run, strategy: Strategy, train: TaskData, val, test,
@@ -406,3 +455,101 @@ def list_strategies() -> list[dict]:
 def rebuild(path: str | Path) -> TransferModel:
     """The trained ``TransferModel`` of a bundle (for further training or export)."""
     return rebuild_model(path)
+
+
+# --------------------------------------------------------------------------- the learning-rate finder
+
+
+def _is_auto_lr(lr) -> bool:
+    """Whether ``lr`` asks for the finder; a string other than ``"auto"`` is refused."""
+    if isinstance(lr, str):
+        if lr.strip().lower() != "auto":
+            raise ConfigError(f"The 'lr' parameter of fit must be a float in (0, 10] or 'auto'. Got {lr!r} instead.")
+        return True
+    return False
+
+
+def _find_lr_for(backbone, strategy: Strategy, train: TaskData, backbone_options: dict, *, batch_size: int = 32,
+                 seed: int = 0, cpu: bool = False, progress: bool = False, **finder_options):
+    """The range test of ``strategy`` on ``train``, on a copy of the strategy and its own backbone.
+
+    The strategy the caller trains next is left as it was (``prepare`` may
+    store state on it, such as a regularizer's snapshot), and so is a
+    Backbone object the caller passed. With several processes, every process
+    uses process 0's result, so all train at the same learning rate.
+    """
+    import copy
+
+    import torch
+
+    from transferkit.training.lr_finder import find_lr
+
+    if type(strategy).fit is not Strategy.fit:
+        raise ConfigError(f"Strategy '{strategy.name}' does not train with the generic loop (it has its own fit), "
+                          "so the learning-rate finder does not apply to it; give lr a number.")
+    probe = copy.deepcopy(strategy)
+    bb = _backbone(backbone, probe, train, **backbone_options)
+    if bb is None:
+        raise ConfigError(f"The learning-rate finder needs a backbone for strategy '{strategy.name}'.")
+    if bb is backbone:
+        bb = copy.deepcopy(bb)
+    probe.check_data(bb, train)
+    with torch.random.fork_rng(devices=[]):  # the same new head for the same seed, without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = probe.prepare(bb, train)
+    state = distributed_state()
+    device = "cpu" if cpu else state.device
+    result = find_lr(probe, model, train, batch_size=batch_size, seed=seed, device=device,
+                     progress=progress and state.is_main_process, **finder_options)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        result = broadcast_object_list([result], from_process=0)[0]
+    return result
+
+
+def _with_lr_plot(extra, finder):
+    """A bundle ``extra`` writer that also writes the finder's curve as ``lr_find.png``."""
+    def write(directory: Path) -> None:
+        if extra is not None:
+            extra(directory)
+        finder.plot(Path(directory) / "lr_find.png")
+    return write
+
+
+def lr_find(backbone: str | Backbone, data, strategy: str | Strategy = "finetune", *,
+            strategy_options: dict | None = None, labels_per_class: int | None = None, val_fraction: float = 0.2,
+            image_size: int | None = None, max_length: int | None = None, drop_path: float | None = None,
+            pretrained: bool = True, batch_size: int = 32, seed: int = 0, start: float = 1e-7, end: float = 1.0,
+            steps: int = 100, out: str | Path | None = None, text_column: str | None = None,
+            label_column: str = "label", cpu: bool = False, progress: bool = False, **data_options):
+    """Run the learning-rate range test of ``strategy`` with ``backbone`` on ``data``'s training split.
+
+    The split is the one :func:`fit` trains on with the same ``seed``,
+    ``labels_per_class`` and ``val_fraction``. The learning rate on the curve
+    is the body's; the head keeps the strategy's default ratio. See
+    :func:`transferkit.training.lr_finder.find_lr` for the method and
+    :class:`~transferkit.training.lr_finder.LRFinderResult` for the suggestion.
+
+    Args:
+        out: also write the curve as a PNG there.
+        start, end, steps: the learning-rate range and the number of mini-batches.
+
+    Returns:
+        An :class:`~transferkit.training.lr_finder.LRFinderResult`.
+
+    Example:
+        >>> r = tk.lr_find("efficientnet-lite:0", "fashion-mnist", labels_per_class=10,  # doctest: +SKIP
+        ...                image_size=64, out="lr.png")
+        >>> tk.fit("efficientnet-lite:0", "fashion-mnist", "finetune", lr=r.suggestion,  # doctest: +SKIP
+        ...        head_lr=r.head_lr)
+    """
+    strat = _strategy(strategy, strategy_options)
+    train, _, _ = prepare_data(data, labels_per_class=labels_per_class, val_fraction=val_fraction, seed=seed,
+                               text_column=text_column, label_column=label_column, **data_options)
+    bb_options = {"image_size": image_size, "max_length": max_length, "pretrained": pretrained, "drop_path": drop_path}
+    result = _find_lr_for(backbone, strat, train, bb_options, batch_size=batch_size, seed=seed, cpu=cpu,
+                          progress=progress, start=start, end=end, steps=steps)
+    if out is not None and _is_main_process():
+        result.plot(out)
+    return result

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from transferkit.cli.common import CONFIG_OPTION, console, friendly_errors, parse_options
+from transferkit.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -22,10 +23,15 @@ def fit_command(
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Strategy option KEY=VALUE (repeatable), e.g. -o train_last=2."),
     labels_per_class: Optional[int] = typer.Option(None, help="Draw N labelled training examples per class (seeded)."),
     test_data: Optional[str] = typer.Option(None, help="Evaluation data (default: the built-in test split, if any)."),
+    target_data: Optional[str] = typer.Option(None, help="Domain adaptation: the target domain's inputs (data set, "
+                                                         "folder, flat image folder or table); labels unused."),
+    target_labelled_data: Optional[str] = typer.Option(None, help="Domain adaptation: a few labelled target "
+                                                                  "examples (semi-supervised)."),
     val_fraction: float = typer.Option(0.2, help="Stratified validation split held out of the training data."),
     val_data: Optional[str] = typer.Option(None, help="Validation data (then no split is held out of --data)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default: the strategy's)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate of pre-trained weights (default: the strategy's)."),
+    lr: Optional[str] = typer.Option(None, help="Learning rate of pre-trained weights: a number, or 'auto' to run "
+                                                "the learning-rate finder first (default: the strategy's)."),
     head_lr: Optional[float] = typer.Option(None, help="Learning rate of new layers (default: the strategy's)."),
     batch_size: int = typer.Option(32, help="Batch size per process."),
     schedule: str = typer.Option("cosine", help="Learning-rate schedule: cosine, onecycle or constant (with warm-up)."),
@@ -35,6 +41,8 @@ def fit_command(
     seed: int = typer.Option(0, help="Random seed (data draw, split, initialisation)."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default: the backbone's)."),
     max_length: Optional[int] = typer.Option(None, help="Text: maximum tokens (default: 128)."),
+    drop_path: Optional[float] = typer.Option(None, help="Stochastic-depth rate in training (timm: and "
+                                                         "efficientnet-lite: backbones), e.g. 0.1."),
     text_column: Optional[str] = typer.Option(None, help="Table files: the text column."),
     label_column: str = typer.Option("label", help="Table files: the label column."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
@@ -50,8 +58,10 @@ def fit_command(
     from transferkit.cli.tables import metrics_table
 
     result = fit(backbone, data, strategy, strategy_options=parse_options(option), test_data=test_data,
+                 target_data=target_data, target_labelled_data=target_labelled_data,
                  labels_per_class=labels_per_class, val_fraction=val_fraction, val_data=val_data, out=out, overwrite=overwrite,
-                 image_size=image_size, max_length=max_length, epochs=epochs, lr=lr, head_lr=head_lr,
+                 image_size=image_size, max_length=max_length, drop_path=drop_path, epochs=epochs,
+                 lr=parse_lr(lr), head_lr=head_lr,
                  batch_size=batch_size, schedule=schedule, patience=patience, mixed_precision=mixed_precision,
                  grad_accum=grad_accum, seed=seed, text_column=text_column, label_column=label_column,
                  check_transfer=check_transfer, track=track,
@@ -60,4 +70,21 @@ def fit_command(
     verdict = result.manifest.get("verdict")
     if verdict:
         console.print(f"[bold]{verdict['verdict']}[/bold]: {verdict['explanation']}", highlight=False)
+    finder = result.manifest.get("lr_find")
+    if finder:
+        console.print(f"learning rate: {finder['suggestion']:.3g} (lr finder, {finder['method']}; "
+                      f"curve: {out / 'lr_find.png'})", highlight=False)
     console.print(f"bundle: [bold]{out}[/bold] (report: {out / 'report.html'})")
+
+
+def parse_lr(text: str | None) -> float | str | None:
+    """``--lr``: a positive number or ``auto``."""
+    if text is None:
+        return None
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--lr must be a number (e.g. 3e-4) or 'auto' (run the learning-rate finder). "
+                          f"Got {text!r} instead.") from None
