@@ -68,6 +68,11 @@ class PeftConfig(FinetuneConfig):
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
 
+    @classmethod
+    def describe(cls) -> list[tuple[str, object, str]]:
+        """The options, without the layer-freezing ones this family refuses."""
+        return [row for row in super().describe() if row[0] not in _LAYER_OPTIONS]
+
 
 # -- the strategies -----------------------------------------------------------------
 
