@@ -390,7 +390,7 @@ def test_layer_backbone_is_the_truncated_model():
         expected = full.model.blocks[:6](full.model.bn1(full.model.conv_stem(x))).mean(dim=(2, 3))
         got = cut.forward_features(x)
     assert cut.num_features == 192 == got.shape[1]
-    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # kernels differ by ~1e-5
     assert cut.source_head is None and cut.spec == "efficientnet-lite:0@block5"
     # Only the stages up to the layer are trainable groups; the head conv after it is left out.
     used = {id(p) for g in cut.layer_groups() for p in g}
