@@ -84,3 +84,27 @@ def test_fresh_process_predicts_the_same_without_pickles(trained, tiny_images, t
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(expected)
+
+
+def test_normalised_head_round_trips(trained, tmp_path):
+    """A cosine head (prototypes, label embeddings) is stored as such and predicts the same after load."""
+    import torch
+
+    from transferkit.strategies.base import is_normalized_head, linear_head
+
+    head = linear_head(trained.head[-1].in_features, 3, normalize=True)
+    with torch.no_grad():
+        head[-1].weight.copy_(torch.nn.functional.normalize(torch.randn(3, head[-1].in_features), dim=1) * 10)
+        head[-1].bias.zero_()
+    trained.head = head
+    save_bundle(trained, tmp_path / "b", {})
+    assert read_manifest(tmp_path / "b")["head"]["normalize"] is True
+    predictor = load(tmp_path / "b")
+    assert is_normalized_head(predictor.model.head)
+    x = trained.backbone.preprocess(np.zeros((4, 16, 16), np.uint8) + np.arange(4)[:, None, None].astype(np.uint8) * 60)
+    with torch.no_grad():
+        feats = trained.backbone.forward_features(x)
+        expected = head(feats)
+        # Scaling the features changes nothing: the head normalises them.
+        torch.testing.assert_close(head(3 * feats), expected)
+        torch.testing.assert_close(predictor.model.head(feats), expected)

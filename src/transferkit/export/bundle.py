@@ -28,7 +28,7 @@ from torch import nn
 
 from transferkit.backbones import load_backbone
 from transferkit.errors import BundleError
-from transferkit.strategies.base import TransferModel
+from transferkit.strategies.base import TransferModel, is_normalized_head, linear_head
 
 BUNDLE_FORMAT = "transferkit-bundle"
 FORMAT_VERSION = 1
@@ -85,7 +85,7 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
         manifest = {"format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, **manifest,
                     "backbone": model.backbone.architecture(),
                     "head": {"in_features": model.head[-1].in_features, "out_features": model.head[-1].out_features,
-                             "dropout": _dropout(model.head)},
+                             "dropout": _dropout(model.head), "normalize": is_normalized_head(model.head)},
                     "task": manifest.get("task", model.task), "label_names": model.label_names,
                     "preprocess": model.backbone.preprocess.config(), "versions": library_versions()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default), encoding="utf-8")
@@ -156,8 +156,7 @@ def rebuild_model(path: str | Path, manifest: dict | None = None) -> TransferMod
         from transferkit.strategies.parameter_efficient import attach_from_manifest
 
         attach_from_manifest(backbone, adapter)
-    layers: list[nn.Module] = [nn.Dropout(h["dropout"])] if h.get("dropout") else []
-    head = nn.Sequential(*layers, nn.Linear(h["in_features"], h["out_features"]))
+    head = linear_head(h["in_features"], h["out_features"], h.get("dropout") or 0.0, bool(h.get("normalize")))
     model = TransferModel(backbone, head, manifest["task"], manifest.get("label_names"))
     state = load_file(str(path / WEIGHTS))
     if adapter and adapter.get("adapter_only"):

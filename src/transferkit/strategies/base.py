@@ -98,11 +98,29 @@ class TransferModel(nn.Module):
         return logits.squeeze(-1).cpu().numpy()
 
 
-def linear_head(in_features: int, out_features: int, dropout: float = 0.0) -> nn.Module:
-    """The default new head: optional dropout, then one linear layer."""
+class L2Normalize(nn.Module):
+    """Scale each feature vector to unit length: what turns the linear head into a cosine classifier."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+
+def linear_head(in_features: int, out_features: int, dropout: float = 0.0, normalize: bool = False) -> nn.Module:
+    """The head every bundle stores: optional dropout, optional L2 normalisation, then one linear layer.
+
+    ``normalize=True`` makes logits ``W @ (x / |x|) + b``: with unit-length rows of ``W``
+    (prototypes, label-description embeddings) scaled by a temperature, a cosine classifier.
+    """
     layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+    if normalize:
+        layers.append(L2Normalize())
     layers.append(nn.Linear(in_features, out_features))
     return nn.Sequential(*layers)
+
+
+def is_normalized_head(head: nn.Module) -> bool:
+    """Whether ``head`` (a :func:`linear_head`) normalises its input."""
+    return any(isinstance(m, L2Normalize) for m in head)
 
 
 def task_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str, label_smoothing: float = 0.0) -> torch.Tensor:
