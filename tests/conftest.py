@@ -79,3 +79,47 @@ def tiny_texts(n_per_class: int = 10):
             texts.append(f"{examples[i % len(examples)]} version {i}")
             labels.append(label)
     return texts, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory, minilm_path):
+    """A randomly initialised CLIPModel (2-layer towers, 32 px, 16-d space) saved as a local folder.
+
+    CLIP's own BPE tokenizer does not ship offline, so the text tower takes
+    MiniLM's BERT WordPiece tokenizer: its vocabulary size sets the text
+    embedding table, and its [SEP] id is the end-of-text token CLIP pools at.
+    """
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    path = tmp_path_factory.mktemp("tiny-clip")
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    text = dict(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=32, eos_token_id=tok.sep_token_id,
+                bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
+    tok.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def _tiny_nli(path, minilm_path, id2label):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    # A wide init so the random entailment logits differ between hypotheses (at 0.02 they are all ~equal).
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, initializer_range=0.5,
+                     num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_nli(tmp_path_factory, minilm_path):
+    return _tiny_nli(tmp_path_factory.mktemp("tiny-nli"), minilm_path,
+                     {0: "contradiction", 1: "neutral", 2: "entailment"})

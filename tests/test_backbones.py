@@ -43,6 +43,8 @@ CASES = {
     "hf-tiny-bert": ("hf:{tiny_bert}", {"max_length": 16}, True),
     "sentence-minilm": ("sentence:all-MiniLM-L6-v2", {"max_length": 32}, True),
     "peft-lora-tiny-bert": ("peft:{peft_adapter}", {"max_length": 16}, True),
+    "clip-tiny": ("clip:{tiny_clip}", {}, True),
+    "nli-tiny": ("nli:{tiny_nli}", {"max_length": 16, "hypotheses": ["It is about cats.", "sports"]}, True),
 }
 #: Registered sources without a conformance case, and why.
 EXEMPT = {"file": "exercised by the round trips of every case",
@@ -95,8 +97,8 @@ def peft_adapter(tmp_path_factory, tiny_bert) -> str:
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request, tiny_bert) -> dict:
     spec, options, pretrained = CASES[request.param]
-    adapter = request.getfixturevalue("peft_adapter") if "{peft_adapter}" in spec else None
-    spec = spec.format(tiny_bert=tiny_bert, peft_adapter=adapter)
+    extra = {k: request.getfixturevalue(k) for k in ("peft_adapter", "tiny_clip", "tiny_nli") if "{%s}" % k in spec}
+    spec = spec.format(tiny_bert=tiny_bert, **extra)
     torch.manual_seed(0)
     bb = load_backbone(spec, pretrained=pretrained, **options).eval()
     return {"id": request.param, "spec": spec, "options": options, "backbone": bb}

@@ -172,9 +172,11 @@ def list_backbones() -> list[dict]:
 
 # The source modules register themselves on import; the registry above must exist first.
 from transferkit.backbones import (  # noqa: E402,F401
+    clip,
     efficientnet_lite,
     file_source,
     hf,
+    nli,
     peft_source,
     small_cnn,
     tfidf,
