@@ -143,7 +143,9 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         drop_path: float | None = None,
         config: TrainConfig | None = None, report: bool = True, text_column: str | None = None,
         label_column: str = "label", max_test: int | None = None, check_transfer: bool = False,
-        baselines="auto", target_data=None, target_labelled_data=None, **train_options: Any) -> FitResult:
+        baselines="auto", target_data=None, target_labelled_data=None, pretrain: str | None = None,
+        unlabelled_data=None, pretrain_options: dict | None = None, pretrain_epochs: int | None = None,
+        pretrain_max_items: int | None = None, **train_options: Any) -> FitResult:
     """Adapt ``backbone`` to ``data`` with ``strategy`` and (if ``out``) save a bundle.
 
     Args:
@@ -168,6 +170,13 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
             domain's inputs, same forms as ``data`` or a flat image folder; labels are not used.
             ``data`` is then the labelled source; evaluate on the target with ``test_data``.
         target_labelled_data: a few labelled target examples (semi-supervised adaptation).
+        pretrain: self-supervised pre-training of the backbone on ``unlabelled_data`` before the
+            strategy adapts it (``simclr``, ``simsiam`` for images, ``mlm`` for text; see
+            :func:`transferkit.strategies.self_supervised.pretrain`). The manifest records it
+            (``pretrain``) and the bundle stores the pre-trained weights in full.
+        unlabelled_data: the unlabelled inputs for ``pretrain`` (same forms as ``target_data``).
+        pretrain_options, pretrain_epochs, pretrain_max_items: the method's options, its epochs
+            (default: the method's) and a cap on the unlabelled items it sees (seeded draw).
         train_options: :class:`TrainConfig` fields (``epochs``, ``lr``, ``seed``, ...). ``lr="auto"``
             runs the learning-rate finder (:func:`lr_find`) on the training split first and trains
             at its suggestion; ``head_lr``, unless given, keeps the strategy's default ratio to
@@ -188,6 +197,10 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
                           "run transferkit compare, which judges transfer over seeds.")
     domain = _attach_target(strat, train, target_data, target_labelled_data, text_column, label_column)
     bb_options = {"image_size": image_size, "max_length": max_length, "pretrained": pretrained, "drop_path": drop_path}
+    pretrained_by = None
+    if pretrain is not None or unlabelled_data is not None:
+        backbone, pretrained_by = _pretrain(backbone, strat, train, pretrain, unlabelled_data, pretrain_options,
+                                            pretrain_epochs, pretrain_max_items, bb_options, config)
     finder = None
     if lr_auto:
         finder = _find_lr_for(backbone, strat, train, bb_options, batch_size=config.batch_size, seed=config.seed,
@@ -210,6 +223,8 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         manifest["backbone_training"] = {"drop_path": drop_path}
     if domain is not None:
         manifest["domain_adaptation"] = domain
+    if pretrained_by is not None:
+        manifest["pretrain"] = pretrained_by
     if finder is not None:
         manifest["lr_find"] = finder.to_dict()
     if check_transfer:
@@ -235,6 +250,35 @@ def _attach_target(strategy: Strategy, train: TaskData, target_data, target_labe
     target, labelled = prepare_target_data(train, target_data, target_labelled_data, text_column=text_column,
                                            label_column=label_column)
     return attach_target(strategy, target, labelled)
+
+
+def _pretrain(backbone, strategy: Strategy, train: TaskData, method, unlabelled_data, options, epochs, max_items,
+              bb_options: dict, config: TrainConfig) -> tuple[Backbone, dict]:
+    """Self-supervised pre-training of the backbone on unlabelled data; returns it and the manifest entry."""
+    from transferkit.data.domains import check_pairable, resolve_domain_data, unlabelled
+    from transferkit.strategies.self_supervised import PRETRAINERS, pretrain
+
+    if method is None or unlabelled_data is None:
+        missing = "the method (pretrain=..., CLI --pretrain)" if method is None else \
+            "the unlabelled data (unlabelled_data=..., CLI --unlabelled-data)"
+        raise ConfigError(f"Self-supervised pre-training needs both a method ({', '.join(PRETRAINERS.names())}) and "
+                          f"unlabelled data; {missing} is missing.")
+    resolved = PRETRAINERS.get(method)(options or {}).config.to_dict()  # bad names are refused before any data is read
+    if not strategy.needs_backbone(train):
+        raise ConfigError(f"Strategy '{strategy.name}' trains its own model from scratch; pre-training "
+                          f"(--pretrain) applies to a backbone that a transfer strategy then adapts.")
+    data = unlabelled(resolve_domain_data(unlabelled_data))
+    check_pairable(train, data, what="Unlabelled data", flag="unlabelled-data")
+    bb = _backbone(backbone, strategy, train, **bb_options)
+    spec = backbone if isinstance(backbone, str) else getattr(backbone, "spec", None)
+    start = time.perf_counter()
+    bb, history = pretrain(bb, data, method, options=options, epochs=epochs,
+                           batch_size=None, seed=config.seed, max_items=max_items, progress=config.progress,
+                           cpu=config.cpu)
+    entry = {"method": method, "options": resolved, "from": spec, "data": data.name,
+             "items": min(len(data), max_items or len(data)), "epochs": len(history), "history": history,
+             "seconds": round(time.perf_counter() - start, 2)}
+    return bb, entry
 
 
 def check_transfer_against_scratch(run: _Run, strategy: Strategy, train: TaskData, val, test,

@@ -27,6 +27,14 @@ def fit_command(
                                                          "folder, flat image folder or table); labels unused."),
     target_labelled_data: Optional[str] = typer.Option(None, help="Domain adaptation: a few labelled target "
                                                                   "examples (semi-supervised)."),
+    pretrain: Optional[str] = typer.Option(None, help="Self-supervised pre-training of the backbone on "
+                                                       "--unlabelled-data first: simclr, simsiam (images) or mlm (text)."),
+    unlabelled_data: Optional[str] = typer.Option(None, help="Unlabelled inputs for --pretrain (data set, folder, "
+                                                             "flat image folder or table); labels unused."),
+    pretrain_option: Optional[list[str]] = typer.Option(None, "--pretrain-option", help="Pre-training option "
+                                                        "KEY=VALUE (repeatable), e.g. --pretrain-option temperature=0.2."),
+    pretrain_epochs: Optional[int] = typer.Option(None, help="Pre-training epochs (default: the method's)."),
+    pretrain_max_items: Optional[int] = typer.Option(None, help="Pre-train on a seeded draw of at most N unlabelled items."),
     val_fraction: float = typer.Option(0.2, help="Stratified validation split held out of the training data."),
     val_data: Optional[str] = typer.Option(None, help="Validation data (then no split is held out of --data)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default: the strategy's)."),
@@ -59,6 +67,8 @@ def fit_command(
 
     result = fit(backbone, data, strategy, strategy_options=parse_options(option), test_data=test_data,
                  target_data=target_data, target_labelled_data=target_labelled_data,
+                 pretrain=pretrain, unlabelled_data=unlabelled_data, pretrain_options=parse_options(pretrain_option),
+                 pretrain_epochs=pretrain_epochs, pretrain_max_items=pretrain_max_items,
                  labels_per_class=labels_per_class, val_fraction=val_fraction, val_data=val_data, out=out, overwrite=overwrite,
                  image_size=image_size, max_length=max_length, drop_path=drop_path, epochs=epochs,
                  lr=parse_lr(lr), head_lr=head_lr,
@@ -70,6 +80,12 @@ def fit_command(
     verdict = result.manifest.get("verdict")
     if verdict:
         console.print(f"[bold]{verdict['verdict']}[/bold]: {verdict['explanation']}", highlight=False)
+    pre = result.manifest.get("pretrain")
+    if pre:
+        last = pre["history"][-1].get("train_loss") if pre["history"] else None
+        console.print(f"pre-trained with {pre['method']} on {pre['items']} unlabelled items for {pre['epochs']} "
+                      f"epoch{'' if pre['epochs'] == 1 else 's'}"
+                      + (f" (final loss {last:.4f})" if isinstance(last, float) else ""), highlight=False)
     finder = result.manifest.get("lr_find")
     if finder:
         console.print(f"learning rate: {finder['suggestion']:.3g} (lr finder, {finder['method']}; "

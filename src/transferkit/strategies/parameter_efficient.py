@@ -91,8 +91,9 @@ class ParameterEfficient(Finetune):
     def prepare(self, backbone: Backbone, data: TaskData) -> TransferModel:
         model = super().prepare(backbone, data)  # the head, and any regularizer's snapshot of the base
         backbone.requires_grad_(False)
-        # Adapter-only bundles need the base weights back on load: only for weights a spec can fetch again.
-        digest = backbone.weights_digest() if backbone.pretrained else None
+        # Adapter-only bundles need the base weights back on load: only for weights a spec can fetch again
+        # (not a file: checkpoint, whose weights may change or vanish: such bundles store everything).
+        digest = backbone.weights_digest() if backbone.pretrained and backbone.rebuilt_from is None else None
         self.attach(backbone)
         added = [f"backbone.{n}" for n, p in backbone.named_parameters() if p.requires_grad]
         if not added:
