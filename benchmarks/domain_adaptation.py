@@ -1,6 +1,6 @@
 """Domain adaptation: does each method beat source-only on the target, and can a label-free validator choose?
 
-    python benchmarks/domain_adaptation.py [--seeds 3] [--quick] [--only fmnist-m,emoji,debian,penguins]
+    python benchmarks/domain_adaptation.py [--seeds 3] [--quick] [--only fmnist-m,emoji,debian,penguins] [--methods M,...]
                                            [--weights 0.3,1,3] [--sweep dann,coral] [--out DIR]
 
 Target labels are never used for training or choosing: each case has a
@@ -295,7 +295,9 @@ def report(runs: pd.DataFrame, chosen: pd.DataFrame, skada: pd.DataFrame, cases:
              "Target test accuracy in %, mean ± 95% Student-t half-width over seeds; gain vs source-only "
              "paired by seed. Target labels are used for scoring only.", ""]
     for name, case in cases.items():
-        lines.append(f"- **{name}**: {case.description}; source {len(case.source)} labelled "
+        budget = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in case.fit.items() if k in ("image_size", "max_length",
+                                                                                             "epochs"))
+        lines.append(f"- **{name}**: {case.description} ({budget}); source {len(case.source)} labelled "
                      + (f"({case.per_class} per class drawn per seed)" if case.per_class else "(all of it)")
                      + f", target pool {len(case.target)}, "
                      f"test {len(case.test)}.")
@@ -352,9 +354,18 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(CASES), help=f"comma-separated cases of {', '.join(CASES)}")
     ap.add_argument("--weights", default="0.3,1,3", help="multipliers of the default trade-off weight for --sweep")
     ap.add_argument("--sweep", default="dann,coral", help="methods also run at the --weights multipliers")
+    ap.add_argument("--methods", default=",".join(SHALLOW + DEEP), help="comma-separated methods to run "
+                    "(default: all; source-only always runs, it is what every gain is measured against)")
+    ap.add_argument("--epochs", type=int, help="override the epochs of the pre-trained image and text cases (a CPU-sized budget)")
+    ap.add_argument("--image-size", type=int, help="override the image cases' input size in px")
+    ap.add_argument("--max-length", type=int, help="override the text case's token length")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     seeds = 1 if args.quick else args.seeds
+    methods = {m for m in args.methods.split(",") if m} | {"source-only"}
+    unknown = sorted(methods - set(SHALLOW + DEEP))
+    if unknown:
+        ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(SHALLOW + DEEP)}")
     multipliers = [1.0] if args.quick else sorted({float(w) for w in args.weights.split(",")} | {1.0})
     sweep = [] if args.quick else [m for m in args.sweep.split(",") if m]
     start, runs, skada, built = time.perf_counter(), [], [], {}
@@ -364,11 +375,14 @@ def main(argv=None) -> int:
         except DataError as exc:
             print(f"skipped {name}: {exc}", flush=True)
             continue
+        overrides = {"epochs": args.epochs, "image_size": args.image_size, "max_length": args.max_length}
+        if isinstance(case.backbone, str):  # the pre-trained image and text cases, not the penguins MLP
+            case.fit.update({k: v for k, v in overrides.items() if v is not None and k in case.fit})
         built[name] = case
         for seed in range(seeds):
             source, target = draw(case, seed)
-            plan = [(m, None) for m in SHALLOW]
-            for m in DEEP:
+            plan = [(m, None) for m in SHALLOW if m in methods]
+            for m in [m for m in DEEP if m in methods]:
                 ws = [DEFAULT_WEIGHT[m] * k for k in multipliers] if m in sweep else [None]
                 plan += [(m, w) for w in ws]
             for method, weight in plan:

@@ -46,8 +46,8 @@ import torch  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
 from transferkit.backbones import load_backbone  # noqa: E402
-from transferkit.data import extract_features, load_dataset, sample_per_class  # noqa: E402
-from transferkit.evaluation.few_shot import evaluate_episodes, prototype_classifier  # noqa: E402
+from transferkit.data import extract_features, load_dataset  # noqa: E402
+from transferkit.evaluation.few_shot import evaluate_episodes  # noqa: E402
 from transferkit.evaluation.stats import paired_difference  # noqa: E402
 from transferkit.strategies import make_strategy  # noqa: E402
 from transferkit.strategies.base import ItemDataset, TransferModel, linear_head  # noqa: E402

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from transferkit.backbones.base import Backbone, TabularPreprocess
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
@@ -18,6 +20,22 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def _private_cache(tmp_path_factory):
     """Every test session gets its own feature cache: nothing leaks between runs."""
     os.environ["TRANSFERKIT_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
+class Identity(Backbone):
+    """Tabular rows as features: with the new head, a linear model."""
+
+    modality = "tabular"
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.spec, self.num_features, self.preprocess = "identity", d, TabularPreprocess()
+
+    def forward_features(self, x):
+        return x
+
+    def layer_groups(self):
+        return []
 
 
 def shapes_images(n_per_class: int = 12, size: int = 16, seed: int = 0):
@@ -35,6 +53,20 @@ def shapes_images(n_per_class: int = 12, size: int = 16, seed: int = 0):
             X.append(img)
             y.append(c)
     return np.stack(X), np.array(y)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """The shapes task as an image folder: one sub-folder of PNGs per class."""
+    from PIL import Image
+
+    X, y = shapes_images(n_per_class=8)
+    names = ["square", "bar", "noise"]
+    for i, (img, label) in enumerate(zip(X, y)):
+        d = tmp_path / "imgs" / names[label]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i}.png")
+    return tmp_path / "imgs"
 
 
 @pytest.fixture

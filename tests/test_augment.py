@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shapes_images
+from conftest import Identity, shapes_images
 from transferkit.backbones import load_backbone
-from transferkit.backbones.base import Backbone, ImagePreprocess, TabularPreprocess
+from transferkit.backbones.base import ImagePreprocess
 from transferkit.data import from_arrays
 from transferkit.errors import ConfigError
 from transferkit.strategies import finetune, make_strategy
@@ -19,22 +19,6 @@ from transferkit.strategies.base import predict_outputs
 from transferkit.training import TrainConfig, Trainer
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class Identity(Backbone):
-    """Tabular rows as features (a linear model once the head is on)."""
-
-    modality = "tabular"
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.spec, self.num_features, self.preprocess = "identity", d, TabularPreprocess()
-
-    def forward_features(self, x):
-        return x
-
-    def layer_groups(self):
-        return []
 
 
 def _batch(n: int = 8, size: int = 16) -> torch.Tensor:

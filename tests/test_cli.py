@@ -4,24 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import shapes_images
 from transferkit.cli.main import app
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def image_folder(tmp_path):
-    X, y = shapes_images(n_per_class=8)
-    names = ["square", "bar", "noise"]
-    for i, (img, label) in enumerate(zip(X, y)):
-        d = tmp_path / "imgs" / names[label]
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(d / f"{i}.png")
-    return tmp_path / "imgs"
 
 
 def invoke(*args):

@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 import torch
 import typer
-from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import shapes_images
+from conftest import Identity
 from transferkit.backbones import load_backbone
-from transferkit.backbones.base import Backbone, TabularPreprocess
 from transferkit.data import from_arrays
 from transferkit.errors import ConfigError
 from transferkit.strategies import make_strategy
@@ -21,22 +19,6 @@ from transferkit.training import TrainConfig, Trainer
 from transferkit.training.lr_finder import LRFinderResult, find_lr, suggest
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-class Identity(Backbone):
-    """Tabular rows as features: with the new head, a linear model."""
-
-    modality = "tabular"
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.spec, self.num_features, self.preprocess = "identity", d, TabularPreprocess()
-
-    def forward_features(self, x):
-        return x
-
-    def layer_groups(self):
-        return []
 
 
 def linear_task(task: str, seed: int = 0, n: int = 256, d: int = 8):
@@ -198,17 +180,6 @@ def test_fit_lr_auto_keeps_a_given_head_lr_and_refuses_what_it_cannot_do():
         tk.fit(Identity(8), data, "finetune", lr="fast", epochs=1, progress=False)
     with pytest.raises(ConfigError, match="'linear-probe' does not train with the generic loop"):
         tk.fit(Identity(8), data, "linear-probe", lr="auto", progress=False)
-
-
-@pytest.fixture
-def image_folder(tmp_path):
-    X, y = shapes_images(n_per_class=8)
-    names = ["square", "bar", "noise"]
-    for i, (img, label) in enumerate(zip(X, y)):
-        d = tmp_path / "imgs" / names[label]
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(d / f"{i}.png")
-    return tmp_path / "imgs"
 
 
 def test_cli_lr_find_prints_the_suggestion_and_writes_the_plot(image_folder, tmp_path):

