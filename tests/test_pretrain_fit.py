@@ -55,19 +55,14 @@ def test_scratch_strategies_refuse_pretraining(tiny_images):
                progress=False, report=False)
 
 
-def test_cli_fit_pretrain(tmp_path):
+def test_cli_fit_pretrain(image_folder, tmp_path):
     from PIL import Image
 
-    X, y = shapes_images(n_per_class=6)
-    for i, (img, label) in enumerate(zip(X, y)):
-        d = tmp_path / "imgs" / ["square", "bar", "noise"][label]
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(d / f"{i}.png")
     flat = tmp_path / "unlabelled"
     flat.mkdir()
     for i, img in enumerate(_unlabelled_images(4)):
         Image.fromarray(img).save(flat / f"u{i}.png")
-    r = CliRunner().invoke(app, ["fit", "--backbone", "small-cnn:16", "--data", str(tmp_path / "imgs"), "--strategy",
+    r = CliRunner().invoke(app, ["fit", "--backbone", "small-cnn:16", "--data", str(image_folder), "--strategy",
                                  "finetune", "--epochs", "1", "--out", str(tmp_path / "b"), "--pretrain", "simsiam",
                                  "--unlabelled-data", str(flat), "--pretrain-epochs", "1"])
     assert r.exit_code == 0, r.output
