@@ -40,6 +40,7 @@ CASES = {
     "torchvision-resnet18": ("torchvision:resnet18", {"image_size": 32}, False),
     "efficientnet-lite0": ("efficientnet-lite:0", {"image_size": 64}, True),
     "small-cnn": ("small-cnn:32", {}, False),
+    "mlp": ("mlp:16x8", {"in_features": 4}, False),
     "hf-tiny-bert": ("hf:{tiny_bert}", {"max_length": 16}, True),
     "sentence-minilm": ("sentence:all-MiniLM-L6-v2", {"max_length": 32}, True),
     "peft-lora-tiny-bert": ("peft:{peft_adapter}", {"max_length": 16}, True),
@@ -115,6 +116,8 @@ def raw_items(bb, image_file: str) -> list:
     """Raw inputs of every accepted kind for the backbone's modality."""
     if bb.modality == "text":
         return TEXTS
+    if bb.modality == "tabular":
+        return [[39.1, 18.7, 181.0, 3750.0], [46.5, 17.9, 192.0, 3500.0], [50.0, 15.2, 218.0, 5700.0]]
     rng = np.random.default_rng(0)
     return [rng.integers(0, 255, (40, 50, 3), dtype=np.uint8), rng.integers(0, 255, (28, 28), dtype=np.uint8),
             image_file, Image.new("RGB", (17, 9), "red")]
@@ -157,7 +160,7 @@ def test_layer_groups_cover_every_parameter_once(case):
 
 def test_preprocess_refuses_bad_items(case):
     bb = case["backbone"]
-    bad = [b"bytes"] if bb.modality == "text" else ["/no/such/image.png"]
+    bad = {"text": [b"bytes"], "tabular": [["12.5", "not a number"]]}.get(bb.modality, ["/no/such/image.png"])
     with pytest.raises(DataError):
         bb.preprocess(bad)
 
@@ -431,3 +434,21 @@ def test_layer_backbone_saves_and_rebuilds(tmp_path):
 def test_unknown_layer_lists_the_aliases():
     with pytest.raises(UnknownNameError, match=r"Did you mean 'block5'\?.*block0, block1"):
         load_backbone("efficientnet-lite:0@blok5", image_size=32)
+
+
+def test_mlp_on_a_table_learns_and_its_bundle_reloads(tmp_path):
+    """fit() gives mlp: the table's width; the input BatchNorm standardises raw columns (grams, mm)."""
+    import transferkit as tk
+    from transferkit.data import load_dataset
+
+    result = tk.fit("mlp:32x32", "penguins", "finetune", epochs=30, lr=3e-3, head_lr=3e-3, progress=False,
+                    report=False, out=tmp_path / "b")
+    assert result.manifest["backbone"]["options"]["in_features"] == 4
+    assert result.metrics["accuracy"] > 0.8  # chance is 0.44 (the majority species)
+    _, test = load_dataset("penguins")
+    np.testing.assert_allclose(tk.load(tmp_path / "b").outputs(test.items), result.predictor.outputs(test.items),
+                               atol=1e-6)
+    with pytest.raises(ConfigError, match="in_features"):
+        load_backbone("mlp:32")
+    with pytest.raises(ConfigError, match="hidden widths"):
+        load_backbone("mlp:wide", in_features=4)

@@ -91,7 +91,18 @@ def _backbone(backbone: str | Backbone | None, strategy: Strategy, data: TaskDat
     if not strategy.needs_backbone(data):
         return None  # e.g. the small CNN and TF-IDF baselines
     opts = {k: v for k, v in options.items() if v is not None}
-    return load_backbone(backbone, **opts)
+    return load_backbone(backbone, **opts, **table_width(backbone, data))
+
+
+def table_width(spec: str, data: TaskData) -> dict:
+    """``{"in_features": F}`` for a source that takes the table's width (``mlp:``) and tabular data; else ``{}``."""
+    from transferkit.backbones import BACKBONE_SOURCES, split_spec
+
+    prefix, _ = split_spec(spec)
+    source = BACKBONE_SOURCES.get(prefix) if prefix in BACKBONE_SOURCES.names() else None
+    if data.modality == "tabular" and "in_features" in getattr(source, "options", ()):
+        return {"in_features": int(np.asarray(data.items).shape[1])}
+    return {}
 
 
 @dataclass

@@ -176,6 +176,7 @@ from transferkit.backbones import (  # noqa: E402,F401
     efficientnet_lite,
     file_source,
     hf,
+    mlp,
     nli,
     peft_source,
     small_cnn,

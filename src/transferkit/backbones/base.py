@@ -125,7 +125,12 @@ class TabularPreprocess(Preprocess):
     kind = "tabular"
 
     def __call__(self, items: Sequence) -> torch.Tensor:
-        x = np.asarray(items, dtype=np.float32)
+        try:
+            x = np.asarray(items, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"Tabular items must be rows of numbers: {e}.") from None
+        if x.ndim != 2:
+            raise DataError(f"Tabular items must be a 2-D table [rows, columns]; got an array of shape {x.shape}.")
         bad = np.argwhere(~np.isfinite(x))
         if len(bad):
             raise DataError(f"Tabular row {bad[0][0]} column {bad[0][1]} is NaN or inf.")

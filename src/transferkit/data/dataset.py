@@ -33,6 +33,10 @@ class TaskData:
         name: a short display name (``fashion-mnist``, a file name, ...).
         source: where the data came from (provenance), shown in reports.
         feature_names: tabular column names.
+        sensitive: optional group of each item for fairness evaluation (a
+            sensitive attribute such as sex or island; strings or ints ``[N]``).
+            Not an input of the model.
+        sensitive_name: the attribute's name (the column it came from).
     """
 
     items: Sequence | np.ndarray
@@ -43,6 +47,8 @@ class TaskData:
     name: str = "data"
     source: str = ""
     feature_names: list[str] | None = None
+    sensitive: np.ndarray | None = None
+    sensitive_name: str | None = None
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
     #: (root data, indices into it) when this is a subset: lets the feature cache
     #: compute a small pool once and index it for every draw.
@@ -55,6 +61,11 @@ class TaskData:
             raise DataError(f"Unknown task '{self.task}'. Available: {', '.join(TASKS)}.")
         if self.targets is not None and len(self.targets) != len(self.items):
             raise DataError(f"{self.name}: {len(self.items)} items but {len(self.targets)} targets.")
+        if self.sensitive is not None:
+            self.sensitive = np.asarray(self.sensitive)
+            if len(self.sensitive) != len(self.items):
+                raise DataError(f"{self.name}: {len(self.items)} items but {len(self.sensitive)} values of the "
+                                f"sensitive attribute '{self.sensitive_name or 'sensitive'}'.")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -71,8 +82,9 @@ class TaskData:
         idx = np.asarray(indices, dtype=np.int64)
         items = self.items[idx] if isinstance(self.items, np.ndarray) else [self.items[i] for i in idx]
         targets = None if self.targets is None else self.targets[idx]
+        sensitive = None if self.sensitive is None else self.sensitive[idx]
         root, base = self.origin if self.origin is not None else (self, np.arange(len(self)))
-        return replace(self, items=items, targets=targets, name=name or self.name, _fingerprint=None,
+        return replace(self, items=items, targets=targets, sensitive=sensitive, name=name or self.name, _fingerprint=None,
                        origin=(root, base[idx]))
 
     def fingerprint(self) -> str:
