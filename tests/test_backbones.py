@@ -41,6 +41,7 @@ CASES = {
     "efficientnet-lite0": ("efficientnet-lite:0", {"image_size": 64}, True),
     "small-cnn": ("small-cnn:32", {}, False),
     "mlp": ("mlp:16x8", {"in_features": 4}, False),
+    "concat-small-cnn": ("concat:small-cnn:16+small-cnn:16", {}, False),
     "hf-tiny-bert": ("hf:{tiny_bert}", {"max_length": 16}, True),
     "sentence-minilm": ("sentence:all-MiniLM-L6-v2", {"max_length": 32}, True),
     "peft-lora-tiny-bert": ("peft:{peft_adapter}", {"max_length": 16}, True),

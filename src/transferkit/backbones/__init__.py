@@ -142,7 +142,8 @@ def load_backbone(spec: str, *, pretrained: bool = True, image_size: int | None 
 
     prefix, name = split_spec(spec)
     source = BACKBONE_SOURCES.get(prefix)
-    name, layer = split_layer(name)
+    # concat:A@LAYER+B: each member spec keeps its own @LAYER
+    name, layer = split_layer(name) if prefix != "concat" else (name, None)
     if layer is not None and prefix == "file" and Path(f"{name}@{layer}").exists():
         name, layer = f"{name}@{layer}", None  # a path that holds '@'
     given = {"image_size": image_size, "max_length": max_length, "pooling": pooling, **options}
@@ -173,6 +174,7 @@ def list_backbones() -> list[dict]:
 # The source modules register themselves on import; the registry above must exist first.
 from transferkit.backbones import (  # noqa: E402,F401
     clip,
+    concat,
     efficientnet_lite,
     file_source,
     hf,

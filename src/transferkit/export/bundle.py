@@ -84,8 +84,7 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
         model.backbone.save_files(tmp / "backbone")
         manifest = {"format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, **manifest,
                     "backbone": model.backbone.architecture(),
-                    "head": {"in_features": model.head[-1].in_features, "out_features": model.head[-1].out_features,
-                             "dropout": _dropout(model.head), "normalize": is_normalized_head(model.head)},
+                    "head": _describe_head(model.head),
                     "task": manifest.get("task", model.task), "label_names": model.label_names,
                     "preprocess": model.backbone.preprocess.config(), "versions": library_versions()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default), encoding="utf-8")
@@ -96,6 +95,22 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _describe_head(head: nn.Module) -> dict:
+    """The manifest's ``head``: a :func:`linear_head`'s shape, or what another head says of itself (stacking)."""
+    if hasattr(head, "describe"):
+        return head.describe()
+    return {"in_features": head[-1].in_features, "out_features": head[-1].out_features,
+            "dropout": _dropout(head), "normalize": is_normalized_head(head)}
+
+
+def _rebuild_head(h: dict) -> nn.Module:
+    if h.get("kind") == "stacking":  # per-model heads under a meta-learner
+        from transferkit.strategies.stacking import StackingHead
+
+        return StackingHead.from_manifest(h)
+    return linear_head(h["in_features"], h["out_features"], h.get("dropout") or 0.0, bool(h.get("normalize")))
 
 
 def _dropout(head: nn.Module) -> float:
@@ -156,8 +171,7 @@ def rebuild_model(path: str | Path, manifest: dict | None = None) -> TransferMod
         from transferkit.strategies.parameter_efficient import attach_from_manifest
 
         attach_from_manifest(backbone, adapter)
-    head = linear_head(h["in_features"], h["out_features"], h.get("dropout") or 0.0, bool(h.get("normalize")))
-    model = TransferModel(backbone, head, manifest["task"], manifest.get("label_names"))
+    model = TransferModel(backbone, _rebuild_head(h), manifest["task"], manifest.get("label_names"))
     state = load_file(str(path / WEIGHTS))
     if adapter and adapter.get("adapter_only"):
         missing, unexpected = model.load_state_dict(state, strict=False)
