@@ -70,7 +70,8 @@ def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int |
             raise ConfigError(f"The 'labels_per_class' parameter must be an int in [1, inf). Got {labels_per_class} instead.")
         train = sample_per_class(train, labels_per_class, seed, strict=strict_labels)
     if val_data is not None:
-        columns = {k: v for k, v in data_options.items() if k in ("text_column", "label_column", "feature_columns", "task")}
+        columns = {k: v for k, v in data_options.items()
+                   if k in ("text_column", "label_column", "feature_columns", "task", "sensitive_column")}
         _, val = resolve_data(train, test_data=val_data, **columns)  # checks and aligns its labels with training
     else:
         train, val = train_val_split(train, val_fraction, seed)
@@ -98,9 +99,15 @@ def table_width(spec: str, data: TaskData) -> dict:
     """``{"in_features": F}`` for a source that takes the table's width (``mlp:``) and tabular data; else ``{}``."""
     from transferkit.backbones import BACKBONE_SOURCES, split_spec
 
-    prefix, _ = split_spec(spec)
+    prefix, name = split_spec(spec)
+    if data.modality != "tabular":
+        return {}
+    if prefix == "concat":  # concat:mlp:64+mlp:32: its options go to every member
+        from transferkit.backbones.concat import split_members
+
+        return next((table_width(m, data) for m in split_members(name) if table_width(m, data)), {})
     source = BACKBONE_SOURCES.get(prefix) if prefix in BACKBONE_SOURCES.names() else None
-    if data.modality == "tabular" and "in_features" in getattr(source, "options", ()):
+    if "in_features" in getattr(source, "options", ()):
         return {"in_features": int(np.asarray(data.items).shape[1])}
     return {}
 
@@ -134,9 +141,34 @@ def _train_and_score(backbone, strategy: Strategy, train: TaskData, val, test, c
         outputs = strategy.predict(model, scored)
         metrics = compute_metrics(train.task, scored.targets, outputs, train.label_names)
         metrics["evaluated_on"] = "test" if scored is test else "validation"
+        fairness = fairness_metrics(scored, outputs, train.label_names)
+        if fairness is not None:
+            metrics["fairness"] = fairness
         if before is not None and model.backbone is bb:
             metrics["source_agreement"] = source_agreement(before, source_predictions(model.backbone, scored))
     return _Run(model, history, metrics, seconds, outputs)
+
+
+def fairness_metrics(data: TaskData, outputs: np.ndarray, label_names) -> dict | None:
+    """Group metrics of ``outputs`` on ``data`` when it carries a sensitive attribute (classification)."""
+    if data.sensitive is None or data.task != "classification":
+        return None
+    from transferkit.evaluation.fairness import group_metrics
+
+    return group_metrics(data.targets, outputs, data.sensitive, label_names=label_names,
+                         sensitive_name=data.sensitive_name)
+
+
+def _check_fairness_data(sensitive_column: str, train: TaskData, scored: TaskData | None) -> None:
+    """Before any training: a classification task, and at least two groups where they are used and measured."""
+    from transferkit.evaluation.fairness import check_sensitive
+
+    if train.task != "classification":
+        raise ConfigError(f"sensitive_column={sensitive_column!r}: group fairness metrics are for classification; "
+                          f"'{train.name}' is {train.task}.")
+    for split in (train, scored):
+        if split is not None and (split is train or split.sensitive is not None):
+            check_sensitive(split.sensitive, len(split), split.sensitive_name or sensitive_column, where=split.name)
 
 
 def _scored(val, test) -> TaskData | None:
@@ -156,7 +188,8 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         label_column: str = "label", max_test: int | None = None, check_transfer: bool = False,
         baselines="auto", target_data=None, target_labelled_data=None, pretrain: str | None = None,
         unlabelled_data=None, pretrain_options: dict | None = None, pretrain_epochs: int | None = None,
-        pretrain_max_items: int | None = None, **train_options: Any) -> FitResult:
+        pretrain_max_items: int | None = None, sensitive_column: str | None = None,
+        **train_options: Any) -> FitResult:
     """Adapt ``backbone`` to ``data`` with ``strategy`` and (if ``out``) save a bundle.
 
     Args:
@@ -186,6 +219,11 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
             :func:`transferkit.strategies.self_supervised.pretrain`). The manifest records it
             (``pretrain``) and the bundle stores the pre-trained weights in full.
         unlabelled_data: the unlabelled inputs for ``pretrain`` (same forms as ``target_data``).
+        sensitive_column: a sensitive attribute (group) column of a table or DataFrame (for
+            built-in ``penguins``: ``island`` or ``sex``). It is not an input of the model; the
+            metrics gain ``"fairness"`` (:func:`transferkit.evaluation.fairness.group_metrics` on
+            the evaluated split), and the strategies ``reweighing`` and ``adversarial-debiasing``
+            train with it. A single group is refused before training.
         pretrain_options, pretrain_epochs, pretrain_max_items: the method's options, its epochs
             (default: the method's) and a cap on the unlabelled items it sees (seeded draw).
         train_options: :class:`TrainConfig` fields (``epochs``, ``lr``, ``seed``, ...). ``lr="auto"``
@@ -202,7 +240,9 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
     train, val, test = prepare_data(data, test_data=test_data, labels_per_class=labels_per_class,
                                     val_fraction=val_fraction, val_data=val_data, seed=config.seed,
                                     text_column=text_column,
-                                    label_column=label_column, max_test=max_test)
+                                    label_column=label_column, max_test=max_test, sensitive_column=sensitive_column)
+    if sensitive_column is not None or (train.sensitive is not None and train.task == "classification"):
+        _check_fairness_data(sensitive_column or train.sensitive_name or "sensitive", train, _scored(val, test))
     if check_transfer and train.task == "multilabel":
         raise ConfigError("check_transfer supports classification and regression; for multi-label data "
                           "run transferkit compare, which judges transfer over seeds.")
@@ -227,7 +267,8 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         "train": config.to_dict(), "task": train.task, "modality": train.modality,
         "data": {"name": train.name, "source": train.source, "fingerprint": train.fingerprint(),
                  "n_train": len(train), "n_val": len(val) if val is not None else 0,
-                 "n_test": len(test) if test is not None else 0, "labels_per_class": labels_per_class},
+                 "n_test": len(test) if test is not None else 0, "labels_per_class": labels_per_class,
+                 **({"sensitive_column": train.sensitive_name} if train.sensitive is not None else {})},
         "metrics": metrics, "history": history, "train_seconds": round(seconds, 2),
     }
     if drop_path is not None:  # acts in training only, so it is not part of the rebuilt architecture
@@ -401,16 +442,30 @@ def _wait_for_everyone() -> None:
     distributed_state().wait_for_everyone()
 
 
-def evaluate(bundle: str | Path | Predictor, data, *, split: str = "test", **data_options) -> dict:
-    """Metrics of a saved bundle on ``data`` (a built-in name uses its test split unless ``split="train"``)."""
+def evaluate(bundle: str | Path | Predictor, data, *, split: str = "test", sensitive_column: str | None = None,
+             **data_options) -> dict:
+    """Metrics of a saved bundle on ``data`` (a built-in name uses its test split unless ``split="train"``).
+
+    When the evaluated data carries a sensitive attribute (``sensitive_column`` of a table,
+    DataFrame or built-in set, or a TaskData with ``sensitive``), the metrics gain
+    ``"fairness"``: :func:`transferkit.evaluation.fairness.group_metrics` (classification).
+    """
     predictor = bundle if isinstance(bundle, Predictor) else load(bundle)
+    if sensitive_column is not None:
+        data_options["sensitive_column"] = sensitive_column
     train, test = resolve_data(data, **data_options)
     target = test if (split == "test" and test is not None) else train
     if target.targets is None:
         raise DataError(f"'{target.name}' has no labels to evaluate against.")
     target = align_to_label_names(target, predictor.label_names)
+    if sensitive_column is not None:
+        _check_fairness_data(sensitive_column, replace(target, task=predictor.task), None)
     outputs = predictor.outputs(target.items)
-    return compute_metrics(predictor.task, target.targets, outputs, predictor.label_names)
+    metrics = compute_metrics(predictor.task, target.targets, outputs, predictor.label_names)
+    fairness = fairness_metrics(target, outputs, predictor.label_names)
+    if fairness is not None:
+        metrics["fairness"] = fairness
+    return metrics
 
 
 def default_baselines(modality: str) -> list[str]:

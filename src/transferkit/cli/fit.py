@@ -53,6 +53,10 @@ def fit_command(
                                                          "efficientnet-lite: backbones), e.g. 0.1."),
     text_column: Optional[str] = typer.Option(None, help="Table files: the text column."),
     label_column: str = typer.Option("label", help="Table files: the label column."),
+    sensitive_column: Optional[str] = typer.Option(None, help="A sensitive-attribute (group) column, e.g. sex: kept "
+                                                              "out of the inputs; adds group fairness metrics and "
+                                                              "feeds the reweighing / adversarial-debiasing strategies "
+                                                              "(built-in penguins: island or sex)."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
     check_transfer: bool = typer.Option(False, help="Also train the from-scratch baseline on the same data and "
                                                     "record whether transfer helped (verdict in manifest and report)."),
@@ -63,6 +67,7 @@ def fit_command(
 ) -> None:
     """Adapt BACKBONE to DATA with STRATEGY; save a bundle (weights, manifest, report) to OUT."""
     from transferkit.api import fit
+    from transferkit.cli.evaluate import fairness_table
     from transferkit.cli.tables import metrics_table
 
     result = fit(backbone, data, strategy, strategy_options=parse_options(option), test_data=test_data,
@@ -74,9 +79,11 @@ def fit_command(
                  lr=parse_lr(lr), head_lr=head_lr,
                  batch_size=batch_size, schedule=schedule, patience=patience, mixed_precision=mixed_precision,
                  grad_accum=grad_accum, seed=seed, text_column=text_column, label_column=label_column,
-                 check_transfer=check_transfer, track=track,
+                 check_transfer=check_transfer, track=track, sensitive_column=sensitive_column,
                  track_dir=str(track_dir) if track_dir is not None else None)
     console.print(metrics_table(result.metrics, f"{strategy} on {data}"))
+    if "fairness" in result.metrics:
+        console.print(fairness_table(result.metrics["fairness"]))
     verdict = result.manifest.get("verdict")
     if verdict:
         console.print(f"[bold]{verdict['verdict']}[/bold]: {verdict['explanation']}", highlight=False)

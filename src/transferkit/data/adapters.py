@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from transferkit.data.dataset import TASKS, TaskData
-from transferkit.errors import DataError
+from transferkit.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -380,7 +380,8 @@ def read_table(path: str | os.PathLike) -> tuple[pd.DataFrame, list[int]]:
 
 def from_table(path: str | os.PathLike, *, text_column: str | None = None, label_column: str | None = "label",
                feature_columns: Sequence[str] | None = None, image_column: str | None = None,
-               task: str = "classification", label_names: Sequence[str] | None = None) -> TaskData:
+               task: str = "classification", label_names: Sequence[str] | None = None,
+               sensitive_column: str | None = None) -> TaskData:
     """Read a CSV, TSV or JSONL file (optionally gzipped).
 
     The inputs are the ``text_column`` (a text task), the ``feature_columns``
@@ -396,24 +397,28 @@ def from_table(path: str | os.PathLike, *, text_column: str | None = None, label
         image_column: column holding image file paths.
         task: ``"classification"``, ``"multilabel"`` (a JSON list or ``"a|b"``) or ``"regression"``.
         label_names: the class names, when they should not be inferred.
+        sensitive_column: a sensitive attribute (sex, island, ...) for fairness
+            evaluation and mitigation: kept out of the inputs, stored as
+            ``TaskData.sensitive``.
 
     Raises:
         DataError: non-UTF-8 bytes (file and line), a missing column (file,
-            column and the columns present), an empty label or text, a
-            non-numeric feature (file, line, value), a missing image file.
+            column and the columns present), an empty label, text or
+            sensitive value, a non-numeric feature (file, line, value), a
+            missing image file.
     """
     p = Path(path)
     frame, lines = read_table(p)
     return _frame_to_taskdata(frame, text_column=text_column, label_column=label_column,
                               feature_columns=feature_columns, image_column=image_column, task=task,
-                              label_names=label_names, name=p.name, origin=str(p),
+                              label_names=label_names, sensitive_column=sensitive_column, name=p.name, origin=str(p),
                               locate=lambda i: f"{p}: line {lines[i]}", base_dir=p.parent)
 
 
 def from_frame(df: pd.DataFrame, *, text_column: str | None = None, label_column: str | None = "label",
                feature_columns: Sequence[str] | None = None, image_column: str | None = None,
                task: str = "classification", label_names: Sequence[str] | None = None,
-               name: str = "frame") -> TaskData:
+               name: str = "frame", sensitive_column: str | None = None) -> TaskData:
     """A pandas DataFrame, with the same column arguments and rules as :func:`from_table`.
 
     Errors name the row by its index label.
@@ -423,7 +428,8 @@ def from_frame(df: pd.DataFrame, *, text_column: str | None = None, label_column
     index = df.index
     return _frame_to_taskdata(df.reset_index(drop=True), text_column=text_column, label_column=label_column,
                               feature_columns=feature_columns, image_column=image_column, task=task,
-                              label_names=label_names, name=name, origin=f"DataFrame '{name}'",
+                              label_names=label_names, sensitive_column=sensitive_column, name=name,
+                              origin=f"DataFrame '{name}'",
                               locate=lambda i: f"DataFrame '{name}', row {index[i]}", base_dir=None)
 
 
@@ -446,12 +452,14 @@ def _looks_numeric(series: pd.Series) -> bool:
     return bool(filled.any()) and bool(np.isfinite(_to_numbers(series)[filled]).all())
 
 
-def _infer_inputs(frame: pd.DataFrame, label_column: str | None, origin: str) -> tuple[str | None, list[str] | None]:
-    """``(text_column, feature_columns)`` guessed when the caller named neither."""
-    if "text" in frame.columns and "text" != label_column:
+def _infer_inputs(frame: pd.DataFrame, label_column: str | None, origin: str,
+                  sensitive_column: str | None = None) -> tuple[str | None, list[str] | None]:
+    """``(text_column, feature_columns)`` guessed when the caller named neither (not the label or sensitive column)."""
+    if "text" in frame.columns and "text" not in (label_column, sensitive_column):
         return "text", None
-    numeric = [c for c in frame.columns if c != label_column and _looks_numeric(frame[c])]
-    if numeric and len(numeric) == len(frame.columns) - (label_column in frame.columns):
+    others = [c for c in frame.columns if c not in (label_column, sensitive_column)]
+    numeric = [c for c in others if _looks_numeric(frame[c])]
+    if numeric and len(numeric) == len(others):
         return None, [str(c) for c in numeric]
     raise DataError(f"{origin}: say which column holds the inputs: text_column=..., feature_columns=[...] "
                     f"or image_column=.... Columns present: {', '.join(map(str, frame.columns))}.")
@@ -493,14 +501,40 @@ def _image_items(series: pd.Series, column: str, base_dir: Path | None, locate: 
     return items
 
 
+def _sensitive_values(series: pd.Series, column: str, locate: Locate) -> np.ndarray:
+    """The group of each row (strings; numbers as written), refusing empty cells by row."""
+    values = []
+    for i, v in enumerate(series):
+        if _is_missing(v):
+            raise DataError(f"{locate(i)}: the sensitive attribute in column '{column}' is empty. "
+                            f"Drop such rows or give them a group.")
+        values.append(_label_key(v))
+    return np.asarray(values, dtype=object)
+
+
+def _check_sensitive_column(sensitive_column: str, label_column, text_column, image_column, feature_columns,
+                            origin: str) -> None:
+    inputs = [c for c in (text_column, image_column, *(feature_columns or [])) if c is not None]
+    if sensitive_column == label_column or sensitive_column in inputs:
+        role = "label" if sensitive_column == label_column else "input"
+        raise ConfigError(f"{origin}: the sensitive column '{sensitive_column}' is also the {role} column; "
+                          f"a sensitive attribute is kept out of the labels and the inputs.")
+
+
 def _frame_to_taskdata(frame: pd.DataFrame, *, text_column, label_column, feature_columns, image_column, task,
-                       label_names, name: str, origin: str, locate: Locate, base_dir: Path | None) -> TaskData:
+                       label_names, name: str, origin: str, locate: Locate, base_dir: Path | None,
+                       sensitive_column: str | None = None) -> TaskData:
     if task not in TASKS:
         raise DataError(f"Unknown task '{task}'. Available: {', '.join(TASKS)}.")
-    named = [label_column, text_column, image_column, *(feature_columns or [])]
+    if sensitive_column is not None and sensitive_column not in frame.columns:
+        raise DataError(f"{origin}: no column '{sensitive_column}' for the sensitive attribute. "
+                        f"Columns present: {', '.join(map(str, frame.columns))}.")
+    named = [label_column, text_column, image_column, sensitive_column, *(feature_columns or [])]
     _require_columns(list(frame.columns), [c for c in named if c is not None], origin)
+    if sensitive_column is not None:
+        _check_sensitive_column(sensitive_column, label_column, text_column, image_column, feature_columns, origin)
     if text_column is None and image_column is None and not feature_columns:
-        text_column, feature_columns = _infer_inputs(frame, label_column, origin)
+        text_column, feature_columns = _infer_inputs(frame, label_column, origin, sensitive_column)
     if image_column is not None:
         items, modality = _image_items(frame[image_column], image_column, base_dir, locate), "image"
     elif text_column is not None:
@@ -510,8 +544,12 @@ def _frame_to_taskdata(frame: pd.DataFrame, *, text_column, label_column, featur
     targets, names = None, list(label_names) if label_names is not None else None
     if label_column is not None:
         targets, names = encode_labels(list(frame[label_column]), task=task, label_names=label_names, locate=locate)
+    sensitive = None
+    if sensitive_column is not None:
+        sensitive = _sensitive_values(frame[sensitive_column], sensitive_column, locate)
     return TaskData(items, targets, modality, task=task, label_names=names, name=name, source=origin,
-                    feature_names=[str(c) for c in feature_columns] if modality == "tabular" else None)
+                    feature_names=[str(c) for c in feature_columns] if modality == "tabular" else None,
+                    sensitive=sensitive, sensitive_name=sensitive_column)
 
 
 # ---------------------------------------------------------------- arrays

@@ -211,18 +211,38 @@ def load_drug_reviews() -> tuple[TaskData, TaskData]:
 PENGUIN_FEATURES = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
 
 
+PENGUIN_COLUMNS = ("species", "sex", "island")
+
+
 @_register("penguins", modality="tabular", size="342 penguins (256 train / 86 test), 4 features, 3 species",
            source="Palmer Station LTER (Gorman et al. 2014), PyPI package palmerpenguins", licence="CC0")
-def load_penguins(seed: int = 0) -> tuple[TaskData, TaskData]:
-    """Palmer penguins: species from bill, flipper and body-mass measurements; stratified 75/25 split."""
+def load_penguins(seed: int = 0, label: str = "species", sensitive: str | None = None) -> tuple[TaskData, TaskData]:
+    """Palmer penguins: species from bill, flipper and body-mass measurements; stratified 75/25 split.
+
+    Args:
+        seed: the split's seed.
+        label: the column to predict: ``species`` (default) or ``sex`` (binary).
+        sensitive: a group column for fairness (``island``, ``sex`` or ``species``), stored as
+            ``TaskData.sensitive``; never a feature. The 11 rows without a recorded sex are
+            dropped only when ``sex`` is the label or the sensitive attribute.
+    """
     try:
         import palmerpenguins
     except ImportError:
         raise DataError("The penguins data needs the package palmerpenguins: `pip install palmerpenguins`.") from None
-    frame = palmerpenguins.load_penguins().dropna(subset=PENGUIN_FEATURES + ["species"]).reset_index(drop=True)
-    targets, names = encode_labels(list(frame["species"]), locate=lambda i: f"penguins row {i}")
+    for option, value in (("label", label), ("sensitive", sensitive)):
+        if value is not None and value not in PENGUIN_COLUMNS:
+            raise ConfigError(f"The '{option}' option of penguins must be one of {', '.join(PENGUIN_COLUMNS)}. "
+                              f"Got {value!r} instead.")
+    if sensitive == label:
+        raise ConfigError(f"penguins: the sensitive attribute and the label are both '{label}'; pick two columns.")
+    needed = PENGUIN_FEATURES + [label] + ([sensitive] if sensitive else [])
+    frame = palmerpenguins.load_penguins().dropna(subset=needed).reset_index(drop=True)
+    targets, names = encode_labels(list(frame[label]), locate=lambda i: f"penguins row {i}")
     data = TaskData(frame[PENGUIN_FEATURES].to_numpy(np.float32), targets, "tabular", label_names=names,
-                    name="penguins", source="palmerpenguins.load_penguins()", feature_names=list(PENGUIN_FEATURES))
+                    name="penguins", source="palmerpenguins.load_penguins()", feature_names=list(PENGUIN_FEATURES),
+                    sensitive=None if sensitive is None else frame[sensitive].astype(str).to_numpy(dtype=object),
+                    sensitive_name=sensitive)
     return _split(data, 0.25, seed)
 
 

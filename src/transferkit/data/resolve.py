@@ -30,25 +30,69 @@ def _is_hf_dataset(obj: Any) -> bool:
 
 def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
     if path.is_dir():
+        if columns.get("sensitive_column") is not None:
+            raise ConfigError(f"{path} is an image folder, which has no columns: a sensitive_column needs a "
+                              f"table (CSV/TSV/JSONL with an image_column or features) or a DataFrame.")
         return from_image_folder(path)
     return from_table(path, task=task or "classification", **columns)
+
+
+def _builtin_sensitive(name: str, column: str, dataset_options: dict) -> dict:
+    """The built-in loader's options with its ``sensitive=`` set from ``sensitive_column``."""
+    entry = DATASETS.get(name)
+    if "sensitive" not in entry.options():
+        raise ConfigError(f"The built-in data set '{name}' has no sensitive attribute to choose "
+                          f"(sensitive_column={column!r}); built-in sets that have one: "
+                          f"{', '.join(e.name for e in DATASETS if 'sensitive' in e.obj.options()) or 'none'}.")
+    if dataset_options.get("sensitive") not in (None, column):
+        raise ConfigError(f"sensitive_column={column!r} and sensitive={dataset_options['sensitive']!r} disagree.")
+    return {**dataset_options, "sensitive": column}
+
+
+def _builtin_label(name: str, column: str, dataset_options: dict) -> dict:
+    """The built-in loader's options with its ``label=`` set from a non-default ``label_column``."""
+    entry = DATASETS.get(name)
+    if "label" not in entry.options():
+        raise ConfigError(f"The built-in data set '{name}' has one label; label_column={column!r} applies to "
+                          f"table files and to built-in sets with a choice of label "
+                          f"({', '.join(e.name for e in DATASETS if 'label' in e.obj.options()) or 'none'}).")
+    if dataset_options.get("label") not in (None, column):
+        raise ConfigError(f"label_column={column!r} and label={dataset_options['label']!r} disagree.")
+    return {**dataset_options, "label": column}
+
+
+def _check_given_sensitive(data: TaskData, column: str) -> TaskData:
+    """A TaskData passed as is must already carry the asked-for sensitive attribute."""
+    if data.sensitive is None or (data.sensitive_name not in (None, column)):
+        have = f"'{data.sensitive_name}'" if data.sensitive is not None else "none"
+        raise ConfigError(f"sensitive_column={column!r}, but the TaskData '{data.name}' carries a ready-made "
+                          f"sensitive attribute ({have}); set TaskData.sensitive, or pass a table or DataFrame.")
+    return data
 
 
 def _resolve_one(data: Any, *, columns: dict, task: str | None,
                  dataset_options: dict) -> tuple[TaskData, TaskData | None]:
     """``(data, built-in test split or None)`` for one user argument."""
+    sensitive = columns.get("sensitive_column")
     if isinstance(data, TaskData):
-        return data, None
+        return (data if sensitive is None else _check_given_sensitive(data, sensitive)), None
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if path.exists():
             return _from_path(path, columns, task), None
         if isinstance(data, str) and data in DATASETS:
+            if sensitive is not None:
+                dataset_options = _builtin_sensitive(data, sensitive, dataset_options)
+            if columns.get("label_column") not in (None, "label"):
+                dataset_options = _builtin_label(data, columns["label_column"], dataset_options)
             return load_dataset(data, **dataset_options)
         err = unknown_name("dataset", str(data), DATASETS.names())
         raise UnknownNameError(f"{err} It is not a file or folder either: {path.resolve()}") from None
     if isinstance(data, pd.DataFrame):
         return from_frame(data, task=task or "classification", **columns), None
+    if sensitive is not None:
+        raise ConfigError(f"sensitive_column={sensitive!r} needs a table file, a DataFrame, a built-in data set "
+                          f"with a sensitive attribute or a TaskData with one; got a {type(data).__name__}.")
     if isinstance(data, tuple) and len(data) == 2:
         return from_arrays(data[0], data[1], task=task or "classification"), None
     if _is_hf_dataset(data):
@@ -61,7 +105,8 @@ def _resolve_one(data: Any, *, columns: dict, task: str | None,
 
 def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = None,
                  label_column: str | None = "label", feature_columns: list[str] | None = None,
-                 task: str | None = None, **dataset_options) -> tuple[TaskData, TaskData | None]:
+                 task: str | None = None, sensitive_column: str | None = None,
+                 **dataset_options) -> tuple[TaskData, TaskData | None]:
     """Turn the user's training (and test) data into TaskData.
 
     Args:
@@ -74,6 +119,11 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
         label_column: label column of a table or frame.
         feature_columns: numeric columns of a table or frame.
         task: ``"classification"`` (default), ``"multilabel"`` or ``"regression"``.
+        sensitive_column: a sensitive attribute (group) column, kept out of the
+            inputs and stored as ``TaskData.sensitive`` (fairness). A built-in data
+            set takes it as its ``sensitive=`` option (``penguins``: island, sex).
+            Likewise a ``label_column`` other than ``"label"`` becomes a built-in
+            set's ``label=`` option (``penguins``: species, sex).
         **dataset_options: options of a built-in loader (e.g. ``sections=``).
 
     Returns:
@@ -83,13 +133,16 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
     Raises:
         UnknownNameError: a string that is neither a built-in name nor an existing path.
         DataError: the test data has a label the training data never had.
-        ConfigError: ``dataset_options`` given without a built-in data set.
+        ConfigError: ``dataset_options`` given without a built-in data set; a
+            ``sensitive_column`` for data that cannot have one.
+        DataError: no such ``sensitive_column`` (the message lists the columns present).
     """
     if dataset_options and not any(isinstance(d, str) and d in DATASETS and not Path(d).exists()
                                    for d in (data, test_data)):
         raise ConfigError(f"Option(s) {', '.join(sorted(dataset_options))} apply only to built-in data sets "
                           f"({', '.join(DATASETS.names())}).")
-    columns = {"text_column": text_column, "label_column": label_column, "feature_columns": feature_columns}
+    columns = {"text_column": text_column, "label_column": label_column, "feature_columns": feature_columns,
+               "sensitive_column": sensitive_column}
     train, builtin_test = _resolve_one(data, columns=columns, task=task, dataset_options=dataset_options)
     test = builtin_test
     if test_data is not None:

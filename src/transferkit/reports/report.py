@@ -264,7 +264,19 @@ def _metrics_section(metrics: dict | None, manifest: dict) -> list[Block]:
     for key, title in (("per_class_recall", "recall"), ("per_label_ap", "average precision")):
         if isinstance(metrics.get(key), dict):
             blocks.append(_table(("label", title), metrics[key].items()))
-    return blocks
+    return blocks + _fairness_blocks(metrics.get("fairness"))
+
+
+def _fairness_blocks(fairness: Any) -> list[Block]:
+    """Per-group accuracy and the gaps of :func:`transferkit.evaluation.fairness.group_metrics`."""
+    if not isinstance(fairness, dict) or not isinstance(fairness.get("groups"), dict):
+        return []
+    rows = [(g, v.get("count"), v.get("accuracy")) for g, v in fairness["groups"].items()]
+    gaps = [(k, fairness.get(k)) for k in ("accuracy_worst_group", "worst_group", "accuracy_gap",
+                                           "demographic_parity_difference", "equalized_odds_difference")]
+    return [_h(3, f"Groups of the sensitive attribute '{fairness.get('attribute')}'"),
+            _table(("group", "count", "accuracy"), rows), _table(("measure", "value"), gaps),
+            _p(f"Differences: {fairness.get('definition', '')}.")]
 
 
 def _verdict_section(manifest: dict) -> list[Block]:
@@ -289,8 +301,10 @@ def _limits_section(manifest: dict) -> list[Block]:
         "same label set, similar collection process).",
         "The metrics estimate performance only on data from the same distribution as the evaluation split; "
         "expect them to drop under distribution shift. A small evaluation split gives uncertain estimates.",
-        "The model has not been evaluated here for fairness across groups, robustness to adversarial or "
-        "corrupted inputs, calibration beyond the reported metrics, or safety-critical use.",
+        ("Group fairness was measured for one sensitive attribute only (see Metrics); the model has not been "
+         "evaluated here for other groups, " if isinstance((manifest.get("metrics") or {}).get("fairness"), dict)
+         else "The model has not been evaluated here for fairness across groups, ")
+        + "robustness to adversarial or corrupted inputs, calibration beyond the reported metrics, or safety-critical use.",
         "It inherits the biases and the licence terms of the pre-trained source model and its training data.",
     ]
     intended = _get(manifest, "intended_use")
