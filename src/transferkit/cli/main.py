@@ -5,13 +5,14 @@ import os
 
 import typer
 
-from transferkit.cli import (compare, demo, evaluate, export, fit, listing, lr_find, merge, predict, push, rank, serve,
-                             shift, tune)
+from transferkit.cli import (compare, continual, demo, evaluate, export, fit, listing, lr_find, merge, multitask, predict,
+                             push, rank, serve, shift, tune)
 
 app = typer.Typer(name="transferkit", no_args_is_help=True, add_completion=False,
                   help="Transfer learning from pre-trained models to small labelled data sets: adapt, "
                        "measure against from-scratch baselines, and ship the result.")
-for module in (fit, lr_find, evaluate, predict, compare, rank, shift, export, merge, serve, push, tune, listing, demo):
+for module in (fit, lr_find, evaluate, predict, compare, rank, shift, multitask, continual, export, merge, serve, push, tune,
+               listing, demo):
     module.register(app)
 
 

@@ -1,0 +1,167 @@
+"""Continual-learning runs for the facade and ``transferkit continual``: build a stream, train learners, report.
+
+:func:`run_continual` draws a seeded labelled subset of a data set, splits it
+into a stream (``split``: disjoint class groups; ``permuted``: the same classes
+under fixed pixel permutations), trains every requested learner of
+:data:`~transferkit.strategies.continual.CONTINUAL` on it for every seed, and
+summarises the accuracy matrices (average accuracy, forgetting, backward and
+forward transfer, mean and 95% interval over seeds). :func:`save_continual`
+writes ``continual.json``, ``report.md`` and ``accuracy_matrices.png``.
+
+Example:
+    >>> r = run_continual("fashion-mnist", "small-cnn:14", split=2, learners=["naive", "replay"],  # doctest: +SKIP
+    ...                   labels_per_class=100, epochs=1)
+    >>> r["summary"]["replay"]["average_accuracy"]                                                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.data import resolve_data, sample_per_class
+from transferkit.data.streams import SCENARIOS, permuted, split_by_classes
+from transferkit.errors import ConfigError, DataError
+from transferkit.evaluation.continual import METRICS
+from transferkit.evaluation.stats import mean_ci
+from transferkit.export.bundle import check_writable
+from transferkit.strategies.continual import CONTINUAL, train_stream
+from transferkit.training import TrainConfig
+
+__all__ = ["run_continual", "save_continual"]
+
+
+def _learner_options(learners: list[str], options: dict[str, Any]) -> dict[str, dict]:
+    """Give each learner the options its config has; refuse an option that no learner takes."""
+    per = {name: {} for name in learners}
+    for key, value in options.items():
+        takers = [n for n in learners if key in {f.name for f in dataclasses.fields(CONTINUAL.get(n).Config)}]
+        if not takers:
+            valid = sorted({f.name for n in learners for f in dataclasses.fields(CONTINUAL.get(n).Config)})
+            raise ConfigError(f"No learner among {', '.join(learners)} takes the option {key!r}. "
+                              f"Their options: {', '.join(valid) or 'none'}.")
+        for n in takers:
+            per[n][key] = value
+    return per
+
+
+def _stream(train, test, split: int | None, permutations: int | None, scenario: str | None, seed: int, flatten: bool):
+    if (split is None) == (permutations is None):
+        raise ConfigError("Give exactly one of split (classes per experience) or permuted (number of permutations).")
+    if split is not None:
+        return split_by_classes(train, split, test=test, scenario=scenario or "task")
+    if scenario not in (None, "domain"):
+        raise ConfigError(f"A permuted stream has the same classes in every experience: its scenario is 'domain'. "
+                          f"Got {scenario!r}.")
+    return permuted(train, permutations, seed=seed, test=test, flatten=flatten)
+
+
+def run_continual(data, backbone: str, *, split: int | None = None, permuted_tasks: int | None = None,
+                  scenario: str | None = None, learners=("naive",), options: dict | None = None,
+                  labels_per_class: int | None = 300, test_per_class: int | None = 200, seeds: int = 1,
+                  epochs: int = 2, lr: float = 2e-3, batch_size: int = 32, image_size: int | None = None,
+                  progress: bool = False) -> dict:
+    """Train each learner on the stream for ``seeds`` seeds; return the runs and their summary.
+
+    Args:
+        data: a built-in name (``fashion-mnist``), a folder or table, ``(X, y)``: anything :func:`transferkit.fit` takes.
+        backbone: the network every learner starts from (``small-cnn:14``, ``efficientnet-lite:0``; with
+            ``permuted_tasks``, ``mlp:256x256`` reads the permuted pixels as a table).
+        split: classes per experience (Split Fashion-MNIST: 2).
+        permuted_tasks: number of pixel permutations (Permuted Fashion-MNIST); exclusive with ``split``.
+        scenario: ``task`` or ``class`` for a split stream (default ``task``); permuted streams are ``domain``.
+        learners: names in :data:`CONTINUAL`: naive, ewc, lwf, replay, progressive.
+        options: learner options (``{"buffer_size": 200}``); each goes to the learners that take it.
+        labels_per_class, test_per_class: seeded draws per class from the training and test sets (``None``: all).
+        seeds: independent runs (data draw, permutations, initialisation).
+        epochs, lr, batch_size: the loop's settings for every experience.
+        image_size: the backbone's input size.
+
+    Returns:
+        ``{"runs": [...], "summary": {learner: {metric: [mean, low, high]}}, "matrices": {learner: mean [T, T]},
+        "stream": ..., "settings": ...}``.
+    """
+    learners = list(learners)
+    if not learners:
+        raise ConfigError(f"Name at least one learner. Available: {', '.join(CONTINUAL.names())}.")
+    for name in learners:
+        CONTINUAL.get(name)  # unknown names: the registry's error lists the valid ones
+    if scenario is not None and scenario not in SCENARIOS:
+        raise ConfigError(f"Unknown scenario {scenario!r}. Available: {', '.join(SCENARIOS)}.")
+    if seeds < 1:
+        raise ConfigError(f"The 'seeds' parameter must be an int in [1, inf). Got {seeds} instead.")
+    per_learner = _learner_options(learners, dict(options or {}))
+    full_train, full_test = resolve_data(data)
+    if full_test is None:
+        raise DataError(f"Continual runs test every experience: '{full_train.name}' has no test split. "
+                        f"Give test data (a built-in data set has one).")
+    flatten = backbone.startswith("mlp:")
+    runs, stream_name = [], None
+    for seed in range(seeds):
+        train = sample_per_class(full_train, labels_per_class, seed) if labels_per_class else full_train
+        test = sample_per_class(full_test, test_per_class, 0, strict=False) if test_per_class else full_test
+        stream = _stream(train, test, split, permuted_tasks, scenario, seed, flatten)
+        stream_name = stream.name
+        for name in learners:
+            cfg = TrainConfig(epochs=epochs, lr=lr, head_lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+            result = train_stream(backbone, stream, name, per_learner[name], train_config=cfg,
+                                  backbone_options={"image_size": image_size} if image_size else None)
+            runs.append({"seed": seed, **result.to_dict()})
+    summary, matrices = {}, {}
+    for name in learners:
+        mine = [r for r in runs if r["learner"] == name]
+        summary[name] = {m: list(mean_ci([r["metrics"][m] for r in mine])) if len(mine) > 1
+                         else [mine[0]["metrics"][m]] * 3 for m in METRICS}
+        matrices[name] = np.mean([r["accuracy"] for r in mine], axis=0).tolist()
+    return {"runs": runs, "summary": summary, "matrices": matrices,
+            "stream": {"name": stream_name, "scenario": runs[0]["scenario"], "experiences": len(matrices[learners[0]])},
+            "settings": {"backbone": backbone, "learners": learners, "options": per_learner, "seeds": seeds,
+                         "epochs": epochs, "lr": lr, "batch_size": batch_size, "labels_per_class": labels_per_class,
+                         "test_per_class": test_per_class, "split": split, "permuted": permuted_tasks}}
+
+
+def _report(result: dict) -> str:
+    from transferkit.reports.continual_plots import accuracy_matrix_table
+
+    s, st = result["settings"], result["stream"]
+    lines = [f"# Continual learning: {st['name']} ({st['scenario']}-incremental, {st['experiences']} experiences)", "",
+             f"Backbone `{s['backbone']}`; {s['seeds']} seed(s); {s['epochs']} epoch(s) per experience, lr {s['lr']}, "
+             f"batch {s['batch_size']}; {s['labels_per_class']} training and {s['test_per_class']} test items per class. "
+             "Percent; mean [95% interval over seeds] (one seed: no interval).", "",
+             "| learner | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |",
+             "|---|" + "---|" * len(METRICS)]
+    for name, row in result["summary"].items():
+        cells = [f"{100 * v[0]:.1f} [{100 * v[1]:.1f}, {100 * v[2]:.1f}]" if np.isfinite(v[0]) else "n/a"
+                 for v in (row[m] for m in METRICS)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "![accuracy matrices](accuracy_matrices.png)", ""]
+    for name, m in result["matrices"].items():
+        lines += [f"`{name}` (row: after training experience i; column: tested on experience j; mean over seeds):", "",
+                  accuracy_matrix_table(np.asarray(m)), ""]
+    return "\n".join(lines)
+
+
+def save_continual(result: dict, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``continual.json``, ``report.md`` and ``accuracy_matrices.png`` to ``out``, atomically."""
+    from transferkit.reports.continual_plots import accuracy_matrix_png
+
+    out = check_writable(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        (tmp / "continual.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
+        (tmp / "report.md").write_text(_report(result), encoding="utf-8")
+        (tmp / "accuracy_matrices.png").write_bytes(
+            accuracy_matrix_png({k: np.asarray(v) for k, v in result["matrices"].items()}))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

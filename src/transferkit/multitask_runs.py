@@ -1,0 +1,193 @@
+"""Multi-task runs for ``transferkit multitask``: one model for several tasks, against each task alone.
+
+:func:`run_multitask` trains the multi-task model and, with the same budget
+(the same epochs over the same items), a single-task model per task, for each
+seed; it reports per-task metrics and the paired difference (multi-task minus
+single-task, 95% interval over seeds). :func:`save_multitask` writes
+``multitask.json``, ``report.md`` and one bundle per task (``bundles/TASK``,
+from the first seed's multi-task model), each loadable with
+:func:`transferkit.load` and servable like any other bundle.
+
+Data: ``penguins`` (species and sex), ``fashion-mnist`` (class and a 3-way
+super-category), or a table file with several label columns
+(``label_columns=["species", "sex"]``; every other numeric column is a feature
+unless ``feature_columns`` says which).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.data.multitask import MultiTaskData, load_fashion_mnist_multitask, load_penguins_multitask
+from transferkit.errors import ConfigError, DataError
+from transferkit.evaluation import PRIMARY_METRIC
+from transferkit.evaluation.stats import mean_ci, paired_difference
+from transferkit.export.bundle import check_writable, save_bundle
+from transferkit.strategies.multi_task import evaluate_multitask, fit_multitask
+from transferkit.training import TrainConfig
+
+__all__ = ["BUILTIN_MULTITASK", "load_multitask", "run_multitask", "save_multitask"]
+
+#: built-in multi-task data: name -> loader(seed) -> (train, test)
+BUILTIN_MULTITASK = {"penguins": lambda seed: load_penguins_multitask(seed),
+                     "fashion-mnist": lambda seed: load_fashion_mnist_multitask()}
+
+
+def load_multitask(data, *, label_columns=None, test_data=None, feature_columns=None,
+                   seed: int = 0) -> tuple[MultiTaskData, MultiTaskData | None]:
+    """A built-in multi-task data set, or a table (and its test table) with one task per label column."""
+    if isinstance(data, MultiTaskData):
+        return data, test_data
+    if label_columns is None:
+        if str(data) in BUILTIN_MULTITASK:
+            return BUILTIN_MULTITASK[str(data)](seed)
+        raise ConfigError(f"Multi-task data {data!r} is not built in ({', '.join(BUILTIN_MULTITASK)}); for a table, "
+                          f"name its label columns (label_columns=['a', 'b'] / --label-columns a,b).")
+    from transferkit.data import resolve_data
+
+    columns = list(label_columns)
+    if len(columns) < 2:
+        raise ConfigError(f"Multi-task learning needs at least two label columns; got {columns}.")
+    if feature_columns is None and isinstance(data, (str, Path)) and Path(data).is_file():
+        from transferkit.data.adapters import _looks_numeric, read_table
+
+        frame, _ = read_table(data)  # every numeric column that is no task's label
+        feature_columns = [c for c in frame.columns if c not in columns and _looks_numeric(frame[c])] or None
+    train, test = {}, {}
+    for c in columns:
+        others = [o for o in columns if o != c]
+        tr, te = resolve_data(data, test_data=test_data, label_column=c, feature_columns=feature_columns or None)
+        if tr.modality == "tabular" and tr.feature_names and set(others) & set(tr.feature_names):
+            keep = [i for i, f in enumerate(tr.feature_names) if f not in others]  # another task's label is no input
+            tr = _columns(tr, keep)
+            te = _columns(te, keep) if te is not None else None
+        train[c], test[c] = tr, te
+    same = all(len(d) == len(train[columns[0]]) for d in train.values())
+    name = Path(str(data)).stem
+    out = MultiTaskData(train, shared=same and all(np.array_equal(np.asarray(d.items), np.asarray(train[columns[0]].items))
+                                                   for d in train.values()), name=name)
+    if any(t is None for t in test.values()):
+        return out, None
+    return out, MultiTaskData.from_tasks(test, name=f"{name}-test")
+
+
+def _columns(data, keep):
+    from dataclasses import replace
+
+    return replace(data, items=np.asarray(data.items)[:, keep], feature_names=[data.feature_names[i] for i in keep],
+                   _fingerprint=None, origin=None)
+
+
+def run_multitask(data, backbone: str, *, sharing: str = "hard", weighting: str = "fixed", weights: dict | None = None,
+                  soft_penalty: float = 1e-3, label_columns=None, test_data=None, feature_columns=None,
+                  labels_per_class: int | None = None, per_class_task: str | None = None, max_test: int | None = None,
+                  seeds: int = 1, epochs: int = 10, lr: float = 1e-3, head_lr: float | None = None, batch_size: int = 32,
+                  single: bool = True, image_size: int | None = None, progress: bool = False) -> dict:
+    """Multi-task training and (``single=True``) each task alone with the same budget, over ``seeds`` seeds.
+
+    Returns:
+        ``{"runs": [...], "summary": {task: {...}}, "settings": ..., "models": [first seed's MultiTaskModel]}``.
+    """
+    if seeds < 1:
+        raise ConfigError(f"The 'seeds' parameter must be an int in [1, inf). Got {seeds} instead.")
+    bb_options = {"image_size": image_size} if image_size else {}
+    runs, first_model = [], None
+    for seed in range(seeds):
+        train, test = load_multitask(data, label_columns=label_columns, test_data=test_data,
+                                     feature_columns=feature_columns, seed=seed)
+        if test is None:
+            raise DataError(f"'{train.name}' has no test data: give test_data (--test-data) to score the tasks.")
+        if labels_per_class:
+            train = train.sample_per_class(per_class_task or train.names[0], labels_per_class, seed)
+        if max_test and test.shared and len(test) > max_test:
+            test = test.subset(np.linspace(0, len(test) - 1, max_test).astype(int))  # the same items every seed
+        cfg = TrainConfig(epochs=epochs, lr=lr, head_lr=head_lr or lr, batch_size=batch_size, seed=seed,
+                          progress=progress)
+        model, _ = fit_multitask(backbone, train, sharing=sharing, weighting=weighting, weights=weights,
+                                 soft_penalty=soft_penalty, train_config=cfg, **bb_options)
+        first_model = first_model or model
+        scores = evaluate_multitask(model, test)
+        for task, m in scores.items():
+            runs.append({"seed": seed, "task": task, "method": f"{sharing}/{weighting}", **_scalars(m)})
+        if single:
+            for task in train.names:
+                alone, _ = fit_multitask(backbone, train.select([task]), train_config=cfg, **bb_options)
+                m = evaluate_multitask(alone, test.select([task]))[task]
+                runs.append({"seed": seed, "task": task, "method": "single", **_scalars(m)})
+    summary = {}
+    for task in dict.fromkeys(r["task"] for r in runs):
+        mine = [r for r in runs if r["task"] == task]
+        metric = next(k for k in (PRIMARY_METRIC.get("classification"), "accuracy", "r2") if k in mine[0])
+        row = {"metric": metric}
+        for method in dict.fromkeys(r["method"] for r in mine):
+            values = [r[metric] for r in mine if r["method"] == method]
+            row[method] = list(mean_ci(values)) if len(values) > 1 else [values[0], float("nan"), float("nan")]
+        if single and len(runs) and seeds > 1:
+            multi = [r[metric] for r in mine if r["method"] != "single"]
+            alone = [r[metric] for r in mine if r["method"] == "single"]
+            row["difference"] = list(paired_difference(multi, alone))
+        elif single:
+            multi = [r[metric] for r in mine if r["method"] != "single"]
+            alone = [r[metric] for r in mine if r["method"] == "single"]
+            row["difference"] = [multi[0] - alone[0], float("nan"), float("nan")]
+        summary[task] = row
+    return {"runs": runs, "summary": summary, "models": [first_model],
+            "settings": {"data": str(data), "backbone": backbone, "sharing": sharing, "weighting": weighting,
+                         "weights": weights, "soft_penalty": soft_penalty, "seeds": seeds, "epochs": epochs, "lr": lr,
+                         "head_lr": head_lr or lr, "batch_size": batch_size, "labels_per_class": labels_per_class,
+                         "max_test": max_test}}
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "n"}
+
+
+def _fmt(v) -> str:
+    mean, low, high = v
+    return f"{100 * mean:.1f}" + (f" [{100 * low:.1f}, {100 * high:.1f}]" if np.isfinite(low) else "")
+
+
+def report_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
+    """(task, metric, multi-task, single-task, difference) per task, formatted in percent."""
+    method = f"{result['settings']['sharing']}/{result['settings']['weighting']}"
+    rows = []
+    for task, row in result["summary"].items():
+        diff = row.get("difference")
+        rows.append((task, row["metric"], _fmt(row[method]), _fmt(row["single"]) if "single" in row else "-",
+                     (f"{100 * diff[0]:+.1f}" + (f" [{100 * diff[1]:+.1f}, {100 * diff[2]:+.1f}]"
+                                                  if np.isfinite(diff[1]) else "")) if diff else "-"))
+    return rows
+
+
+def save_multitask(result: dict, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``multitask.json``, ``report.md`` and ``bundles/TASK`` (one bundle per task) to ``out``, atomically."""
+    out = check_writable(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        s = result["settings"]
+        public = {k: v for k, v in result.items() if k != "models"}
+        (tmp / "multitask.json").write_text(json.dumps(public, indent=2, default=float), encoding="utf-8")
+        lines = [f"# Multi-task learning: {s['data']} with `{s['backbone']}`", "",
+                 f"{s['sharing']} sharing, {s['weighting']} weighting; {s['seeds']} seed(s), {s['epochs']} epochs, "
+                 f"lr {s['lr']} (heads {s['head_lr']}). Single-task models: each task alone, the same epochs over the "
+                 "same items. Percent, mean [95% interval over seeds]; difference paired by seed.", "",
+                 "| task | metric | multi-task | single-task | difference |", "|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in report_rows(result)]
+        (tmp / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        model = result["models"][0]
+        for task in model.heads:
+            save_bundle(model.task_model(task), tmp / "bundles" / task,
+                        {"strategy": {"name": "multi-task", "task": task, "sharing": s["sharing"],
+                                      "weighting": s["weighting"]}, "task": model.task_kinds[task]})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
