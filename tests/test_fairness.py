@@ -275,8 +275,11 @@ def test_builtin_penguins_sensitive_attribute():
     sex, sex_test = resolve_data("penguins", label_column="sex", sensitive_column="island")
     assert sex.label_names == ["female", "male"] and set(sex.sensitive) == {"Biscoe", "Dream", "Torgersen"}
     assert len(sex) + len(sex_test) == 333
-    with pytest.raises(ConfigError, match="'fashion-mnist' has one label; label_column='sex'.*penguins"):
+    with pytest.raises(ConfigError, match=r"'fashion-mnist' has no label column to choose \(label_column='sex'\)"
+                                          r".*built-in sets penguins"):
         resolve_data("fashion-mnist", label_column="sex")
+    with pytest.raises(ConfigError, match=r"no sensitive column to choose \(sensitive_column='island'\)"):
+        resolve_data("fashion-mnist", sensitive_column="island")
 
 
 def test_fit_on_a_csv_writes_fairness_into_the_metrics(tmp_path):

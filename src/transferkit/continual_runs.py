@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from transferkit.data.streams import SCENARIOS, permuted, split_by_classes
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.continual import METRICS
 from transferkit.evaluation.stats import mean_ci
-from transferkit.export.bundle import check_writable
+from transferkit.export.bundle import atomic_dir
 from transferkit.strategies.continual import CONTINUAL, train_stream
 from transferkit.training import TrainConfig
 
@@ -150,18 +148,9 @@ def save_continual(result: dict, out: str | Path, overwrite: bool = False) -> Pa
     """Write ``continual.json``, ``report.md`` and ``accuracy_matrices.png`` to ``out``, atomically."""
     from transferkit.reports.continual_plots import accuracy_matrix_png
 
-    out = check_writable(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite) as tmp:
         (tmp / "continual.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
         (tmp / "report.md").write_text(_report(result), encoding="utf-8")
         (tmp / "accuracy_matrices.png").write_bytes(
             accuracy_matrix_png({k: np.asarray(v) for k, v in result["matrices"].items()}))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)

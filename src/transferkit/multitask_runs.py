@@ -16,8 +16,6 @@ unless ``feature_columns`` says which).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from transferkit.data.multitask import MultiTaskData, load_fashion_mnist_multita
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation import PRIMARY_METRIC
 from transferkit.evaluation.stats import mean_ci, paired_difference
-from transferkit.export.bundle import check_writable, save_bundle
+from transferkit.export.bundle import atomic_dir, save_bundle
 from transferkit.strategies.multi_task import evaluate_multitask, fit_multitask
 from transferkit.training import TrainConfig
 
@@ -165,10 +163,7 @@ def report_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
 
 def save_multitask(result: dict, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``multitask.json``, ``report.md`` and ``bundles/TASK`` (one bundle per task) to ``out``, atomically."""
-    out = check_writable(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite) as tmp:
         s = result["settings"]
         public = {k: v for k, v in result.items() if k != "models"}
         (tmp / "multitask.json").write_text(json.dumps(public, indent=2, default=float), encoding="utf-8")
@@ -184,10 +179,4 @@ def save_multitask(result: dict, out: str | Path, overwrite: bool = False) -> Pa
             save_bundle(model.task_model(task), tmp / "bundles" / task,
                         {"strategy": {"name": "multi-task", "task": task, "sharing": s["sharing"],
                                       "weighting": s["weighting"]}, "task": model.task_kinds[task]})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)

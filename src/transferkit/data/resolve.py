@@ -37,28 +37,15 @@ def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
     return from_table(path, task=task or "classification", **columns)
 
 
-def _builtin_sensitive(name: str, column: str, dataset_options: dict) -> dict:
-    """The built-in loader's options with its ``sensitive=`` set from ``sensitive_column``."""
-    entry = DATASETS.get(name)
-    if "sensitive" not in entry.options():
-        raise ConfigError(f"The built-in data set '{name}' has no sensitive attribute to choose "
-                          f"(sensitive_column={column!r}); built-in sets that have one: "
-                          f"{', '.join(e.name for e in DATASETS if 'sensitive' in e.obj.options()) or 'none'}.")
-    if dataset_options.get("sensitive") not in (None, column):
-        raise ConfigError(f"sensitive_column={column!r} and sensitive={dataset_options['sensitive']!r} disagree.")
-    return {**dataset_options, "sensitive": column}
-
-
-def _builtin_label(name: str, column: str, dataset_options: dict) -> dict:
-    """The built-in loader's options with its ``label=`` set from a non-default ``label_column``."""
-    entry = DATASETS.get(name)
-    if "label" not in entry.options():
-        raise ConfigError(f"The built-in data set '{name}' has one label; label_column={column!r} applies to "
-                          f"table files and to built-in sets with a choice of label "
-                          f"({', '.join(e.name for e in DATASETS if 'label' in e.obj.options()) or 'none'}).")
-    if dataset_options.get("label") not in (None, column):
-        raise ConfigError(f"label_column={column!r} and label={dataset_options['label']!r} disagree.")
-    return {**dataset_options, "label": column}
+def _builtin_choice(name: str, option: str, argument: str, column: str, dataset_options: dict) -> dict:
+    """The built-in loader's options with ``option`` (``sensitive``, ``label``) set from the ``argument`` column."""
+    if option not in DATASETS.get(name).options():
+        having = ", ".join(e.name for e in DATASETS if option in e.obj.options()) or "none"
+        raise ConfigError(f"The built-in data set '{name}' has no {option} column to choose ({argument}={column!r}); "
+                          f"{argument} applies to table files, data frames and the built-in sets {having}.")
+    if dataset_options.get(option) not in (None, column):
+        raise ConfigError(f"{argument}={column!r} and {option}={dataset_options[option]!r} disagree.")
+    return {**dataset_options, option: column}
 
 
 def _check_given_sensitive(data: TaskData, column: str) -> TaskData:
@@ -82,9 +69,10 @@ def _resolve_one(data: Any, *, columns: dict, task: str | None,
             return _from_path(path, columns, task), None
         if isinstance(data, str) and data in DATASETS:
             if sensitive is not None:
-                dataset_options = _builtin_sensitive(data, sensitive, dataset_options)
+                dataset_options = _builtin_choice(data, "sensitive", "sensitive_column", sensitive, dataset_options)
             if columns.get("label_column") not in (None, "label"):
-                dataset_options = _builtin_label(data, columns["label_column"], dataset_options)
+                dataset_options = _builtin_choice(data, "label", "label_column", columns["label_column"],
+                                                  dataset_options)
             return load_dataset(data, **dataset_options)
         err = unknown_name("dataset", str(data), DATASETS.names())
         raise UnknownNameError(f"{err} It is not a file or folder either: {path.resolve()}") from None

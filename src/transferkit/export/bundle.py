@@ -19,7 +19,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +69,7 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
     """
     from safetensors.torch import save_file
 
-    out = check_writable(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         adapter = getattr(model, "adapter", None)
         if adapter is not None:
@@ -90,11 +88,25 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default), encoding="utf-8")
         if extra is not None:
             extra(tmp)
+    return Path(out)
+
+
+@contextmanager
+def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that replaces ``out`` only if the block finishes.
+
+    ``out`` is checked first (:func:`check_writable`); on any error the
+    temporary folder is removed and whatever was at ``out`` is left as it was.
+    """
+    out = check_writable(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield tmp
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _describe_head(head: nn.Module) -> dict:
