@@ -19,7 +19,11 @@ the feature cache; every run then indexes those features. Methods:
   meta-learner on them. The per-model C is the single probe's (the strategy
   would choose the same C with the same seed);
 * ``average``: the mean of the three single probes' probabilities, the
-  combination with nothing learnt, as a reference for the meta-learner.
+  combination with nothing learnt, as a reference for the meta-learner;
+* ``small-cnn``: no transfer at all, the ``scratch`` strategy's small CNN
+  trained from random init on the same draw at the images' own 28 px, with its
+  own recipe (shifts and flips, >= 60 epochs and ~600 steps): the baseline a
+  user would train instead (on Fashion-MNIST it is a strong one, ASSETS.md).
 
 Accuracy: mean over seeds with a Student-t 95% interval; differences are
 paired by seed against the best single model (the one with the highest mean
@@ -52,11 +56,13 @@ from transferkit.evaluation.stats import bootstrap_difference, mean_ci, paired_d
 from transferkit.strategies import make_strategy  # noqa: E402
 from transferkit.strategies.linear_probe import fit_linear_head  # noqa: E402
 from transferkit.strategies.stacking import fit_stacking_head  # noqa: E402
+from transferkit.training import Trainer, TrainConfig  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "stacking"
 MODELS = {"Lite0": "efficientnet-lite:0", "Lite1": "efficientnet-lite:1", "Lite2": "efficientnet-lite:2"}
 SINGLES = tuple(MODELS)
 COMBINED = ("concat", "average", "stacking")
+SCRATCH = ("small-cnn",)
 
 
 def probs_of(head, X: np.ndarray) -> np.ndarray:
@@ -90,6 +96,13 @@ def run_draw(feats: dict[str, np.ndarray], test: dict[str, np.ndarray], y: np.nd
     return rows, probs
 
 
+def scratch_probs(draw, test, seed: int) -> np.ndarray:
+    """The from-scratch small CNN (``scratch`` strategy, its own recipe) on one draw; test probabilities."""
+    strategy = make_strategy("scratch", {"variant": "small-cnn"})
+    model, _ = strategy.fit(None, draw, None, Trainer(TrainConfig(seed=seed, progress=False)))
+    return strategy.predict(model, test)
+
+
 def check_strategy_matches(backbones, draw, test_data, expected: np.ndarray) -> float:
     """The registered strategy on a concat backbone gives the benchmark's stacking probabilities."""
     from transferkit.backbones.concat import ConcatBackbone
@@ -114,14 +127,14 @@ def summarise(runs: pd.DataFrame, correct: dict) -> tuple[pd.DataFrame, list[str
         acc = {m: g[g.method == m].sort_values("seed").accuracy.to_numpy() for m in g.method.unique()}
         per_image = {m: np.mean([correct[(budget, s, m)] for s in sorted(g.seed.unique())], axis=0) for m in acc}
         best = max(SINGLES, key=lambda m: acc[m].mean())
-        for m in (*SINGLES, *COMBINED):
+        for m in (*SINGLES, *COMBINED, *SCRATCH):
             mean, lo, hi = mean_ci(acc[m])
             d, dlo, dhi = paired_difference(acc[m], acc[best]) if m != best else (0.0, 0.0, 0.0)
             bd, blo, bhi = bootstrap_difference(per_image[m], per_image[best]) if m != best else (0.0, 0.0, 0.0)
             rows.append({"labels_per_class": budget, "method": m, "n": len(acc[m]), "mean": mean, "ci_low": lo,
                          "ci_high": hi, "vs_best_single": best, "diff": d, "diff_low": dlo, "diff_high": dhi,
                          "boot_low": blo, "boot_high": bhi})
-        for ref in ("concat", "average"):
+        for ref in ("concat", "average", *SCRATCH):
             d, dlo, dhi = paired_difference(acc["stacking"], acc[ref])
             _, blo, bhi = bootstrap_difference(per_image["stacking"], per_image[ref])
             lines.append(f"{budget}/class, stacking − {ref}: {pct(d)} ({pct(dlo)} to {pct(dhi)}; "
@@ -141,13 +154,13 @@ def write(runs: pd.DataFrame, summary: pd.DataFrame, notes: list[str], args, tim
     budgets = sorted(summary.labels_per_class.unique())
     lines = [f"# Model stacking: EfficientNet-Lite0/1/2 on Fashion-MNIST at {args.size} px", "",
              f"Command: `{' '.join(['python', *sys.argv])}` ({platform.processor() or platform.machine()}, "
-             f"2 CPU cores shared with other jobs, torch 1 thread; total {timings['total'] / 60:.1f} min).", "",
+             f"2 CPU cores, torch 1 thread; total {timings['total'] / 60:.1f} min).", "",
              f"{args.seeds} seeds (seeded draws of the training labels), {args.test} fixed test images (stratified, "
              f"test split). Accuracy in %, mean and 95% interval (Student t over seeds). Cut for the CPU budget: "
              f"images at {args.size} px (native 224-260 px).", "",
              "| method | " + " | ".join(f"{b} labels/class" for b in budgets) + " |",
              "| --- | " + " | ".join("---" for _ in budgets) + " |"]
-    for m in (*SINGLES, *COMBINED):
+    for m in (*SINGLES, *COMBINED, *SCRATCH):
         cells = []
         for b in budgets:
             r = summary[(summary.labels_per_class == b) & (summary.method == m)].iloc[0]
@@ -157,7 +170,8 @@ def write(runs: pd.DataFrame, summary: pd.DataFrame, notes: list[str], args, tim
               "seed, then the paired bootstrap over the test images of the seed-averaged per-image correctness, "
               "which shows test sampling only):", ""]
     for b in budgets:
-        for _, r in summary[(summary.labels_per_class == b) & summary.method.isin(COMBINED + SINGLES)].iterrows():
+        for _, r in summary[(summary.labels_per_class == b)
+                            & summary.method.isin(COMBINED + SINGLES + SCRATCH)].iterrows():
             if r.method == r.vs_best_single:
                 continue
             lines.append(f"- {b}/class, {r.method} − {r.vs_best_single}: {pct(r['diff'])} "
@@ -208,6 +222,10 @@ def main() -> None:
         at = np.array([position[int(i)] for i in draw.origin[1]])
         out, probs = run_draw({n: f[at] for n, f in pool_feats.items()}, test_feats, draw.targets, test.targets,
                               seed)
+        t1 = time.time()
+        probs["small-cnn"] = scratch_probs(draw, test, seed)
+        out.append({"method": "small-cnn", "accuracy": float((probs["small-cnn"].argmax(1) == test.targets).mean()),
+                    "fit_s": round(time.time() - t1, 2)})
         rows += [{"labels_per_class": budget, "seed": seed, **r} for r in out]
         correct.update({(budget, seed, m): (p.argmax(1) == test.targets).astype(float) for m, p in probs.items()})
         print(budget, seed, " ".join(f"{r['method']}={100 * r['accuracy']:.1f}" for r in out), flush=True)
