@@ -1,0 +1,144 @@
+"""The Task contract: everything that depends on *what* a model predicts.
+
+After PEFT's task types and Hugging Face's ``AutoModelFor*`` heads: one encoder,
+many heads, and the task owns the differences. A task is a stateless object
+registered by name (:data:`transferkit.tasks.TASKS`); the rest of the library asks
+it instead of branching on its name:
+
+* targets: :meth:`Task.check_targets` validates and normalises them,
+  :meth:`Task.collate_targets` turns a batch of them into a tensor (with an ignore
+  index for per-token targets), :meth:`Task.target_bytes` fingerprints them;
+* model: :attr:`Task.feature_kind` says which backbone features the head reads
+  (pooled ``[B, D]`` or a sequence ``[B, T, D]``), :meth:`Task.make_head` builds it
+  through the head registry, :meth:`Task.loss` trains it;
+* outputs: :meth:`Task.postprocess` turns a batch of raw outputs into
+  probabilities or values per item, :meth:`Task.concat` joins batches,
+  :meth:`Task.decode` gives the predictions ``predict`` returns and
+  :meth:`Task.records` what ``serve`` answers;
+* evaluation: :meth:`Task.metrics`, :attr:`Task.primary_metric` (its direction
+  from :func:`transferkit.evaluation.metrics.higher_is_better`);
+* shipping: :meth:`Task.export_postprocess` names the graph's last operation,
+  :meth:`Task.pipeline_tag` the Hugging Face Hub tag.
+
+Capabilities are declared, not tested by name: :attr:`Task.single_label` (one
+class per item: stratified splits, labels per class, confusion matrices),
+:attr:`Task.has_labels` (outputs are named by ``label_names``).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferkit.errors import DataError
+
+#: Target value ignored by the loss and the metrics (Hugging Face's convention for sub-tokens and padding).
+IGNORE_INDEX = -100
+
+
+class Task:
+    """Base class of every task. Subclasses set the class attributes and override what differs.
+
+    Attributes:
+        name: the registered name (``classification``).
+        primary_metric: the metric that ranks models and decides verdicts.
+        feature_kind: ``"pooled"`` (one vector per item) or ``"sequence"`` (a vector per token/frame).
+        head: the name of the default head in :data:`transferkit.tasks.heads.HEADS`.
+        single_label: one class per item (stratification, ``labels_per_class``).
+        has_labels: outputs are named by ``label_names``.
+        pipeline_tags: modality -> Hugging Face Hub pipeline tag.
+    """
+
+    name: ClassVar[str] = ""
+    primary_metric: ClassVar[str] = ""
+    feature_kind: ClassVar[str] = "pooled"
+    head: ClassVar[str] = "linear"
+    single_label: ClassVar[bool] = False
+    has_labels: ClassVar[bool] = True
+    pipeline_tags: ClassVar[dict[str, str]] = {}
+    metric_names: ClassVar[tuple[str, ...]] = ()
+
+    # -- targets ---------------------------------------------------------------
+    def num_outputs(self, label_names: Sequence[str] | None) -> int:
+        """Width of the head's output: the number of classes / labels by default."""
+        return len(label_names or [])
+
+    def check_targets(self, targets: Any, label_names: Sequence[str] | None, where: str) -> np.ndarray:
+        """Validate targets and return them in the task's array format; :class:`DataError` names ``where``."""
+        return np.asarray(targets)
+
+    def collate_targets(self, targets: np.ndarray, inputs: Any) -> torch.Tensor:
+        """A batch of targets as a tensor; ``inputs`` is the preprocessed batch (word ids for per-token tasks)."""
+        return torch.as_tensor(np.asarray(targets))
+
+    def target_bytes(self, targets: np.ndarray) -> bytes:
+        """Bytes that identify the targets (for data fingerprints)."""
+        return np.ascontiguousarray(targets).tobytes()
+
+    def stratify(self, targets: np.ndarray | None) -> np.ndarray | None:
+        """Labels to stratify splits by, or ``None`` when the task has none."""
+        return None
+
+    # -- model -----------------------------------------------------------------
+    def make_head(self, in_features: int, num_outputs: int, *, dropout: float = 0.0, **options: Any) -> nn.Module:
+        """The task's default head from the head registry."""
+        from transferkit.tasks.heads import HEADS
+
+        return HEADS.get(self.head)(in_features, num_outputs, dropout=dropout, **options)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- outputs ---------------------------------------------------------------
+    def postprocess(self, outputs: torch.Tensor, inputs: Any = None) -> np.ndarray:
+        """Raw model outputs of one batch -> per-item probabilities or values (numpy)."""
+        raise NotImplementedError
+
+    def concat(self, parts: list[np.ndarray], num_outputs: int) -> np.ndarray:
+        """Join the postprocessed batches of :meth:`postprocess` in order."""
+        if not parts:
+            return np.zeros((0, max(1, num_outputs)), dtype=np.float32)
+        return np.concatenate(parts)
+
+    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> list:
+        """What ``predict`` returns for each item."""
+        raise NotImplementedError
+
+    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> list[dict]:
+        """One JSON record per item, as ``serve`` answers it."""
+        raise NotImplementedError
+
+    def predicted_classes(self, outputs: np.ndarray) -> np.ndarray | None:
+        """Class index per item for single-label tasks (agreement checks), else ``None``."""
+        return None
+
+    # -- evaluation ------------------------------------------------------------
+    def metrics(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> dict:
+        raise NotImplementedError
+
+    # -- shipping --------------------------------------------------------------
+    def export_postprocess(self) -> str:
+        """The operation the exported graph's consumer applies to the logits: softmax, sigmoid, identity."""
+        return "identity"
+
+    def apply_export_postprocess(self, logits: np.ndarray) -> np.ndarray:
+        """:meth:`postprocess` on numpy logits of an exported graph."""
+        return self.postprocess(torch.from_numpy(np.asarray(logits, dtype=np.float32)))
+
+    def pipeline_tag(self, modality: str) -> str | None:
+        return self.pipeline_tags.get(modality)
+
+    def describe(self) -> dict:
+        """For ``transferkit list tasks``."""
+        return {"name": self.name, "primary_metric": self.primary_metric, "metrics": list(self.metric_names),
+                "features": self.feature_kind, "head": self.head, "single_label": self.single_label}
+
+
+def check_no_nan(values: np.ndarray, where: str) -> None:
+    """Refuse NaN or inf targets, naming the first bad row."""
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        row = int(np.argwhere(~np.isfinite(values))[0][0])
+        raise DataError(f"{where}: target of row {row} is NaN or inf.")
