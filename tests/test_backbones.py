@@ -453,3 +453,30 @@ def test_mlp_on_a_table_learns_and_its_bundle_reloads(tmp_path):
         load_backbone("mlp:32")
     with pytest.raises(ConfigError, match="hidden widths"):
         load_backbone("mlp:wide", in_features=4)
+
+
+@pytest.mark.parametrize("spec", ["efficientnet-lite:0", "timm:resnet18"])
+def test_cnn_backbones_give_a_feature_pyramid_matching_their_spec(spec):
+    backbone = load_backbone(spec, pretrained=False, image_size=64)
+    assert "pyramid" in backbone.feature_kinds
+    fs = backbone.feature_spec("pyramid")
+    maps = backbone.features(backbone.preprocess([np.zeros((28, 28), np.uint8)] * 2), "pyramid")
+    assert [m.shape[1] for m in maps] == list(fs.channels)
+    assert [64 // m.shape[-1] for m in maps] == list(fs.strides) and list(fs.strides) == sorted(fs.strides)
+
+
+def test_transformers_give_token_sequences_and_pooling_is_a_separate_step(tiny_bert):
+    from transferkit.backbones.pooling import pool
+
+    backbone = load_backbone(f"hf:{tiny_bert}")
+    batch = backbone.preprocess(["a short one", "a somewhat longer sentence than that"])
+    hidden, mask = backbone.forward_sequence(batch)
+    assert hidden.shape[:2] == mask.shape and hidden.shape[-1] == backbone.feature_dim("sequence")
+    torch.testing.assert_close(backbone.forward_features(batch), pool(hidden, mask, "mean"))
+    words = backbone.preprocess([["Émile", "runs"], ["ok"]])
+    assert words["word_ids"].shape == words["input_ids"].shape
+    assert set(words["word_ids"][1].tolist()) == {-1, 0}  # special tokens and padding are -1
+    vit = load_backbone("timm:vit_tiny_patch16_224", pretrained=False)
+    assert vit.features(vit.preprocess([np.zeros((8, 8), np.uint8)]), "sequence").shape == (1, 197, 192)
+    with pytest.raises(ConfigError, match="gives pooled features; the task needs sequence features"):
+        load_backbone("small-cnn:16").features(torch.zeros(1, 3, 16, 16), "sequence")

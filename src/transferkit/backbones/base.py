@@ -2,7 +2,10 @@
 
 A backbone is an ``nn.Module`` that knows its modality and its preprocessing:
 
-* ``forward_features(batch) -> Tensor[B, D]`` pooled features, ``num_features == D``;
+* typed features (:meth:`Backbone.features`): ``forward_features(batch) -> Tensor[B, D]``
+  pooled, ``num_features == D``; sources that have them add ``forward_sequence(batch)
+  -> (Tensor[B, T, D], mask[B, T])`` (tokens, frames, patches), declared in
+  ``feature_kinds``; pooling a sequence is a separate step (:mod:`.pooling`);
 * ``layer_groups() -> list[list[nn.Parameter]]`` ordered input -> output, what
   partial fine-tuning, gradual unfreezing and per-layer learning rates act on;
 * ``preprocess``: a callable turning a list of raw items into model input,
@@ -17,6 +20,7 @@ import copy
 import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.errors import DataError
+from transferkit.errors import ConfigError, DataError
+
+#: The kinds of features a backbone can give: one vector per item, one per token/frame/patch, or a
+#: pyramid of feature maps (what detection and segmentation heads read).
+FEATURE_KINDS = ("pooled", "sequence", "pyramid")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The shape of one kind of features, which is what a head is built from.
+
+    Attributes:
+        kind: ``pooled`` (``[B, D]``), ``sequence`` (``[B, T, D]`` with a mask) or
+            ``pyramid`` (a list of ``[B, C_i, H_i, W_i]``, finest first).
+        dim: D for pooled and sequence features.
+        channels: C_i of each pyramid level.
+        strides: the input pixels per feature-map pixel of each level.
+    """
+
+    kind: str
+    dim: int = 0
+    channels: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
 
 
 class Preprocess:
@@ -97,22 +123,47 @@ class ImagePreprocess(Preprocess):
 
 
 class TextPreprocess(Preprocess):
-    """Tokenise with the model's own tokenizer, padded to the longest item, truncated at ``max_length``."""
+    """Tokenise with the model's own tokenizer, padded to the longest item, truncated at ``max_length``.
+
+    Items are strings, or lists of words (pre-split, as token-classification data
+    comes); for word lists the batch also holds ``word_ids`` ``[B, T]``: the word
+    each token belongs to, -1 for special tokens and padding, which is what a
+    per-token task needs to map its outputs back to words.
+    """
 
     kind = "text"
+    #: The tensors a model takes; other keys of a batch (``word_ids``) are for the task.
+    MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
     def __init__(self, tokenizer, max_length: int = 128):
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
 
     def __call__(self, items: Sequence) -> dict[str, torch.Tensor]:
+        if len(items) and all(isinstance(t, (list, tuple)) for t in items):
+            return self._words(items)
         texts = []
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise DataError(f"Text item {i} is {type(t).__name__}, not str: {t!r:.80}")
             texts.append(t)
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return {k: v for k, v in enc.items() if k in self.MODEL_KEYS}
+
+    def _words(self, items: Sequence) -> dict[str, torch.Tensor]:
+        for i, words in enumerate(items):
+            bad = next((w for w in words if not isinstance(w, str)), None)
+            if bad is not None:
+                raise DataError(f"Text item {i} is a list of words holding {type(bad).__name__} {bad!r:.40}, not str.")
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise DataError("Word-level items need a fast tokenizer (it maps tokens back to words); "
+                            f"{type(self.tokenizer).__name__} is not one.")
+        enc = self.tokenizer([list(w) for w in items], is_split_into_words=True, padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        out = {k: v for k, v in enc.items() if k in self.MODEL_KEYS}
+        out["word_ids"] = torch.tensor([[-1 if w is None else w for w in enc.word_ids(b)] for b in range(len(items))],
+                                       dtype=torch.long)
+        return out
 
     def config(self) -> dict:
         return {"kind": self.kind, "max_length": self.max_length,
@@ -143,6 +194,7 @@ class Backbone(nn.Module):
     Attributes:
         spec: the spec string it was loaded from (``timm:resnet18``).
         modality: ``"image"``, ``"text"`` or ``"tabular"``.
+        feature_kinds: the kinds of features :meth:`features` gives (``pooled``, ``sequence``).
         num_features: width D of :meth:`forward_features`.
         preprocess: a :class:`Preprocess`.
         pretrained: whether pre-trained weights were loaded.
@@ -156,6 +208,7 @@ class Backbone(nn.Module):
 
     spec: str = ""
     modality: str = "image"
+    feature_kinds: tuple[str, ...] = ("pooled",)
     num_features: int = 0
     preprocess: Preprocess
     pretrained: bool = False
@@ -171,6 +224,39 @@ class Backbone(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         return self.forward_features(batch)
+
+    def forward_sequence(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unpooled features ``[B, T, D]`` and their mask ``[B, T]`` (1 = real position), where supported."""
+        raise ConfigError(f"Backbone '{self.spec}' gives only pooled features, no sequence.")
+
+    def forward_pyramid(self, batch) -> list[torch.Tensor]:
+        """Feature maps ``[B, C_i, H_i, W_i]``, finest first, where supported (see :meth:`feature_spec`)."""
+        raise ConfigError(f"Backbone '{self.spec}' gives no feature pyramid.")
+
+    def features(self, batch, kind: str = "pooled"):
+        """Features of ``kind`` (see :data:`FEATURE_KINDS`): pooled ``[B, D]``, a sequence ``[B, T, D]``
+        (its mask stays in the batch) or a pyramid (a list of maps)."""
+        self.check_feature_kind(kind)
+        if kind == "sequence":
+            return self.forward_sequence(batch)[0]
+        if kind == "pyramid":
+            return self.forward_pyramid(batch)
+        return self.forward_features(batch)
+
+    def feature_spec(self, kind: str = "pooled") -> FeatureSpec:
+        """The shape of features of ``kind``: what a head on them is built from."""
+        self.check_feature_kind(kind)
+        return FeatureSpec(kind, dim=self.num_features)
+
+    def feature_dim(self, kind: str = "pooled") -> int:
+        """The width D of pooled or sequence features."""
+        return self.feature_spec(kind).dim
+
+    def check_feature_kind(self, kind: str) -> None:
+        """Refuse a kind of features this backbone cannot give, naming what it gives."""
+        if kind not in self.feature_kinds:
+            raise ConfigError(f"Backbone '{self.spec}' gives {' and '.join(self.feature_kinds)} features; "
+                              f"the task needs {kind} features (choose a backbone that has them: hf:, sentence:).")
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         raise NotImplementedError

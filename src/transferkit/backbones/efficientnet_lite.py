@@ -18,6 +18,7 @@ from torch import nn
 
 from transferkit.backbones import register_source
 from transferkit.backbones.base import Backbone, ImagePreprocess
+from transferkit.backbones.timm_source import PyramidMixin
 from transferkit.errors import MissingWeightsError, unknown_name
 
 #: Variant -> native input size.
@@ -26,7 +27,7 @@ MEAN = (127.0 / 255.0,) * 3
 STD = (128.0 / 255.0,) * 3
 
 
-class EfficientNetLite(Backbone):
+class EfficientNetLite(PyramidMixin, Backbone):
     """timm's ``tf_efficientnet_lite{N}`` without its classifier; features are globally average-pooled.
 
     Inputs are converted to ``channels_last``: on CPU that made a training
@@ -50,6 +51,10 @@ class EfficientNetLite(Backbone):
         self.source_head = source_head.requires_grad_(False)
         self.num_features = int(model.num_features)
         self.preprocess = ImagePreprocess(image_size, MEAN, STD, "bilinear")
+        self._init_pyramid()
+
+    def _pyramid_input(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.contiguous(memory_format=torch.channels_last)
 
     def forward_features(self, batch: torch.Tensor) -> torch.Tensor:
         x = self.model.forward_features(batch.contiguous(memory_format=torch.channels_last))

@@ -167,9 +167,9 @@ def create_file(name: str, *, pretrained: bool = True, files_dir: Path | None = 
         BundleError: the bundle or file is incomplete, or its tensors do not fit.
     """
     if name.startswith("hf:"):  # a bundle pushed to the Hub (transferkit push)
-        from transferkit.export.hub import fetch_bundle
+        from transferkit.backbones.hf import fetch_hub_bundle
 
-        path = fetch_bundle(name)
+        path = fetch_hub_bundle(name.removeprefix("hf:"))
     else:
         path = Path(name).expanduser()
     if not path.exists():

@@ -24,10 +24,11 @@ from torch import nn
 
 from transferkit.backbones import register_source
 from transferkit.backbones.base import Backbone, TextPreprocess
+from transferkit.backbones.pooling import pool
 from transferkit.errors import ConfigError, MissingWeightsError
 
 T = TypeVar("T")
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls")  # names in transferkit.backbones.pooling
 DEFAULT_MAX_LENGTH = 128
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_NAMES = ("all-MiniLM-L6-v2", MINILM_HUB_ID)
@@ -90,6 +91,33 @@ def load_from_sources(name: str, loader: Callable[[str], T], kind: str) -> T:
         f"network so the hub can be reached.{hint}")
 
 
+def fetch_hub_bundle(repo_id: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                     token: str | None = None) -> Path:
+    """The local folder of the Hub repo ``repo_id`` holding a transferkit bundle (``snapshot_download``).
+
+    With ``HF_HUB_OFFLINE=1`` only the cache is read. Lives here, below the bundle
+    code, because the ``file:hf:ORG/NAME`` backbone source needs it too.
+
+    Raises:
+        MissingWeightsError: the repo could not be downloaded and is not cached.
+    """
+    from huggingface_hub import snapshot_download
+
+    offline = hub_offline()
+    try:
+        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                 local_files_only=offline, library_name="transferkit")
+    except Exception as exc:  # LocalEntryNotFoundError, RepositoryNotFoundError, network errors
+        where = ("it is not in the local Hugging Face cache and offline mode is on (HF_HUB_OFFLINE); unset "
+                 "HF_HUB_OFFLINE and connect to the network to download it once") if offline else (
+                 "check the repo name, the network connection, and a token for private repos (HF_TOKEN)")
+        rev = f" at revision '{revision}'" if revision else ""
+        raise MissingWeightsError(f"Could not fetch the transferkit bundle '{repo_id}'{rev} from the Hugging Face "
+                                  f"Hub: {where}. ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    return Path(path)
+
+
 def transformer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     """Embeddings, each layer of the longest ``nn.ModuleList`` (the encoder stack), then the rest.
 
@@ -119,10 +147,9 @@ def is_peft_wrapper(model: nn.Module) -> bool:
 
 
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tokenizer's tensors, without ``token_type_ids`` for a PEFT wrapper (which ignores them, with a warning)."""
-    if is_peft_wrapper(model):
-        return {k: v for k, v in batch.items() if k != "token_type_ids"}
-    return batch
+    """The tokenizer's tensors (not ``word_ids``), without ``token_type_ids`` for a PEFT wrapper (which ignores them)."""
+    keys = [k for k in TextPreprocess.MODEL_KEYS if not (k == "token_type_ids" and is_peft_wrapper(model))]
+    return {k: batch[k] for k in keys if k in batch}
 
 
 def skip_virtual_tokens(hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -149,7 +176,7 @@ def text_preprocess(spec: str, tokenizer: Any, max_length: int) -> TextPreproces
 
 
 class HFBackbone(Backbone):
-    """A transformers encoder with mean (attention-mask weighted) or CLS pooling.
+    """A transformers encoder: token features, pooled by mean (attention-mask weighted) or CLS.
 
     Args:
         spec: the spec string.
@@ -161,6 +188,7 @@ class HFBackbone(Backbone):
     """
 
     modality = "text"
+    feature_kinds = ("pooled", "sequence")
 
     def __init__(self, spec: str, model: nn.Module, tokenizer: Any, *, pooling: str, max_length: int,
                  pretrained: bool):
@@ -172,15 +200,12 @@ class HFBackbone(Backbone):
         self.num_features = _hidden_size(model.config, spec)
         self.preprocess = text_preprocess(spec, tokenizer, max_length)
 
-    def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_sequence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         hidden = skip_virtual_tokens(self.model(**model_inputs(self.model, batch)).last_hidden_state, batch)
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = batch.get("attention_mask")
-        if mask is None:
-            return hidden.mean(dim=1)
-        mask = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return hidden, batch.get("attention_mask")
+
+    def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return pool(*self.forward_sequence(batch), self.pooling)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         return transformer_groups(self.model)
@@ -258,6 +283,7 @@ class SentenceBackbone(Backbone):
     """
 
     modality = "text"
+    feature_kinds = ("pooled", "sequence")
 
     def __init__(self, spec: str, model: nn.Module, *, max_length: int, pretrained: bool):
         super().__init__()
@@ -266,14 +292,20 @@ class SentenceBackbone(Backbone):
         self.num_features = int(dim())
         self.preprocess = text_preprocess(spec, model.tokenizer, max_length)
 
+    def forward_sequence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        owner, attr = self.transformer_slot()
+        inner = getattr(owner, attr)
+        hidden = skip_virtual_tokens(inner(**model_inputs(inner, batch)).last_hidden_state, batch)
+        return hidden, batch.get("attention_mask")
+
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         owner, attr = self.transformer_slot()
         inner = getattr(owner, attr)
         if not is_peft_wrapper(inner):
-            return self.model(dict(batch))["sentence_embedding"]
+            return self.model(model_inputs(inner, batch))["sentence_embedding"]
         # A PEFT prompt/prefix wrapper: run it directly, then the pooling modules on the real tokens.
         hidden = skip_virtual_tokens(inner(**model_inputs(inner, batch)).last_hidden_state, batch)
-        features = {**batch, "token_embeddings": hidden}
+        features = {**model_inputs(inner, batch), "token_embeddings": hidden}
         for module in list(self.model)[1:]:
             features = module(features)
         return features["sentence_embedding"]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from transferkit.backbones import register_source
-from transferkit.backbones.base import Backbone, ImagePreprocess
+from transferkit.backbones.base import Backbone, FeatureSpec, ImagePreprocess
 from transferkit.errors import ConfigError, MissingWeightsError, UnknownNameError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -107,8 +107,64 @@ class PooledImageBackbone(Backbone):
         return {"image_size": self.preprocess.size}
 
 
-class TimmBackbone(PooledImageBackbone):
-    """A timm model built with ``num_classes=0``; layer groups from timm's ``group_matcher(coarse=True)``."""
+def pyramid_levels(model: nn.Module) -> tuple[list[int], tuple[int, ...], tuple[int, ...]]:
+    """timm's ``feature_info``: the index, channels and stride of the last block at each distinct stride.
+
+    Empty when the model has no ``forward_intermediates`` or keeps one stride
+    throughout (a ViT: its features are a token sequence, not a pyramid).
+    """
+    info = getattr(model, "feature_info", None)
+    if not info or not hasattr(model, "forward_intermediates"):
+        return [], (), ()
+    last: dict[int, int] = {}
+    for i, f in enumerate(info):
+        last[int(f["reduction"])] = i
+    if len(last) < 2:
+        return [], (), ()
+    idx = [last[r] for r in sorted(last)]
+    return idx, tuple(int(info[i]["num_chs"]) for i in idx), tuple(sorted(last))
+
+
+class PyramidMixin:
+    """Feature pyramids from timm's ``forward_intermediates`` (what ``features_only`` gives), for image backbones
+    whose ``model`` is a timm model."""
+
+    def _init_pyramid(self) -> None:
+        self._levels, self._channels, self._strides = pyramid_levels(self.model)
+        if self._levels:
+            self.feature_kinds = (*self.feature_kinds, "pyramid")
+
+    def _pyramid_input(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch
+
+    def forward_pyramid(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        self.check_feature_kind("pyramid")
+        return list(self.model.forward_intermediates(self._pyramid_input(batch), indices=self._levels,
+                                                     intermediates_only=True))
+
+    def feature_spec(self, kind: str = "pooled") -> FeatureSpec:
+        if kind == "pyramid":
+            self.check_feature_kind(kind)
+            return FeatureSpec("pyramid", channels=self._channels, strides=self._strides)
+        return super().feature_spec(kind)
+
+
+class TimmBackbone(PyramidMixin, PooledImageBackbone):
+    """A timm model built with ``num_classes=0``; layer groups from timm's ``group_matcher(coarse=True)``.
+
+    CNNs also give a feature pyramid; ViT-style models (with prefix tokens) give
+    their token sequence ``[B, T, D]`` (class and register tokens first).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self.model, "num_prefix_tokens", None) is not None:
+            self.feature_kinds = (*self.feature_kinds, "sequence")
+        self._init_pyramid()
+
+    def forward_sequence(self, batch: torch.Tensor) -> tuple[torch.Tensor, None]:
+        self.check_feature_kind("sequence")
+        return self.model.forward_features(batch), None
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         from timm.models import group_parameters
