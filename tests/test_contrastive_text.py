@@ -107,7 +107,7 @@ def test_step_budget_is_max_steps_whatever_the_epochs(pairing, tiny_bert):
     strategy = make_strategy("contrastive-text", {"max_steps": 5, "pairing": pairing})
     calls = []
     step = strategy.step
-    strategy.step = lambda model, batch: calls.append(len(batch["target"])) or step(model, batch)
+    strategy.step = lambda model, batch, ctx: calls.append(len(batch["target"])) or step(model, batch, ctx)
     backbone = load_backbone(f"hf:{tiny_bert}", max_length=12)
     model, history = strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=2, batch_size=4, progress=False)))
     assert len(calls) == 6  # ceil(5 / 2) steps per epoch, 2 epochs

@@ -27,7 +27,7 @@ from transferkit.evaluation.domain_validation import (domain_importance_weights,
                                                       soft_neighborhood_density, validator_values)
 from transferkit.export.bundle import load, save_bundle
 from transferkit.strategies import make_strategy
-from transferkit.strategies.base import predict_outputs
+from transferkit.strategies.base import StepContext, predict_outputs
 from transferkit.strategies.domain import domain_strategy_names
 from transferkit.training import TrainConfig, Trainer
 
@@ -127,13 +127,12 @@ def test_dann_step_reverses_the_domain_gradient_into_the_feature_extractor(shift
     torch.manual_seed(0)
     model = s.prepare(load_backbone("small-cnn:16"), source)
     model.eval()  # BatchNorm by running statistics: both passes compute the same features
-    s._epoch, s._epochs, s._steps_per_epoch, s._step_in_epoch = 1, 1, 1, 0  # progress 1
     s.source_loss = lambda logits, batch: logits.sum() * 0.0  # the domain loss alone
     batch = s.train_dataset(model, source).collate(list(range(8)))
     body = [p for p in model.backbone.parameters()]
     disc = list(s.discriminator_.parameters())
 
-    out = s.step(model, batch)
+    out = s.step(model, batch, StepContext(global_step=10, total_steps=10))  # progress 1
     out["loss"].backward()
     reversed_body = [p.grad.clone() for p in body]
     reversed_disc = [p.grad.clone() for p in disc]

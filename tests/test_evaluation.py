@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from transferkit.errors import ConfigError, DataError
+from transferkit.errors import ConfigError, DataError, UnknownNameError
+from transferkit.tasks import compute_metrics, primary_metric
 from transferkit.evaluation import (
-    PRIMARY_METRIC,
     classification_metrics,
-    compute_metrics,
     higher_is_better,
     is_fraction_metric,
     mean_ci,
@@ -99,12 +98,13 @@ def test_compute_metrics_dispatch():
     assert m["accuracy"] == pytest.approx(2 / 3) and "log_loss" in m
     assert compute_metrics("regression", [1.0, 2.0], np.array([[1.0], [2.0]]))["mse"] == 0.0
     assert compute_metrics("multilabel", [[1, 0]], [[0.9, 0.1]])["subset_accuracy"] == 1.0
-    with pytest.raises(ConfigError, match="classification, multilabel, regression"):
+    with pytest.raises(UnknownNameError, match="classification, multilabel, regression"):
         compute_metrics("segmentation", [0], [[1.0]])
 
 
 def test_metric_direction_and_primary():
-    assert PRIMARY_METRIC == {"classification": "accuracy", "multilabel": "macro_f1", "regression": "r2"}
+    assert {t: primary_metric(t) for t in ("classification", "multilabel", "regression")} == {
+        "classification": "accuracy", "multilabel": "macro_f1", "regression": "r2"}
     assert higher_is_better("accuracy") and higher_is_better("r2") and higher_is_better("val_macro_f1")
     assert not higher_is_better("mse") and not higher_is_better("val_loss") and not higher_is_better("log_loss")
     assert is_fraction_metric("accuracy") and is_fraction_metric("mAP") and is_fraction_metric("macro_f1")

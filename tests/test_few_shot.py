@@ -168,7 +168,7 @@ def test_bad_options_and_impossible_episodes(tiny_images):
         make_strategy("protonet", {"episodic": True, "k_shot": 10, "n_query": 5}).fit(
             backbone, tiny_images, None, _trainer())
     regression = from_arrays(np.asarray(tiny_images.items), np.zeros(36, np.float32), task="regression")
-    with pytest.raises(ConfigError, match="single-label classification"):
+    with pytest.raises(ConfigError, match="supports classification tasks; 'arrays' is regression"):
         make_strategy("protonet").fit(backbone, regression, None, _trainer())
 
 

@@ -18,6 +18,7 @@ from transferkit.errors import ConfigError, UnknownNameError
 from transferkit.export.bundle import load, save_bundle
 from transferkit.strategies import STRATEGIES, make_strategy
 from transferkit.strategies.base import predict_outputs
+from transferkit.tasks import TASKS
 from transferkit.training import TrainConfig, Trainer
 
 ALL = STRATEGIES.names()
@@ -38,26 +39,39 @@ def test_config_defaults_validate_and_describe(name):
         cls({"no_such_option": 1})
 
 
+def _setup(strategy, data, request):
+    """The data and backbone a strategy's tags ask for: text for text-only strategies, a target domain, ..."""
+    if "image" in strategy.modalities:
+        backbone = load_backbone("small-cnn:16")
+    else:  # text-only strategies (prompt and prefix tuning): a tiny randomly initialised BERT
+        from conftest import tiny_texts
+
+        texts, _ = tiny_texts()
+        reps = -(-len(data) // len(texts))
+        data = dataclasses.replace(data, items=(texts * reps)[:len(data)], modality="text", origin=None,
+                                   _fingerprint=None)
+        backbone = load_backbone(f"hf:{request.getfixturevalue('tiny_bert')}", max_length=16)
+    if strategy.needs_target:  # domain adaptation: an unlabelled, shifted target (inverted images)
+        from transferkit.data import from_arrays
+
+        strategy.set_target(from_arrays(255 - np.asarray(tiny_images_array())))
+    if strategy.needs_sensitive:  # fairness mitigation: a two-group attribute
+        data = dataclasses.replace(data, sensitive=np.arange(len(data)) % 2, sensitive_name="group")
+    if strategy.min_backbones > 1:  # stacking: several source models side by side
+        backbone = load_backbone("concat:small-cnn:16+small-cnn:16")
+    return data, backbone
+
+
+def tiny_images_array():
+    from conftest import shapes_images
+
+    return shapes_images()[0]
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_strategy_trains_and_bundle_round_trips(name, tiny_images, tmp_path, request):
     strategy = make_strategy(name)
-    if "image" in strategy.modalities:
-        data, backbone = tiny_images, load_backbone("small-cnn:16")
-    else:  # text-only strategies (prompt and prefix tuning): a tiny randomly initialised BERT
-        from conftest import tiny_texts
-        from transferkit.data import from_arrays
-
-        texts, labels = tiny_texts()
-        data = from_arrays(texts, ["games", "sound", "other"] * (len(texts) // 3) + ["other"] * (len(texts) % 3))
-        backbone = load_backbone(f"hf:{request.getfixturevalue('tiny_bert')}", max_length=16)
-    if getattr(strategy, "needs_target", False):  # domain adaptation: an unlabelled, shifted target (inverted images)
-        from transferkit.data import from_arrays
-
-        strategy.set_target(from_arrays(255 - np.asarray(data.items)))
-    if getattr(strategy, "needs_sensitive", False):  # fairness mitigation: a two-group attribute
-        data = dataclasses.replace(data, sensitive=np.arange(len(data)) % 2, sensitive_name="group")
-    if getattr(strategy, "min_backbones", 1) > 1:  # stacking: several source models side by side
-        backbone = load_backbone("concat:small-cnn:16+small-cnn:16")
+    data, backbone = _setup(strategy, tiny_images, request)
     model, history = strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=2, progress=False)))
     out = predict_outputs(model, data)
     assert out.shape == (len(data), 3)
@@ -66,6 +80,34 @@ def test_strategy_trains_and_bundle_round_trips(name, tiny_images, tmp_path, req
     save_bundle(model, tmp_path / "b", {"strategy": {"name": name}})
     again = load(tmp_path / "b").outputs(data.items)
     np.testing.assert_allclose(again, out, atol=1e-5)
+
+
+def _task_data(task: str, images):
+    from transferkit.data import from_arrays
+
+    y = np.asarray(images.targets)
+    if task == "regression":
+        return from_arrays(np.asarray(images.items), (y == 1).astype(np.float32) + 0.5, task="regression")
+    multi = np.stack([y == 0, y == 1], axis=1).astype(np.float32)
+    return from_arrays(np.asarray(images.items), multi, task="multilabel", label_names=["square", "bar"])
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS.names() if t != "classification"])
+@pytest.mark.parametrize("name", ALL)
+def test_strategy_trains_each_task_it_declares_and_refuses_the_others(name, task, tiny_images, tmp_path, request):
+    """Conformance over strategies x tasks: a declared task trains and reloads; an undeclared one is refused."""
+    strategy = make_strategy(name)
+    data, backbone = _setup(strategy, _task_data(task, tiny_images), request)
+    if strategy.tasks is not None and task not in strategy.tasks:
+        with pytest.raises(ConfigError, match=f"Strategy '{name}' supports .* tasks; .* is {task}"):
+            strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
+        return
+    model, _ = strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
+    out = predict_outputs(model, data)
+    assert out.shape == ((len(data),) if task == "regression" else (len(data), 2))
+    assert np.isfinite(out).all()
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": name}})
+    np.testing.assert_allclose(load(tmp_path / "b").outputs(data.items), out, atol=1e-5)
 
 
 def test_unknown_strategy_suggests_the_close_name():

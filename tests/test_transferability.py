@@ -23,7 +23,8 @@ from transferkit.evaluation import (
     nleep,
     transrate,
 )
-from transferkit.evaluation import transferability as T
+from transferkit.evaluation.transferability_common import _pca
+from transferkit.evaluation.transferability_linear import _logme_fit
 
 FEATURE_SCORES = [e.name for e in SCORES if e.obj.needs == "features"]
 SOURCE_SCORES = [e.name for e in SCORES if e.obj.needs == "source_probs"]
@@ -57,7 +58,7 @@ def test_logme_evidence_is_the_gaussian_marginal_at_a_stationary_point(n, d, ran
     # two targets with a linear signal (interior optimum) and one without (alpha -> inf: the
     # fixed point stops after 11 steps, as the reference code, so only the identity is checked there)
     y = np.column_stack([f @ w + rng.normal(size=(n, 2)) * [1.0, 0.3], (np.arange(n) % 2).astype(float)])
-    evidence, alpha, beta = T._logme_fit(f, y)
+    evidence, alpha, beta = _logme_fit(f, y)
     for j in range(y.shape[1]):
         best = brute_log_evidence(f, y[:, j], alpha[j], beta[j])
         assert evidence[j] == pytest.approx(best, rel=1e-9, abs=1e-9)
@@ -70,7 +71,7 @@ def test_logme_evidence_is_the_gaussian_marginal_at_a_stationary_point(n, d, ran
 
 def test_logme_classification_is_mean_per_sample_evidence_of_one_hot_columns():
     f, y = clustered(n=30, d=5, classes=3)
-    _, alpha, beta = T._logme_fit(f, (y[:, None] == np.arange(3)).astype(float))
+    _, alpha, beta = _logme_fit(f, (y[:, None] == np.arange(3)).astype(float))
     brute = [brute_log_evidence(f, (y == c).astype(float), alpha[c], beta[c]) for c in range(3)]
     assert logme(f, y) == pytest.approx(np.mean(brute) / len(f), rel=1e-9)
     assert logme(f, np.array(["b", "c", "a"])[y]) == pytest.approx(logme(f, y), rel=1e-12)  # label names don't matter
@@ -236,7 +237,7 @@ def test_gbc_single_sample_class_is_finite_and_scale_free():
 @pytest.mark.parametrize("covariance", ["diagonal", "spherical"])
 def test_gbc_matches_dense_bhattacharyya(covariance):
     f, y = clustered(n=90, d=6, sep=2.0)
-    z = T._pca(f, dim=4)
+    z = _pca(f, dim=4)
     total = 0.0
     for i in range(3):
         for j in range(3):

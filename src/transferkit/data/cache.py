@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferkit.data.batches import module_device, run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.errors import DataError, check_range
 
@@ -114,16 +115,6 @@ def _write_atomic(path: Path, feats: np.ndarray, meta: dict[str, str]) -> None:
             os.unlink(tmp)
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
-
 def _batch_order(data: TaskData) -> np.ndarray:
     """Item order for batching: text sorted by length (similar lengths pad little), else as is."""
     if data.modality == "text":
@@ -154,17 +145,15 @@ def compute_features(backbone: Any, data: TaskData, *, batch_size: int = 64, pro
 
     The backbone is put in eval mode for the pass and restored afterwards.
     """
-    order = _batch_order(data)
-    device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     out: np.ndarray | None = None
     was_training = backbone.training
     backbone.eval()
+    load = lambda idx: backbone.preprocess(_items(data, idx))  # noqa: E731
     try:
         with _progress_bar(len(data), progress, f"features {backbone.spec} / {data.name}") as advance:
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                batch = _to_device(backbone.preprocess(_items(data, idx)), device)
-                feats = backbone.forward_features(batch).detach().float().cpu().numpy()
+            for idx, _, feats in run_batches(backbone.forward_features, load, len(data), batch_size=batch_size,
+                                             device=module_device(backbone), order=_batch_order(data)):
+                feats = feats.detach().float().cpu().numpy()
                 if out is None:
                     out = np.empty((len(data), feats.shape[1]), dtype=np.float32)
                 out[idx] = feats

@@ -9,11 +9,10 @@ from typing import Literal
 import numpy as np
 
 from transferkit.errors import DataError
+from transferkit.tasks import TASKS, Task, get_task
 
 Modality = Literal["image", "text", "tabular"]
-TaskKind = Literal["classification", "multilabel", "regression"]
 MODALITIES = ("image", "text", "tabular")
-TASKS = ("classification", "multilabel", "regression")
 
 
 @dataclass
@@ -28,7 +27,8 @@ class TaskData:
             indices into ``label_names``. Multi-label: float32 ``[N, C]`` of
             0/1. Regression: float32 ``[N]``.
         modality: ``"image"``, ``"text"`` or ``"tabular"``.
-        task: ``"classification"``, ``"multilabel"`` or ``"regression"``.
+        task: the name of a registered task (:data:`transferkit.tasks.TASKS`):
+            ``"classification"``, ``"multilabel"``, ``"regression"``, ...
         label_names: class names (classification and multi-label).
         name: a short display name (``fashion-mnist``, a file name, ...).
         source: where the data came from (provenance), shown in reports.
@@ -42,7 +42,7 @@ class TaskData:
     items: Sequence | np.ndarray
     targets: np.ndarray | None
     modality: Modality
-    task: TaskKind = "classification"
+    task: str = "classification"
     label_names: list[str] | None = None
     name: str = "data"
     source: str = ""
@@ -58,9 +58,11 @@ class TaskData:
         if self.modality not in MODALITIES:
             raise DataError(f"Unknown modality '{self.modality}'. Available: {', '.join(MODALITIES)}.")
         if self.task not in TASKS:
-            raise DataError(f"Unknown task '{self.task}'. Available: {', '.join(TASKS)}.")
+            raise DataError(f"Unknown task '{self.task}'. Available: {', '.join(TASKS.names())}.")
         if self.targets is not None and len(self.targets) != len(self.items):
             raise DataError(f"{self.name}: {len(self.items)} items but {len(self.targets)} targets.")
+        if self.targets is not None:
+            self.targets = self.task_spec.check_targets(self.targets, self.label_names, self.name)
         if self.sensitive is not None:
             self.sensitive = np.asarray(self.sensitive)
             if len(self.sensitive) != len(self.items):
@@ -71,11 +73,14 @@ class TaskData:
         return len(self.items)
 
     @property
+    def task_spec(self) -> Task:
+        """The registered :class:`~transferkit.tasks.Task` named by ``task``."""
+        return get_task(self.task)
+
+    @property
     def num_outputs(self) -> int:
         """Output width of a head for this task: classes, labels, or 1 for regression."""
-        if self.task == "regression":
-            return 1
-        return len(self.label_names or [])
+        return self.task_spec.num_outputs(self.label_names)
 
     def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> "TaskData":
         """A new TaskData holding ``indices`` (order kept)."""
@@ -110,6 +115,6 @@ class TaskData:
                     else:
                         h.update(str(it).encode("utf-8", "surrogatepass") + b"\x00")
             if self.targets is not None:
-                h.update(np.ascontiguousarray(self.targets).tobytes())
+                h.update(self.task_spec.target_bytes(self.targets))
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint

@@ -310,7 +310,7 @@ def prepare_target_data(source: TaskData, target_data: Any = None, target_labell
             raise DataError(f"Labelled target data '{labelled.name}' has no labels.")
         check_eval_labels(source, labelled)
         labelled = align_labels(source, labelled)
-        if source.task == "classification" and len(np.unique(labelled.targets)) < 2:
+        if source.task_spec.single_label and len(np.unique(labelled.targets)) < 2:
             only = (labelled.label_names or ["?"])[int(np.asarray(labelled.targets)[0])]
             raise DataError(f"Labelled target data '{labelled.name}' holds a single class ('{only}', "
                             f"{len(labelled)} items): give labelled target examples of at least 2 classes, "

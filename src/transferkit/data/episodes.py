@@ -27,7 +27,7 @@ __all__ = ["Episode", "EpisodeSampler", "episode_sampler", "smallest_class"]
 
 
 def _labels(data: TaskData, what: str) -> np.ndarray:
-    if data.task != "classification":
+    if not data.task_spec.single_label:
         raise DataError(f"{what} needs single-label classification data; '{data.name}' is {data.task}.")
     if data.targets is None:
         raise DataError(f"{what} needs labelled data, but '{data.name}' has no labels.")

@@ -30,7 +30,8 @@ import numpy as np
 
 from transferkit.data.adapters import encode_labels
 from transferkit.data.builtin import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, PENGUIN_FEATURES, load_fashion_mnist
-from transferkit.data.dataset import TASKS, TaskData
+from transferkit.data.dataset import TaskData
+from transferkit.tasks import TASKS
 from transferkit.data.splits import stratified_indices
 from transferkit.errors import ConfigError, DataError, unknown_name
 
@@ -115,7 +116,7 @@ class MultiTaskData:
                 raise DataError(f"{name}: task '{task}' has {len(values)} targets but there are {n} items.")
             kind = tasks.get(task, "classification")
             if kind not in TASKS:
-                raise ConfigError(f"Unknown task kind {kind!r} for task '{task}'. Available: {', '.join(TASKS)}.")
+                raise ConfigError(f"Unknown task kind {kind!r} for task '{task}'. Available: {', '.join(TASKS.names())}.")
             y, names = encode_labels(values, task=kind, label_names=label_names.get(task),
                                      locate=lambda i, t=task: f"{name} task '{t}' row {i}")
             out[task] = TaskData(items, y, modality, task=kind, label_names=names, name=f"{name}:{task}",
@@ -169,7 +170,7 @@ class MultiTaskData:
     def sample_per_class(self, task: str, n: int, seed: int) -> "MultiTaskData":
         """``n`` items per class of ``task`` (shared inputs), seeded; the other tasks follow the same items."""
         data = self[task]
-        if data.task != "classification":
+        if not data.task_spec.single_label:
             raise DataError(f"{self.name}: sample_per_class needs a classification task; '{task}' is {data.task}.")
         counts = np.bincount(np.asarray(data.targets), minlength=data.num_outputs)
         if counts.min() < n:

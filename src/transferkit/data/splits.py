@@ -80,7 +80,7 @@ def sample_per_class(data: TaskData, n: int, seed: int, *, strict: bool = True) 
     """
     check_range("sample_per_class", "n", n, low=1, kind="an int")
     targets = _require_labels(data, "sample_per_class")
-    if data.task != "classification":
+    if not data.task_spec.single_label:
         raise DataError(f"sample_per_class needs classification data; '{data.name}' is {data.task}.")
     rng = np.random.default_rng(seed)
     chosen = []
@@ -142,7 +142,7 @@ def train_val_split(data: TaskData, fraction: float, seed: int) -> tuple[TaskDat
         return data, None
     targets = _require_labels(data, "train_val_split")
     size = int(round(fraction * len(data)))
-    if data.task == "classification":
+    if data.task_spec.single_label:
         val_idx = stratified_indices(targets, _num_classes(data, targets), size, seed, keep_one=True)
     else:
         val_idx = _random_indices(len(data), size, seed)
@@ -167,7 +167,7 @@ def subsample(data: TaskData, n: int, seed: int) -> TaskData:
     if n >= len(data):
         return data
     targets = None if data.targets is None else np.asarray(data.targets)
-    if data.task == "classification" and targets is not None:
+    if data.task_spec.single_label and targets is not None:
         idx = stratified_indices(targets, _num_classes(data, targets), n, seed)
     else:
         idx = _random_indices(len(data), n, seed)

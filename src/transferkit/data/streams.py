@@ -91,7 +91,7 @@ def _check_scenario(scenario: str) -> None:
 def _present(data: TaskData, i: int) -> list[int]:
     if data.targets is None:
         raise DataError(f"Experience {i} ('{data.name}') has no labels; a continual stream needs labelled data.")
-    if data.task != "classification":
+    if not data.task_spec.single_label:
         raise DataError(f"Experience {i} ('{data.name}') is {data.task}; continual streams need single-label "
                         f"classification.")
     return sorted(int(c) for c in np.unique(np.asarray(data.targets)))

@@ -1,8 +1,6 @@
 """Layer 1: pure functions on arrays: task metrics, statistics over seeds, transferability scores."""
 from transferkit.evaluation.metrics import (
-    PRIMARY_METRIC,
     classification_metrics,
-    compute_metrics,
     higher_is_better,
     is_fraction_metric,
     multilabel_metrics,
@@ -36,13 +34,11 @@ from transferkit.evaluation.transferability import (
 
 __all__ = [
     "DEFAULT_SCORES",
-    "PRIMARY_METRIC",
     "SCORES",
     "ScoreInfo",
     "bootstrap_difference",
     "check_score_inputs",
     "classification_metrics",
-    "compute_metrics",
     "compute_score",
     "gbc",
     "higher_is_better",

@@ -1,4 +1,7 @@
-"""Task metrics on plain arrays: classification, multi-label and regression.
+"""Metrics on plain arrays: classification, multi-label and regression.
+
+Which metrics a task reports, and its primary metric, are the task's business
+(:mod:`transferkit.tasks`); these are the pure functions they call.
 
 Every function returns a flat ``dict`` of JSON-able Python values (``float``,
 ``int``, nested ``list``/``dict``), ready to be written to a bundle manifest or
@@ -19,12 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-from transferkit.errors import ConfigError, DataError
-
-TASKS = ("classification", "multilabel", "regression")
-
-PRIMARY_METRIC: dict[str, str] = {"classification": "accuracy", "multilabel": "macro_f1", "regression": "r2"}
-"""The metric that ranks models and decides transfer verdicts, per task."""
+from transferkit.errors import DataError
 
 _LOWER_IS_BETTER = frozenset({"mse", "mae", "rmse", "log_loss", "loss", "error", "error_rate", "ece", "brier"})
 _FRACTION_WORDS = ("accuracy", "f1", "precision", "recall", "map", "auc", "ap")
@@ -236,36 +234,3 @@ def multilabel_metrics(y_true, scores, *, threshold: float = 0.5, label_names: S
         "per_label_ap": per_label_ap,
         "n": int(len(y_true)),
     }
-
-
-def compute_metrics(task: str, y_true, outputs, label_names: Sequence[str] | None = None) -> dict:
-    """Metrics for ``task`` from a model's outputs.
-
-    Args:
-        task: ``"classification"``, ``"multilabel"`` or ``"regression"``.
-        y_true: Targets in the format of :class:`transferkit.data.dataset.TaskData`.
-        outputs: Classification: probabilities ``[N, C]`` (predictions are the
-            argmax; a 1-D array is taken as predicted class indices).
-            Multi-label: scores or probabilities ``[N, C]``, thresholded at 0.5.
-            Regression: predictions ``[N]``.
-        label_names: Class or label names.
-
-    Returns:
-        The dict of :func:`classification_metrics`, :func:`multilabel_metrics`
-        or :func:`regression_metrics`.
-
-    Raises:
-        ConfigError: If ``task`` is unknown.
-    """
-    if task == "classification":
-        outputs = np.asarray(outputs)
-        if outputs.ndim == 1:
-            return classification_metrics(y_true, outputs, label_names=label_names)
-        if outputs.ndim != 2:
-            raise DataError(f"Classification outputs must be probabilities [N, C]; got shape {outputs.shape}.")
-        return classification_metrics(y_true, outputs.argmax(axis=1), proba=outputs, label_names=label_names)
-    if task == "multilabel":
-        return multilabel_metrics(y_true, outputs, label_names=label_names)
-    if task == "regression":
-        return regression_metrics(y_true, outputs)
-    raise ConfigError(f"Unknown task '{task}'. Available: {', '.join(TASKS)}.")

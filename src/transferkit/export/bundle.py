@@ -29,7 +29,8 @@ from torch import nn
 
 from transferkit.backbones import load_backbone
 from transferkit.errors import BundleError
-from transferkit.strategies.base import TransferModel, is_normalized_head, linear_head
+from transferkit.strategies.base import TransferModel
+from transferkit.tasks import describe_head, get_task, rebuild_head
 
 BUNDLE_FORMAT = "transferkit-bundle"
 FORMAT_VERSION = 1
@@ -82,7 +83,7 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
         model.backbone.save_files(tmp / "backbone")
         manifest = {"format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, **manifest,
                     "backbone": model.backbone.architecture(),
-                    "head": _describe_head(model.head),
+                    "head": describe_head(model.head),
                     "task": manifest.get("task", model.task), "label_names": model.label_names,
                     "preprocess": model.backbone.preprocess.config(), "versions": library_versions()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default), encoding="utf-8")
@@ -107,26 +108,6 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _describe_head(head: nn.Module) -> dict:
-    """The manifest's ``head``: a :func:`linear_head`'s shape, or what another head says of itself (stacking)."""
-    if hasattr(head, "describe"):
-        return head.describe()
-    return {"in_features": head[-1].in_features, "out_features": head[-1].out_features,
-            "dropout": _dropout(head), "normalize": is_normalized_head(head)}
-
-
-def _rebuild_head(h: dict) -> nn.Module:
-    if h.get("kind") == "stacking":  # per-model heads under a meta-learner
-        from transferkit.strategies.stacking import StackingHead
-
-        return StackingHead.from_manifest(h)
-    return linear_head(h["in_features"], h["out_features"], h.get("dropout") or 0.0, bool(h.get("normalize")))
-
-
-def _dropout(head: nn.Module) -> float:
-    return next((float(m.p) for m in head if isinstance(m, nn.Dropout)), 0.0)
 
 
 def _json_default(o):
@@ -183,7 +164,9 @@ def rebuild_model(path: str | Path, manifest: dict | None = None) -> TransferMod
         from transferkit.strategies.parameter_efficient import attach_from_manifest
 
         attach_from_manifest(backbone, adapter)
-    model = TransferModel(backbone, _rebuild_head(h), manifest["task"], manifest.get("label_names"))
+    import transferkit.strategies  # noqa: F401  (registers the heads strategies define)
+
+    model = TransferModel(backbone, rebuild_head(h), manifest["task"], manifest.get("label_names"))
     state = load_file(str(path / WEIGHTS))
     if adapter and adapter.get("adapter_only"):
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -262,20 +245,15 @@ class Predictor:
 
 
 def outputs_to_predictions(out: np.ndarray, task: str, label_names: Sequence[str] | None) -> list:
-    """Label names (classification), lists of label names (multi-label, p > 0.5) or floats (regression)."""
-    names = list(label_names or [])
-    if task == "classification":
-        return [names[i] if names else int(i) for i in out.argmax(1)]
-    if task == "multilabel":
-        return [[names[j] for j in np.flatnonzero(row > 0.5)] for row in out]
-    return [float(v) for v in out]
+    """What ``predict`` returns: the task's decoding (label names, lists of label names, floats, ...)."""
+    return get_task(task).decode(out, label_names)
 
 
 def load(path: str | Path) -> Predictor:
     """Load a bundle written by ``fit`` (a directory, or ``hf:ORG/NAME`` pushed to the Hub) into a :class:`Predictor`."""
-    if str(path).startswith("hf:"):
-        from transferkit.export.hub import fetch_bundle
+    if str(path).startswith("hf:"):  # pushed with `transferkit push`: the Hub cache holds the folder
+        from transferkit.backbones.hf import fetch_hub_bundle
 
-        path = fetch_bundle(str(path))
+        path = fetch_hub_bundle(str(path).removeprefix("hf:"))
     manifest = read_manifest(path)
     return Predictor(rebuild_model(path, manifest), manifest, Path(path))

@@ -26,17 +26,13 @@ from pathlib import Path
 
 from transferkit.errors import BundleError, MissingWeightsError, TransferkitError
 from transferkit.export.bundle import Predictor, _replace_dir, load, read_manifest
+from transferkit.tasks import TASKS, get_task
 
 README = "README.md"
 CARD = "report.md"
 HUB_PREFIX = "hf:"
 LOCAL_PREFIXES = ("/", "./", "../", "~", "file:")
 TAGS = ["transferkit", "transfer-learning"]
-PIPELINE_TAGS = {("image", "classification"): "image-classification",
-                 ("image", "multilabel"): "image-classification",
-                 ("text", "classification"): "text-classification",
-                 ("text", "multilabel"): "text-classification",
-                 ("text", "regression"): "text-classification"}
 
 
 class HubError(TransferkitError, OSError):
@@ -62,7 +58,8 @@ def hub_metadata(manifest: dict) -> dict:
     """The Hub front matter of a bundle: library, tags, pipeline tag, metrics."""
     meta: dict = {"library_name": "transferkit", "tags": list(TAGS)}
     modality = manifest.get("modality")
-    tag = PIPELINE_TAGS.get((modality, manifest.get("task")))
+    task = manifest.get("task")
+    tag = get_task(task).pipeline_tag(modality) if task in TASKS else None
     if tag:
         meta["pipeline_tag"] = tag
     metrics = {k: float(v) for k, v in (manifest.get("metrics") or {}).items()
@@ -192,24 +189,9 @@ def fetch_bundle(repo: str, *, revision: str | None = None, cache_dir: str | Pat
         MissingWeightsError: the repo could not be downloaded and is not cached.
         BundleError: the repo holds no transferkit bundle.
     """
-    from huggingface_hub import snapshot_download
+    from transferkit.backbones.hf import fetch_hub_bundle
 
-    from transferkit.backbones.hf import hub_offline
-
-    repo_id = _repo_id(repo)
-    offline = hub_offline()
-    try:
-        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
-                                 local_files_only=offline, library_name="transferkit")
-    except Exception as exc:  # LocalEntryNotFoundError, RepositoryNotFoundError, network errors
-        where = ("it is not in the local Hugging Face cache and offline mode is on (HF_HUB_OFFLINE); unset "
-                 "HF_HUB_OFFLINE and connect to the network to download it once") if offline else (
-                 "check the repo name, the network connection, and a token for private repos (HF_TOKEN)")
-        rev = f" at revision '{revision}'" if revision else ""
-        raise MissingWeightsError(f"Could not fetch the transferkit bundle '{repo_id}'{rev} from the Hugging Face "
-                                  f"Hub: {where}. ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    path = Path(path)
+    path = fetch_hub_bundle(_repo_id(repo), revision=revision, cache_dir=cache_dir, token=token)
     read_manifest(path)  # BundleError when the repo is not a bundle
     return path
 

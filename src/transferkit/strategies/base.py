@@ -7,7 +7,9 @@ generic loop (``transferkit.training``) only calls these methods:
 * ``prepare(backbone, data) -> TransferModel``: heads, adapters, frozen parts;
 * ``param_groups(model, train_config) -> list[dict]``: what trains, at which lr;
 * ``train_dataset(model, data)``: what a batch holds (raw items, cached features);
-* ``step(model, batch) -> dict``: at least ``{"loss": ...}``; extra named terms;
+* ``step(model, batch, ctx) -> dict``: at least ``{"loss": ...}``; extra named terms;
+  ``ctx`` (:class:`StepContext`) carries the global step, total steps, epoch,
+  accumulation and world size, so per-run schedules need no state on the strategy;
 * hooks ``on_epoch_start`` (unfreezing schedules, ramps) and ``on_train_end``.
 
 A strategy that does not train with the loop (a closed-form linear probe, a
@@ -23,13 +25,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from transferkit.backbones.base import Backbone
+from transferkit.data.batches import run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError
 from transferkit.registry import Registry
+from transferkit.tasks import Task, get_task
+from transferkit.tasks.heads import L2Normalize, is_normalized_head, linear_head  # noqa: F401  (re-exported)
 
 STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
 
@@ -71,8 +75,11 @@ class StrategyConfig:
 class TransferModel(nn.Module):
     """What every strategy trains and every bundle stores: a backbone and a head.
 
-    ``forward(batch)`` maps a preprocessed batch to logits (classification,
-    multi-label) or predictions ``[B, 1]`` (regression).
+    ``forward(batch)`` maps a preprocessed batch to the head's raw outputs: the
+    backbone's features of the kind the task reads (pooled ``[B, D]`` or a
+    sequence ``[B, T, D]``, see :attr:`transferkit.tasks.Task.feature_kind`), then
+    the head. What the outputs mean (logits, values, per-token logits) is the task's
+    business: :meth:`outputs_to_numpy` asks it.
     """
 
     def __init__(self, backbone: Backbone, head: nn.Module, task: str, label_names: Sequence[str] | None):
@@ -85,51 +92,21 @@ class TransferModel(nn.Module):
         #: state-dict keys, the base weights' digest); bundles store and replay it.
         self.adapter: dict | None = None
 
+    @property
+    def task_spec(self) -> Task:
+        return get_task(self.task)
+
     def forward(self, batch) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(batch))
+        return self.head(self.backbone.features(batch, self.task_spec.feature_kind))
 
-    def outputs_to_numpy(self, logits: torch.Tensor) -> np.ndarray:
-        """Probabilities for classification / multi-label, values for regression."""
-        logits = logits.float()
-        if self.task == "classification":
-            return logits.softmax(-1).cpu().numpy()
-        if self.task == "multilabel":
-            return logits.sigmoid().cpu().numpy()
-        return logits.squeeze(-1).cpu().numpy()
-
-
-class L2Normalize(nn.Module):
-    """Scale each feature vector to unit length: what turns the linear head into a cosine classifier."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1)
-
-
-def linear_head(in_features: int, out_features: int, dropout: float = 0.0, normalize: bool = False) -> nn.Module:
-    """The head every bundle stores: optional dropout, optional L2 normalisation, then one linear layer.
-
-    ``normalize=True`` makes logits ``W @ (x / |x|) + b``: with unit-length rows of ``W``
-    (prototypes, label-description embeddings) scaled by a temperature, a cosine classifier.
-    """
-    layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
-    if normalize:
-        layers.append(L2Normalize())
-    layers.append(nn.Linear(in_features, out_features))
-    return nn.Sequential(*layers)
-
-
-def is_normalized_head(head: nn.Module) -> bool:
-    """Whether ``head`` (a :func:`linear_head`) normalises its input."""
-    return any(isinstance(m, L2Normalize) for m in head)
+    def outputs_to_numpy(self, outputs: torch.Tensor, inputs=None) -> np.ndarray:
+        """Per-item probabilities (classification, multi-label) or values (regression): the task's postprocessing."""
+        return self.task_spec.postprocess(outputs, inputs)
 
 
 def task_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy, binary cross-entropy per label, or MSE, by task."""
-    if task == "classification":
-        return F.cross_entropy(outputs, targets.long(), label_smoothing=label_smoothing)
-    if task == "multilabel":
-        return F.binary_cross_entropy_with_logits(outputs, targets.float())
-    return F.mse_loss(outputs.squeeze(-1), targets.float())
+    """The loss of ``task`` (cross-entropy, binary cross-entropy per label, MSE, ...)."""
+    return get_task(task).loss(outputs, targets, label_smoothing=label_smoothing)
 
 
 class ItemDataset(torch.utils.data.Dataset):
@@ -157,32 +134,59 @@ class ItemDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> int:
         return i
 
+    def inputs(self, indices: list[int]):
+        """The preprocessed inputs of ``indices``."""
+        return self.tensor[indices] if self.tensor is not None else self.preprocess(self._items(indices))
+
     def collate(self, indices: list[int]) -> dict:
-        inputs = self.tensor[indices] if self.tensor is not None else self.preprocess(self._items(indices))
+        inputs = self.inputs(indices)
         batch = {"inputs": inputs, "task": self.data.task}
         if self.data.targets is not None:
-            batch["targets"] = torch.as_tensor(np.asarray(self.data.targets)[indices])
+            batch["targets"] = self.data.task_spec.collate_targets(np.asarray(self.data.targets)[indices], inputs)
         return batch
 
 
-@torch.no_grad()
 def predict_outputs(model: TransferModel, data: TaskData, batch_size: int = 64,
                     dataset: ItemDataset | None = None) -> np.ndarray:
-    """Probabilities (or regression values) of ``model`` on every item of ``data``, in order."""
+    """The task's postprocessed outputs of ``model`` on every item of ``data``, in order.
+
+    Probabilities ``[N, C]`` for classification and multi-label, values ``[N]`` for
+    regression; what another task's :meth:`~transferkit.tasks.Task.postprocess` returns.
+    """
     model.eval()
     ds = dataset or ItemDataset(data, model.backbone.preprocess, precompute=False)
-    device = next(model.parameters()).device
-    outs = []
-    for i in range(0, len(ds), batch_size):
-        batch = ds.collate(list(range(i, min(i + batch_size, len(ds)))))
-        outs.append(model.outputs_to_numpy(model(_to_device(batch["inputs"], device))))
-    return np.concatenate(outs) if outs else np.zeros((0, max(1, len(model.label_names or []))))
+    task = model.task_spec
+    parts = [model.outputs_to_numpy(out, inputs)
+             for _, inputs, out in run_batches(model, ds.inputs, len(ds), batch_size=batch_size)]
+    return task.concat(parts, len(model.label_names or []))
 
 
-def _to_device(inputs, device):
-    if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
-    return inputs.to(device)
+@dataclass
+class StepContext:
+    """What the loop tells a strategy's :meth:`Strategy.step` about where training is.
+
+    Counts are optimizer steps, so they already account for gradient accumulation
+    and for the number of processes (each process sees its shard of every step).
+
+    Attributes:
+        global_step: optimizer steps done before this batch.
+        total_steps: optimizer steps of the whole run.
+        epoch: the current epoch (from 0); ``epochs``: how many there are.
+        accumulation: batches per optimizer step.
+        world_size: processes training together.
+    """
+
+    global_step: int = 0
+    total_steps: int = 1
+    epoch: int = 0
+    epochs: int = 1
+    accumulation: int = 1
+    world_size: int = 1
+
+    @property
+    def progress(self) -> float:
+        """Training progress p in [0, 1] (what ramps such as DANN's are scheduled on)."""
+        return min(1.0, self.global_step / max(self.total_steps, 1))
 
 
 @dataclass
@@ -197,9 +201,16 @@ class TrainDefaults:
 class Strategy:
     """Base class; subclasses set ``name``, ``Config`` and override what differs.
 
+    Capabilities are declared as tags (class attributes, listed by :meth:`tags`), never probed:
+
     Attributes:
         kind: ``"transfer"`` or ``"scratch"`` (a baseline trained without transfer).
         modalities: the data modalities the strategy supports.
+        tasks: the task names it supports; ``None`` for any task whose features the backbone gives.
+        needs_target: it adapts to an unlabelled target domain (``set_target`` before ``fit``).
+        needs_sensitive: it needs the sensitive attribute of every training item.
+        min_backbones: how many source models it combines (a ``concat:`` backbone).
+        changes_backbone: it trains the user's pre-trained weights.
         defaults: loop defaults (epochs, body lr, head lr).
     """
 
@@ -207,7 +218,19 @@ class Strategy:
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
     kind: ClassVar[str] = "transfer"
     modalities: ClassVar[tuple[str, ...]] = ("image", "text", "tabular")
+    tasks: ClassVar[tuple[str, ...] | None] = None
+    needs_target: ClassVar[bool] = False
+    needs_sensitive: ClassVar[bool] = False
+    min_backbones: ClassVar[int] = 1
+    changes_backbone: ClassVar[bool] = False
     defaults: ClassVar[TrainDefaults] = TrainDefaults()
+
+    @classmethod
+    def tags(cls) -> dict:
+        """The declared capabilities, for listings and the conformance tests."""
+        return {"kind": cls.kind, "modalities": list(cls.modalities),
+                "tasks": None if cls.tasks is None else list(cls.tasks), "needs_target": cls.needs_target,
+                "needs_sensitive": cls.needs_sensitive, "min_backbones": cls.min_backbones}
 
     def __init__(self, config: StrategyConfig | dict | None = None, **options: Any):
         if isinstance(config, StrategyConfig):
@@ -219,13 +242,18 @@ class Strategy:
 
     # -- what the loop calls ------------------------------------------------
     def check_data(self, backbone: Backbone | None, data: TaskData) -> None:
-        """Refuse a modality the strategy or backbone cannot handle, naming both."""
+        """Refuse a task or modality the strategy or backbone cannot handle, naming both."""
+        if self.tasks is not None and data.task not in self.tasks:
+            raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.tasks)} tasks; "
+                              f"'{data.name}' is {data.task}.")
         if data.modality not in self.modalities:
             raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.modalities)} data; "
                               f"'{data.name}' is {data.modality}.")
         if backbone is not None and backbone.modality != data.modality:
             raise ConfigError(f"Backbone '{backbone.spec}' takes {backbone.modality} input but data "
                               f"'{data.name}' is {data.modality}.")
+        if backbone is not None:
+            backbone.check_feature_kind(data.task_spec.feature_kind)
 
     def needs_backbone(self, data: TaskData) -> bool:
         """Whether :meth:`fit` uses the user's backbone (baselines that bring their own model don't)."""
@@ -233,7 +261,9 @@ class Strategy:
 
     def prepare(self, backbone: Backbone, data: TaskData) -> TransferModel:
         """Build the model to train: by default the backbone with a new linear head."""
-        head = linear_head(backbone.num_features, max(data.num_outputs, 1), getattr(self.config, "dropout", 0.0))
+        task = data.task_spec
+        head = task.make_head(backbone.feature_spec(task.feature_kind), max(data.num_outputs, 1),
+                              dropout=getattr(self.config, "dropout", 0.0))
         return TransferModel(backbone, head, data.task, data.label_names)
 
     def train_dataset(self, model: TransferModel, data: TaskData) -> ItemDataset:
@@ -250,7 +280,8 @@ class Strategy:
         """Training-time augmentation of a preprocessed batch. Default: none."""
         return inputs
 
-    def step(self, model: nn.Module, batch: dict) -> dict:
+    def step(self, model: nn.Module, batch: dict, ctx: StepContext | None = None) -> dict:
+        """One training step's losses: at least ``{"loss": ...}``; ``ctx`` says where training is."""
         task = batch["task"]
         outputs = model(batch["inputs"])
         loss = task_loss(outputs, batch["targets"], task, getattr(self.config, "label_smoothing", 0.0))

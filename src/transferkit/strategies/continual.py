@@ -25,7 +25,7 @@ run by the generic loop once per experience, with hooks before and after:
   frozen (``requires_grad=False``, BatchNorm in eval) and stay bit-identical.
   Needs the task id at test (task and domain scenarios).
 
-:func:`train_stream` runs a learner over a :class:`~transferkit.data.streams.Stream`
+:func:`transferkit.workflows.continual.train_stream` runs a learner over a :class:`~transferkit.data.streams.Stream`
 and returns the accuracy matrix and its metrics
 (:func:`~transferkit.evaluation.continual.continual_metrics`).
 
@@ -53,7 +53,8 @@ from transferkit.data.streams import SCENARIOS, Experience, Stream
 from transferkit.errors import ConfigError, DataError, check_range
 from transferkit.evaluation.continual import continual_metrics
 from transferkit.registry import Registry
-from transferkit.strategies.base import ItemDataset, Strategy, StrategyConfig, TrainDefaults, predict_outputs
+from transferkit.strategies.base import (ItemDataset, StepContext, Strategy, StrategyConfig, TrainDefaults,
+                                         predict_outputs)
 from transferkit.strategies.continual_models import ContinualModel, ExperienceDataset, ProgressiveModel, ReplayBuffer
 from transferkit.strategies.regularizers import diagonal_fisher
 
@@ -114,7 +115,7 @@ class ContinualLearner(Strategy):
         """Weighted extra loss terms by name. Default: none."""
         return {}
 
-    def step(self, model: nn.Module, batch: dict) -> dict:
+    def step(self, model: nn.Module, batch: dict, ctx: StepContext | None = None) -> dict:
         inner = getattr(model, "module", model)
         logits, features = inner.task_logits(batch["inputs"], batch["task_ids"])
         loss = F.cross_entropy(logits, batch["targets"].long().to(logits.device))
@@ -306,7 +307,7 @@ class Progressive(ContinualLearner):
 
 @dataclass
 class ContinualResult:
-    """What :func:`train_stream` measured.
+    """What :func:`~transferkit.workflows.continual.train_stream` measured.
 
     Attributes:
         accuracy: ``[T, T]``: row ``i`` after training experience ``i``, column ``j`` test accuracy on experience ``j``.
@@ -333,7 +334,7 @@ class ContinualResult:
                 "metrics": self.metrics, "options": self.options, "seconds": self.seconds}
 
 
-def _backbone(spec, stream: Stream, options: dict | None) -> Backbone:
+def stream_backbone(spec, stream: Stream, options: dict | None) -> Backbone:
     if isinstance(spec, Backbone):
         return copy.deepcopy(spec)
     if callable(spec) and not isinstance(spec, str):
@@ -348,69 +349,12 @@ def _backbone(spec, stream: Stream, options: dict | None) -> Backbone:
 
 
 @torch.no_grad()
-def _accuracy(model: ContinualModel, task_id: int, dataset: ItemDataset) -> float:
+def experience_accuracy(model: ContinualModel, task_id: int, dataset: ItemDataset) -> float:
     model.active = task_id
     probs = predict_outputs(model, dataset.data, dataset=dataset)
     return float((probs.argmax(1) == np.asarray(dataset.data.targets)).mean())
 
 
-def train_stream(backbone, stream: Stream, learner: str | ContinualLearner = "naive", options: dict | None = None,
-                 train_config=None, eval_stream: Stream | None = None,
-                 backbone_options: dict | None = None, on_experience_end=None) -> ContinualResult:
-    """Train ``learner`` on the experiences of ``stream`` in order; test on every experience after each.
-
-    Args:
-        backbone: a spec (``"small-cnn:28"``, ``"efficientnet-lite:0"``, ``"mlp:256x256"``: ``in_features``
-            comes from the data), a :class:`Backbone` (copied) or a factory returning one.
-        stream: the training stream (:func:`~transferkit.data.streams.split_by_classes`, ``permuted``, ``make_stream``).
-        learner: a name in :data:`CONTINUAL` or a learner instance.
-        options: the learner's options (``{"buffer_size": 200}``).
-        train_config: a :class:`~transferkit.training.TrainConfig` for every experience (``seed`` seeds the model).
-        eval_stream: where to test (default: the test sets of ``stream``); same length and scenario.
-        backbone_options: options of :func:`load_backbone` (``{"image_size": 32}``).
-        on_experience_end: called as ``f(i, model, accuracy_row)`` after each experience (checkpoints, logging).
-
-    Raises:
-        ConfigError: unknown learner or option, a learner that does not support the scenario.
-        DataError: no test data to evaluate on, an evaluation stream of another length.
-    """
-    from transferkit.training import TrainConfig, Trainer  # the loop is a higher layer: imported at call time
-
-    cfg = train_config or TrainConfig(progress=False)
-    algo = learner if isinstance(learner, ContinualLearner) else CONTINUAL.get(learner)(options or {})
-    algo.check_stream(stream)
-    for key in [k for k in vars(algo) if k.endswith("_")]:  # state of an earlier stream (memory, anchors)
-        delattr(algo, key)
-    evals = eval_stream or stream
-    if len(evals) != len(stream) or evals.scenario != stream.scenario:
-        raise DataError(f"eval_stream has {len(evals)} {evals.scenario}-incremental experiences; the training stream "
-                        f"has {len(stream)} {stream.scenario}-incremental ones.")
-    if not evals.has_test:
-        missing = [e.task_id for e in evals if e.test is None]
-        raise DataError(f"Stream '{evals.name}' has no test data for experience(s) {missing}; build it with test=... "
-                        f"or pass eval_stream.")
-    start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    bb = _backbone(backbone, stream, backbone_options)
-    algo.check_data(bb, stream[0].train)
-    model = algo.build_model(bb, stream)
-    tests = [ItemDataset(e.test, bb.preprocess) for e in evals]
-    t = len(stream)
-    random_init = None if stream.scenario == "class" else np.array([_accuracy(model, j, tests[j]) for j in range(t)])
-    acc, history = np.zeros((t, t)), []
-    for i, exp in enumerate(stream):
-        algo.begin_experience(model, exp, stream)
-        model, rows = Trainer(cfg).fit(algo, model, exp.train, None)  # a fresh optimizer and schedule each time
-        algo.end_experience(model, exp)
-        history += [{"experience": i, **r} for r in rows]
-        acc[i] = [_accuracy(model, j, tests[j]) for j in range(t)]
-        if on_experience_end is not None:
-            on_experience_end(i, model, acc[i].copy())
-    model.active = t - 1
-    return ContinualResult(algo.name, stream.scenario, acc, random_init, continual_metrics(acc, random_init), history,
-                           model, round(time.perf_counter() - start, 2), algo.config.to_dict())
-
-
 __all__ = ["CONTINUAL", "ContinualConfig", "ContinualLearner", "ContinualModel", "ContinualResult", "EWCConfig",
            "ExperienceDataset", "LwFConfig", "LwFLearner", "Naive", "OnlineEWC", "Progressive", "ProgressiveModel",
-           "Replay", "ReplayBuffer", "ReplayConfig", "distillation", "register_continual", "train_stream"]
+           "Replay", "ReplayBuffer", "ReplayConfig", "distillation", "register_continual", "stream_backbone", "experience_accuracy"]

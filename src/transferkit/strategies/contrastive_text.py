@@ -55,8 +55,10 @@ from torch import nn
 from transferkit.backbones.base import Backbone
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, DataError, check_range
-from transferkit.strategies.base import Strategy, StrategyConfig, TrainDefaults, TransferModel, register_strategy
+from transferkit.strategies.base import (StepContext, Strategy, StrategyConfig, TrainDefaults, TransferModel,
+                                         register_strategy)
 from transferkit.strategies.linear_probe import fit_linear_head
+from transferkit.tasks import get_task
 
 PAIRINGS = ("in-batch", "pairs")
 LOSSES = ("cosine-mse", "contrastive")
@@ -100,7 +102,7 @@ class ContrastiveTextConfig(StrategyConfig):
 
 def pair_targets(targets: np.ndarray, task: str, rule: str = "any") -> np.ndarray:
     """Target cosine of every pair ``[N, N]``: 1 same class, 0 different (multi-label: ``rule``)."""
-    if task == "classification":
+    if get_task(task).single_label:
         y = np.asarray(targets)
         return (y[:, None] == y[None, :]).astype(np.float32)
     Y = np.asarray(targets, dtype=np.float32) > 0.5
@@ -113,12 +115,12 @@ def pair_targets(targets: np.ndarray, task: str, rule: str = "any") -> np.ndarra
 
 def check_pairs(data: TaskData, rule: str = "any") -> None:
     """Refuse data that gives no positive or no negative pair, naming what is missing."""
-    if data.task not in ("classification", "multilabel"):
+    if data.task not in ContrastiveText.tasks:
         raise ConfigError(f"Strategy 'contrastive-text' needs classification or multilabel data; "
                           f"'{data.name}' is {data.task}.")
     if data.targets is None:
         raise DataError(f"Strategy 'contrastive-text' needs labelled data; '{data.name}' has no targets.")
-    if data.task == "classification":
+    if data.task_spec.single_label:
         counts = np.bincount(np.asarray(data.targets, dtype=np.int64))
         if (counts > 0).sum() < 2:
             raise DataError(f"Contrastive pairs need at least 2 classes; '{data.name}' has "
@@ -229,6 +231,8 @@ def embed(backbone: Backbone, items, batch_size: int = 64) -> np.ndarray:
 class ContrastiveText(Strategy):
     """SetFit-style few-shot text classification: contrastive pair fine-tuning, then a linear head."""
 
+    tasks = ("classification", "multilabel")
+
     name = "contrastive-text"
     Config = ContrastiveTextConfig
     modalities = ("text",)
@@ -269,7 +273,7 @@ class ContrastiveText(Strategy):
             pairs = build_pairs(data.targets, data.task, length, seed, c.pair_rule)
         return PairBatches(tokens, data.targets, data.task, length, rule=c.pair_rule, balance=c.balance, pairs=pairs)
 
-    def step(self, model: nn.Module, batch: dict) -> dict:
+    def step(self, model: nn.Module, batch: dict, ctx: StepContext | None = None) -> dict:
         z = F.normalize(model(batch["inputs"]).float(), dim=-1)
         cos = (z[batch["left"]] * z[batch["right"]]).sum(-1)
         t, w = batch["target"], batch["weight"]

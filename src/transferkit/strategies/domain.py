@@ -36,7 +36,8 @@ from transferkit.data.domains import merge_task_data, unlabelled
 from transferkit.data.paired import PairedDataset
 from transferkit.data.splits import subsample
 from transferkit.errors import ConfigError, DataError, check_range
-from transferkit.evaluation import PRIMARY_METRIC, compute_metrics, higher_is_better
+from transferkit.evaluation.metrics import higher_is_better
+from transferkit.tasks import compute_metrics, primary_metric
 from transferkit.evaluation.domain_validation import VALIDATORS, validator_values
 from transferkit.strategies.base import (STRATEGIES, ItemDataset, TrainDefaults, TransferModel, register_strategy,
                                          task_loss)
@@ -191,13 +192,10 @@ class DomainAdaptation(TargetDomain, Finetune):
     Config = DomainConfig
     defaults = TrainDefaults(epochs=20, lr=1e-4, head_lr=1e-3)
     paired: ClassVar[bool] = True  # batches carry "target_inputs"
-    tasks: ClassVar[tuple[str, ...]] = ("classification", "multilabel", "regression")
+    tasks: ClassVar[tuple[str, ...] | None] = ("classification", "multilabel", "regression")
 
     def check_data(self, backbone, data: TaskData) -> None:
         super().check_data(backbone, data)
-        if data.task not in self.tasks:
-            raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.tasks)} tasks; '{data.name}' is "
-                              f"{data.task}.")
         self.check_target(data)
 
     def train_dataset(self, model: TransferModel, data: TaskData):
@@ -207,21 +205,11 @@ class DomainAdaptation(TargetDomain, Finetune):
             return source
         return PairedDataset(source, ItemDataset(pool, model.backbone.preprocess), seed=self._seed)
 
-    # -- progress, for schedules ---------------------------------------------
-    @property
-    def progress(self) -> float:
-        """Training progress p in [0, 1]: epochs done plus the fraction of this epoch's steps."""
-        per_epoch = max(self._steps_per_epoch, 1)
-        return min(1.0, (self._epoch + min(self._step_in_epoch / per_epoch, 1.0)) / max(self._epochs, 1))
-
     def on_epoch_start(self, model: TransferModel, epoch: int, epochs: int) -> None:
         if epoch > 0:
             self._record(model, epoch)  # the model after `epoch` epochs
-            if epoch == 1:
-                self._steps_per_epoch = self._step_in_epoch
             model.train()
         super().on_epoch_start(model, epoch, epochs)
-        self._epoch, self._epochs, self._step_in_epoch = epoch, epochs, 0
 
     # -- fit with checkpoint selection ----------------------------------------
     def fit(self, backbone, train: TaskData, val: TaskData | None, trainer) -> tuple[TransferModel, list[dict]]:
@@ -231,9 +219,6 @@ class DomainAdaptation(TargetDomain, Finetune):
         self._seed = cfg.seed
         torch.manual_seed(cfg.seed)  # the new head and discriminator start the same for a given seed
         model = self.prepare(backbone, train)
-        epochs = trainer.resolved(self)[0]
-        self._epoch, self._epochs, self._step_in_epoch = 0, epochs, 0
-        self._steps_per_epoch = -(-len(self.labelled_pool(train)) // cfg.batch_size)
         self._begin_selection(model, train, val)
         if cfg.patience is not None:
             warnings.warn(f"Strategy '{self.name}' chooses its checkpoint itself (select={self.config.select!r}); "
@@ -254,9 +239,9 @@ class DomainAdaptation(TargetDomain, Finetune):
         self._tgt_ds = ItemDataset(subsample(pool, n, self._seed) if len(pool) > n else pool, pre) if pool else None
         self._records: list[dict] = []
         self._best: tuple[float, int, dict] | None = None
-        self._metric = PRIMARY_METRIC[train.task]
+        self._metric = primary_metric(train.task)
         sel = self.config.select
-        if sel in VALIDATORS and (self._tgt_ds is None or train.task != "classification"):
+        if sel in VALIDATORS and (self._tgt_ds is None or not train.task_spec.single_label):
             raise ConfigError(f"select={sel!r} needs classification with target data; use 'source-val' or 'last'.")
         if sel == "iwv" and self._val is None:
             raise ConfigError("select='iwv' weighs the source validation split: give val_fraction > 0 or val_data.")
@@ -329,7 +314,6 @@ class DomainAdaptation(TargetDomain, Finetune):
             logits = model(concat_inputs(xs, xt))
         finally:
             hook.remove()
-        self._step_in_epoch += 1
         ns = batch_len(xs)
         return logits[:ns], logits[ns:], captured[0][:ns], captured[0][ns:]
 

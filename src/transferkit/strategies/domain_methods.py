@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, check_range
 from transferkit.evaluation.domain_shift import coral_loss, dann_ramp, entropy, grad_reverse, mk_mmd
-from transferkit.strategies.base import TransferModel, register_strategy
+from transferkit.strategies.base import StepContext, TransferModel, register_strategy
 from transferkit.strategies.domain import (DomainAdaptation, DomainConfig, batch_len, concat_inputs,
                                           domain_discriminator)
 from transferkit.strategies.augment import ImageAugment, random_shift_flip
@@ -56,9 +56,9 @@ class _Adversarial(DomainAdaptation):
         disc = list(self.discriminator_.parameters())
         return super().param_groups(model, lr, head_lr) + [{"params": disc, "lr": head_lr, "name": "discriminator"}]
 
-    def coefficient(self) -> float:
+    def coefficient(self, ctx: StepContext | None) -> float:
         """The adversarial weight now: ``weight`` times DANN's ramp over training progress."""
-        return self.config.weight * dann_ramp(self.progress, self.config.gamma)
+        return self.config.weight * dann_ramp((ctx or StepContext()).progress, self.config.gamma)
 
     def domain_loss(self, h: torch.Tensor, ns: int, sample_weight: torch.Tensor | None = None):
         """Binary cross-entropy of the discriminator on ``h`` (source rows first, target = 1), and its accuracy."""
@@ -85,9 +85,9 @@ class DANN(_Adversarial):
 
     name = "dann"
 
-    def step(self, model, batch: dict) -> dict:
+    def step(self, model, batch: dict, ctx: StepContext | None = None) -> dict:
         ls, _, fs, ft = self.forward_pair(model, batch)
-        lam = self.coefficient()
+        lam = self.coefficient(ctx)
         cls = self.source_loss(ls, batch)
         dom, acc = self.domain_loss(grad_reverse(torch.cat([fs, ft]), lam), len(fs))
         return {"loss": cls + dom, "source_loss": cls.detach(), "domain_loss": dom.detach(), "domain_acc": acc,
@@ -138,11 +138,11 @@ class CDAN(_Adversarial):
         rf, rg = (r.to(f.device, f.dtype) for r in self._random_map)
         return (f @ rf) * (g @ rg) / self.config.map_dim ** 0.5
 
-    def step(self, model, batch: dict) -> dict:
+    def step(self, model, batch: dict, ctx: StepContext | None = None) -> dict:
         ls, lt, fs, ft = self.forward_pair(model, batch)
         cls = self.source_loss(ls, batch)
         g = torch.cat([ls, lt]).float().softmax(-1).detach()
-        h = grad_reverse(self.multilinear(torch.cat([fs, ft]).float(), g), self.coefficient())
+        h = grad_reverse(self.multilinear(torch.cat([fs, ft]).float(), g), self.coefficient(ctx))
         weight = None
         if self.config.entropy_conditioning:
             weight = 1.0 + torch.exp(-entropy(g))
@@ -162,7 +162,7 @@ class MMD(DomainAdaptation):
 
     name = "mmd"
 
-    def step(self, model, batch: dict) -> dict:
+    def step(self, model, batch: dict, ctx: StepContext | None = None) -> dict:
         ls, _, fs, ft = self.forward_pair(model, batch)
         cls = self.source_loss(ls, batch)
         term = mk_mmd(fs, ft)
@@ -185,7 +185,7 @@ class Coral(DomainAdaptation):
     name = "coral"
     Config = CoralConfig
 
-    def step(self, model, batch: dict) -> dict:
+    def step(self, model, batch: dict, ctx: StepContext | None = None) -> dict:
         ls, _, fs, ft = self.forward_pair(model, batch)
         cls = self.source_loss(ls, batch)
         term = coral_loss(fs, ft)
@@ -254,7 +254,7 @@ class SelfTraining(DomainAdaptation):
         self._strong = ImageAugment("randaugment", mean, std) if known else None
         return model
 
-    def step(self, model, batch: dict) -> dict:
+    def step(self, model, batch: dict, ctx: StepContext | None = None) -> dict:
         xs, xt = batch["inputs"], batch["target_inputs"]
         images = isinstance(xt, torch.Tensor) and xt.dim() == 4
         if images:
@@ -265,7 +265,6 @@ class SelfTraining(DomainAdaptation):
             logits = model(concat_inputs(xs, xt))
             ls, lw = logits[:batch_len(xs)], logits[batch_len(xs):]
             lst = lw
-        self._step_in_epoch += 1
         cls = self.source_loss(ls, batch)
         conf, pseudo = lw.detach().float().softmax(-1).max(-1)
         mask = (conf >= self.config.threshold).float()

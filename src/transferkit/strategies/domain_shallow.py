@@ -34,6 +34,8 @@ from transferkit.strategies.linear_probe import C_GRID, LinearProbe, LinearProbe
 class _ShallowDomain(TargetDomain, LinearProbe):
     """A frozen backbone, cached source and target features, a linear head fitted in closed form."""
 
+    tasks = ("classification",)
+
     defaults = TrainDefaults(epochs=1)
 
     def check_data(self, backbone, data: TaskData) -> None:
@@ -135,8 +137,6 @@ class ReweightLinear(_ShallowDomain):
     def fit(self, backbone: Backbone, train: TaskData, val: TaskData | None, trainer) -> tuple[TransferModel, list[dict]]:
         from sklearn.model_selection import StratifiedKFold
 
-        if train.task != "classification":
-            raise ConfigError(f"Strategy '{self.name}' supports classification; '{train.name}' is {train.task}.")
         self.check_data(backbone, train)
         c, seed, k = self.config, trainer.config.seed, max(train.num_outputs, 1)
         xs, xt, (xl, yl), xv = self._features(backbone, train, val)

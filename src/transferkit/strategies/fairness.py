@@ -32,7 +32,7 @@ from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, check_range
 from transferkit.evaluation.domain_shift import dann_ramp, grad_reverse
 from transferkit.evaluation.fairness import check_sensitive, kamiran_calders_weights
-from transferkit.strategies.base import ItemDataset, TransferModel, register_strategy, task_loss
+from transferkit.strategies.base import ItemDataset, StepContext, TransferModel, register_strategy, task_loss
 from transferkit.strategies.finetune import Finetune, FinetuneConfig
 
 ADVERSARY_INPUTS = ("features", "outputs", "outputs+label")
@@ -57,14 +57,14 @@ class GroupItemDataset(ItemDataset):
 class _GroupAware(Finetune):
     """Shared parts: the data check, the group index of each item, no mixing of examples."""
 
+    tasks = ("classification",)
+
     needs_sensitive: ClassVar[bool] = True
     #: the group names, in index order (set by :meth:`group_index`)
     group_names_: list[str] | None = None
 
     def check_data(self, backbone, data: TaskData) -> None:
         super().check_data(backbone, data)
-        if data.task != "classification":
-            raise ConfigError(f"Strategy '{self.name}' is for classification; '{data.name}' is {data.task}.")
         if data.sensitive is None:
             raise ConfigError(f"Strategy '{self.name}' needs the sensitive attribute (the group) of every training "
                               f"item, and '{data.name}' has none. Give the group column: Python "
@@ -178,12 +178,7 @@ class AdversarialDebiasing(_GroupAware):
         model = super().prepare(backbone, data)
         groups = len(np.unique(check_sensitive(data.sensitive, len(data), data.sensitive_name)))
         self.adversary_ = adversary(self._input_width(model, data), groups, self.config.hidden)
-        self._step = 0
         return model
-
-    def fit(self, backbone, train: TaskData, val: TaskData | None, trainer) -> tuple[TransferModel, list[dict]]:
-        self._total_steps = trainer.resolved(self)[0] * max(1, -(-len(train) // trainer.config.batch_size))
-        return super().fit(backbone, train, val, trainer)
 
     def train_dataset(self, model: TransferModel, data: TaskData) -> ItemDataset:
         return GroupItemDataset(data, model.backbone.preprocess, self.group_index(data))
@@ -193,12 +188,15 @@ class AdversarialDebiasing(_GroupAware):
         return super().param_groups(model, lr, head_lr) + [
             {"params": list(self.adversary_.parameters()), "lr": adv_lr, "name": "adversary"}]
 
-    def coefficient(self) -> float:
+    def coefficient(self, ctx: StepContext | None) -> float:
         """The adversarial weight now: ``weight`` times the ramp (constant with ``gamma=0``)."""
         if self.config.gamma == 0:
             return self.config.weight
-        progress = self._step / max(getattr(self, "_total_steps", 1), 1)
-        return self.config.weight * dann_ramp(progress, self.config.gamma)
+        return self.config.weight * dann_ramp((ctx or StepContext()).progress, self.config.gamma)
+
+    def step(self, model: nn.Module, batch: dict, ctx: StepContext | None = None) -> dict:
+        # the weight rides with the batch into _task_step (which the regularizers wrap)
+        return super().step(model, {**batch, "adversary_weight": self.coefficient(ctx)}, ctx)
 
     def _adversary_input(self, features: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         kind = self.config.adversary_input
@@ -219,8 +217,7 @@ class AdversarialDebiasing(_GroupAware):
         finally:
             hook.remove()
         cls = task_loss(logits, batch["targets"], batch["task"], self.config.label_smoothing)
-        lam = self.coefficient()
-        self._step += 1
+        lam = batch.get("adversary_weight", self.config.weight)
         adv = self.adversary_
         if next(adv.parameters()).device != captured[0].device:
             adv.to(captured[0].device)  # in place: the optimizer keeps the same Parameter objects

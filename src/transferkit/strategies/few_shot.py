@@ -46,12 +46,13 @@ from torch import nn
 from torch.func import functional_call
 
 from transferkit.backbones.base import Backbone
+from transferkit.data.batches import to_device
 from transferkit.data.dataset import TaskData
 from transferkit.data.episodes import episode_sampler, smallest_class
 from transferkit.errors import ConfigError, check_range
 from transferkit.evaluation.few_shot import DISTANCES, prototypes
 from transferkit.strategies.base import (ItemDataset, Strategy, StrategyConfig, TrainDefaults, TransferModel,
-                                         _to_device, linear_head, register_strategy)
+                                         linear_head, register_strategy)
 
 
 @dataclass
@@ -199,11 +200,10 @@ def _device(trainer) -> torch.device:
 class EpisodicStrategy(Strategy):
     """Shared by ``protonet`` and ``maml``: classification only; the episodic training loop."""
 
+    tasks = ("classification",)
+
     def check_data(self, backbone: Backbone | None, data: TaskData) -> None:
         super().check_data(backbone, data)
-        if data.task != "classification":
-            raise ConfigError(f"Strategy '{self.name}' supports single-label classification; '{data.name}' is "
-                              f"{data.task}.")
 
     def episode_shape(self, data: TaskData) -> tuple[int, int, int]:
         """``(n_way, k_shot, n_query)`` of training episodes, defaults resolved against ``data``."""
@@ -236,7 +236,7 @@ class EpisodicStrategy(Strategy):
         ds = ItemDataset(train, model.backbone.preprocess)
 
         def part(idx, labels):
-            return _to_device(ds.collate(idx.tolist())["inputs"], device), torch.as_tensor(labels, device=device)
+            return to_device(ds.collate(idx.tolist())["inputs"], device), torch.as_tensor(labels, device=device)
 
         history = []
         for epoch in range(epochs):
@@ -361,6 +361,6 @@ class MAML(EpisodicStrategy):
             opt.zero_grad(set_to_none=True)
             for start in range(0, len(data), c.batch_size):
                 idx = list(range(start, min(start + c.batch_size, len(data))))
-                logits = model(_to_device(ds.collate(idx)["inputs"], device))
+                logits = model(to_device(ds.collate(idx)["inputs"], device))
                 (F.cross_entropy(logits, y[idx], reduction="sum") / len(data)).backward()
             opt.step()

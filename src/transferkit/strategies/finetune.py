@@ -31,7 +31,7 @@ from transferkit.errors import ConfigError, check_range
 from transferkit.strategies import regularizers
 from transferkit.strategies.augment import (POLICIES, ImageAugment, mix_batch, random_shift_flip,  # noqa: F401
                                             resolve_policy, soft_target_cross_entropy)
-from transferkit.strategies.base import (Strategy, StrategyConfig, TrainDefaults, TransferModel,
+from transferkit.strategies.base import (StepContext, Strategy, StrategyConfig, TrainDefaults, TransferModel,
                                          frozen_batchnorm_to_eval, register_strategy)
 from transferkit.strategies.regularizers import REGULARIZERS
 
@@ -160,7 +160,7 @@ class Finetune(Strategy):
     def _check_mixing(self, data: TaskData) -> None:
         """Mixup/cutmix mix images and one-hot labels; named policies act on images only."""
         c = self.config
-        if (c.mixup > 0 or c.cutmix > 0) and (data.modality != "image" or data.task != "classification"):
+        if (c.mixup > 0 or c.cutmix > 0) and (data.modality != "image" or not data.task_spec.single_label):
             raise ConfigError(f"mixup and cutmix mix images and their class labels, so they need image "
                               f"classification data; '{data.name}' is {data.modality} {data.task}. "
                               f"Set mixup=0 and cutmix=0.")
@@ -177,7 +177,7 @@ class Finetune(Strategy):
     def on_epoch_start(self, model: TransferModel, epoch: int, epochs: int) -> None:
         frozen_batchnorm_to_eval(model.backbone)
 
-    def step(self, model: nn.Module, batch: dict) -> dict:
+    def step(self, model: nn.Module, batch: dict, ctx: StepContext | None = None) -> dict:
         # Mix first, so the task loss and every penalty see the same (mixed) inputs.
         c = self.config
         if (c.mixup > 0 or c.cutmix > 0) and "targets" in batch:

@@ -19,10 +19,16 @@ from torch import nn
 from transferkit.backbones.base import Backbone
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, check_range
+from transferkit.tasks import get_task
 from transferkit.strategies.base import (Strategy, StrategyConfig, TrainDefaults, TransferModel, linear_head,
                                          register_strategy)
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+def _kind(task: str) -> str:
+    """How the task encodes targets (``class``, ``multi-hot``, ``value``): what the closed-form fit depends on."""
+    return get_task(task).target_kind
 
 
 @dataclass
@@ -41,14 +47,14 @@ class LinearProbeConfig(StrategyConfig):
 def _model(task: str, C: float, max_iter: int, seed: int):
     from sklearn.linear_model import LogisticRegression, Ridge
 
-    if task == "regression":
+    if _kind(task) == "value":
         return Ridge(alpha=1.0 / C)
     return LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
 
 
 def _fit(task: str, X, y, C: float, max_iter: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fit one linear model; returns (weight [out, in], bias [out])."""
-    if task == "multilabel":
+    if _kind(task) == "multi-hot":
         ws, bs = [], []
         for j in range(y.shape[1]):
             col = y[:, j].astype(int)
@@ -61,16 +67,16 @@ def _fit(task: str, X, y, C: float, max_iter: int, seed: int) -> tuple[np.ndarra
             bs.append(m.intercept_)
         return np.stack(ws), np.concatenate(bs)
     m = _model(task, C, max_iter, seed).fit(X, y)
-    if task == "regression":
+    if _kind(task) == "value":
         return np.atleast_2d(m.coef_), np.atleast_1d(m.intercept_)
     return m.coef_, m.intercept_
 
 
 def _score(task: str, w, b, X, y) -> float:
     z = X @ w.T + b
-    if task == "classification":
+    if _kind(task) == "class":
         return float((z.argmax(1) == y).mean())
-    if task == "multilabel":
+    if _kind(task) == "multi-hot":
         return float(((z > 0) == (y > 0.5)).mean())
     return -float(((z[:, 0] - y) ** 2).mean())
 
@@ -82,7 +88,7 @@ def _path_scores(task: str, X, y, Xv, yv, max_iter: int, seed: int) -> dict[floa
     regularisation, each fit warm-started from the previous solution (the
     regularisation path), which cuts L-BFGS iterations several-fold.
     """
-    if task != "classification":
+    if _kind(task) != "class":
         return {C: _score(task, *_fit(task, X, y, C, max_iter, seed), Xv, yv) for C in C_GRID}
     from sklearn.linear_model import LogisticRegression
 
@@ -102,7 +108,7 @@ def _choose_C(task: str, X, y, val: tuple | None, max_iter: int, seed: int) -> t
         scores = _path_scores(task, X, y, val[0], val[1], max_iter, seed)
     else:
         folds_wanted = 5 if len(y) <= 1000 else 3
-        if task == "classification":
+        if _kind(task) == "class":
             k = int(min(folds_wanted, np.bincount(y).min()))
             splitter = StratifiedKFold(k, shuffle=True, random_state=seed) if k >= 2 else None
         else:
@@ -143,7 +149,7 @@ def fit_linear_head(task: str, X: np.ndarray, y: np.ndarray, *, val: tuple | Non
         if C is None:
             C, info["selection_score"] = _choose_C(task, Xs, y, vs, max_iter, seed)
         w, b = _fit(task, Xs, y, C, max_iter, seed)
-    if task == "classification" and w.shape[0] == 1:  # binary: sklearn returns one row
+    if _kind(task) == "class" and w.shape[0] == 1:  # binary: sklearn returns one row
         w, b = np.concatenate([-w / 2, w / 2]), np.concatenate([-b / 2, b / 2])
     w = w / scale
     b = b - w @ mean
@@ -161,6 +167,7 @@ class LinearProbe(Strategy):
 
     name = "linear-probe"
     Config = LinearProbeConfig
+    tasks = ("classification", "multilabel", "regression")  # the closed-form fits of fit_linear_head
     defaults = TrainDefaults(epochs=1)
 
     def fit(self, backbone: Backbone, train: TaskData, val: TaskData | None, trainer) -> tuple[TransferModel, list[dict]]:

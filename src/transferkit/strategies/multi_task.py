@@ -34,6 +34,7 @@ strategy trains one task and returns a :class:`TransferModel`, like any other.
 Example:
     >>> from transferkit.data.multitask import load_penguins_multitask
     >>> train, test = load_penguins_multitask(seed=0)                                 # doctest: +SKIP
+    >>> from transferkit.workflows.multitask import fit_multitask
     >>> model, history = fit_multitask("mlp:64x64", train, weighting="uncertainty")    # doctest: +SKIP
     >>> evaluate_multitask(model, test)["sex"]["accuracy"]                            # doctest: +SKIP
 """
@@ -49,8 +50,9 @@ from torch import nn
 from transferkit.backbones.base import Backbone
 from transferkit.data.dataset import TaskData
 from transferkit.data.multitask import MultiTaskData
+from transferkit.tasks import get_task
 from transferkit.errors import ConfigError, DataError, check_range, unknown_name
-from transferkit.strategies.base import (ItemDataset, Strategy, StrategyConfig, TrainDefaults, TransferModel,
+from transferkit.strategies.base import (ItemDataset, StepContext, Strategy, StrategyConfig, TrainDefaults, TransferModel,
                                          frozen_batchnorm_to_eval, linear_head, predict_outputs, register_strategy,
                                          task_loss)
 
@@ -278,14 +280,15 @@ class MultiTask(Strategy):
         outputs = model(batch["inputs"], separate=batch["separate"])
         return {t: task_loss(outputs[t], batch["targets"][t], m.task_kinds[t]) for t in outputs}
 
-    def step(self, model: nn.Module, batch: dict) -> dict:
+    def step(self, model: nn.Module, batch: dict, ctx: StepContext | None = None) -> dict:
         c, m = self.config, _unwrap(model)
         losses = self.task_losses(model, batch)
         weights = c.weights or {}
         if c.weighting == "uncertainty":
             terms = {}
             for k, (t, loss) in enumerate(losses.items()):
-                half = 0.5 if m.task_kinds[t] == "regression" else 1.0
+                # Kendall et al.: 1/(2 sigma^2) for a Gaussian likelihood (values), 1/sigma^2 for a softmax.
+                half = 0.5 if get_task(m.task_kinds[t]).target_kind == "value" else 1.0
                 terms[t] = half * (torch.exp(-m.log_vars[k]) * loss + m.log_vars[k])
         elif c.weighting == "gradnorm":
             with torch.no_grad():  # GradNorm keeps the weights positive and summing to the number of tasks
@@ -379,46 +382,13 @@ class MultiTask(Strategy):
 # ---------------------------------------------------------------- public functions
 
 
-def fit_multitask(backbone: str | Backbone, data: MultiTaskData, *, sharing: str = "hard", weighting: str = "fixed",
-                  weights: dict | None = None, soft_penalty: float = 1e-3, gradnorm_alpha: float = 1.5,
-                  finetune: bool = True, train_config=None, val: MultiTaskData | None = None, pretrained: bool = True,
-                  **backbone_options) -> tuple[MultiTaskModel, list[dict]]:
-    """Train one model on every task of ``data``.
-
-    Args:
-        backbone: a spec (``"mlp:64x64"``, ``"efficientnet-lite:0"``) or a :class:`Backbone`.
-        data: the tasks (shared inputs or separate data).
-        sharing, weighting, weights, soft_penalty, gradnorm_alpha, finetune: see :class:`MultiTaskConfig`.
-        train_config: a :class:`transferkit.training.TrainConfig`.
-        val: optional validation tasks, scored after the final epoch.
-        **backbone_options: passed to ``load_backbone`` (tabular ``in_features`` is filled in from the data).
-
-    Returns:
-        ``(model, history)``; ``model.task_model(name)`` is one task's :class:`TransferModel`.
-    """
-    from transferkit.backbones import load_backbone
-    from transferkit.training import TrainConfig, Trainer  # the loop is a higher layer: imported at call time
-
-    if not isinstance(data, MultiTaskData):
-        raise DataError(f"fit_multitask needs a MultiTaskData. Got {type(data).__name__}.")
-    train_config = train_config or TrainConfig()
-    if isinstance(backbone, str):
-        torch.manual_seed(train_config.seed)  # a backbone trained from scratch starts the same for the same seed
-        if data.modality == "tabular" and "in_features" not in backbone_options:
-            backbone_options["in_features"] = int(np.asarray(next(iter(data.tasks.values())).items).shape[1])
-        backbone = load_backbone(backbone, pretrained=pretrained, **backbone_options)
-    strategy = MultiTask(sharing=sharing, weighting=weighting, weights=weights, soft_penalty=soft_penalty,
-                         gradnorm_alpha=gradnorm_alpha, finetune=finetune)
-    return strategy.fit(backbone, data, val, Trainer(train_config))
-
-
 def evaluate_multitask(model: MultiTaskModel, test: MultiTaskData, batch_size: int = 64) -> dict[str, dict]:
     """Per-task metrics (:func:`transferkit.evaluation.compute_metrics`) of ``model`` on the tasks of ``test``.
 
     Raises:
         UnknownNameError: ``test`` holds a task the model has no head for.
     """
-    from transferkit.evaluation import compute_metrics
+    from transferkit.tasks import compute_metrics
 
     if not isinstance(test, MultiTaskData):
         raise DataError(f"evaluate_multitask needs a MultiTaskData. Got {type(test).__name__}.")

@@ -77,6 +77,7 @@ class Scratch(Finetune):
     Config = ScratchConfig
     kind = "scratch"
     modalities = ("image", "text")
+    tasks = ("classification", "multilabel", "regression")  # its baselines pool one vector per item
     defaults = TrainDefaults(epochs=60, lr=3e-3, head_lr=3e-3)
 
     def variant(self, data: TaskData) -> str:

@@ -1,6 +1,6 @@
 """Self-supervised pre-training on unlabelled target data, before fine-tuning (the hybrid recipe).
 
-:func:`pretrain` trains a backbone in place on unlabelled items and returns it,
+:func:`transferkit.workflows.pretrain.pretrain` trains a backbone in place on unlabelled items and returns it,
 ready for any fine-tuning strategy (or :func:`~transferkit.backbones.save_checkpoint`
 for a ``file:`` spec). Methods (:data:`PRETRAINERS`):
 
@@ -36,7 +36,8 @@ from transferkit.data.dataset import TaskData
 from transferkit.data.domains import unlabelled
 from transferkit.errors import ConfigError, DataError, check_range
 from transferkit.registry import Registry
-from transferkit.strategies.base import ItemDataset, Strategy, StrategyConfig, TrainDefaults, TransferModel
+from transferkit.strategies.base import (ItemDataset, StepContext, Strategy, StrategyConfig, TrainDefaults,
+                                         TransferModel)
 
 PRETRAINERS: Registry[type["Pretrainer"]] = Registry("pre-training method")
 #: Backbone families MLM works on (a transformer encoder with a tokenizer vocabulary).
@@ -290,7 +291,7 @@ class SimCLR(_TwoViewPretrainer):
         d = backbone.num_features
         return _mlp([d, self.config.proj_hidden or d, self.config.proj_dim], last_bn=False)
 
-    def step(self, model: nn.Module, batch: dict) -> dict:
+    def step(self, model: nn.Module, batch: dict, ctx: StepContext | None = None) -> dict:
         z1, z2 = self.two_views(model, batch["inputs"])
         return {"loss": nt_xent(z1, z2, self.config.temperature)}
 
@@ -329,7 +330,7 @@ class SimSiam(_TwoViewPretrainer):
     def build_head(self, backbone: Backbone) -> nn.Module:
         return SimSiamHead(backbone.num_features, self.config.proj_dim, self.config.pred_dim)
 
-    def step(self, model: nn.Module, batch: dict) -> dict:
+    def step(self, model: nn.Module, batch: dict, ctx: StepContext | None = None) -> dict:
         (z1, z2), (p1, p2) = self.two_views(model, batch["inputs"])
         return {"loss": simsiam_loss(p1.float(), p2.float(), z1.float(), z2.float())}
 
@@ -429,7 +430,7 @@ class MaskedLM(Pretrainer):
             special |= inputs["attention_mask"] == 0
         return special
 
-    def step(self, model: nn.Module, batch: dict) -> dict:
+    def step(self, model: nn.Module, batch: dict, ctx: StepContext | None = None) -> dict:
         inputs, c = batch["inputs"], self.config
         masked, labels = mask_tokens(inputs["input_ids"], self.special_mask(inputs), self.mask_id_, self.vocab_,
                                      mask_prob=c.mask_prob,
@@ -447,51 +448,3 @@ for _cls in (SimCLR, SimSiam, MaskedLM):
 # ----------------------------------------------------------------------------- entry point
 
 
-def pretrain(backbone: Backbone | str, data: Any, method: str = "simclr", *, options: dict | None = None,
-             epochs: int | None = None, lr: float | None = None, batch_size: int | None = None, seed: int = 0,
-             max_items: int | None = None, progress: bool = False, **train_options: Any) -> tuple[Backbone, list[dict]]:
-    """Pre-train ``backbone`` in place on unlabelled ``data`` with a self-supervised method.
-
-    Args:
-        backbone: a :class:`Backbone` (trained in place) or a spec string.
-        data: a TaskData or any form ``fit``'s target data takes (labels, if any, are ignored).
-        method: a name of :data:`PRETRAINERS`: ``simclr``, ``simsiam`` (images) or ``mlm`` (text).
-        options: the method's config fields (``transferkit.strategies.self_supervised.SimCLRConfig``, ...).
-        epochs, lr: default per method (simclr/simsiam 10 epochs at 1e-3, mlm 3 at 5e-5); the
-            method's new head trains at the method's head/body ratio times ``lr``.
-        batch_size: default 128 for images, 16 for mlm.
-        seed: seeds the item draw, the head's init, the shuffling and the masks/augmentations.
-        max_items: pre-train on a random subset of this many items.
-        **train_options: further :class:`~transferkit.training.TrainConfig` fields (``cpu``, ``weight_decay``, ...).
-
-    Returns:
-        ``(backbone, history)``: the same backbone object, in eval mode, and one dict per epoch
-        (``epoch``, ``train_loss``). ``backbone.pretrained`` becomes ``False``: its weights are
-        no longer those its spec loads, so bundles store them in full.
-
-    Example:
-        >>> bb = load_backbone("small-cnn:28")                                            # doctest: +SKIP
-        >>> bb, history = pretrain(bb, unlabelled_images, "simclr", epochs=5)              # doctest: +SKIP
-        >>> save_checkpoint(bb, "runs/simclr.safetensors")  # fit("file:runs/simclr.safetensors", ...)  # doctest: +SKIP
-    """
-    from transferkit.backbones import load_backbone
-    from transferkit.data.domains import resolve_domain_data
-    from transferkit.data.splits import subsample
-    from transferkit.training import TrainConfig, Trainer  # the loop is a higher layer: imported at call time
-
-    strategy = PRETRAINERS.get(method)(options or {})
-    if isinstance(backbone, str):
-        backbone = load_backbone(backbone)
-    data = unlabelled(data if isinstance(data, TaskData) else resolve_domain_data(data))
-    if max_items is not None:
-        data = subsample(data, max_items, seed)
-    strategy.check_data(backbone, data)
-    d = strategy.defaults
-    head_lr = lr * d.head_lr / d.lr if lr is not None else None
-    config = TrainConfig(epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size or strategy.batch_size,
-                         seed=seed, progress=progress, **train_options)
-    torch.manual_seed(seed)  # the head initialises the same way for the same seed
-    model = strategy.prepare(backbone, data)
-    _, history = Trainer(config).fit(strategy, model, data, None)
-    backbone.pretrained = False
-    return backbone.eval(), history

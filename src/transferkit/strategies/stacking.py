@@ -42,6 +42,7 @@ from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, check_range
 from transferkit.strategies.base import Strategy, StrategyConfig, TrainDefaults, TransferModel, register_strategy
 from transferkit.strategies.linear_probe import fit_linear_head
+from transferkit.tasks.heads import register_head
 
 EXAMPLE = "concat:efficientnet-lite:0+efficientnet-lite:1"
 
@@ -81,10 +82,14 @@ class MemberProbabilities(nn.Module):
 class StackingHead(nn.Sequential):
     """The stacked head: :class:`MemberProbabilities`, then the meta-learner's ``nn.Linear`` (``head[-1]``).
 
+    Registered as the ``stacking`` head, so bundles rebuild it without knowing this strategy.
+
     Args:
         slices: ``(start, stop)`` of each member's columns in the concatenated features.
         num_classes: C.
     """
+
+    head_kind = "stacking"
 
     def __init__(self, slices: Sequence[tuple[int, int]], num_classes: int):
         super().__init__(MemberProbabilities(slices, num_classes), nn.Linear(len(slices) * num_classes, num_classes))
@@ -98,6 +103,14 @@ class StackingHead(nn.Sequential):
     @classmethod
     def from_manifest(cls, head: dict) -> "StackingHead":
         return cls([tuple(s) for s in head["slices"]], int(head["out_features"]))
+
+
+def _build_stacking_head(in_features: int, out_features: int, **options) -> nn.Module:
+    raise ConfigError("The stacking head is built by the 'stacking' strategy from its members' slices.")
+
+
+register_head("stacking", _build_stacking_head, StackingHead.describe, StackingHead.from_manifest,
+              help="a probe per stacked model, then a meta-learner (strategy 'stacking')")
 
 
 def stacking_members(backbone: Backbone, strategy: str = "stacking") -> list[Backbone]:
@@ -206,6 +219,8 @@ def member_features(backbone: Backbone, data: TaskData, batch_size: int = 64) ->
 class Stacking(Strategy):
     """Frozen source models; per-model linear probes stacked by a meta-learner on out-of-fold probabilities."""
 
+    tasks = ("classification",)
+
     name = "stacking"
     Config = StackingConfig
     defaults = TrainDefaults(epochs=1)
@@ -217,9 +232,6 @@ class Stacking(Strategy):
 
         self.check_data(backbone, train)
         members = stacking_members(backbone, self.name)
-        if train.task != "classification":
-            raise ConfigError(f"Strategy '{self.name}' stacks classifiers; '{train.name}' is {train.task}. "
-                              f"For regression, use 'linear-probe' on the concat backbone '{backbone.spec}'.")
         seed = getattr(getattr(trainer, "config", None), "seed", 0) or 0
         cfg = self.config
         features = [extract_features(m, train, batch_size=cfg.batch_size) for m in members]

@@ -158,6 +158,8 @@ class ZeroShot(Strategy):
     ``modalities`` lists text; image data is accepted with a backbone that has a text tower (``clip:``).
     """
 
+    tasks = ("classification",)
+
     name = "zero-shot"
     Config = ZeroShotConfig
     modalities = ("text",)
@@ -175,8 +177,9 @@ class ZeroShot(Strategy):
                 raise ConfigError(f"Backbone '{backbone.spec}' takes text input but data '{data.name}' is image.")
         else:
             super().check_data(backbone, data)
-        if data.task != "classification":
-            raise ConfigError(f"zero-shot supports single-label classification; data '{data.name}' is {data.task}.")
+        if data.task not in self.tasks:
+            raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.tasks)} tasks; "
+                              f"'{data.name}' is {data.task}.")
 
     def fit(self, backbone: Backbone, train: TaskData, val: TaskData | None,
             trainer) -> tuple[TransferModel, list[dict]]:

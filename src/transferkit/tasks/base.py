@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferkit.backbones.base import FeatureSpec
 from transferkit.errors import DataError
 
 #: Target value ignored by the loss and the metrics (Hugging Face's convention for sub-tokens and padding).
@@ -48,6 +49,7 @@ class Task:
         feature_kind: ``"pooled"`` (one vector per item) or ``"sequence"`` (a vector per token/frame).
         head: the name of the default head in :data:`transferkit.tasks.heads.HEADS`.
         single_label: one class per item (stratification, ``labels_per_class``).
+        target_kind: how targets are encoded (``class``, ``multi-hot``, ``value``, ...).
         has_labels: outputs are named by ``label_names``.
         pipeline_tags: modality -> Hugging Face Hub pipeline tag.
     """
@@ -60,6 +62,9 @@ class Task:
     has_labels: ClassVar[bool] = True
     pipeline_tags: ClassVar[dict[str, str]] = {}
     metric_names: ClassVar[tuple[str, ...]] = ()
+    #: How targets are encoded: ``"class"`` (an index per item), ``"multi-hot"`` (a 0/1 row per item),
+    #: ``"value"`` (a number per item), or another word a task defines (``"per-token"``).
+    target_kind: ClassVar[str] = ""
 
     # -- targets ---------------------------------------------------------------
     def num_outputs(self, label_names: Sequence[str] | None) -> int:
@@ -83,11 +88,15 @@ class Task:
         return None
 
     # -- model -----------------------------------------------------------------
-    def make_head(self, in_features: int, num_outputs: int, *, dropout: float = 0.0, **options: Any) -> nn.Module:
-        """The task's default head from the head registry."""
-        from transferkit.tasks.heads import HEADS
+    def make_head(self, spec: FeatureSpec, num_outputs: int, *, dropout: float = 0.0, **options: Any) -> nn.Module:
+        """The task's default head from the head registry, on features shaped as ``spec`` says.
 
-        return HEADS.get(self.head)(in_features, num_outputs, dropout=dropout, **options)
+        The default reads ``spec.dim`` (pooled or sequence features); a task on a
+        feature pyramid overrides this to pass the channels and strides.
+        """
+        from transferkit.tasks.heads import build_head
+
+        return build_head(self.head, spec.dim, num_outputs, dropout=dropout, **options)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
         raise NotImplementedError
@@ -134,7 +143,7 @@ class Task:
     def describe(self) -> dict:
         """For ``transferkit list tasks``."""
         return {"name": self.name, "primary_metric": self.primary_metric, "metrics": list(self.metric_names),
-                "features": self.feature_kind, "head": self.head, "single_label": self.single_label}
+                "features": self.feature_kind, "head": self.head, "targets": self.target_kind}
 
 
 def check_no_nan(values: np.ndarray, where: str) -> None:

@@ -54,7 +54,7 @@ def build_head(kind: str, in_features: int, out_features: int, **options) -> nn.
 
 def describe_head(head: nn.Module) -> dict:
     """The manifest entry of ``head``: its kind and what :func:`rebuild_head` needs."""
-    kind = getattr(head, "head_kind", None) or getattr(head, "describe_kind", None) or "linear"
+    kind = getattr(head, "head_kind", None) or "linear"
     return {**HEADS.get(kind).describe(head), "kind": kind}
 
 

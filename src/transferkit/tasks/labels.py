@@ -17,10 +17,11 @@ _IMAGE_TAGS = "image-classification"
 
 
 class Classification(Task):
-    """One class per item: softmax over ``label_names``, cross-entropy, accuracy."""
+    """One class per item: softmax over the label names, cross-entropy, accuracy."""
 
     name = "classification"
     primary_metric = "accuracy"
+    target_kind = "class"
     single_label = True
     pipeline_tags = {"image": _IMAGE_TAGS, "text": _TEXT_TAGS}
     metric_names = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "log_loss")
@@ -71,6 +72,7 @@ class MultiLabel(Task):
 
     name = "multilabel"
     primary_metric = "macro_f1"
+    target_kind = "multi-hot"
     pipeline_tags = {"image": _IMAGE_TAGS, "text": _TEXT_TAGS}
     metric_names = ("micro_f1", "macro_f1", "mAP", "subset_accuracy")
 
@@ -108,6 +110,7 @@ class Regression(Task):
 
     name = "regression"
     primary_metric = "r2"
+    target_kind = "value"
     has_labels = False
     pipeline_tags = {"text": _TEXT_TAGS}
     metric_names = ("r2", "mse", "rmse", "mae")

@@ -16,8 +16,9 @@ from torch import nn
 
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, check_range
-from transferkit.evaluation import PRIMARY_METRIC, compute_metrics, higher_is_better
-from transferkit.strategies.base import ItemDataset, Strategy, TransferModel, predict_outputs
+from transferkit.evaluation.metrics import higher_is_better
+from transferkit.tasks import compute_metrics, primary_metric
+from transferkit.strategies.base import ItemDataset, StepContext, Strategy, TransferModel, predict_outputs
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -202,11 +203,13 @@ class Trainer:
             sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.schedule, steps, warm))
         wrapped, optimizer, loader, sched = acc.prepare(model, optimizer, loader, sched)
         val_ds = ItemDataset(val, model.backbone.preprocess) if val is not None and len(val) else None
+        ctx = StepContext(total_steps=max(steps, 1), epochs=epochs, accumulation=cfg.grad_accum,
+                          world_size=acc.num_processes)
         if cfg.track is None:
-            return self._run(strategy, model, wrapped, optimizer, loader, sched, epochs, val, val_ds)
+            return self._run(strategy, model, wrapped, optimizer, loader, sched, ctx, val, val_ds)
         try:
             self._start_tracking(strategy, model, epochs, lr, head_lr, steps)
-            return self._run(strategy, model, wrapped, optimizer, loader, sched, epochs, val, val_ds)
+            return self._run(strategy, model, wrapped, optimizer, loader, sched, ctx, val, val_ds)
         finally:
             acc.end_training()
             acc.trackers = []  # a later fit() on this Trainer starts a fresh run
@@ -228,16 +231,17 @@ class Trainer:
         self._step = 0
         acc.init_trackers(f"transferkit-{strategy.name}", config=_flat_params(params))
 
-    def _run(self, strategy, model, wrapped, optimizer, loader, sched, epochs, val, val_ds):
-        cfg, acc = self.config, self.accelerator
-        metric = PRIMARY_METRIC[model.task]
+    def _run(self, strategy, model, wrapped, optimizer, loader, sched, ctx, val, val_ds):
+        cfg, acc, epochs = self.config, self.accelerator, ctx.epochs
+        metric = primary_metric(model.task)
         sign = 1.0 if higher_is_better(metric) else -1.0
         best, best_state, stale, history = -math.inf, None, 0, []
         bar = _progress(cfg.progress and acc.is_main_process, epochs, strategy.name)
         for epoch in range(epochs):
             wrapped.train()
             strategy.on_epoch_start(model, epoch, epochs)
-            row = self._epoch(strategy, wrapped, optimizer, loader, sched)
+            ctx.epoch = epoch
+            row = self._epoch(strategy, wrapped, optimizer, loader, sched, ctx)
             row["epoch"] = epoch + 1
             if val_ds is not None:
                 outputs = predict_outputs(model, val, dataset=val_ds)
@@ -261,7 +265,7 @@ class Trainer:
         model.eval()
         return model, history
 
-    def _epoch(self, strategy, wrapped, optimizer, loader, sched) -> dict:
+    def _epoch(self, strategy, wrapped, optimizer, loader, sched, ctx: StepContext) -> dict:
         cfg, acc = self.config, self.accelerator
         totals: dict[str, float] = {}
         n = 0
@@ -269,7 +273,7 @@ class Trainer:
             with acc.accumulate(wrapped):
                 batch["inputs"] = strategy.augment(batch["inputs"])
                 with acc.autocast():
-                    out = strategy.step(wrapped, batch)
+                    out = strategy.step(wrapped, batch, ctx)
                 acc.backward(out["loss"])
                 if cfg.max_grad_norm and acc.sync_gradients:
                     acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
@@ -277,6 +281,8 @@ class Trainer:
                 optimizer.step()
                 sched.step()
                 optimizer.zero_grad(set_to_none=True)
+            if acc.sync_gradients:
+                ctx.global_step += 1
             if cfg.track is not None and acc.sync_gradients:
                 self._step += 1
                 acc.log({"train/loss": float(out["loss"].detach()), "train/lr": lrs[0],

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transferkit.data.batches import to_device
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, check_range
-from transferkit.strategies.base import Strategy, TransferModel, _to_device
+from transferkit.strategies.base import Strategy, TransferModel
 from transferkit.training.loop import _decay_split, _progress
 
 #: How ``LRFinderResult.suggestion`` is chosen (the other rule is reported alongside).
@@ -243,7 +244,7 @@ def _range_test(strategy, model, train, start, end, steps, batch_size, seed, smo
             for g, ratio in zip(optimizer.param_groups, ratios):
                 g["lr"] = float(lr) * ratio
             batch = next(batches)
-            batch["inputs"] = strategy.augment(_to_device(batch["inputs"], device))
+            batch["inputs"] = strategy.augment(to_device(batch["inputs"], device))
             if "targets" in batch:
                 batch["targets"] = batch["targets"].to(device)
             loss = strategy.step(model, batch)["loss"]

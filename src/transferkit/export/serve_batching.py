@@ -1,0 +1,170 @@
+"""The micro-batcher of :mod:`transferkit.export.serve`: concurrent requests gathered into one model call.
+
+A single worker task takes the first queued request, then gathers more until
+``max_batch`` items or ``max_wait_s`` after that first request arrived, and
+runs them as one ``run(items)`` call on the model thread (the event loop keeps
+accepting meanwhile); results are split back per request. Should a batch still
+fail, each of its requests is rerun alone, so only the request at fault fails.
+:class:`ServingStats` counts what the model thread ran.
+
+Example:
+    >>> batcher = MicroBatcher(predictor.outputs, max_batch=32, max_wait_s=0.005)   # doctest: +SKIP
+    >>> outputs = await batcher.submit(items)                                       # doctest: +SKIP
+"""
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger("transferkit.serve")
+
+
+@dataclass
+class ServingStats:
+    """Counters of what the model thread ran; ``batch_sizes`` maps items per batch to batch count."""
+
+    requests: int = 0
+    batches: int = 0
+    items: int = 0
+    failed_batches: int = 0
+    model_seconds: float = 0.0
+    batch_sizes: Counter = field(default_factory=Counter)
+
+    def record(self, requests: int, items: int, seconds: float) -> None:
+        self.requests += requests
+        self.batches += 1
+        self.items += items
+        self.model_seconds += seconds
+        self.batch_sizes[items] += 1
+
+    def to_dict(self) -> dict:
+        return {"requests": self.requests, "batches": self.batches, "items": self.items,
+                "failed_batches": self.failed_batches, "model_seconds": round(self.model_seconds, 4),
+                "mean_items_per_batch": round(self.items / self.batches, 3) if self.batches else 0.0,
+                "max_items_per_batch": max(self.batch_sizes, default=0),
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+
+
+@dataclass
+class _Job:
+    items: list
+    future: asyncio.Future
+    arrived: float
+
+
+class MicroBatcher:
+    """Runs ``run(items) -> outputs`` on one model thread, gathering concurrent requests into batches.
+
+    Args:
+        run: the model call, e.g. ``predictor.outputs``; rows of its result follow ``items``.
+        max_batch: most items in one call (a larger request runs as a batch of its own).
+        max_wait_s: how long after the first queued request to wait for more.
+        enabled: ``False`` runs every request as its own call (the baseline to compare with).
+    """
+
+    def __init__(self, run: Callable[[list], np.ndarray], *, max_batch: int = 32, max_wait_s: float = 0.005,
+                 enabled: bool = True):
+        self.run, self.max_batch, self.max_wait_s, self.enabled = run, max_batch, max_wait_s, enabled
+        self.stats = ServingStats()
+        # One model thread: the model sees one call at a time (tokenizers and some runtimes are not
+        # re-entrant), and its own intra-op threads use the cores.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="transferkit-model")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, items: list) -> np.ndarray:
+        """The outputs of ``items`` (validated already), computed alone or with other requests."""
+        loop = asyncio.get_running_loop()
+        job = _Job(items, loop.create_future(), loop.time())
+        if not self.enabled:
+            await self._run_jobs([job])
+        else:
+            self._ensure_worker(loop)
+            self._queue.put_nowait(job)
+        return await job.future
+
+    def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Started lazily in the serving loop (ASGI transports without lifespan events work too).
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            self._loop, self._queue = loop, asyncio.Queue()
+            self._worker = loop.create_task(self._work(), name="transferkit-batcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None and self._loop is asyncio.get_running_loop():
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        self._worker = None
+
+    async def _work(self) -> None:
+        carry: _Job | None = None
+        while True:
+            first = carry or await self._queue.get()
+            jobs, carry = await self._gather(first)
+            live = [j for j in jobs if not j.future.done()]  # a client that went away is skipped
+            if live:
+                try:
+                    await self._run_jobs(live)
+                except Exception as exc:  # never let the worker die; fail this batch only
+                    log.exception("micro-batch worker error")
+                    for j in live:
+                        if not j.future.done():
+                            j.future.set_exception(exc)
+
+    async def _gather(self, first: _Job) -> tuple[list[_Job], _Job | None]:
+        """Jobs for one batch, and the job that did not fit (the first of the next batch)."""
+        loop = asyncio.get_running_loop()
+        jobs, n = [first], len(first.items)
+        deadline = first.arrived + self.max_wait_s
+        while n < self.max_batch:
+            if self._queue.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            else:
+                job = self._queue.get_nowait()
+            if n + len(job.items) > self.max_batch:
+                return jobs, job
+            jobs.append(job)
+            n += len(job.items)
+        return jobs, None
+
+    async def _run_jobs(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        items = [it for j in jobs for it in j.items]
+        start = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._call, items)
+        except Exception as exc:  # noqa: BLE001 - isolate the request at fault, then report its error
+            self.stats.failed_batches += 1
+            if len(jobs) == 1:
+                if not jobs[0].future.done():
+                    jobs[0].future.set_exception(exc)
+                return
+            for job in jobs:
+                await self._run_jobs([job])
+            return
+        self.stats.record(len(jobs), len(items), time.perf_counter() - start)
+        offset = 0
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_result(outputs[offset:offset + len(job.items)])
+            offset += len(job.items)
+
+    def _call(self, items: list) -> np.ndarray:
+        outputs = np.asarray(self.run(items))
+        if len(outputs) != len(items):
+            raise RuntimeError(f"The predictor returned {len(outputs)} rows for {len(items)} items.")
+        return outputs
