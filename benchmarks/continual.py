@@ -55,7 +55,7 @@ from transferkit.data.streams import permuted, split_by_classes  # noqa: E402
 from transferkit.evaluation.continual import METRICS, continual_metrics  # noqa: E402
 from transferkit.evaluation.stats import mean_ci  # noqa: E402
 from transferkit.reports.continual_plots import accuracy_matrix_png, accuracy_matrix_table, metrics_table  # noqa: E402
-from transferkit.strategies.continual import train_stream  # noqa: E402
+from transferkit.workflows.continual import train_stream  # noqa: E402
 from transferkit.training import TrainConfig  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "continual"

@@ -52,7 +52,7 @@ from transferkit.backbones import load_backbone, save_checkpoint
 from transferkit.data import load_dataset, sample_per_class, subsample
 from transferkit.data.dataset import TaskData
 from transferkit.evaluation import mean_ci
-from transferkit.selection import PRIMARY_SCORE, rank, recommend
+from transferkit.workflows.rank import PRIMARY_SCORE, rank, recommend
 
 OUT = Path(__file__).parent / "results" / "model_selection"
 SIZE = 64
@@ -225,7 +225,7 @@ def summarise(runs: pd.DataFrame, corr: pd.DataFrame, recs: pd.DataFrame, scores
                      f"{', '.join(sorted(set(g['flag'].fillna('')) - {''}))} |")
     lines += ["", "## The recommendation of `rank`, checked", "",
               "`rank` picks the top unflagged candidate by its primary score, then linear-probe or finetune "
-              "(`selection.recommend`). Candidates are flagged by the primary score against the same "
+              "(`workflows.rank.recommend`). Candidates are flagged by the primary score against the same "
               "architecture at random init where the run recorded that score's reference (`random_<score>`), "
               "else by LogME's. Regret: the best accuracy of any candidate with either strategy minus the "
               "accuracy of the recommended pair (points, mean ± 95% CI over targets and seeds).", "",

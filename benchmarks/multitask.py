@@ -46,7 +46,8 @@ import torch  # noqa: E402
 
 from transferkit.data.multitask import load_fashion_mnist_multitask, load_penguins_multitask  # noqa: E402
 from transferkit.evaluation.stats import mean_ci, paired_difference  # noqa: E402
-from transferkit.strategies.multi_task import evaluate_multitask, fit_multitask  # noqa: E402
+from transferkit.strategies.multi_task import evaluate_multitask  # noqa: E402
+from transferkit.workflows.multitask import fit_multitask  # noqa: E402
 from transferkit.training import TrainConfig  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "multitask"

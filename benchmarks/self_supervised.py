@@ -50,7 +50,7 @@ from transferkit.backbones import load_backbone
 from transferkit.data import load_dataset, subsample
 from transferkit.evaluation.stats import mean_ci, paired_difference
 from transferkit.strategies.scratch import small_data_epochs
-from transferkit.strategies.self_supervised import pretrain
+from transferkit.workflows.pretrain import pretrain
 
 OUT = Path(__file__).parent / "results" / "self_supervised"
 LABELS_PER_CLASS = 10

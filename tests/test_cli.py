@@ -83,7 +83,9 @@ def test_errors_are_one_clear_line(image_folder, tmp_path, args, message):
 
 
 @pytest.mark.parametrize("what, expected", [
-    ("strategies", ["linear-probe", "finetune", "gradual-unfreeze", "scratch"]),
+    ("strategies", ["linear-probe", "finetune", "gradual-unfreeze", "scratch",  # and the other method registries:
+                    "continual", "replay", "pre-training", "simclr", "regularizer", "l2sp"]),
+    ("tasks", ["classification", "accuracy", "multilabel", "macro_f1", "regression", "r2"]),
     ("datasets", ["fashion-mnist", "digits", "drug-reviews", "penguins", "debian-packages"]),
     ("backbones", ["timm", "torchvision", "hf", "sentence", "efficientnet-lite", "file", "small-cnn", "tfidf"]),
 ])

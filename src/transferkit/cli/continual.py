@@ -39,8 +39,8 @@ def continual_command(
 ) -> None:
     """Train each learner on the experiences in order and report the accuracy matrix, average accuracy,
     forgetting, backward and forward transfer."""
-    from transferkit.continual_runs import run_continual, save_continual
     from transferkit.export.bundle import check_writable
+    from transferkit.workflows.continual import run_continual, save_continual
 
     if out is not None:
         check_writable(out, overwrite)  # refuse before training, not after

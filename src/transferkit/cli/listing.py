@@ -1,4 +1,4 @@
-"""``transferkit list``: backbones sources, strategies and built-in data sets."""
+"""``transferkit list``: backbone sources, strategies (with the other method registries), tasks, data sets, scores."""
 from __future__ import annotations
 
 from enum import Enum
@@ -12,6 +12,7 @@ from transferkit.cli.common import console, friendly_errors
 class What(str, Enum):
     backbones = "backbones"
     strategies = "strategies"
+    tasks = "tasks"
     datasets = "datasets"
     scores = "scores"
 
@@ -21,8 +22,10 @@ def register(app: typer.Typer) -> None:
 
 
 @friendly_errors
-def list_command(what: What = typer.Argument(What.strategies, help="backbones, strategies, datasets or scores.")) -> None:
-    """List the registered backbone sources, strategies (with their options), built-in data sets or scores."""
+def list_command(what: What = typer.Argument(What.strategies,
+                                             help="backbones, strategies, tasks, datasets or scores.")) -> None:
+    """List the registered backbone sources, strategies (with continual learners, pre-training methods and
+    regularizers, and their options), tasks (with their metrics), built-in data sets or scores."""
     if what is What.backbones:
         from transferkit.backbones import list_backbones
 
@@ -33,10 +36,18 @@ def list_command(what: What = typer.Argument(What.strategies, help="backbones, s
     elif what is What.strategies:
         from transferkit.api import list_strategies
 
-        t = Table("strategy", "kind", "what", "options (default)", title="strategies")
+        t = Table("name", "kind", "what", "options (default)",
+                  title="strategies, continual learners, pre-training methods and regularizers")
         for s in list_strategies():
             opts = "\n".join(f"{n}={d!r}: {h}" for n, d, h in s["options"])
             t.add_row(s["name"], s["kind"], s["help"], opts)
+    elif what is What.tasks:
+        from transferkit.api import list_tasks
+
+        t = Table("task", "what", "primary metric", "metrics", "features", "head", title="tasks")
+        for task in list_tasks():
+            t.add_row(task["name"], task["help"], task["primary_metric"], ", ".join(task["metrics"]),
+                      task["features"], task["head"])
     elif what is What.scores:
         from transferkit.evaluation.transferability import SCORES
 

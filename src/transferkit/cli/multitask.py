@@ -45,7 +45,7 @@ def multitask_command(
     """Train one model on every task (hard or soft sharing, fixed / uncertainty / PCGrad / GradNorm weighting)
     and each task alone; per-task metrics side by side, and one bundle per task."""
     from transferkit.export.bundle import check_writable
-    from transferkit.multitask_runs import report_rows, run_multitask, save_multitask
+    from transferkit.workflows.multitask import report_rows, run_multitask, save_multitask
 
     if out is not None:
         check_writable(out, overwrite)  # refuse before training, not after

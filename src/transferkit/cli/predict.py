@@ -24,10 +24,11 @@ def predict_command(
     import numpy as np
 
     from transferkit.export.bundle import load
+    from transferkit.tasks import get_task
 
     predictor = load(bundle)
     labels = predictor.predict(items)
-    probs = predictor.outputs(items) if predictor.task == "classification" else None
+    probs = predictor.outputs(items) if get_task(predictor.task).single_label else None
     for i, item in enumerate(items):
         rec = {"item": item, "prediction": labels[i]}
         if probs is not None:

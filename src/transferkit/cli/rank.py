@@ -38,7 +38,7 @@ def rank_command(
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Rank CANDIDATES for DATA by transferability scores of their frozen features, and recommend a strategy."""
-    from transferkit.selection import rank, save_rank
+    from transferkit.workflows.rank import rank, save_rank
 
     options = {k: v for k, v in {"text_column": text_column, "label_column": label_column}.items() if v}
     result = rank(parse_list(candidates), data, scores=parse_list(scores) or None, primary=primary,

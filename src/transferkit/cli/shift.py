@@ -34,7 +34,7 @@ def shift_command(
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """MMD, proxy A-distance and CORAL distance between SOURCE and TARGET features, and a projection plot."""
-    from transferkit.shift import measure_shift, save_shift
+    from transferkit.workflows.shift import measure_shift, save_shift
 
     result = measure_shift(source, target, backbone=backbone, bundle=str(bundle) if bundle else None,
                            max_items=max_items, plot_items=plot_items, projection=projection,

@@ -72,7 +72,7 @@ def tune_command(
     max_length: Optional[int] = typer.Option(None, help="Text: maximum tokens (default: 128)."),
 ) -> None:
     """Search STRATEGY's hyperparameters for BACKBONE on DATA; every trial is scored on the validation split."""
-    from transferkit.tune import tune
+    from transferkit.workflows.tune import tune
 
     try:
         result = tune(backbone, data, strategy, space=parse_space(space), trials=trials, storage=storage,

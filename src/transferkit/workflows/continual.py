@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from transferkit.data import resolve_data, sample_per_class
 from transferkit.data.streams import SCENARIOS, permuted, split_by_classes
@@ -28,8 +30,12 @@ from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.continual import METRICS
 from transferkit.evaluation.stats import mean_ci
 from transferkit.export.bundle import atomic_dir
-from transferkit.strategies.continual import CONTINUAL, train_stream
-from transferkit.training import TrainConfig
+from transferkit.data.streams import Stream
+from transferkit.evaluation.continual import continual_metrics
+from transferkit.strategies.base import ItemDataset
+from transferkit.strategies.continual import (CONTINUAL, ContinualLearner, ContinualResult, experience_accuracy,
+                                              stream_backbone)
+from transferkit.training import TrainConfig, Trainer
 
 __all__ = ["run_continual", "save_continual"]
 
@@ -154,3 +160,58 @@ def save_continual(result: dict, out: str | Path, overwrite: bool = False) -> Pa
         (tmp / "accuracy_matrices.png").write_bytes(
             accuracy_matrix_png({k: np.asarray(v) for k, v in result["matrices"].items()}))
     return Path(out)
+
+
+def train_stream(backbone, stream: Stream, learner: str | ContinualLearner = "naive", options: dict | None = None,
+                 train_config=None, eval_stream: Stream | None = None,
+                 backbone_options: dict | None = None, on_experience_end=None) -> ContinualResult:
+    """Train ``learner`` on the experiences of ``stream`` in order; test on every experience after each.
+
+    Args:
+        backbone: a spec (``"small-cnn:28"``, ``"efficientnet-lite:0"``, ``"mlp:256x256"``: ``in_features``
+            comes from the data), a :class:`Backbone` (copied) or a factory returning one.
+        stream: the training stream (:func:`~transferkit.data.streams.split_by_classes`, ``permuted``, ``make_stream``).
+        learner: a name in :data:`CONTINUAL` or a learner instance.
+        options: the learner's options (``{"buffer_size": 200}``).
+        train_config: a :class:`~transferkit.training.TrainConfig` for every experience (``seed`` seeds the model).
+        eval_stream: where to test (default: the test sets of ``stream``); same length and scenario.
+        backbone_options: options of :func:`load_backbone` (``{"image_size": 32}``).
+        on_experience_end: called as ``f(i, model, accuracy_row)`` after each experience (checkpoints, logging).
+
+    Raises:
+        ConfigError: unknown learner or option, a learner that does not support the scenario.
+        DataError: no test data to evaluate on, an evaluation stream of another length.
+    """
+    cfg = train_config or TrainConfig(progress=False)
+    algo = learner if isinstance(learner, ContinualLearner) else CONTINUAL.get(learner)(options or {})
+    algo.check_stream(stream)
+    for key in [k for k in vars(algo) if k.endswith("_")]:  # state of an earlier stream (memory, anchors)
+        delattr(algo, key)
+    evals = eval_stream or stream
+    if len(evals) != len(stream) or evals.scenario != stream.scenario:
+        raise DataError(f"eval_stream has {len(evals)} {evals.scenario}-incremental experiences; the training stream "
+                        f"has {len(stream)} {stream.scenario}-incremental ones.")
+    if not evals.has_test:
+        missing = [e.task_id for e in evals if e.test is None]
+        raise DataError(f"Stream '{evals.name}' has no test data for experience(s) {missing}; build it with test=... "
+                        f"or pass eval_stream.")
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    bb = stream_backbone(backbone, stream, backbone_options)
+    algo.check_data(bb, stream[0].train)
+    model = algo.build_model(bb, stream)
+    tests = [ItemDataset(e.test, bb.preprocess) for e in evals]
+    t = len(stream)
+    random_init = None if stream.scenario == "class" else np.array([experience_accuracy(model, j, tests[j]) for j in range(t)])
+    acc, history = np.zeros((t, t)), []
+    for i, exp in enumerate(stream):
+        algo.begin_experience(model, exp, stream)
+        model, rows = Trainer(cfg).fit(algo, model, exp.train, None)  # a fresh optimizer and schedule each time
+        algo.end_experience(model, exp)
+        history += [{"experience": i, **r} for r in rows]
+        acc[i] = [experience_accuracy(model, j, tests[j]) for j in range(t)]
+        if on_experience_end is not None:
+            on_experience_end(i, model, acc[i].copy())
+    model.active = t - 1
+    return ContinualResult(algo.name, stream.scenario, acc, random_init, continual_metrics(acc, random_init), history,
+                           model, round(time.perf_counter() - start, 2), algo.config.to_dict())

@@ -19,14 +19,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from transferkit.data.multitask import MultiTaskData, load_fashion_mnist_multitask, load_penguins_multitask
 from transferkit.errors import ConfigError, DataError
-from transferkit.evaluation import PRIMARY_METRIC
 from transferkit.evaluation.stats import mean_ci, paired_difference
 from transferkit.export.bundle import atomic_dir, save_bundle
-from transferkit.strategies.multi_task import evaluate_multitask, fit_multitask
-from transferkit.training import TrainConfig
+from transferkit.backbones import load_backbone
+from transferkit.strategies.multi_task import MultiTask, MultiTaskModel, evaluate_multitask
+from transferkit.tasks import primary_metric
+from transferkit.training import TrainConfig, Trainer
 
 __all__ = ["BUILTIN_MULTITASK", "load_multitask", "run_multitask", "save_multitask"]
 
@@ -95,14 +97,9 @@ def run_multitask(data, backbone: str, *, sharing: str = "hard", weighting: str 
     bb_options = {"image_size": image_size} if image_size else {}
     runs, first_model = [], None
     for seed in range(seeds):
-        train, test = load_multitask(data, label_columns=label_columns, test_data=test_data,
-                                     feature_columns=feature_columns, seed=seed)
-        if test is None:
-            raise DataError(f"'{train.name}' has no test data: give test_data (--test-data) to score the tasks.")
-        if labels_per_class:
-            train = train.sample_per_class(per_class_task or train.names[0], labels_per_class, seed)
-        if max_test and test.shared and len(test) > max_test:
-            test = test.subset(np.linspace(0, len(test) - 1, max_test).astype(int))  # the same items every seed
+        train, test = _draw(data, seed, label_columns=label_columns, test_data=test_data,
+                            feature_columns=feature_columns, labels_per_class=labels_per_class,
+                            per_class_task=per_class_task, max_test=max_test)
         cfg = TrainConfig(epochs=epochs, lr=lr, head_lr=head_lr or lr, batch_size=batch_size, seed=seed,
                           progress=progress)
         model, _ = fit_multitask(backbone, train, sharing=sharing, weighting=weighting, weights=weights,
@@ -112,32 +109,57 @@ def run_multitask(data, backbone: str, *, sharing: str = "hard", weighting: str 
         for task, m in scores.items():
             runs.append({"seed": seed, "task": task, "method": f"{sharing}/{weighting}", **_scalars(m)})
         if single:
-            for task in train.names:
-                alone, _ = fit_multitask(backbone, train.select([task]), train_config=cfg, **bb_options)
-                m = evaluate_multitask(alone, test.select([task]))[task]
-                runs.append({"seed": seed, "task": task, "method": "single", **_scalars(m)})
-    summary = {}
-    for task in dict.fromkeys(r["task"] for r in runs):
-        mine = [r for r in runs if r["task"] == task]
-        metric = next(k for k in (PRIMARY_METRIC.get("classification"), "accuracy", "r2") if k in mine[0])
-        row = {"metric": metric}
-        for method in dict.fromkeys(r["method"] for r in mine):
-            values = [r[metric] for r in mine if r["method"] == method]
-            row[method] = list(mean_ci(values)) if len(values) > 1 else [values[0], float("nan"), float("nan")]
-        if single and len(runs) and seeds > 1:
-            multi = [r[metric] for r in mine if r["method"] != "single"]
-            alone = [r[metric] for r in mine if r["method"] == "single"]
-            row["difference"] = list(paired_difference(multi, alone))
-        elif single:
-            multi = [r[metric] for r in mine if r["method"] != "single"]
-            alone = [r[metric] for r in mine if r["method"] == "single"]
-            row["difference"] = [multi[0] - alone[0], float("nan"), float("nan")]
-        summary[task] = row
-    return {"runs": runs, "summary": summary, "models": [first_model],
+            runs += _single_task_runs(backbone, train, test, seed, cfg, bb_options)
+    return {"runs": runs, "summary": _summary(runs, first_model.task_kinds, single=single, seeds=seeds),
+            "models": [first_model],
             "settings": {"data": str(data), "backbone": backbone, "sharing": sharing, "weighting": weighting,
                          "weights": weights, "soft_penalty": soft_penalty, "seeds": seeds, "epochs": epochs, "lr": lr,
                          "head_lr": head_lr or lr, "batch_size": batch_size, "labels_per_class": labels_per_class,
                          "max_test": max_test}}
+
+
+def _draw(data, seed: int, *, label_columns, test_data, feature_columns, labels_per_class, per_class_task,
+          max_test) -> tuple[MultiTaskData, MultiTaskData]:
+    """One seed's training draw (per class of ``per_class_task``) and test set (the same items every seed)."""
+    train, test = load_multitask(data, label_columns=label_columns, test_data=test_data,
+                                 feature_columns=feature_columns, seed=seed)
+    if test is None:
+        raise DataError(f"'{train.name}' has no test data: give test_data (--test-data) to score the tasks.")
+    if labels_per_class:
+        train = train.sample_per_class(per_class_task or train.names[0], labels_per_class, seed)
+    if max_test and test.shared and len(test) > max_test:
+        test = test.subset(np.linspace(0, len(test) - 1, max_test).astype(int))  # the same items every seed
+    return train, test
+
+
+def _single_task_runs(backbone: str, train: MultiTaskData, test: MultiTaskData, seed: int, cfg: TrainConfig,
+                      bb_options: dict) -> list[dict]:
+    """Each task alone with the multi-task model's budget: one run row per task."""
+    runs = []
+    for task in train.names:
+        alone, _ = fit_multitask(backbone, train.select([task]), train_config=cfg, **bb_options)
+        m = evaluate_multitask(alone, test.select([task]))[task]
+        runs.append({"seed": seed, "task": task, "method": "single", **_scalars(m)})
+    return runs
+
+
+def _summary(runs: list[dict], kinds: dict[str, str], *, single: bool, seeds: int) -> dict:
+    """Per task: its primary metric per method (mean and 95% interval over seeds) and multi minus single."""
+    summary = {}
+    for task in dict.fromkeys(r["task"] for r in runs):
+        mine = [r for r in runs if r["task"] == task]
+        metric = primary_metric(kinds[task])
+        row = {"metric": metric}
+        for method in dict.fromkeys(r["method"] for r in mine):
+            values = [r[metric] for r in mine if r["method"] == method]
+            row[method] = list(mean_ci(values)) if len(values) > 1 else [values[0], float("nan"), float("nan")]
+        if single:
+            multi = [r[metric] for r in mine if r["method"] != "single"]
+            alone = [r[metric] for r in mine if r["method"] == "single"]
+            row["difference"] = (list(paired_difference(multi, alone)) if seeds > 1
+                                 else [multi[0] - alone[0], float("nan"), float("nan")])
+        summary[task] = row
+    return summary
 
 
 def _scalars(metrics: dict) -> dict:
@@ -180,3 +202,33 @@ def save_multitask(result: dict, out: str | Path, overwrite: bool = False) -> Pa
                         {"strategy": {"name": "multi-task", "task": task, "sharing": s["sharing"],
                                       "weighting": s["weighting"]}, "task": model.task_kinds[task]})
     return Path(out)
+
+
+def fit_multitask(backbone: str | Backbone, data: MultiTaskData, *, sharing: str = "hard", weighting: str = "fixed",
+                  weights: dict | None = None, soft_penalty: float = 1e-3, gradnorm_alpha: float = 1.5,
+                  finetune: bool = True, train_config=None, val: MultiTaskData | None = None, pretrained: bool = True,
+                  **backbone_options) -> tuple[MultiTaskModel, list[dict]]:
+    """Train one model on every task of ``data``.
+
+    Args:
+        backbone: a spec (``"mlp:64x64"``, ``"efficientnet-lite:0"``) or a :class:`Backbone`.
+        data: the tasks (shared inputs or separate data).
+        sharing, weighting, weights, soft_penalty, gradnorm_alpha, finetune: see :class:`MultiTaskConfig`.
+        train_config: a :class:`transferkit.training.TrainConfig`.
+        val: optional validation tasks, scored after the final epoch.
+        **backbone_options: passed to ``load_backbone`` (tabular ``in_features`` is filled in from the data).
+
+    Returns:
+        ``(model, history)``; ``model.task_model(name)`` is one task's :class:`TransferModel`.
+    """
+    if not isinstance(data, MultiTaskData):
+        raise DataError(f"fit_multitask needs a MultiTaskData. Got {type(data).__name__}.")
+    train_config = train_config or TrainConfig()
+    if isinstance(backbone, str):
+        torch.manual_seed(train_config.seed)  # a backbone trained from scratch starts the same for the same seed
+        if data.modality == "tabular" and "in_features" not in backbone_options:
+            backbone_options["in_features"] = int(np.asarray(next(iter(data.tasks.values())).items).shape[1])
+        backbone = load_backbone(backbone, pretrained=pretrained, **backbone_options)
+    strategy = MultiTask(sharing=sharing, weighting=weighting, weights=weights, soft_penalty=soft_penalty,
+                         gradnorm_alpha=gradnorm_alpha, finetune=finetune)
+    return strategy.fit(backbone, data, val, Trainer(train_config))

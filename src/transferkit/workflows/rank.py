@@ -30,6 +30,7 @@ from transferkit.data.cache import extract_features
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, TransferkitError, unknown_name
 from transferkit.evaluation.transferability import DEFAULT_SCORES, REGRESSION_SCORES, SCORES, compute_score
+from transferkit.tasks import get_task
 
 __all__ = ["RankResult", "rank", "recommend"]
 
@@ -80,7 +81,8 @@ def _check_scores(scores) -> list[str]:
 
 def _target_data(data, labels_per_class, max_items, seed, data_options) -> TaskData:
     train, _ = resolve_data(data, **data_options)
-    if train.task == "multilabel":
+    task = get_task(train.task)
+    if task.has_labels and not task.single_label:  # e.g. multi-label
         raise ConfigError("Transferability scores need single-label classification or regression targets; "
                           f"'{train.name}' is multi-label.")
     if labels_per_class is not None:
@@ -102,7 +104,7 @@ def _score_all(backbone: Backbone, data: TaskData, names: list[str], batch_size:
     if backbone.source_head is not None and any(SCORES.get(n).needs == "source_probs" for n in names):
         with torch.inference_mode():
             probs = backbone.source_head(torch.from_numpy(feats)).softmax(-1).double().numpy()
-    regression = data.task == "regression"
+    regression = not get_task(data.task).has_labels  # continuous targets
     errors, spent = [], 0.0
     for name in names:
         info = SCORES.get(name)
@@ -254,7 +256,7 @@ def recommend(table: pd.DataFrame, primary: str, *, labels_per_class: int, task:
     best = usable.iloc[0]
     lp = best.get("linear-probe", np.nan)
     per_class = labels_per_class
-    if task == "regression":
+    if not get_task(task).has_labels:  # a regression target
         strategy, why = "finetune", "regression target: fine-tune, and compare with a linear probe"
     elif not pd.isna(lp) and lp >= SEPARABLE_AT:
         strategy, why = "linear-probe", f"its frozen features already separate the classes (cross-validated " \
@@ -271,7 +273,7 @@ def recommend(table: pd.DataFrame, primary: str, *, labels_per_class: int, task:
 
 
 def _labels_per_class(data: TaskData) -> int:
-    if data.task != "classification":
+    if not get_task(data.task).single_label:
         return len(data)
     counts = np.bincount(np.asarray(data.targets))
     return int(np.median(counts[counts > 0]))

@@ -8,7 +8,7 @@ UMAP or PCA) coloured by domain and by class. Features go through the feature
 cache, so a second call on the same data and model reads them from disk.
 
 Example:
-    >>> from transferkit.shift import measure_shift, save_shift                     # doctest: +SKIP
+    >>> from transferkit.workflows.shift import measure_shift, save_shift           # doctest: +SKIP
     >>> r = measure_shift("fashion-mnist", "runs/fmnist-m/", backbone="efficientnet-lite:0",
     ...                   bundle="runs/dann", image_size=64)                          # doctest: +SKIP
     >>> r.measures                                                                   # doctest: +SKIP
@@ -30,6 +30,7 @@ from transferkit.data.dataset import TaskData
 from transferkit.data.domains import check_pairable, resolve_domain_data
 from transferkit.errors import ConfigError, DataError, TransferkitError
 from transferkit.evaluation.domain_shift import shift_measures
+from transferkit.tasks import get_task
 
 __all__ = ["ShiftResult", "measure_shift", "save_shift"]
 
@@ -65,6 +66,13 @@ class ShiftResult:
 
 def _sample(data: TaskData, n: int, seed: int) -> TaskData:
     return subsample(data, n, seed) if len(data) > n else data
+
+
+def _classes(data: TaskData, rows: np.ndarray) -> np.ndarray:
+    """The class of each of ``rows`` for the by-class panel; -1 (grey) without single-label targets."""
+    if data.targets is not None and get_task(data.task).single_label:
+        return np.asarray(data.targets)[rows]
+    return np.full(len(rows), -1)
 
 
 def _models(backbone, bundle, image_size, max_length) -> list[tuple[str, Any]]:
@@ -117,7 +125,7 @@ def measure_shift(source, target, *, backbone=None, bundle=None, max_items: int 
     notes = []
     if src.targets is None:
         raise DataError(f"The source '{src.name}' has no labels; give the labelled source data.")
-    if tgt.targets is not None and src.task == "classification":
+    if tgt.targets is not None and get_task(src.task).single_label:
         try:
             check_eval_labels(src, tgt)
             tgt = align_labels(src, tgt)
@@ -131,9 +139,7 @@ def measure_shift(source, target, *, backbone=None, bundle=None, max_items: int 
     k = min(plot_items, len(src), len(tgt))
     ps = np.sort(np.random.default_rng(seed).choice(len(src), k, replace=False))
     pt = np.sort(np.random.default_rng(seed + 1).choice(len(tgt), k, replace=False))
-    labels = np.concatenate([np.asarray(src.targets)[ps] if src.task == "classification" else np.full(k, -1),
-                             np.asarray(tgt.targets)[pt] if tgt.targets is not None and tgt.task == "classification"
-                             else np.full(k, -1)]).astype(int)
+    labels = np.concatenate([_classes(src, ps), _classes(tgt, pt)]).astype(int)
     for name, model in _models(backbone, bundle, image_size, max_length):
         start = time.perf_counter()
         fs = extract_features(model, src, batch_size=batch_size, progress=progress)

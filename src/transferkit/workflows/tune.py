@@ -1,6 +1,6 @@
 """``tune``: an Optuna search over a strategy's hyperparameters, scored on validation.
 
-Every trial is one :func:`transferkit.api.fit` on the same labelled draw and the
+Every trial is one :func:`transferkit.workflows.fit.fit` on the same labelled draw and the
 same stratified validation split (both fixed by ``seed``); no test data reaches
 the trials, so the objective is the validation metric and the test split stays
 untouched for the final evaluation. The sampler is Optuna's TPE (Bergstra et al.
@@ -18,7 +18,7 @@ same storage and study name continues until ``trials`` trials have completed,
 so an interrupted search resumes where it stopped.
 
 Example:
-    >>> from transferkit.tune import tune                                      # doctest: +SKIP
+    >>> from transferkit.workflows.tune import tune                            # doctest: +SKIP
     >>> r = tune("efficientnet-lite:0", "fashion-mnist", "finetune", trials=20,  # doctest: +SKIP
     ...          labels_per_class=10, image_size=64, storage="study.db",
     ...          space={"lr": ["log", 1e-5, 1e-2], "epochs": ["int", 2, 30]}, out="runs/tuned")
@@ -219,27 +219,20 @@ def tune(backbone: str, data, strategy: str = "finetune", *, space: dict | None 
     """
     import optuna
 
-    from transferkit.api import prepare_data
-    from transferkit.evaluation import PRIMARY_METRIC, higher_is_better
+    from transferkit.evaluation import higher_is_better
     from transferkit.export.bundle import check_writable
-    from transferkit.strategies import make_strategy
-    from transferkit.training import TrainConfig
+    from transferkit.tasks import primary_metric
+    from transferkit.workflows.fit import prepare_data
 
-    if trials < 1:
-        raise ConfigError(f"The 'trials' parameter of tune must be an int in [1, inf). Got {trials!r} instead.")
-    strategy_options = dict(strategy_options or {})
-    make_strategy(strategy, strategy_options)  # unknown strategy / bad fixed options: fail before any work
-    fixed = {"progress": False, **fixed_train_options, "seed": seed}
-    _config(TrainConfig, fixed)
-    space = check_space(space if space is not None else default_space(strategy), strategy,
-                        fixed_train=fixed, fixed_strategy=strategy_options)
+    strategy_options, fixed, space = _check_request(strategy, strategy_options, space, trials, seed,
+                                                    fixed_train_options)
     if out is not None:
         check_writable(out, overwrite)
     train, val, _ = prepare_data(data, labels_per_class=labels_per_class, val_fraction=val_fraction, seed=seed)
     if val is None or not len(val):
         raise ConfigError(f"Tuning needs a validation split; val_fraction={val_fraction} held out nothing "
                           f"of {len(train)} examples.")
-    metric = metric or PRIMARY_METRIC[train.task]
+    metric = metric or primary_metric(train.task)
     direction = "maximize" if higher_is_better(metric) else "minimize"
     study_name = study_name or f"{strategy}-{backbone}-{train.fingerprint()[:10]}"
     run = {"strategy": strategy, "strategy_options": strategy_options, "image_size": image_size,
@@ -260,6 +253,23 @@ def tune(backbone: str, data, strategy: str = "finetune", *, space: dict | None 
     if out is not None:
         result.path = _refit(backbone, train, val, result, run, out, overwrite)
     return result
+
+
+def _check_request(strategy: str, strategy_options: dict | None, space: dict | None, trials: int, seed: int,
+                   fixed_train_options: dict) -> tuple[dict, dict, dict[str, list]]:
+    """Before any work: the strategy options, the fixed TrainConfig fields and the search space, checked."""
+    from transferkit.strategies import make_strategy
+    from transferkit.training import TrainConfig
+
+    if trials < 1:
+        raise ConfigError(f"The 'trials' parameter of tune must be an int in [1, inf). Got {trials!r} instead.")
+    strategy_options = dict(strategy_options or {})
+    make_strategy(strategy, strategy_options)  # unknown strategy / bad fixed options: fail before any work
+    fixed = {"progress": False, **fixed_train_options, "seed": seed}
+    _config(TrainConfig, fixed)
+    space = check_space(space if space is not None else default_space(strategy), strategy,
+                        fixed_train=fixed, fixed_strategy=strategy_options)
+    return strategy_options, fixed, space
 
 
 def _search(study, objective, trials: int, timeout_minutes: float | None) -> None:
@@ -307,14 +317,15 @@ def _open_study(storage, name: str, direction: str, seed: int, attrs: dict):
 
 
 def _objective(backbone, train, val, space: dict, metric: str, run: dict):
-    from transferkit import api
+    from transferkit.workflows import fit as fitting  # looked up per call, so a test can patch fitting.fit
 
     def objective(trial) -> float:
         params = {key: _suggest(trial, key, spec) for key, spec in space.items()}
         train_params, strat_params = _split_params(params)
-        result = api.fit(backbone, train, run["strategy"], strategy_options={**run["strategy_options"], **strat_params},
-                         val_data=val, image_size=run["image_size"], max_length=run["max_length"], report=False,
-                         **run["fixed"], **train_params)
+        result = fitting.fit(backbone, train, run["strategy"],
+                             strategy_options={**run["strategy_options"], **strat_params},
+                             val_data=val, image_size=run["image_size"], max_length=run["max_length"], report=False,
+                             **run["fixed"], **train_params)
         metrics = result.metrics
         # No test data is passed, so fit scores the validation split; never optimise on test.
         assert metrics.get("evaluated_on") == "validation", metrics.get("evaluated_on")
@@ -339,12 +350,13 @@ def trials_frame(study) -> pd.DataFrame:
 
 def _refit(backbone, train, val, result: TuneResult, run: dict, out, overwrite: bool) -> Path:
     """Refit the best parameters on the same draw, save the bundle, and record the study in its manifest."""
-    from transferkit import api
+    from transferkit.workflows import fit as fitting
 
     train_params, strat_params = _split_params(result.best_params)
-    fitted = api.fit(backbone, train, run["strategy"], strategy_options={**run["strategy_options"], **strat_params},
-                     val_data=val, out=out, overwrite=overwrite, image_size=run["image_size"],
-                     max_length=run["max_length"], **run["fixed"], **train_params)
+    fitted = fitting.fit(backbone, train, run["strategy"],
+                         strategy_options={**run["strategy_options"], **strat_params},
+                         val_data=val, out=out, overwrite=overwrite, image_size=run["image_size"],
+                         max_length=run["max_length"], **run["fixed"], **train_params)
     complete = result.trials[result.trials["state"] == "COMPLETE"]
     info = {"study_name": result.study_name, "storage": str(result.storage) if result.storage else None,
             "metric": result.metric, "direction": result.direction, "evaluated_on": "validation",

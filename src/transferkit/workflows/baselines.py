@@ -1,0 +1,106 @@
+"""The no-transfer baselines, and the verdict of one transfer run against them (``fit(check_transfer=True)``)."""
+from __future__ import annotations
+
+import numpy as np
+
+from transferkit.data.dataset import TaskData
+from transferkit.evaluation import higher_is_better
+from transferkit.strategies import Strategy, make_strategy
+from transferkit.tasks import get_task, primary_metric
+from transferkit.training import TrainConfig
+from transferkit.workflows.runs import Run, scored_split, train_and_score
+
+__all__ = ["check_transfer_against_scratch", "default_baselines"]
+
+_VERDICT_SENTENCES = {"positive transfer": "Transfer helped.",
+                      "negative transfer": "Transfer hurt: the model trained from scratch was better.",
+                      "no clear gain": "No significant difference from training from scratch."}
+
+
+def default_baselines(modality: str) -> list[str]:
+    """The no-transfer baselines a practitioner would train for this modality."""
+    return {"image": ["small-cnn", "same-arch"], "text": ["tfidf"]}.get(modality, [])
+
+
+def check_transfer_against_scratch(run: Run, strategy: Strategy, train: TaskData, val, test,
+                                   config: TrainConfig, baselines="auto") -> dict:
+    """Train the scratch baseline(s) on the same draw and splits, and judge the gain of ``run``.
+
+    One seed gives no seed-to-seed spread, so the interval is a paired
+    percentile bootstrap over the evaluated items (both models predict the
+    same items): it covers which test items were drawn, not training noise,
+    and the verdict says so. ``transferkit compare`` judges over seeds. For
+    regression the per-item value is the negative squared error, and the
+    gain is expressed in R² (the SSE difference over the total sum of squares).
+
+    Returns:
+        The manifest's ``verdict``: ``verdict``, ``explanation``, ``baseline``,
+        ``metric``, ``transfer``, ``baseline_value``, ``gain``, ``gain_low``,
+        ``gain_high``, ``interval``, ``baseline_seconds``.
+    """
+    from transferkit.evaluation import bootstrap_difference, judge
+
+    scored = scored_split(val, test)
+    metric = primary_metric(train.task)
+    names = default_baselines(train.modality) if baselines == "auto" else list(baselines or [])
+    names = names[:1] if baselines == "auto" else names
+    if scored is None or run.outputs is None or not names:
+        why = "no labelled split to evaluate on" if scored is None else f"no scratch baseline for {train.modality} data"
+        return {"verdict": "no baseline", "explanation": f"Transfer was not checked: {why}."}
+    variant, base = _best_baseline(names, train, val, test, config, metric)
+    item_a, item_b, scale = _per_item(train.task, scored.targets, run.outputs, base.outputs)
+    gain, low, high = (v * scale for v in bootstrap_difference(item_a, item_b, seed=config.seed))
+    verdict = judge(gain, low, high)
+    explanation = _explain(strategy, run, base, variant, metric, (gain, low, high), len(scored), verdict)
+    return {"verdict": verdict, "explanation": explanation, "baseline": f"scratch:{variant}", "metric": metric,
+            "transfer": run.metrics[metric], "baseline_value": base.metrics[metric], "gain": gain,
+            "gain_low": low, "gain_high": high, "interval": "95% paired bootstrap over evaluated items, one seed",
+            "baseline_seconds": round(base.seconds, 2)}
+
+
+def _best_baseline(names: list[str], train: TaskData, val, test, config: TrainConfig, metric: str) -> tuple[str, Run]:
+    """Train each scratch variant with its own recipe; the best on ``metric`` and its run."""
+    best = None
+    for variant in names:
+        cfg = TrainConfig(seed=config.seed, progress=False, batch_size=config.batch_size,
+                          mixed_precision=config.mixed_precision, cpu=config.cpu)
+        base = train_and_score(None, make_strategy("scratch", {"variant": variant}), train, val, test, cfg, {})
+        if best is None or _better(base.metrics.get(metric), best[1].metrics.get(metric), metric):
+            best = (variant, base)
+    return best
+
+
+def _explain(strategy: Strategy, run: Run, base: Run, variant: str, metric: str, interval: tuple, n_items: int,
+             verdict: str) -> str:
+    gain, low, high = interval
+    pts = 100 if metric == "accuracy" else 1
+    unit = " points" if pts == 100 else ""
+    return (f"'{strategy.name}' {metric} {run.metrics[metric]:.4f} vs scratch:{variant} "
+            f"{base.metrics[metric]:.4f}: gain {pts * gain:+.1f}{unit} (95% paired bootstrap interval "
+            f"{pts * low:+.1f} to {pts * high:+.1f} over the {n_items} {run.metrics['evaluated_on']} "
+            f"items; one seed, so training noise is not in the interval: transferkit compare runs seeds). "
+            + _VERDICT_SENTENCES[verdict])
+
+
+def _better(value, current, metric: str) -> bool:
+    if value is None or current is None:
+        return current is None
+    return value > current if higher_is_better(metric) else value < current
+
+
+def _per_item(task: str, targets, out_a: np.ndarray, out_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-item values whose mean difference is the primary metric's difference (times ``scale``).
+
+    Single-label tasks: whether each item's predicted class is right (accuracy);
+    otherwise the negative squared error (R²).
+    """
+    targets = np.asarray(targets)
+    kind = get_task(task)
+    classes_a, classes_b = kind.predicted_classes(out_a), kind.predicted_classes(out_b)
+    if classes_a is not None and classes_b is not None:
+        return (classes_a == targets).astype(float), (classes_b == targets).astype(float), 1.0
+    y = targets.reshape(len(targets), -1).astype(float)
+    err_a = -((out_a.reshape(y.shape) - y) ** 2).sum(1)
+    err_b = -((out_b.reshape(y.shape) - y) ** 2).sum(1)
+    total = float(((y - y.mean(0)) ** 2).sum(1).mean()) or 1.0
+    return err_a, err_b, 1.0 / total  # mean(SSE_b - SSE_a) / mean(SST) = R²_a - R²_b

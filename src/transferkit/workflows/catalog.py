@@ -1,0 +1,43 @@
+"""What is registered, for ``transferkit list`` and the facade: tasks, and every strategy-like registry.
+
+Four registries hold methods: strategies (``fit --strategy``), continual learners
+(``transferkit continual``), self-supervised pre-training methods (``fit --pretrain``)
+and regularizers (``-o regularizer=NAME`` on fine-tuning strategies).
+:func:`list_strategies` lists them together, each row with its registry as ``kind``.
+
+Example:
+    >>> rows = list_strategies()
+    >>> {r["kind"] for r in rows} >= {"transfer", "scratch", "continual", "pre-training", "regularizer"}
+    True
+    >>> [t["name"] for t in list_tasks()][:3]
+    ['classification', 'multilabel', 'regression']
+"""
+from __future__ import annotations
+
+from transferkit.strategies import STRATEGIES
+from transferkit.strategies.continual import CONTINUAL
+from transferkit.strategies.regularizers import REGULARIZERS
+from transferkit.strategies.self_supervised import PRETRAINERS
+from transferkit.tasks import TASKS
+
+
+def list_strategies() -> list[dict]:
+    """Name, kind, one-line help, options ``(name, default, help)`` and tags of every registered method.
+
+    ``kind`` is ``transfer`` or ``scratch`` for strategies, ``continual``, ``pre-training`` or
+    ``regularizer`` for the other registries.
+    """
+    rows = [{"name": e.name, "kind": e.obj.kind, "help": e.help, "options": e.obj.Config.describe(),
+             "tags": e.obj.tags()} for e in STRATEGIES]
+    rows += [{"name": e.name, "kind": "continual", "help": e.help, "options": e.obj.Config.describe(),
+              "tags": {"scenarios": list(e.obj.scenarios)}} for e in CONTINUAL]
+    rows += [{"name": e.name, "kind": "pre-training", "help": e.help, "options": e.obj.Config.describe(),
+              "tags": {"modalities": list(e.obj.modalities)}} for e in PRETRAINERS]
+    rows += [{"name": e.name, "kind": "regularizer", "help": e.help, "options": e.obj.Options.describe(),
+              "tags": {}} for e in REGULARIZERS]
+    return rows
+
+
+def list_tasks() -> list[dict]:
+    """Every registered task: name, one-line help, primary metric, metrics, features and head."""
+    return [{**e.obj.describe(), "help": e.help} for e in TASKS]

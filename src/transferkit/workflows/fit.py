@@ -1,0 +1,408 @@
+"""``fit``, ``evaluate``, ``prepare_data`` and ``lr_find``: adapt a backbone to a task, score it, ship it.
+
+Example:
+    >>> import transferkit as tk                                                  # doctest: +SKIP
+    >>> result = tk.fit("efficientnet-lite:0", "fashion-mnist", "linear-probe",  # doctest: +SKIP
+    ...                 labels_per_class=10, image_size=64, out="runs/fmnist")
+    >>> tk.load("runs/fmnist").predict(["boot.png"])                            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.backbones.base import Backbone
+from transferkit.data import align_to_label_names, resolve_data, sample_per_class, subsample, train_val_split
+from transferkit.data.dataset import TaskData
+from transferkit.errors import ConfigError, DataError
+from transferkit.export.bundle import Predictor, check_writable, load, read_manifest, rebuild_model, save_bundle
+from transferkit.strategies import STRATEGIES, Strategy, TransferModel
+from transferkit.tasks import compute_metrics, get_task
+from transferkit.training import TrainConfig
+from transferkit.training.loop import distributed_state
+from transferkit.workflows.baselines import check_transfer_against_scratch
+from transferkit.workflows.runs import (Run, check_fairness_data, fairness_metrics, is_main_process, resolve_backbone,
+                                        resolve_strategy, scored_split, train_and_score, wait_for_everyone)
+
+__all__ = ["FitResult", "evaluate", "fit", "lr_find", "prepare_data", "rebuild"]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns."""
+
+    predictor: Predictor
+    metrics: dict
+    history: list[dict]
+    manifest: dict
+    path: Path | None = None
+
+
+def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int | None = None,
+                 val_fraction: float = 0.2, seed: int = 0, max_test: int | None = None, strict_labels: bool = True,
+                 **data_options) -> tuple[TaskData, TaskData | None, TaskData | None]:
+    """Resolve ``data`` to (train, validation, test) with a seeded per-class draw and split.
+
+    A given ``val_data`` is used as the validation set (no split is held out).
+    """
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"The 'val_fraction' parameter must be a float in [0, 1). Got {val_fraction!r} instead.")
+    train, test = resolve_data(data, test_data=test_data, **data_options)
+    if labels_per_class is not None:
+        if labels_per_class < 1:
+            raise ConfigError(f"The 'labels_per_class' parameter must be an int in [1, inf). Got {labels_per_class} instead.")
+        train = sample_per_class(train, labels_per_class, seed, strict=strict_labels)
+    if val_data is not None:
+        columns = {k: v for k, v in data_options.items()
+                   if k in ("text_column", "label_column", "feature_columns", "task", "sensitive_column")}
+        _, val = resolve_data(train, test_data=val_data, **columns)  # checks and aligns its labels with training
+    else:
+        train, val = train_val_split(train, val_fraction, seed)
+    if test is not None and max_test is not None and len(test) > max_test:
+        test = subsample(test, max_test, 0)  # the same test items for every seed
+    return train, val, test
+
+
+def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linear-probe", *,
+        strategy_options: dict | None = None, test_data=None, labels_per_class: int | None = None,
+        val_fraction: float = 0.2, val_data=None, out: str | Path | None = None, overwrite: bool = False,
+        image_size: int | None = None, max_length: int | None = None, pretrained: bool = True,
+        drop_path: float | None = None,
+        config: TrainConfig | None = None, report: bool = True, text_column: str | None = None,
+        label_column: str = "label", max_test: int | None = None, check_transfer: bool = False,
+        baselines="auto", target_data=None, target_labelled_data=None, pretrain: str | None = None,
+        unlabelled_data=None, pretrain_options: dict | None = None, pretrain_epochs: int | None = None,
+        pretrain_max_items: int | None = None, sensitive_column: str | None = None,
+        **train_options: Any) -> FitResult:
+    """Adapt ``backbone`` to ``data`` with ``strategy`` and (if ``out``) save a bundle.
+
+    Args:
+        backbone: a spec string (``efficientnet-lite:0``, ``sentence:all-MiniLM-L6-v2``) or a Backbone.
+        data: a built-in data set name, a folder / table path, a TaskData, ``(X, y)`` or a DataFrame.
+        strategy: a registered strategy name (``transferkit list strategies``).
+        strategy_options: the strategy's config fields.
+        labels_per_class: draw this many labelled training examples per class (seeded).
+        val_fraction: stratified validation split held out of the training data.
+        val_data: a validation set (same forms as ``data``); no split is held out then.
+        out: bundle directory; refused if it exists unless ``overwrite``.
+        max_test: evaluate on a fixed stratified subset of this many test items.
+        check_transfer: also train the from-scratch baseline(s) on the same draw and
+            splits and put the verdict (positive transfer / no clear gain / negative
+            transfer, with a paired bootstrap interval over the evaluated items) into
+            the manifest's ``verdict`` and the report. See :func:`check_transfer_against_scratch`.
+        baselines: scratch variants for ``check_transfer``; ``"auto"`` is the small CNN for
+            images and TF-IDF + logistic regression for text.
+        drop_path: stochastic-depth rate of ``timm:`` and ``efficientnet-lite:`` backbones in training.
+        target_data: domain adaptation (strategies ``dann``, ``cdan``, ``mmd``, ``coral``,
+            ``self-training``, ``coral-linear``, ``reweight-linear``, ``source-only``): the target
+            domain's inputs, same forms as ``data`` or a flat image folder; labels are not used.
+            ``data`` is then the labelled source; evaluate on the target with ``test_data``.
+        target_labelled_data: a few labelled target examples (semi-supervised adaptation).
+        pretrain: self-supervised pre-training of the backbone on ``unlabelled_data`` before the
+            strategy adapts it (``simclr``, ``simsiam`` for images, ``mlm`` for text; see
+            :func:`transferkit.strategies.self_supervised.pretrain`). The manifest records it
+            (``pretrain``) and the bundle stores the pre-trained weights in full.
+        unlabelled_data: the unlabelled inputs for ``pretrain`` (same forms as ``target_data``).
+        sensitive_column: a sensitive attribute (group) column of a table or DataFrame (for
+            built-in ``penguins``: ``island`` or ``sex``). It is not an input of the model; the
+            metrics gain ``"fairness"`` (:func:`transferkit.evaluation.fairness.group_metrics` on
+            the evaluated split), and the strategies ``reweighing`` and ``adversarial-debiasing``
+            train with it. A single group is refused before training.
+        pretrain_options, pretrain_epochs, pretrain_max_items: the method's options, its epochs
+            (default: the method's) and a cap on the unlabelled items it sees (seeded draw).
+        train_options: :class:`TrainConfig` fields (``epochs``, ``lr``, ``seed``, ...). ``lr="auto"``
+            runs the learning-rate finder (:func:`lr_find`) on the training split first and trains
+            at its suggestion; ``head_lr``, unless given, keeps the strategy's default ratio to
+            ``lr``. The finder's curve goes into the manifest (``lr_find``) and the bundle
+            (``lr_find.png``).
+    """
+    lr_auto = _is_auto_lr(train_options.get("lr"))
+    config = replace(config or TrainConfig(), **{**train_options, "lr": None} if lr_auto else train_options)
+    strat = resolve_strategy(strategy, strategy_options)
+    if out is not None:
+        check_writable(out, overwrite)
+    train, val, test = prepare_data(data, test_data=test_data, labels_per_class=labels_per_class,
+                                    val_fraction=val_fraction, val_data=val_data, seed=config.seed,
+                                    text_column=text_column,
+                                    label_column=label_column, max_test=max_test, sensitive_column=sensitive_column)
+    _check_fit_options(train, scored_split(val, test), sensitive_column, check_transfer)
+    domain = _attach_target(strat, train, target_data, target_labelled_data, text_column, label_column)
+    bb_options = {"image_size": image_size, "max_length": max_length, "pretrained": pretrained, "drop_path": drop_path}
+    pretrained_by = None
+    if pretrain is not None or unlabelled_data is not None:
+        backbone, pretrained_by = _pretrain(backbone, strat, train, pretrain, unlabelled_data, pretrain_options,
+                                            pretrain_epochs, pretrain_max_items, bb_options, config)
+    finder = None
+    if lr_auto:
+        finder, config = _auto_lr(backbone, strat, train, bb_options, config)
+    run = train_and_score(backbone, strat, train, val, test, config, bb_options)
+    manifest = _manifest(backbone, strat, config, train, val, test, labels_per_class, run)
+    # drop_path acts in training only, so it is not part of the rebuilt architecture
+    extras = {"backbone_training": {"drop_path": drop_path} if drop_path is not None else None,
+              "domain_adaptation": domain, "pretrain": pretrained_by,
+              "lr_find": finder.to_dict() if finder is not None else None}
+    manifest.update({k: v for k, v in extras.items() if v is not None})
+    if check_transfer:
+        manifest["verdict"] = check_transfer_against_scratch(run, strat, train, val, test, config, baselines)
+    predictor = _save_fit(run, manifest, train, scored_split(val, test), out, overwrite=overwrite, report=report,
+                          finder=finder)
+    wait_for_everyone()
+    return FitResult(predictor, run.metrics, run.history, predictor.manifest, Path(out) if out is not None else None)
+
+
+def _check_fit_options(train: TaskData, scored: TaskData | None, sensitive_column: str | None,
+                       check_transfer: bool) -> None:
+    """Refuse, before any training, fairness metrics without groups and a transfer check it cannot judge."""
+    task = get_task(train.task)
+    if sensitive_column is not None or (train.sensitive is not None and task.single_label):
+        check_fairness_data(sensitive_column or train.sensitive_name or "sensitive", train, scored)
+    if check_transfer and task.has_labels and not task.single_label:
+        raise ConfigError("check_transfer supports classification and regression; for multi-label data "
+                          "run transferkit compare, which judges transfer over seeds.")
+
+
+def _manifest(backbone, strategy: Strategy, config: TrainConfig, train: TaskData, val, test, labels_per_class,
+              run: Run) -> dict:
+    """The bundle manifest of a fit: backbone, strategy, training config, data, metrics and history."""
+    return {
+        "backbone_spec": backbone if isinstance(backbone, str) else getattr(backbone, "spec", None),
+        "backbone_provenance": _provenance(backbone, strategy, train),
+        "strategy": {"name": strategy.name, "kind": strategy.kind, "config": strategy.config.to_dict()},
+        "train": config.to_dict(), "task": train.task, "modality": train.modality,
+        "data": {"name": train.name, "source": train.source, "fingerprint": train.fingerprint(),
+                 "n_train": len(train), "n_val": len(val) if val is not None else 0,
+                 "n_test": len(test) if test is not None else 0, "labels_per_class": labels_per_class,
+                 **({"sensitive_column": train.sensitive_name} if train.sensitive is not None else {})},
+        "metrics": run.metrics, "history": run.history, "train_seconds": round(run.seconds, 2),
+    }
+
+
+def _save_fit(run: Run, manifest: dict, train: TaskData, scored: TaskData | None, out, *, overwrite: bool,
+              report: bool, finder) -> Predictor:
+    """The predictor of ``run``; with ``out``, the bundle (report and finder plot included) written there first."""
+    predictor = Predictor(run.model, manifest)
+    if out is not None and is_main_process():
+        extra = _fit_report(manifest, run.history, run.metrics, train, run.model, scored) if report else None
+        if finder is not None:
+            extra = _with_lr_plot(extra, finder)
+        path = save_bundle(run.model, out, manifest, overwrite=overwrite, extra=extra)
+        predictor = Predictor(run.model, read_manifest(path), path)
+    return predictor
+
+
+def _attach_target(strategy: Strategy, train: TaskData, target_data, target_labelled_data, text_column,
+                   label_column) -> dict | None:
+    """Resolve the target domain like ``data`` and give it to a domain-adaptation strategy (manifest entry)."""
+    from transferkit.data.domains import prepare_target_data
+    from transferkit.strategies.domain import attach_target
+
+    target, labelled = prepare_target_data(train, target_data, target_labelled_data, text_column=text_column,
+                                           label_column=label_column)
+    return attach_target(strategy, target, labelled)
+
+
+def _pretrain(backbone, strategy: Strategy, train: TaskData, method, unlabelled_data, options, epochs, max_items,
+              bb_options: dict, config: TrainConfig) -> tuple[Backbone, dict]:
+    """Self-supervised pre-training of the backbone on unlabelled data; returns it and the manifest entry."""
+    from transferkit.data.domains import check_pairable, resolve_domain_data, unlabelled
+    from transferkit.strategies.self_supervised import PRETRAINERS
+    from transferkit.workflows.pretrain import pretrain
+
+    if method is None or unlabelled_data is None:
+        missing = "the method (pretrain=..., CLI --pretrain)" if method is None else \
+            "the unlabelled data (unlabelled_data=..., CLI --unlabelled-data)"
+        raise ConfigError(f"Self-supervised pre-training needs both a method ({', '.join(PRETRAINERS.names())}) and "
+                          f"unlabelled data; {missing} is missing.")
+    resolved = PRETRAINERS.get(method)(options or {}).config.to_dict()  # bad names are refused before any data is read
+    if not strategy.needs_backbone(train):
+        raise ConfigError(f"Strategy '{strategy.name}' trains its own model from scratch; pre-training "
+                          f"(--pretrain) applies to a backbone that a transfer strategy then adapts.")
+    data = unlabelled(resolve_domain_data(unlabelled_data))
+    check_pairable(train, data, what="Unlabelled data", flag="unlabelled-data")
+    bb = resolve_backbone(backbone, strategy, train, **bb_options)
+    spec = backbone if isinstance(backbone, str) else getattr(backbone, "spec", None)
+    start = time.perf_counter()
+    bb, history = pretrain(bb, data, method, options=options, epochs=epochs,
+                           batch_size=None, seed=config.seed, max_items=max_items, progress=config.progress,
+                           cpu=config.cpu)
+    entry = {"method": method, "options": resolved, "from": spec, "data": data.name,
+             "items": min(len(data), max_items or len(data)), "epochs": len(history), "history": history,
+             "seconds": round(time.perf_counter() - start, 2)}
+    return bb, entry
+
+
+def _provenance(backbone, strategy: Strategy, data: TaskData) -> str:
+    """What the backbone source says about where its weights come from (``transferkit list backbones``)."""
+    from transferkit.backbones import BACKBONE_SOURCES, split_spec
+
+    if not strategy.needs_backbone(data):
+        return "none: a model trained from scratch on the target data"
+    spec = backbone if isinstance(backbone, str) else getattr(backbone, "spec", "")
+    prefix = split_spec(spec)[0] if spec else ""
+    return BACKBONE_SOURCES.entry(prefix).help if prefix in BACKBONE_SOURCES else ""
+
+
+def _fit_report(manifest, history, metrics, train, model=None, scored=None):
+    def write(directory: Path) -> None:
+        from transferkit.reports import write_fit_report
+
+        write_fit_report(directory, manifest=manifest, history=history, metrics=metrics, label_names=train.label_names,
+                         projection=_projection(model, scored))
+    return write
+
+
+def _projection(model, scored) -> tuple | None:
+    """Features of (up to 1,000 of) the evaluated items under the trained backbone, for the report's PCA plot."""
+    from transferkit.data.cache import compute_features
+
+    if model is None or scored is None or not get_task(scored.task).single_label or model.backbone is None:
+        return None
+    if model.backbone.num_features > 5000:  # e.g. a TF-IDF vocabulary: not worth a dense projection
+        return None
+    part = subsample(scored, 1000, 0)
+    return compute_features(model.backbone, part), np.asarray(part.targets)
+
+
+def evaluate(bundle: str | Path | Predictor, data, *, split: str = "test", sensitive_column: str | None = None,
+             **data_options) -> dict:
+    """Metrics of a saved bundle on ``data`` (a built-in name uses its test split unless ``split="train"``).
+
+    When the evaluated data carries a sensitive attribute (``sensitive_column`` of a table,
+    DataFrame or built-in set, or a TaskData with ``sensitive``), the metrics gain
+    ``"fairness"``: :func:`transferkit.evaluation.fairness.group_metrics` (classification).
+    """
+    predictor = bundle if isinstance(bundle, Predictor) else load(bundle)
+    if sensitive_column is not None:
+        data_options["sensitive_column"] = sensitive_column
+    train, test = resolve_data(data, **data_options)
+    target = test if (split == "test" and test is not None) else train
+    if target.targets is None:
+        raise DataError(f"'{target.name}' has no labels to evaluate against.")
+    target = align_to_label_names(target, predictor.label_names)
+    if sensitive_column is not None:
+        check_fairness_data(sensitive_column, replace(target, task=predictor.task), None)
+    outputs = predictor.outputs(target.items)
+    metrics = compute_metrics(predictor.task, target.targets, outputs, predictor.label_names)
+    fairness = fairness_metrics(target, outputs, predictor.label_names)
+    if fairness is not None:
+        metrics["fairness"] = fairness
+    return metrics
+
+
+# --------------------------------------------------------------------------- the learning-rate finder
+
+
+def _is_auto_lr(lr) -> bool:
+    """Whether ``lr`` asks for the finder; a string other than ``"auto"`` is refused."""
+    if isinstance(lr, str):
+        if lr.strip().lower() != "auto":
+            raise ConfigError(f"The 'lr' parameter of fit must be a float in (0, 10] or 'auto'. Got {lr!r} instead.")
+        return True
+    return False
+
+
+def _find_lr_for(backbone, strategy: Strategy, train: TaskData, backbone_options: dict, *, batch_size: int = 32,
+                 seed: int = 0, cpu: bool = False, progress: bool = False, **finder_options):
+    """The range test of ``strategy`` on ``train``, on a copy of the strategy and its own backbone.
+
+    The strategy the caller trains next is left as it was (``prepare`` may
+    store state on it, such as a regularizer's snapshot), and so is a
+    Backbone object the caller passed. With several processes, every process
+    uses process 0's result, so all train at the same learning rate.
+    """
+    import copy
+
+    import torch
+
+    from transferkit.training.lr_finder import find_lr
+
+    if type(strategy).fit is not Strategy.fit:
+        raise ConfigError(f"Strategy '{strategy.name}' does not train with the generic loop (it has its own fit), "
+                          "so the learning-rate finder does not apply to it; give lr a number.")
+    probe = copy.deepcopy(strategy)
+    bb = resolve_backbone(backbone, probe, train, **backbone_options)
+    if bb is None:
+        raise ConfigError(f"The learning-rate finder needs a backbone for strategy '{strategy.name}'.")
+    if bb is backbone:
+        bb = copy.deepcopy(bb)
+    probe.check_data(bb, train)
+    with torch.random.fork_rng(devices=[]):  # the same new head for the same seed, without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = probe.prepare(bb, train)
+    state = distributed_state()
+    device = "cpu" if cpu else state.device
+    result = find_lr(probe, model, train, batch_size=batch_size, seed=seed, device=device,
+                     progress=progress and state.is_main_process, **finder_options)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        result = broadcast_object_list([result], from_process=0)[0]
+    return result
+
+
+def _auto_lr(backbone, strategy: Strategy, train: TaskData, bb_options: dict, config: TrainConfig):
+    """``lr="auto"``: the finder's result, and ``config`` at its suggestion (``head_lr`` too unless given)."""
+    finder = _find_lr_for(backbone, strategy, train, bb_options, batch_size=config.batch_size, seed=config.seed,
+                          cpu=config.cpu, progress=config.progress)
+    config = replace(config, lr=finder.suggestion,
+                     head_lr=config.head_lr if config.head_lr is not None else finder.head_lr)
+    return finder, config
+
+
+def _with_lr_plot(extra, finder):
+    """A bundle ``extra`` writer that also writes the finder's curve as ``lr_find.png``."""
+    def write(directory: Path) -> None:
+        if extra is not None:
+            extra(directory)
+        finder.plot(Path(directory) / "lr_find.png")
+    return write
+
+
+def lr_find(backbone: str | Backbone, data, strategy: str | Strategy = "finetune", *,
+            strategy_options: dict | None = None, labels_per_class: int | None = None, val_fraction: float = 0.2,
+            image_size: int | None = None, max_length: int | None = None, drop_path: float | None = None,
+            pretrained: bool = True, batch_size: int = 32, seed: int = 0, start: float = 1e-7, end: float = 1.0,
+            steps: int = 100, out: str | Path | None = None, text_column: str | None = None,
+            label_column: str = "label", cpu: bool = False, progress: bool = False, **data_options):
+    """Run the learning-rate range test of ``strategy`` with ``backbone`` on ``data``'s training split.
+
+    The split is the one :func:`fit` trains on with the same ``seed``,
+    ``labels_per_class`` and ``val_fraction``. The learning rate on the curve
+    is the body's; the head keeps the strategy's default ratio. See
+    :func:`transferkit.training.lr_finder.find_lr` for the method and
+    :class:`~transferkit.training.lr_finder.LRFinderResult` for the suggestion.
+
+    Args:
+        out: also write the curve as a PNG there.
+        start, end, steps: the learning-rate range and the number of mini-batches.
+
+    Returns:
+        An :class:`~transferkit.training.lr_finder.LRFinderResult`.
+
+    Example:
+        >>> r = tk.lr_find("efficientnet-lite:0", "fashion-mnist", labels_per_class=10,  # doctest: +SKIP
+        ...                image_size=64, out="lr.png")
+        >>> tk.fit("efficientnet-lite:0", "fashion-mnist", "finetune", lr=r.suggestion,  # doctest: +SKIP
+        ...        head_lr=r.head_lr)
+    """
+    strat = resolve_strategy(strategy, strategy_options)
+    train, _, _ = prepare_data(data, labels_per_class=labels_per_class, val_fraction=val_fraction, seed=seed,
+                               text_column=text_column, label_column=label_column, **data_options)
+    bb_options = {"image_size": image_size, "max_length": max_length, "pretrained": pretrained, "drop_path": drop_path}
+    result = _find_lr_for(backbone, strat, train, bb_options, batch_size=batch_size, seed=seed, cpu=cpu,
+                          progress=progress, start=start, end=end, steps=steps)
+    if out is not None and is_main_process():
+        result.plot(out)
+    return result
+
+
+# --------------------------------------------------------------------------- what fit takes and makes
+
+
+def rebuild(path: str | Path) -> TransferModel:
+    """The trained ``TransferModel`` of a bundle (for further training or export)."""
+    return rebuild_model(path)
