@@ -20,8 +20,8 @@ from transferkit.backbones import load_backbone
 from transferkit.backbones.base import Backbone, TabularPreprocess
 from transferkit.data import from_arrays
 from transferkit.errors import ConfigError, DataError
-from transferkit.evaluation.domain_shift import (coral_distance, coral_loss, coral_transform, dann_ramp, grad_reverse,
-                                                 mk_mmd, mmd, proxy_a_distance)
+from transferkit.evaluation.domain_shift import coral_distance, coral_transform, mmd, proxy_a_distance
+from transferkit.losses import coral_loss, dann_ramp, grad_reverse, mk_mmd
 from transferkit.evaluation.domain_validation import (domain_importance_weights, importance_weighted_risk,
                                                       information_maximization, prediction_entropy, select_best,
                                                       soft_neighborhood_density, validator_values)

@@ -4,13 +4,20 @@ A strategy is an object registered by name with a config dataclass that
 validates itself. Everything that differs between methods lives in it; the
 generic loop (``transferkit.training``) only calls these methods:
 
-* ``prepare(backbone, data) -> TransferModel``: heads, adapters, frozen parts;
-* ``param_groups(model, train_config) -> list[dict]``: what trains, at which lr;
+* ``prepare(backbone, data) -> TransferModel``: heads (built by the data's task from the
+  backbone's :class:`~transferkit.backbones.base.FeatureSpec`), adapters, frozen parts;
+* ``param_groups(model, lr, head_lr) -> list[dict]``: what trains, at which lr;
 * ``train_dataset(model, data)``: what a batch holds (raw items, cached features);
 * ``step(model, batch, ctx) -> dict``: at least ``{"loss": ...}``; extra named terms;
   ``ctx`` (:class:`StepContext`) carries the global step, total steps, epoch,
   accumulation and world size, so per-run schedules need no state on the strategy;
 * hooks ``on_epoch_start`` (unfreezing schedules, ramps) and ``on_train_end``.
+
+What a strategy supports is declared as tags (class attributes: ``tasks``,
+``modalities``, ``needs_target``, ``needs_sensitive``, ``min_backbones``, listed by
+:meth:`Strategy.tags`); :meth:`Strategy.check_data` refuses the rest with one message,
+and the conformance tests read the same tags. What depends on the task (loss,
+postprocessing, metrics) is asked of :mod:`transferkit.tasks`, never branched on here.
 
 A strategy that does not train with the loop (a closed-form linear probe, a
 TF-IDF baseline) overrides :meth:`Strategy.fit`. The loop is passed in, so this

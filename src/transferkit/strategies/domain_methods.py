@@ -2,7 +2,7 @@
 
 Each is a :class:`~transferkit.strategies.domain.DomainAdaptation` whose
 ``step`` adds one adaptation term to the source loss; the loss functions
-themselves are in :mod:`transferkit.evaluation.domain_shift`.
+themselves are in :mod:`transferkit.losses`.
 
 Discriminators (``dann``, ``cdan``) live on the strategy, outside the saved
 model, and train through the loop's optimizer as the parameter group
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, check_range
-from transferkit.evaluation.domain_shift import coral_loss, dann_ramp, entropy, grad_reverse, mk_mmd
+from transferkit.losses import coral_loss, dann_ramp, entropy, grad_reverse, mk_mmd
 from transferkit.strategies.base import StepContext, TransferModel, register_strategy
 from transferkit.strategies.domain import (DomainAdaptation, DomainConfig, batch_len, concat_inputs,
                                           domain_discriminator)
@@ -157,7 +157,7 @@ class MMD(DomainAdaptation):
 
     https://arxiv.org/abs/1502.02791. Loss: source loss + ``weight`` times the
     MK-MMD² of the pooled features, Gaussian kernels at the median-heuristic
-    bandwidth times 1/4 .. 4 (:func:`~transferkit.evaluation.domain_shift.mk_mmd`).
+    bandwidth times 1/4 .. 4 (:func:`~transferkit.losses.mk_mmd`).
     """
 
     name = "mmd"

@@ -30,7 +30,7 @@ from torch import nn
 
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, check_range
-from transferkit.evaluation.domain_shift import dann_ramp, grad_reverse
+from transferkit.losses import dann_ramp, grad_reverse
 from transferkit.evaluation.fairness import check_sensitive, kamiran_calders_weights
 from transferkit.strategies.base import ItemDataset, StepContext, TransferModel, register_strategy, task_loss
 from transferkit.strategies.finetune import Finetune, FinetuneConfig
@@ -152,7 +152,7 @@ class AdversarialDebiasing(_GroupAware):
     Learning", AIES 2018 (https://arxiv.org/abs/1801.07593). Loss: task loss +
     cross-entropy of the adversary on ``grad_reverse(a, lambda_p)``, with
     ``lambda_p = weight * (2 / (1 + exp(-gamma p)) - 1)`` ramped over training
-    progress ``p`` (DANN's schedule, :func:`~transferkit.evaluation.domain_shift.dann_ramp`).
+    progress ``p`` (DANN's schedule, :func:`~transferkit.losses.dann_ramp`).
     The adversary learns to predict the group from ``a``; the model receives the
     reversed gradient and learns to hide it. ``a`` (``adversary_input``) is:
 
