@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from transferkit.backbones import load_backbone
 from transferkit.errors import BundleError

@@ -24,7 +24,7 @@ import tempfile
 from numbers import Real
 from pathlib import Path
 
-from transferkit.errors import BundleError, MissingWeightsError, TransferkitError
+from transferkit.errors import BundleError, TransferkitError
 from transferkit.export.bundle import Predictor, _replace_dir, load, read_manifest
 from transferkit.tasks import TASKS, get_task
 

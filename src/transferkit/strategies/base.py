@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import validate_declared
 from transferkit.data.batches import run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError
@@ -47,13 +48,22 @@ STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
 
 @dataclass
 class StrategyConfig:
-    """Base of every strategy config; fields carry ``metadata={"help": ...}``."""
+    """Base of every strategy config; fields carry ``metadata={"help": ...}``.
+
+    Subclasses declare the valid values of their fields in ``_parameter_constraints``
+    (:mod:`transferkit.constraints`; merged with their bases' declarations), checked
+    before :meth:`validate`. Assign it without an annotation (or as a ``ClassVar``):
+    an annotated dict would become a dataclass field.
+    """
+
+    _parameter_constraints: ClassVar[dict] = {}
 
     def __post_init__(self) -> None:
+        validate_declared(self)
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` for out-of-range values. Subclasses extend it."""
+        """Checks that relate several fields or need logic; plain ranges are declared. Subclasses extend it."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

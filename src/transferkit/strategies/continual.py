@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -48,10 +47,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import NONE, Interval
 from transferkit.data.dataset import TaskData
 from transferkit.data.streams import SCENARIOS, Experience, Stream
-from transferkit.errors import ConfigError, DataError, check_range
-from transferkit.evaluation.continual import continual_metrics
+from transferkit.errors import ConfigError
 from transferkit.registry import Registry
 from transferkit.strategies.base import (ItemDataset, StepContext, Strategy, StrategyConfig, TrainDefaults,
                                          predict_outputs)
@@ -138,10 +137,11 @@ class EWCConfig(ContinualConfig):
     gamma: float = field(default=1.0, metadata={"help": "decay of the running Fisher per experience (online EWC)"})
     fisher_samples: int = field(default=256, metadata={"help": "items of each experience the Fisher is estimated on"})
 
-    def validate(self) -> None:
-        check_range("EWCConfig", "weight", self.weight, low=0)
-        check_range("EWCConfig", "gamma", self.gamma, low=0, high=1)
-        check_range("EWCConfig", "fisher_samples", self.fisher_samples, low=1, kind="an int")
+    _parameter_constraints = {
+        "weight": [Interval("number", 0, None)],
+        "gamma": [Interval("number", 0, 1)],
+        "fisher_samples": [Interval("int", 1, None)],
+    }
 
 
 class _Features(nn.Module):
@@ -202,9 +202,10 @@ class LwFConfig(ContinualConfig):
     weight: float = field(default=1.0, metadata={"help": "lambda: weight of the distillation term"})
     temperature: float = field(default=2.0, metadata={"help": "distillation temperature T"})
 
-    def validate(self) -> None:
-        check_range("LwFConfig", "weight", self.weight, low=0)
-        check_range("LwFConfig", "temperature", self.temperature, low=0, low_open=True)
+    _parameter_constraints = {
+        "weight": [Interval("number", 0, None)],
+        "temperature": [Interval("number", 0, None, closed="neither")],
+    }
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -249,10 +250,10 @@ class ReplayConfig(ContinualConfig):
     buffer_size: int = field(default=200, metadata={"help": "items the memory holds at most (class-balanced)"})
     replay_batch: int | None = field(default=None, metadata={"help": "memory items per batch (default: the batch size)"})
 
+    _parameter_constraints = {"replay_batch": [Interval("int", 1, None), NONE]}
+
     def validate(self) -> None:
         ReplayBuffer(self.buffer_size)  # refuses 0, negatives and non-integers
-        if self.replay_batch is not None:
-            check_range("ReplayConfig", "replay_batch", self.replay_batch, low=1, kind="an int")
 
 
 @register_continual

@@ -53,8 +53,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import NONE, Interval, Options
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, DataError, check_range
+from transferkit.errors import ConfigError, DataError
 from transferkit.strategies.base import (StepContext, Strategy, StrategyConfig, TrainDefaults, TransferModel,
                                          register_strategy)
 from transferkit.strategies.linear_probe import fit_linear_head
@@ -85,19 +86,16 @@ class ContrastiveTextConfig(StrategyConfig):
         "help": "inverse L2 strength of the logistic-regression head; None: chosen by cross-validation"})
     embed_batch_size: int = field(default=64, metadata={"help": "texts per batch when embedding for the head"})
 
-    def validate(self) -> None:
-        owner = type(self).__name__
-        for name, choices in (("pairing", PAIRINGS), ("loss", LOSSES), ("pair_rule", PAIR_RULES)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"The '{name}' parameter of {owner} must be one of {', '.join(choices)}. "
-                                  f"Got {getattr(self, name)!r} instead.")
-        check_range(owner, "num_iterations", self.num_iterations, low=1, kind="an int")
-        if self.max_steps is not None:
-            check_range(owner, "max_steps", self.max_steps, low=1, kind="an int")
-        check_range(owner, "margin", self.margin, low=0, low_open=True, high=2)
-        if self.head_C is not None:
-            check_range(owner, "head_C", self.head_C, low=0, low_open=True)
-        check_range(owner, "embed_batch_size", self.embed_batch_size, low=1, kind="an int")
+    _parameter_constraints = {
+        "pairing": [Options(*PAIRINGS)],
+        "loss": [Options(*LOSSES)],
+        "pair_rule": [Options(*PAIR_RULES)],
+        "num_iterations": [Interval("int", 1, None)],
+        "max_steps": [Interval("int", 1, None), NONE],
+        "margin": [Interval("number", 0, 2, closed="right")],
+        "head_C": [Interval("number", 0, None, closed="neither"), NONE],
+        "embed_batch_size": [Interval("int", 1, None)],
+    }
 
 
 def pair_targets(targets: np.ndarray, task: str, rule: str = "any") -> np.ndarray:

@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferkit.constraints import Interval, Options
 from transferkit.data.dataset import TaskData
 from transferkit.data.domains import merge_task_data, unlabelled
 from transferkit.data.paired import PairedDataset
 from transferkit.data.splits import subsample
-from transferkit.errors import ConfigError, DataError, check_range
+from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.metrics import higher_is_better
 from transferkit.tasks import compute_metrics, primary_metric
 from transferkit.evaluation.domain_validation import VALIDATORS, validator_values
@@ -106,21 +107,17 @@ class DomainSelectConfig(FinetuneConfig):
     validation_items: int = field(default=512, metadata={"help": "target (and source validation) items the "
                                                                  "validators look at"})
 
-    def validate(self) -> None:
-        super().validate()
-        if self.select not in SELECT:
-            raise ConfigError(f"The 'select' parameter of {type(self).__name__} must be one of {', '.join(SELECT)}. "
-                              f"Got {self.select!r} instead.")
-        check_range(type(self).__name__, "validation_items", self.validation_items, low=2, kind="an int")
+    _parameter_constraints = {"select": [Options(*SELECT)], "validation_items": [Interval("int", 2, None)]}
 
 
 @dataclass
 class DomainConfig(DomainSelectConfig):
     weight: float = field(default=1.0, metadata={"help": "trade-off weight of the adaptation term (0: source-only)"})
 
+    _parameter_constraints = {"weight": [Interval("number", 0, None)]}
+
     def validate(self) -> None:
         super().validate()
-        check_range(type(self).__name__, "weight", self.weight, low=0)
         # Mixing and the knowledge-preserving penalties act on the task step of `finetune`;
         # the adaptation steps here build their own paired forward pass.
         if self.mixup or self.cutmix or self.regularizer is not None:

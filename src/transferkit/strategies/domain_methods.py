@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from transferkit.constraints import Interval, Options
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, check_range
+
 from transferkit.losses import coral_loss, dann_ramp, entropy, grad_reverse, mk_mmd
 from transferkit.strategies.base import StepContext, TransferModel, register_strategy
 from transferkit.strategies.domain import (DomainAdaptation, DomainConfig, batch_len, concat_inputs,
@@ -33,10 +34,7 @@ class AdversarialConfig(DomainConfig):
     hidden: int = field(default=256, metadata={"help": "width of the discriminator's two hidden layers"})
     gamma: float = field(default=10.0, metadata={"help": "steepness of the adversarial-weight ramp 2/(1+exp(-gamma p))-1"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range(type(self).__name__, "hidden", self.hidden, low=1, kind="an int")
-        check_range(type(self).__name__, "gamma", self.gamma, low=0)
+    _parameter_constraints = {"hidden": [Interval("int", 1, None)], "gamma": [Interval("number", 0, None)]}
 
 
 class _Adversarial(DomainAdaptation):
@@ -100,10 +98,7 @@ class CDANConfig(AdversarialConfig):
     max_map_dim: int = field(default=4096, metadata={"help": "above this features x classes, a random multilinear map"})
     map_dim: int = field(default=1024, metadata={"help": "output width of the random multilinear map"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range("CDANConfig", "max_map_dim", self.max_map_dim, low=1, kind="an int")
-        check_range("CDANConfig", "map_dim", self.map_dim, low=1, kind="an int")
+    _parameter_constraints = {"max_map_dim": [Interval("int", 1, None)], "map_dim": [Interval("int", 1, None)]}
 
 
 @register_strategy
@@ -199,12 +194,7 @@ class SelfTrainingConfig(DomainConfig):
                                                                 "shift-flip, FixMatch's weak aug) or a policy name"})
     strong: str = field(default="randaugment", metadata={"help": "images: strong aug of the target, randaugment or noise"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range("SelfTrainingConfig", "threshold", self.threshold, low=0, high=1)
-        if self.strong not in ("randaugment", "noise"):
-            raise ConfigError(f"The 'strong' parameter of SelfTrainingConfig must be one of randaugment, noise. "
-                              f"Got {self.strong!r} instead.")
+    _parameter_constraints = {"threshold": [Interval("number", 0, 1)], "strong": [Options("randaugment", "noise")]}
 
 
 def strong_augment(x: torch.Tensor, randaugment: ImageAugment | None) -> torch.Tensor:

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import Interval
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, check_range
+
 from transferkit.evaluation.domain_shift import coral_map
 from transferkit.evaluation.domain_validation import domain_importance_weights
 from transferkit.strategies.base import TrainDefaults, TransferModel, linear_head, register_strategy
@@ -61,9 +62,7 @@ class _ShallowDomain(TargetDomain, LinearProbe):
 class CoralLinearConfig(LinearProbeConfig):
     reg: float = field(default=1.0, metadata={"help": "ridge added to both covariances, relative to the mean variance"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range("CoralLinearConfig", "reg", self.reg, low=0, low_open=True)
+    _parameter_constraints = {"reg": [Interval("number", 0, None, closed="neither")]}
 
 
 @register_strategy
@@ -91,10 +90,7 @@ class ReweightLinearConfig(LinearProbeConfig):
     clip: float = field(default=10.0, metadata={"help": "largest importance weight, relative to the mean weight"})
     folds: int = field(default=5, metadata={"help": "cross-fitting folds of the domain classifier and of the C choice"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range("ReweightLinearConfig", "clip", self.clip, low=1)
-        check_range("ReweightLinearConfig", "folds", self.folds, low=2, kind="an int")
+    _parameter_constraints = {"clip": [Interval("number", 1, None)], "folds": [Interval("int", 2, None)]}
 
 
 def weighted_logistic_head(x: np.ndarray, y: np.ndarray, w: np.ndarray, C: float, max_iter: int, seed: int,

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferkit.constraints import NONE, Interval, Options
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, check_range
+from transferkit.errors import ConfigError
 from transferkit.losses import dann_ramp, grad_reverse
 from transferkit.evaluation.fairness import check_sensitive, kamiran_calders_weights
 from transferkit.strategies.base import ItemDataset, StepContext, TransferModel, register_strategy, task_loss
@@ -124,17 +125,13 @@ class AdversarialDebiasingConfig(FinetuneConfig):
                                                          "training progress p (0: full weight from the start)"})
     adversary_lr: float | None = field(default=None, metadata={"help": "adversary learning rate (None: the head's)"})
 
-    def validate(self) -> None:
-        super().validate()
-        owner = type(self).__name__
-        check_range(owner, "weight", self.weight, low=0)
-        check_range(owner, "hidden", self.hidden, low=0, kind="an int")
-        check_range(owner, "gamma", self.gamma, low=0)
-        if self.adversary_lr is not None:
-            check_range(owner, "adversary_lr", self.adversary_lr, low=0, low_open=True, high=10)
-        if self.adversary_input not in ADVERSARY_INPUTS:
-            raise ConfigError(f"The 'adversary_input' parameter of {owner} must be one of "
-                              f"{', '.join(ADVERSARY_INPUTS)}. Got {self.adversary_input!r} instead.")
+    _parameter_constraints = {
+        "weight": [Interval("number", 0, None)],
+        "hidden": [Interval("int", 0, None)],
+        "gamma": [Interval("number", 0, None)],
+        "adversary_lr": [Interval("number", 0, 10, closed="right"), NONE],
+        "adversary_input": [Options(*ADVERSARY_INPUTS)],
+    }
 
 
 def adversary(in_features: int, groups: int, hidden: int) -> nn.Module:

@@ -46,10 +46,11 @@ from torch import nn
 from torch.func import functional_call
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import NONE, Interval, Options
 from transferkit.data.batches import to_device
 from transferkit.data.dataset import TaskData
 from transferkit.data.episodes import episode_sampler, smallest_class
-from transferkit.errors import ConfigError, check_range
+from transferkit.errors import ConfigError
 from transferkit.evaluation.few_shot import DISTANCES, prototypes
 from transferkit.strategies.base import (ItemDataset, Strategy, StrategyConfig, TrainDefaults, TransferModel,
                                          linear_head, register_strategy)
@@ -67,16 +68,13 @@ class EpisodeConfig(StrategyConfig):
         "help": "training episodes per epoch, x the loop's epochs (None: about one pass over the training data)"})
     batch_size: int = field(default=64, metadata={"help": "feature-extraction batch size"})
 
-    def validate(self) -> None:
-        owner = type(self).__name__
-        if self.n_way is not None:
-            check_range(owner, "n_way", self.n_way, low=2, kind="an int")
-        check_range(owner, "k_shot", self.k_shot, low=1, kind="an int")
-        if self.n_query is not None:
-            check_range(owner, "n_query", self.n_query, low=1, kind="an int")
-        if self.episodes_per_epoch is not None:
-            check_range(owner, "episodes_per_epoch", self.episodes_per_epoch, low=1, kind="an int")
-        check_range(owner, "batch_size", self.batch_size, low=1, kind="an int")
+    _parameter_constraints = {
+        "n_way": [Interval("int", 2, None), NONE],
+        "k_shot": [Interval("int", 1, None)],
+        "n_query": [Interval("int", 1, None), NONE],
+        "episodes_per_epoch": [Interval("int", 1, None), NONE],
+        "batch_size": [Interval("int", 1, None)],
+    }
 
 
 @dataclass
@@ -86,12 +84,10 @@ class ProtoNetConfig(EpisodeConfig):
     episodic: bool = field(default=False, metadata={
         "help": "fine-tune the backbone on training episodes first (false: frozen, nothing trained)"})
 
-    def validate(self) -> None:
-        super().validate()
-        if self.distance not in DISTANCES:
-            raise ConfigError(f"The 'distance' parameter of ProtoNetConfig must be one of {', '.join(DISTANCES)}. "
-                              f"Got {self.distance!r} instead.")
-        check_range("ProtoNetConfig", "scale", self.scale, low=0, low_open=True)
+    _parameter_constraints = {
+        "distance": [Options(*DISTANCES)],
+        "scale": [Interval("number", 0, None, closed="neither")],
+    }
 
 
 @dataclass
@@ -104,12 +100,12 @@ class MAMLConfig(EpisodeConfig):
     meta_batch: int = field(default=2, metadata={"help": "episodes averaged per meta-update"})
     adapt_steps: int = field(default=10, metadata={"help": "full-batch steps adapting to the whole training set"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range("MAMLConfig", "inner_steps", self.inner_steps, low=1, kind="an int")
-        check_range("MAMLConfig", "inner_lr", self.inner_lr, low=0, low_open=True)
-        check_range("MAMLConfig", "meta_batch", self.meta_batch, low=1, kind="an int")
-        check_range("MAMLConfig", "adapt_steps", self.adapt_steps, low=1, kind="an int")
+    _parameter_constraints = {
+        "inner_steps": [Interval("int", 1, None)],
+        "inner_lr": [Interval("number", 0, None, closed="neither")],
+        "meta_batch": [Interval("int", 1, None)],
+        "adapt_steps": [Interval("int", 1, None)],
+    }
 
 
 # ---------------------------------------------------------------- prototypes

@@ -26,8 +26,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from transferkit.constraints import NONE, Interval
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, check_range
+from transferkit.errors import ConfigError
 from transferkit.strategies import regularizers
 from transferkit.strategies.augment import (POLICIES, ImageAugment, mix_batch, random_shift_flip,  # noqa: F401
                                             resolve_policy, soft_target_cross_entropy)
@@ -57,17 +58,19 @@ class FinetuneConfig(StrategyConfig):
     regularizer_options: dict = field(default_factory=dict, metadata={
         "help": "the regularizer's options, e.g. {temperature: 2} for lwf (transferkit.strategies.regularizers)"})
 
+    _parameter_constraints = {
+        "train_last": [Interval("int", 0, None), NONE],
+        "lr_decay": [Interval("number", 0, 1, closed="right")],
+        "dropout": [Interval("number", 0, 0.95)],
+        "label_smoothing": [Interval("number", 0, 0.5)],
+        "mixup": [Interval("number", 0, None)],
+        "cutmix": [Interval("number", 0, None)],
+        "mix_prob": [Interval("number", 0, 1)],
+    }
+
     def validate(self) -> None:
         owner = type(self).__name__
-        if self.train_last is not None:
-            check_range(owner, "train_last", self.train_last, low=0, kind="an int")
-        check_range(owner, "lr_decay", self.lr_decay, low=0, low_open=True, high=1)
-        check_range(owner, "dropout", self.dropout, low=0, high=0.95)
-        check_range(owner, "label_smoothing", self.label_smoothing, low=0, high=0.5)
         resolve_policy(self.augment, owner)
-        check_range(owner, "mixup", self.mixup, low=0)
-        check_range(owner, "cutmix", self.cutmix, low=0)
-        check_range(owner, "mix_prob", self.mix_prob, low=0, high=1)
         if self.freeze and self.train_only:
             raise ConfigError(f"{owner}: give 'freeze' or 'train_only', not both.")
         regularizers.validate_fields(owner, self.regularizer, self.regularizer_weight, self.regularizer_options)
@@ -209,10 +212,7 @@ class GradualUnfreezeConfig(FinetuneConfig):
     head_epochs: int = field(default=1, metadata={"help": "epochs training only the head"})
     unfreeze_every: int = field(default=1, metadata={"help": "epochs between unfreezing the next group (top-down)"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range("GradualUnfreezeConfig", "head_epochs", self.head_epochs, low=0, kind="an int")
-        check_range("GradualUnfreezeConfig", "unfreeze_every", self.unfreeze_every, low=1, kind="an int")
+    _parameter_constraints = {"head_epochs": [Interval("int", 0, None)], "unfreeze_every": [Interval("int", 1, None)]}
 
 
 @register_strategy

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import NONE, Interval
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, check_range
+from transferkit.errors import ConfigError
 from transferkit.tasks import get_task
 from transferkit.strategies.base import (Strategy, StrategyConfig, TrainDefaults, TransferModel, linear_head,
                                          register_strategy)
@@ -37,11 +38,11 @@ class LinearProbeConfig(StrategyConfig):
     max_iter: int = field(default=2000, metadata={"help": "L-BFGS iterations"})
     batch_size: int = field(default=64, metadata={"help": "feature-extraction batch size"})
 
-    def validate(self) -> None:
-        if self.C is not None:
-            check_range("LinearProbeConfig", "C", self.C, low=0, low_open=True)
-        check_range("LinearProbeConfig", "max_iter", self.max_iter, low=1, kind="an int")
-        check_range("LinearProbeConfig", "batch_size", self.batch_size, low=1, kind="an int")
+    _parameter_constraints = {
+        "C": [Interval("number", 0, None, closed="neither"), NONE],
+        "max_iter": [Interval("int", 1, None)],
+        "batch_size": [Interval("int", 1, None)],
+    }
 
 
 def _model(task: str, C: float, max_iter: int, seed: int):

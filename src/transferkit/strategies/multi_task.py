@@ -48,10 +48,11 @@ import torch
 from torch import nn
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import Interval, Options, validate_params
 from transferkit.data.dataset import TaskData
 from transferkit.data.multitask import MultiTaskData
 from transferkit.tasks import get_task
-from transferkit.errors import ConfigError, DataError, check_range, unknown_name
+from transferkit.errors import ConfigError, DataError, unknown_name
 from transferkit.strategies.base import (ItemDataset, StepContext, Strategy, StrategyConfig, TrainDefaults, TransferModel,
                                          frozen_batchnorm_to_eval, linear_head, predict_outputs, register_strategy,
                                          task_loss)
@@ -72,20 +73,21 @@ class MultiTaskConfig(StrategyConfig):
     finetune: bool = field(default=True, metadata={"help": "train the backbone(s); False trains the heads only"})
     dropout: float = field(default=0.0, metadata={"help": "dropout before each task head"})
 
+    _parameter_constraints = {
+        "sharing": [Options(*SHARING)],
+        "weighting": [Options(*WEIGHTING)],
+        "soft_penalty": [Interval("number", 0, None)],
+        "gradnorm_alpha": [Interval("number", 0, None)],
+        "dropout": [Interval("number", 0, 0.99)],
+    }
+
     def validate(self) -> None:
-        for name, value, choices in (("sharing", self.sharing, SHARING), ("weighting", self.weighting, WEIGHTING)):
-            if value not in choices:
-                raise ConfigError(f"The '{name}' parameter of MultiTaskConfig must be one of {', '.join(choices)}. "
-                                  f"Got {value!r} instead.")
-        check_range("MultiTaskConfig", "soft_penalty", self.soft_penalty, low=0)
-        check_range("MultiTaskConfig", "gradnorm_alpha", self.gradnorm_alpha, low=0)
-        check_range("MultiTaskConfig", "dropout", self.dropout, low=0, high=0.99)
         if self.weights is not None:
             if not isinstance(self.weights, dict):
                 raise ConfigError(f"The 'weights' parameter of MultiTaskConfig must be a dict task -> weight. "
                                   f"Got {self.weights!r} instead.")
-            for task, w in self.weights.items():
-                check_range("MultiTaskConfig", f"weights[{task!r}]", w, low=0)
+            per_task = {f"weights[{task!r}]": w for task, w in self.weights.items()}
+            validate_params("MultiTaskConfig", per_task, dict.fromkeys(per_task, [Interval("number", 0, None)]))
             if self.weighting in ("uncertainty", "gradnorm"):
                 raise ConfigError(f"weighting={self.weighting!r} learns the task weights; do not also give 'weights'.")
         if self.sharing == "soft" and self.weighting in ("pcgrad", "gradnorm"):

@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import Interval, Options
 from transferkit.data.dataset import TaskData
-from transferkit.errors import BundleError, ConfigError, check_range
+from transferkit.errors import BundleError, ConfigError
 from transferkit.strategies.adapter_layers import (ACTIVATIONS, ParallelConvAdapter, SeriesAdapter, check_rank,
                                                    is_ffn_output, set_module, default_targets, enable_checkpointing,
                                                    resolve_targets)
@@ -118,11 +119,11 @@ class LoraConfig(PeftConfig):
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input"})
     dora: bool = field(default=False, metadata={"help": "DoRA: also learn a per-output magnitude (weight-decomposed LoRA)"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range("LoraConfig", "rank", self.rank, low=1, kind="an int")
-        check_range("LoraConfig", "alpha", self.alpha, low=0, low_open=True)
-        check_range("LoraConfig", "lora_dropout", self.lora_dropout, low=0, high=0.9)
+    _parameter_constraints = {
+        "rank": [Interval("int", 1, None)],
+        "alpha": [Interval("number", 0, None, closed="neither")],
+        "lora_dropout": [Interval("number", 0, 0.9)],
+    }
 
 
 @register_strategy
@@ -195,9 +196,10 @@ def _transformer(backbone: Backbone, method: str) -> tuple[nn.Module, str]:
 class PromptConfig(PeftConfig):
     num_virtual_tokens: int = field(default=16, metadata={"help": "number of trainable virtual tokens"})
 
+    _parameter_constraints = {"num_virtual_tokens": [Interval("int", 1, 512)]}
+
     def validate(self) -> None:
         super().validate()
-        check_range(type(self).__name__, "num_virtual_tokens", self.num_virtual_tokens, low=1, high=512, kind="an int")
         if self.target_modules:
             raise ConfigError(f"{type(self).__name__}: 'target_modules' does not apply: virtual tokens enter at the "
                               f"input (prompt tuning) or in every attention layer (prefix tuning).")
@@ -263,15 +265,11 @@ class AdapterConfig(PeftConfig):
         "help": f"transformers: {' or '.join(PLACEMENTS)} (after attention and feed-forward, or feed-forward only)"})
     activation: str = field(default="gelu", metadata={"help": f"bottleneck non-linearity: {', '.join(ACTIVATIONS)}"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range("AdapterConfig", "reduction", self.reduction, low=1, kind="an int")
-        if self.placement not in PLACEMENTS:
-            raise ConfigError(f"The 'placement' parameter of AdapterConfig must be one of {', '.join(PLACEMENTS)}. "
-                              f"Got {self.placement!r} instead.")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"The 'activation' parameter of AdapterConfig must be one of {', '.join(ACTIVATIONS)}. "
-                              f"Got {self.activation!r} instead.")
+    _parameter_constraints = {
+        "reduction": [Interval("int", 1, None)],
+        "placement": [Options(*PLACEMENTS)],
+        "activation": [Options(*ACTIVATIONS)],
+    }
 
 
 @register_strategy

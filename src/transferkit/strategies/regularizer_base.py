@@ -30,7 +30,7 @@ SOURCE_HEAD_BACKBONES = "EfficientNet-Lite (efficientnet-lite:0, efficientnet-li
 
 @dataclass
 class RegularizerOptions(StrategyConfig):
-    """Options of a regularizer: fields with ``metadata={"help": ...}``, checked in ``validate``."""
+    """Options of a regularizer: fields with ``metadata={"help": ...}``, ranges declared in ``_parameter_constraints``."""
 
 
 class Regularizer:

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferkit.constraints import Interval
 from transferkit.data.batches import to_device
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, check_range
+from transferkit.errors import ConfigError
 from transferkit.strategies.base import ItemDataset, TransferModel
 from transferkit.strategies.regularizer_base import Regularizer, RegularizerOptions, register_regularizer
 from transferkit.tasks import get_task
@@ -34,8 +35,7 @@ def _trainable_backbone(model: TransferModel) -> dict[str, nn.Parameter]:
 class L2SPOptions(RegularizerOptions):
     head_weight: float = field(default=0.01, metadata={"help": "beta: L2 weight on the new head's matrices"})
 
-    def validate(self) -> None:
-        check_range("L2SPOptions", "head_weight", self.head_weight, low=0)
+    _parameter_constraints = {"head_weight": [Interval("number", 0, None)]}
 
 
 @register_regularizer
@@ -83,8 +83,9 @@ class EWCOptions(RegularizerOptions):
     fisher_data: str | None = field(default=None, metadata={
         "help": "data set (path or built-in name) for the Fisher; None: the training data"})
 
+    _parameter_constraints = {"fisher_samples": [Interval("int", 1, None)]}
+
     def validate(self) -> None:
-        check_range("EWCOptions", "fisher_samples", self.fisher_samples, low=1, kind="an int")
         if self.fisher_data is not None and not isinstance(self.fisher_data, (str, os.PathLike)):
             raise ConfigError(f"The 'fisher_data' parameter of EWCOptions must be a path or a built-in data set "
                               f"name. Got {self.fisher_data!r} instead.")
@@ -201,8 +202,7 @@ class EWC(Regularizer):
 class LwFOptions(RegularizerOptions):
     temperature: float = field(default=2.0, metadata={"help": "distillation temperature T"})
 
-    def validate(self) -> None:
-        check_range("LwFOptions", "temperature", self.temperature, low=0, low_open=True)
+    _parameter_constraints = {"temperature": [Interval("number", 0, None, closed="neither")]}
 
 
 @register_regularizer
@@ -257,8 +257,7 @@ class LwF(Regularizer):
 class BSSOptions(RegularizerOptions):
     k: int = field(default=1, metadata={"help": "number of smallest singular values penalised"})
 
-    def validate(self) -> None:
-        check_range("BSSOptions", "k", self.k, low=1, kind="an int")
+    _parameter_constraints = {"k": [Interval("int", 1, None)]}
 
 
 def bss_penalty(features: torch.Tensor, k: int = 1) -> torch.Tensor:

@@ -23,8 +23,9 @@ import numpy as np
 
 from transferkit.backbones import load_backbone
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import NONE, Interval, Options
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, check_range
+from transferkit.errors import ConfigError
 from transferkit.strategies.base import TrainDefaults, TransferModel, register_strategy
 from transferkit.strategies.finetune import Finetune, FinetuneConfig, recalibrate_batchnorm
 from transferkit.strategies.linear_probe import fit_linear_head
@@ -38,13 +39,7 @@ class ScratchConfig(FinetuneConfig):
     image_size: int | None = field(default=None, metadata={"help": "small-cnn input size (default: the data's own)"})
     augment: bool = field(default=True, metadata={"help": "random shifts and flips for image baselines"})
 
-    def validate(self) -> None:
-        super().validate()
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"The 'variant' parameter of ScratchConfig must be one of {', '.join(VARIANTS)}. "
-                              f"Got {self.variant!r} instead.")
-        if self.image_size is not None:
-            check_range("ScratchConfig", "image_size", self.image_size, low=4, kind="an int")
+    _parameter_constraints = {"variant": [Options(*VARIANTS)], "image_size": [Interval("int", 4, None), NONE]}
 
 
 def native_image_size(data: TaskData, default: int = 32) -> int:

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import NONE, Interval
 from transferkit.data.dataset import TaskData
 from transferkit.data.domains import unlabelled
-from transferkit.errors import ConfigError, DataError, check_range
+from transferkit.errors import ConfigError, DataError
 from transferkit.registry import Registry
 from transferkit.strategies.base import (ItemDataset, StepContext, Strategy, StrategyConfig, TrainDefaults,
                                          TransferModel)
@@ -59,13 +60,13 @@ class TwoViewConfig(StrategyConfig):
     jitter_prob: float = field(default=0.8, metadata={"help": "probability of colour jitter per view"})
     grayscale_prob: float = field(default=0.2, metadata={"help": "probability of a greyscale view"})
 
-    def validate(self) -> None:
-        owner = type(self).__name__
-        check_range(owner, "crop_scale", self.crop_scale, low=0, low_open=True, high=1)
-        check_range(owner, "jitter", self.jitter, low=0, high=1)
-        check_range(owner, "hue", self.hue, low=0, high=0.5)
-        check_range(owner, "jitter_prob", self.jitter_prob, low=0, high=1)
-        check_range(owner, "grayscale_prob", self.grayscale_prob, low=0, high=1)
+    _parameter_constraints = {
+        "crop_scale": [Interval("number", 0, 1, closed="right")],
+        "jitter": [Interval("number", 0, 1)],
+        "hue": [Interval("number", 0, 0.5)],
+        "jitter_prob": [Interval("number", 0, 1)],
+        "grayscale_prob": [Interval("number", 0, 1)],
+    }
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -273,12 +274,11 @@ class SimCLRConfig(TwoViewConfig):
     proj_hidden: int | None = field(default=None, metadata={
         "help": "hidden width of the projection MLP (None: the backbone's)"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range("SimCLRConfig", "temperature", self.temperature, low=0, low_open=True, high=10)
-        check_range("SimCLRConfig", "proj_dim", self.proj_dim, low=1, kind="an int")
-        if self.proj_hidden is not None:
-            check_range("SimCLRConfig", "proj_hidden", self.proj_hidden, low=1, kind="an int")
+    _parameter_constraints = {
+        "temperature": [Interval("number", 0, 10, closed="right")],
+        "proj_dim": [Interval("int", 1, None)],
+        "proj_hidden": [Interval("int", 1, None), NONE],
+    }
 
 
 class SimCLR(_TwoViewPretrainer):
@@ -315,10 +315,7 @@ class SimSiamConfig(TwoViewConfig):
     proj_dim: int = field(default=2048, metadata={"help": "width of the projector"})
     pred_dim: int = field(default=512, metadata={"help": "bottleneck width of the predictor"})
 
-    def validate(self) -> None:
-        super().validate()
-        check_range("SimSiamConfig", "proj_dim", self.proj_dim, low=1, kind="an int")
-        check_range("SimSiamConfig", "pred_dim", self.pred_dim, low=1, kind="an int")
+    _parameter_constraints = {"proj_dim": [Interval("int", 1, None)], "pred_dim": [Interval("int", 1, None)]}
 
 
 class SimSiam(_TwoViewPretrainer):
@@ -341,10 +338,13 @@ class MLMConfig(StrategyConfig):
     replace_mask: float = field(default=0.8, metadata={"help": "of those, the fraction replaced by the mask token"})
     replace_random: float = field(default=0.1, metadata={"help": "of those, the fraction replaced by a random token"})
 
+    _parameter_constraints = {
+        "mask_prob": [Interval("number", 0, 1, closed="right")],
+        "replace_mask": [Interval("number", 0, 1)],
+        "replace_random": [Interval("number", 0, 1)],
+    }
+
     def validate(self) -> None:
-        check_range("MLMConfig", "mask_prob", self.mask_prob, low=0, low_open=True, high=1)
-        check_range("MLMConfig", "replace_mask", self.replace_mask, low=0, high=1)
-        check_range("MLMConfig", "replace_random", self.replace_random, low=0, high=1)
         if self.replace_mask + self.replace_random > 1:
             raise ConfigError(f"The 'replace_mask' + 'replace_random' parameters of MLMConfig must sum to at most 1. "
                               f"Got {self.replace_mask} + {self.replace_random} instead.")

@@ -38,8 +38,9 @@ import torch
 from torch import nn
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import NONE, Interval
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, check_range
+from transferkit.errors import ConfigError
 from transferkit.strategies.base import Strategy, StrategyConfig, TrainDefaults, TransferModel, register_strategy
 from transferkit.strategies.linear_probe import fit_linear_head
 from transferkit.tasks.heads import register_head
@@ -58,13 +59,13 @@ class StackingConfig(StrategyConfig):
     max_iter: int = field(default=2000, metadata={"help": "L-BFGS iterations of every logistic regression"})
     batch_size: int = field(default=64, metadata={"help": "feature-extraction batch size"})
 
-    def validate(self) -> None:
-        check_range("StackingConfig", "folds", self.folds, low=2, kind="an int")
-        for name in ("C", "meta_C"):
-            if getattr(self, name) is not None:
-                check_range("StackingConfig", name, getattr(self, name), low=0, low_open=True)
-        check_range("StackingConfig", "max_iter", self.max_iter, low=1, kind="an int")
-        check_range("StackingConfig", "batch_size", self.batch_size, low=1, kind="an int")
+    _parameter_constraints = {
+        "folds": [Interval("int", 2, None)],
+        "C": [Interval("number", 0, None, closed="neither"), NONE],
+        "meta_C": [Interval("number", 0, None, closed="neither"), NONE],
+        "max_iter": [Interval("int", 1, None)],
+        "batch_size": [Interval("int", 1, None)],
+    }
 
 
 class MemberProbabilities(nn.Module):

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from transferkit.backbones.base import Backbone
+from transferkit.constraints import NONE, Interval
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, check_range
+from transferkit.errors import ConfigError
 from transferkit.strategies.base import (Strategy, StrategyConfig, TrainDefaults, TransferModel, linear_head,
                                          predict_outputs, register_strategy)
 
@@ -77,6 +78,11 @@ class ZeroShotConfig(StrategyConfig):
                 f"{TEXT_ENCODER_SCALE:g} for text encoders"})
     batch_size: int = field(default=64, metadata={"help": "items per forward pass"})
 
+    _parameter_constraints = {
+        "scale": [Interval("number", 0, None, closed="neither"), NONE],
+        "batch_size": [Interval("int", 1, None)],
+    }
+
     def validate(self) -> None:
         if isinstance(self.templates, str):
             self.templates = [self.templates]
@@ -90,9 +96,6 @@ class ZeroShotConfig(StrategyConfig):
             _check_descriptions(self.label_descriptions)
             # Label names are strings; keys read from YAML or JSON (-o label_descriptions={0: sports}) may not be.
             self.label_descriptions = {str(k): v for k, v in self.label_descriptions.items()}
-        if self.scale is not None:
-            check_range("ZeroShotConfig", "scale", self.scale, low=0, low_open=True)
-        check_range("ZeroShotConfig", "batch_size", self.batch_size, low=1, kind="an int")
 
 
 def label_texts(label_names: list[str] | None, config: ZeroShotConfig) -> list[list[str]]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from transferkit.constraints import NONE, Interval, Options, validate_declared
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, check_range
+from transferkit.errors import ConfigError
 from transferkit.evaluation.metrics import higher_is_better
 from transferkit.tasks import compute_metrics, primary_metric
 from transferkit.strategies.base import ItemDataset, StepContext, Strategy, TransferModel, predict_outputs
@@ -47,27 +49,22 @@ class TrainConfig:
     track: str | None = field(default=None, metadata={"help": f"experiment tracker: {', '.join(TRACKERS)} or None"})
     track_dir: str | None = field(default=None, metadata={"help": "tracker output folder (default: runs/track)"})
 
+    _parameter_constraints: ClassVar[dict] = {
+        "epochs": [Interval("int", 1, None), NONE],
+        "batch_size": [Interval("int", 1, None)],
+        "lr": [Interval("number", 0, 10, closed="right"), NONE],
+        "head_lr": [Interval("number", 0, 10, closed="right"), NONE],
+        "weight_decay": [Interval("number", 0, None)],
+        "schedule": [Options(*SCHEDULES)],
+        "warmup": [Interval("number", 0, 0.9)],
+        "mixed_precision": [Options(*PRECISIONS)],
+        "grad_accum": [Interval("int", 1, None)],
+        "patience": [Interval("int", 1, None), NONE],
+        "track": [Options(*TRACKERS), NONE],
+    }
+
     def __post_init__(self) -> None:
-        if self.epochs is not None:
-            check_range("TrainConfig", "epochs", self.epochs, low=1, kind="an int")
-        check_range("TrainConfig", "batch_size", self.batch_size, low=1, kind="an int")
-        for name in ("lr", "head_lr"):
-            if getattr(self, name) is not None:
-                check_range("TrainConfig", name, getattr(self, name), low=0, low_open=True, high=10)
-        check_range("TrainConfig", "weight_decay", self.weight_decay, low=0)
-        check_range("TrainConfig", "warmup", self.warmup, low=0, high=0.9)
-        check_range("TrainConfig", "grad_accum", self.grad_accum, low=1, kind="an int")
-        if self.patience is not None:
-            check_range("TrainConfig", "patience", self.patience, low=1, kind="an int")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"The 'schedule' parameter of TrainConfig must be one of {', '.join(SCHEDULES)}. "
-                              f"Got {self.schedule!r} instead.")
-        if self.mixed_precision not in PRECISIONS:
-            raise ConfigError(f"The 'mixed_precision' parameter of TrainConfig must be one of "
-                              f"{', '.join(PRECISIONS)}. Got {self.mixed_precision!r} instead.")
-        if self.track is not None and self.track not in TRACKERS:
-            raise ConfigError(f"The 'track' parameter of TrainConfig must be one of {', '.join(TRACKERS)} or None. "
-                              f"Got {self.track!r} instead.")
+        validate_declared(self)
         if self.track_dir is not None and not isinstance(self.track_dir, (str, os.PathLike)):
             raise ConfigError(f"The 'track_dir' parameter of TrainConfig must be a path or None. "
                               f"Got {self.track_dir!r} instead.")

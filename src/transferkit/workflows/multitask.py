@@ -26,6 +26,7 @@ from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.stats import mean_ci, paired_difference
 from transferkit.export.bundle import atomic_dir, save_bundle
 from transferkit.backbones import load_backbone
+from transferkit.backbones.base import Backbone
 from transferkit.strategies.multi_task import MultiTask, MultiTaskModel, evaluate_multitask
 from transferkit.tasks import primary_metric
 from transferkit.training import TrainConfig, Trainer
