@@ -12,6 +12,8 @@ _LAZY = {
     "fit": "transferkit.workflows.fit", "evaluate": "transferkit.workflows.fit",
     "prepare_data": "transferkit.workflows.fit", "FitResult": "transferkit.workflows.fit",
     "lr_find": "transferkit.workflows.fit",
+    "DataOptions": "transferkit.workflows.options", "DomainOptions": "transferkit.workflows.options",
+    "FairnessOptions": "transferkit.workflows.options", "PretrainOptions": "transferkit.workflows.options",
     "compare": "transferkit.workflows.compare", "CompareResult": "transferkit.workflows.compare",
     "merge_bundle": "transferkit.export.peft_interop",
     "measure_shift": "transferkit.workflows.shift", "ShiftResult": "transferkit.workflows.shift",

@@ -1,6 +1,12 @@
-"""``transferkit fit``: adapt a backbone to data with one strategy and save a bundle."""
+"""``transferkit fit``: adapt a backbone to data with one strategy and save a bundle.
+
+The options are the fields of ``fit``'s option groups (:mod:`transferkit.workflows.options`)
+and of :class:`~transferkit.training.TrainConfig`, with their help texts; the command
+builds the groups and passes them to :func:`transferkit.api.fit`.
+"""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -8,6 +14,23 @@ import typer
 
 from transferkit.cli.common import CONFIG_OPTION, console, friendly_errors, parse_options
 from transferkit.errors import ConfigError
+from transferkit.workflows.options import DataOptions, DomainOptions, FairnessOptions, PretrainOptions, field_help
+
+
+#: the help panel of each option group in ``transferkit fit --help``
+PANELS = {DataOptions: "Data", DomainOptions: "Domain adaptation", FairnessOptions: "Fairness",
+          PretrainOptions: "Pre-training"}
+
+
+def group_option(cls: type, name: str, *param_decls: str, note: str = ""):
+    """A typer option for field ``name`` of option group ``cls``: its default and help come from the field."""
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    return typer.Option(default, *param_decls, help=field_help(cls, name, note), rich_help_panel=PANELS[cls])
+
+
+def train_option(default, help: str):
+    """A typer option for a :class:`~transferkit.training.TrainConfig` field, in the "Training" help panel."""
+    return typer.Option(default, help=help, rich_help_panel="Training")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,67 +44,82 @@ def fit_command(
     out: Path = typer.Option(..., help="Bundle directory to write (refused if it exists, unless --overwrite)."),
     strategy: str = typer.Option("linear-probe", help="Strategy name (see `transferkit list strategies`)."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Strategy option KEY=VALUE (repeatable), e.g. -o train_last=2."),
-    labels_per_class: Optional[int] = typer.Option(None, help="Draw N labelled training examples per class (seeded)."),
-    test_data: Optional[str] = typer.Option(None, help="Evaluation data (default: the built-in test split, if any)."),
-    target_data: Optional[str] = typer.Option(None, help="Domain adaptation: the target domain's inputs (data set, "
-                                                         "folder, flat image folder or table); labels unused."),
-    target_labelled_data: Optional[str] = typer.Option(None, help="Domain adaptation: a few labelled target "
-                                                                  "examples (semi-supervised)."),
-    pretrain: Optional[str] = typer.Option(None, help="Self-supervised pre-training of the backbone on "
-                                                       "--unlabelled-data first: simclr, simsiam (images) or mlm (text)."),
-    unlabelled_data: Optional[str] = typer.Option(None, help="Unlabelled inputs for --pretrain (data set, folder, "
-                                                             "flat image folder or table); labels unused."),
-    pretrain_option: Optional[list[str]] = typer.Option(None, "--pretrain-option", help="Pre-training option "
-                                                        "KEY=VALUE (repeatable), e.g. --pretrain-option temperature=0.2."),
-    pretrain_epochs: Optional[int] = typer.Option(None, help="Pre-training epochs (default: the method's)."),
-    pretrain_max_items: Optional[int] = typer.Option(None, help="Pre-train on a seeded draw of at most N unlabelled items."),
-    val_fraction: float = typer.Option(0.2, help="Stratified validation split held out of the training data."),
-    val_data: Optional[str] = typer.Option(None, help="Validation data (then no split is held out of --data)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default: the strategy's)."),
-    lr: Optional[str] = typer.Option(None, help="Learning rate of pre-trained weights: a number, or 'auto' to run "
-                                                "the learning-rate finder first (default: the strategy's)."),
-    head_lr: Optional[float] = typer.Option(None, help="Learning rate of new layers (default: the strategy's)."),
-    batch_size: int = typer.Option(32, help="Batch size per process."),
-    schedule: str = typer.Option("cosine", help="Learning-rate schedule: cosine, onecycle or constant (with warm-up)."),
-    patience: Optional[int] = typer.Option(None, help="Early stopping after N epochs without validation gain."),
-    mixed_precision: str = typer.Option("no", help="no, bf16 or fp16."),
-    grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
-    seed: int = typer.Option(0, help="Random seed (data draw, split, initialisation)."),
-    image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default: the backbone's)."),
-    max_length: Optional[int] = typer.Option(None, help="Text: maximum tokens (default: 128)."),
+    # DataOptions
+    labels_per_class: Optional[int] = group_option(DataOptions, "labels_per_class"),
+    test_data: Optional[str] = group_option(DataOptions, "test_data"),
+    val_fraction: float = group_option(DataOptions, "val_fraction"),
+    val_data: Optional[str] = group_option(DataOptions, "val_data"),
+    max_test: Optional[int] = group_option(DataOptions, "max_test"),
+    image_size: Optional[int] = group_option(DataOptions, "image_size"),
+    max_length: Optional[int] = group_option(DataOptions, "max_length"),
+    text_column: Optional[str] = group_option(DataOptions, "text_column"),
+    label_column: str = group_option(DataOptions, "label_column"),
+    # DomainOptions, FairnessOptions
+    target_data: Optional[str] = group_option(DomainOptions, "target_data"),
+    target_labelled_data: Optional[str] = group_option(DomainOptions, "target_labelled_data"),
+    sensitive_column: Optional[str] = group_option(FairnessOptions, "sensitive_column"),
+    # PretrainOptions
+    pretrain: Optional[str] = group_option(PretrainOptions, "method"),
+    unlabelled_data: Optional[str] = group_option(PretrainOptions, "unlabelled_data"),
+    pretrain_option: Optional[list[str]] = group_option(PretrainOptions, "options", "--pretrain-option",
+                                                        note="KEY=VALUE, repeatable."),
+    pretrain_epochs: Optional[int] = group_option(PretrainOptions, "epochs"),
+    pretrain_max_items: Optional[int] = group_option(PretrainOptions, "max_items"),
+    # TrainConfig: each help text starts with the field's (checked by tests/test_fit_options.py; reading
+    # them from TrainConfig here would import the training loop, and torch, whenever the CLI starts)
+    epochs: Optional[int] = train_option(None, "Passes over the training data. Default: the strategy's."),
+    lr: Optional[str] = train_option(None, "Learning rate of pre-trained weights. A number, or 'auto' to run the "
+                                           "learning-rate finder first (default: the strategy's)."),
+    head_lr: Optional[float] = train_option(None, "Learning rate of new layers (head). Default: the strategy's."),
+    batch_size: int = train_option(32, "Examples per optimizer step (per process)."),
+    schedule: str = train_option("cosine", "One of cosine, onecycle, constant. All with linear warm-up."),
+    patience: Optional[int] = train_option(None, "Early stopping after this many epochs without gain. Gain on "
+                                                 "the validation split."),
+    mixed_precision: str = train_option("no", "One of no, bf16, fp16."),
+    grad_accum: int = train_option(1, "Batches per optimizer step."),
+    seed: int = train_option(0, "Random seed. Data draw, split, initialisation."),
+    track: Optional[str] = train_option(None, "Experiment tracker: tensorboard, mlflow or None. Needs "
+                                              "transferkit[track]."),
+    track_dir: Optional[Path] = train_option(None, "Tracker output folder (default: runs/track). MLflow: a local "
+                                                   "file store there unless MLFLOW_TRACKING_URI is set."),
+    # fit's own
     drop_path: Optional[float] = typer.Option(None, help="Stochastic-depth rate in training (timm: and "
                                                          "efficientnet-lite: backbones), e.g. 0.1."),
-    text_column: Optional[str] = typer.Option(None, help="Table files: the text column."),
-    label_column: str = typer.Option("label", help="Table files: the label column."),
-    sensitive_column: Optional[str] = typer.Option(None, help="A sensitive-attribute (group) column, e.g. sex: kept "
-                                                              "out of the inputs; adds group fairness metrics and "
-                                                              "feeds the reweighing / adversarial-debiasing strategies "
-                                                              "(built-in penguins: island or sex)."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
     check_transfer: bool = typer.Option(False, help="Also train the from-scratch baseline on the same data and "
                                                     "record whether transfer helped (verdict in manifest and report)."),
-    track: Optional[str] = typer.Option(None, help="Experiment tracker: tensorboard or mlflow (needs transferkit[track])."),
-    track_dir: Optional[Path] = typer.Option(None, help="Tracker output folder (default: runs/track; MLflow: a local "
-                                                        "file store there unless MLFLOW_TRACKING_URI is set)."),
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Adapt BACKBONE to DATA with STRATEGY; save a bundle (weights, manifest, report) to OUT."""
     from transferkit.api import fit
+    from transferkit.training import TrainConfig
+
+    learning_rate = parse_lr(lr)
+    auto = {"lr": "auto"} if learning_rate == "auto" else {}  # not a TrainConfig value: fit runs the finder
+    groups = dict(
+        data_options=DataOptions(test_data=test_data, labels_per_class=labels_per_class, val_fraction=val_fraction,
+                                 val_data=val_data, text_column=text_column, label_column=label_column,
+                                 max_test=max_test, image_size=image_size, max_length=max_length),
+        domain=DomainOptions(target_data=target_data, target_labelled_data=target_labelled_data),
+        fairness=FairnessOptions(sensitive_column=sensitive_column),
+        pretraining=PretrainOptions(method=pretrain, unlabelled_data=unlabelled_data,
+                                    options=parse_options(pretrain_option), epochs=pretrain_epochs,
+                                    max_items=pretrain_max_items),
+        train=TrainConfig(epochs=epochs, lr=None if auto else learning_rate, head_lr=head_lr, batch_size=batch_size,
+                          schedule=schedule, patience=patience, mixed_precision=mixed_precision,
+                          grad_accum=grad_accum, seed=seed, track=track,
+                          track_dir=str(track_dir) if track_dir is not None else None))
+    result = fit(backbone, data, strategy, strategy_options=parse_options(option), out=out, overwrite=overwrite,
+                 drop_path=drop_path, check_transfer=check_transfer, **groups, **auto)
+    _print_result(result, f"{strategy} on {data}", out)
+
+
+def _print_result(result, title: str, out: Path) -> None:
+    """The metrics (and fairness) tables, the transfer verdict, pre-training and finder lines, the bundle path."""
     from transferkit.cli.evaluate import fairness_table
     from transferkit.cli.tables import metrics_table
 
-    result = fit(backbone, data, strategy, strategy_options=parse_options(option), test_data=test_data,
-                 target_data=target_data, target_labelled_data=target_labelled_data,
-                 pretrain=pretrain, unlabelled_data=unlabelled_data, pretrain_options=parse_options(pretrain_option),
-                 pretrain_epochs=pretrain_epochs, pretrain_max_items=pretrain_max_items,
-                 labels_per_class=labels_per_class, val_fraction=val_fraction, val_data=val_data, out=out, overwrite=overwrite,
-                 image_size=image_size, max_length=max_length, drop_path=drop_path, epochs=epochs,
-                 lr=parse_lr(lr), head_lr=head_lr,
-                 batch_size=batch_size, schedule=schedule, patience=patience, mixed_precision=mixed_precision,
-                 grad_accum=grad_accum, seed=seed, text_column=text_column, label_column=label_column,
-                 check_transfer=check_transfer, track=track, sensitive_column=sensitive_column,
-                 track_dir=str(track_dir) if track_dir is not None else None)
-    console.print(metrics_table(result.metrics, f"{strategy} on {data}"))
+    console.print(metrics_table(result.metrics, title))
     if "fairness" in result.metrics:
         console.print(fairness_table(result.metrics["fairness"]))
     verdict = result.manifest.get("verdict")

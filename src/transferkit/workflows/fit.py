@@ -20,15 +20,18 @@ from transferkit.data import align_to_label_names, resolve_data, sample_per_clas
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, DataError
 from transferkit.export.bundle import Predictor, check_writable, load, read_manifest, rebuild_model, save_bundle
-from transferkit.strategies import STRATEGIES, Strategy, TransferModel
+from transferkit.strategies import Strategy, TransferModel
 from transferkit.tasks import compute_metrics, get_task
 from transferkit.training import TrainConfig
 from transferkit.training.loop import distributed_state
 from transferkit.workflows.baselines import check_transfer_against_scratch
+from transferkit.workflows.options import (DataOptions, DomainOptions, FairnessOptions, FitOptions, PretrainOptions,
+                                           fold_options)
 from transferkit.workflows.runs import (Run, check_fairness_data, fairness_metrics, is_main_process, resolve_backbone,
                                         resolve_strategy, scored_split, train_and_score, wait_for_everyone)
 
-__all__ = ["FitResult", "evaluate", "fit", "lr_find", "prepare_data", "rebuild"]
+__all__ = ["DataOptions", "DomainOptions", "FairnessOptions", "FitResult", "PretrainOptions", "evaluate", "fit",
+           "lr_find", "prepare_data", "rebuild"]
 
 
 @dataclass
@@ -68,90 +71,107 @@ def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int |
 
 
 def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linear-probe", *,
-        strategy_options: dict | None = None, test_data=None, labels_per_class: int | None = None,
-        val_fraction: float = 0.2, val_data=None, out: str | Path | None = None, overwrite: bool = False,
-        image_size: int | None = None, max_length: int | None = None, pretrained: bool = True,
-        drop_path: float | None = None,
-        config: TrainConfig | None = None, report: bool = True, text_column: str | None = None,
-        label_column: str = "label", max_test: int | None = None, check_transfer: bool = False,
-        baselines="auto", target_data=None, target_labelled_data=None, pretrain: str | None = None,
-        unlabelled_data=None, pretrain_options: dict | None = None, pretrain_epochs: int | None = None,
-        pretrain_max_items: int | None = None, sensitive_column: str | None = None,
-        **train_options: Any) -> FitResult:
+        strategy_options: dict | None = None, data_options: DataOptions | None = None,
+        train: TrainConfig | None = None, domain: DomainOptions | None = None,
+        fairness: FairnessOptions | None = None, pretraining: PretrainOptions | None = None,
+        out: str | Path | None = None, overwrite: bool = False, pretrained: bool = True,
+        drop_path: float | None = None, report: bool = True, check_transfer: bool = False, baselines="auto",
+        config: TrainConfig | None = None, **options: Any) -> FitResult:
     """Adapt ``backbone`` to ``data`` with ``strategy`` and (if ``out``) save a bundle.
+
+    The settings come in typed groups (:mod:`transferkit.workflows.options`), each
+    validated when built. Every field may also be given as a flat keyword
+    (``labels_per_class=10, epochs=3``), which goes into its group; a keyword and
+    its group both given are refused, as is an unknown keyword.
 
     Args:
         backbone: a spec string (``efficientnet-lite:0``, ``sentence:all-MiniLM-L6-v2``) or a Backbone.
         data: a built-in data set name, a folder / table path, a TaskData, ``(X, y)`` or a DataFrame.
         strategy: a registered strategy name (``transferkit list strategies``).
         strategy_options: the strategy's config fields.
-        labels_per_class: draw this many labelled training examples per class (seeded).
-        val_fraction: stratified validation split held out of the training data.
-        val_data: a validation set (same forms as ``data``); no split is held out then.
+        data_options: :class:`DataOptions`: test and validation data, ``labels_per_class`` (a seeded
+            per-class draw), ``val_fraction``, columns, ``max_test``, ``image_size``, ``max_length``.
+        train: :class:`TrainConfig`: ``epochs``, ``lr``, ``seed``, ... ``lr="auto"`` (a flat keyword, with
+            ``train.lr`` unset) runs the learning-rate finder (:func:`lr_find`) on the training split first
+            and trains at its suggestion; ``head_lr``, unless given, keeps the strategy's default ratio to
+            ``lr``. The finder's curve goes into the manifest (``lr_find``) and the bundle (``lr_find.png``).
+        domain: :class:`DomainOptions`, for domain adaptation (strategies ``dann``, ``cdan``, ``mmd``,
+            ``coral``, ``self-training``, ``coral-linear``, ``reweight-linear``, ``source-only``):
+            ``target_data``, the target domain's inputs (same forms as ``data`` or a flat image folder;
+            labels are not used), and ``target_labelled_data``, a few labelled target examples. ``data``
+            is then the labelled source; evaluate on the target with ``test_data``.
+        fairness: :class:`FairnessOptions`: ``sensitive_column``, a group column of a table or DataFrame
+            (built-in ``penguins``: ``island`` or ``sex``). It is not an input of the model; the metrics
+            gain ``"fairness"`` (:func:`transferkit.evaluation.fairness.group_metrics` on the evaluated
+            split), and the strategies ``reweighing`` and ``adversarial-debiasing`` train with it. A single
+            group is refused before training.
+        pretraining: :class:`PretrainOptions`: self-supervised pre-training of the backbone on
+            ``unlabelled_data`` with ``method`` (``simclr``, ``simsiam`` for images, ``mlm`` for text; see
+            :func:`transferkit.workflows.pretrain.pretrain`) before the strategy adapts it; flat keywords
+            ``pretrain``, ``unlabelled_data``, ``pretrain_options``, ``pretrain_epochs``,
+            ``pretrain_max_items``. The manifest records it (``pretrain``) and the bundle stores the
+            pre-trained weights in full.
         out: bundle directory; refused if it exists unless ``overwrite``.
-        max_test: evaluate on a fixed stratified subset of this many test items.
-        check_transfer: also train the from-scratch baseline(s) on the same draw and
-            splits and put the verdict (positive transfer / no clear gain / negative
-            transfer, with a paired bootstrap interval over the evaluated items) into
-            the manifest's ``verdict`` and the report. See :func:`check_transfer_against_scratch`.
-        baselines: scratch variants for ``check_transfer``; ``"auto"`` is the small CNN for
-            images and TF-IDF + logistic regression for text.
+        pretrained: load the backbone's pre-trained weights (``False``: the same architecture, random).
         drop_path: stochastic-depth rate of ``timm:`` and ``efficientnet-lite:`` backbones in training.
-        target_data: domain adaptation (strategies ``dann``, ``cdan``, ``mmd``, ``coral``,
-            ``self-training``, ``coral-linear``, ``reweight-linear``, ``source-only``): the target
-            domain's inputs, same forms as ``data`` or a flat image folder; labels are not used.
-            ``data`` is then the labelled source; evaluate on the target with ``test_data``.
-        target_labelled_data: a few labelled target examples (semi-supervised adaptation).
-        pretrain: self-supervised pre-training of the backbone on ``unlabelled_data`` before the
-            strategy adapts it (``simclr``, ``simsiam`` for images, ``mlm`` for text; see
-            :func:`transferkit.strategies.self_supervised.pretrain`). The manifest records it
-            (``pretrain``) and the bundle stores the pre-trained weights in full.
-        unlabelled_data: the unlabelled inputs for ``pretrain`` (same forms as ``target_data``).
-        sensitive_column: a sensitive attribute (group) column of a table or DataFrame (for
-            built-in ``penguins``: ``island`` or ``sex``). It is not an input of the model; the
-            metrics gain ``"fairness"`` (:func:`transferkit.evaluation.fairness.group_metrics` on
-            the evaluated split), and the strategies ``reweighing`` and ``adversarial-debiasing``
-            train with it. A single group is refused before training.
-        pretrain_options, pretrain_epochs, pretrain_max_items: the method's options, its epochs
-            (default: the method's) and a cap on the unlabelled items it sees (seeded draw).
-        train_options: :class:`TrainConfig` fields (``epochs``, ``lr``, ``seed``, ...). ``lr="auto"``
-            runs the learning-rate finder (:func:`lr_find`) on the training split first and trains
-            at its suggestion; ``head_lr``, unless given, keeps the strategy's default ratio to
-            ``lr``. The finder's curve goes into the manifest (``lr_find``) and the bundle
-            (``lr_find.png``).
+        report: write the HTML / Markdown report into the bundle.
+        check_transfer: also train the from-scratch baseline(s) on the same draw and splits and put the
+            verdict (positive transfer / no clear gain / negative transfer, with a paired bootstrap
+            interval over the evaluated items) into the manifest's ``verdict`` and the report. See
+            :func:`check_transfer_against_scratch`.
+        baselines: scratch variants for ``check_transfer``; ``"auto"`` is the small CNN for images and
+            TF-IDF + logistic regression for text.
+        config: the old name of ``train`` (flat training keywords override its fields).
+        **options: flat keywords of the groups (:func:`~transferkit.workflows.options.flat_keywords`).
+
+    Returns:
+        A :class:`FitResult`: the predictor, metrics, history, manifest and bundle path.
+
+    Raises:
+        ConfigError: an invalid or unknown option, or a keyword given with its group.
+
+    Example:
+        >>> import transferkit as tk                                                  # doctest: +SKIP
+        >>> r = tk.fit("efficientnet-lite:0", "fashion-mnist", "finetune", labels_per_class=10,  # doctest: +SKIP
+        ...            image_size=64, epochs=30, out="runs/fmnist")
+        >>> r = tk.fit("efficientnet-lite:0", "fashion-mnist", "finetune", out="runs/fmnist",  # doctest: +SKIP
+        ...            data_options=tk.DataOptions(labels_per_class=10, image_size=64),
+        ...            train=tk.TrainConfig(epochs=30, seed=1))
     """
-    lr_auto = _is_auto_lr(train_options.get("lr"))
-    config = replace(config or TrainConfig(), **{**train_options, "lr": None} if lr_auto else train_options)
+    opts = fold_options(options, config=config, data_options=data_options, train=train, domain=domain,
+                        fairness=fairness, pretraining=pretraining)
     strat = resolve_strategy(strategy, strategy_options)
     if out is not None:
         check_writable(out, overwrite)
-    train, val, test = prepare_data(data, test_data=test_data, labels_per_class=labels_per_class,
-                                    val_fraction=val_fraction, val_data=val_data, seed=config.seed,
-                                    text_column=text_column,
-                                    label_column=label_column, max_test=max_test, sensitive_column=sensitive_column)
-    _check_fit_options(train, scored_split(val, test), sensitive_column, check_transfer)
-    domain = _attach_target(strat, train, target_data, target_labelled_data, text_column, label_column)
-    bb_options = {"image_size": image_size, "max_length": max_length, "pretrained": pretrained, "drop_path": drop_path}
-    pretrained_by = None
-    if pretrain is not None or unlabelled_data is not None:
-        backbone, pretrained_by = _pretrain(backbone, strat, train, pretrain, unlabelled_data, pretrain_options,
-                                            pretrain_epochs, pretrain_max_items, bb_options, config)
-    finder = None
-    if lr_auto:
-        finder, config = _auto_lr(backbone, strat, train, bb_options, config)
-    run = train_and_score(backbone, strat, train, val, test, config, bb_options)
-    manifest = _manifest(backbone, strat, config, train, val, test, labels_per_class, run)
+    train_set, val, test = _prepare(data, opts)
+    _check_fit_options(train_set, scored_split(val, test), opts.fairness.sensitive_column, check_transfer)
+    domain_entry = _attach_target(strat, train_set, opts.domain, opts.data)
+    bb_options = {"image_size": opts.data.image_size, "max_length": opts.data.max_length, "pretrained": pretrained,
+                  "drop_path": drop_path}
+    backbone, pretrained_by = _pretrain(backbone, strat, train_set, opts.pretraining, bb_options, opts.train)
+    finder, cfg = _auto_lr(backbone, strat, train_set, bb_options, opts.train) if opts.lr_auto else (None, opts.train)
+    run = train_and_score(backbone, strat, train_set, val, test, cfg, bb_options)
+    manifest = _manifest(backbone, strat, cfg, train_set, val, test, opts.data.labels_per_class, run)
     # drop_path acts in training only, so it is not part of the rebuilt architecture
     extras = {"backbone_training": {"drop_path": drop_path} if drop_path is not None else None,
-              "domain_adaptation": domain, "pretrain": pretrained_by,
+              "domain_adaptation": domain_entry, "pretrain": pretrained_by,
               "lr_find": finder.to_dict() if finder is not None else None}
     manifest.update({k: v for k, v in extras.items() if v is not None})
     if check_transfer:
-        manifest["verdict"] = check_transfer_against_scratch(run, strat, train, val, test, config, baselines)
-    predictor = _save_fit(run, manifest, train, scored_split(val, test), out, overwrite=overwrite, report=report,
+        manifest["verdict"] = check_transfer_against_scratch(run, strat, train_set, val, test, cfg, baselines)
+    predictor = _save_fit(run, manifest, train_set, scored_split(val, test), out, overwrite=overwrite, report=report,
                           finder=finder)
     wait_for_everyone()
     return FitResult(predictor, run.metrics, run.history, predictor.manifest, Path(out) if out is not None else None)
+
+
+def _prepare(data, opts: FitOptions) -> tuple[TaskData, TaskData | None, TaskData | None]:
+    """:func:`prepare_data` with a fit's data options, seed and sensitive column."""
+    d = opts.data
+    return prepare_data(data, test_data=d.test_data, labels_per_class=d.labels_per_class,
+                        val_fraction=d.val_fraction, val_data=d.val_data, seed=opts.train.seed,
+                        text_column=d.text_column, label_column=d.label_column, max_test=d.max_test,
+                        sensitive_column=opts.fairness.sensitive_column)
 
 
 def _check_fit_options(train: TaskData, scored: TaskData | None, sensitive_column: str | None,
@@ -194,41 +214,40 @@ def _save_fit(run: Run, manifest: dict, train: TaskData, scored: TaskData | None
     return predictor
 
 
-def _attach_target(strategy: Strategy, train: TaskData, target_data, target_labelled_data, text_column,
-                   label_column) -> dict | None:
+def _attach_target(strategy: Strategy, train: TaskData, domain: DomainOptions, data: DataOptions) -> dict | None:
     """Resolve the target domain like ``data`` and give it to a domain-adaptation strategy (manifest entry)."""
     from transferkit.data.domains import prepare_target_data
     from transferkit.strategies.domain import attach_target
 
-    target, labelled = prepare_target_data(train, target_data, target_labelled_data, text_column=text_column,
-                                           label_column=label_column)
+    target, labelled = prepare_target_data(train, domain.target_data, domain.target_labelled_data,
+                                           text_column=data.text_column, label_column=data.label_column)
     return attach_target(strategy, target, labelled)
 
 
-def _pretrain(backbone, strategy: Strategy, train: TaskData, method, unlabelled_data, options, epochs, max_items,
-              bb_options: dict, config: TrainConfig) -> tuple[Backbone, dict]:
-    """Self-supervised pre-training of the backbone on unlabelled data; returns it and the manifest entry."""
+def _pretrain(backbone, strategy: Strategy, train: TaskData, options: PretrainOptions, bb_options: dict,
+              config: TrainConfig) -> tuple[Backbone | str | None, dict | None]:
+    """Self-supervised pre-training of the backbone on unlabelled data, if asked: the backbone and manifest entry.
+
+    Without pre-training, ``backbone`` comes back as it was, with no entry.
+    """
     from transferkit.data.domains import check_pairable, resolve_domain_data, unlabelled
     from transferkit.strategies.self_supervised import PRETRAINERS
     from transferkit.workflows.pretrain import pretrain
 
-    if method is None or unlabelled_data is None:
-        missing = "the method (pretrain=..., CLI --pretrain)" if method is None else \
-            "the unlabelled data (unlabelled_data=..., CLI --unlabelled-data)"
-        raise ConfigError(f"Self-supervised pre-training needs both a method ({', '.join(PRETRAINERS.names())}) and "
-                          f"unlabelled data; {missing} is missing.")
-    resolved = PRETRAINERS.get(method)(options or {}).config.to_dict()  # bad names are refused before any data is read
+    if not options.active:
+        return backbone, None
+    method, max_items = options.method, options.max_items
+    resolved = PRETRAINERS.get(method)(options.options or {}).config.to_dict()  # bad names: refused before reading
     if not strategy.needs_backbone(train):
         raise ConfigError(f"Strategy '{strategy.name}' trains its own model from scratch; pre-training "
                           f"(--pretrain) applies to a backbone that a transfer strategy then adapts.")
-    data = unlabelled(resolve_domain_data(unlabelled_data))
+    data = unlabelled(resolve_domain_data(options.unlabelled_data))
     check_pairable(train, data, what="Unlabelled data", flag="unlabelled-data")
     bb = resolve_backbone(backbone, strategy, train, **bb_options)
     spec = backbone if isinstance(backbone, str) else getattr(backbone, "spec", None)
     start = time.perf_counter()
-    bb, history = pretrain(bb, data, method, options=options, epochs=epochs,
-                           batch_size=None, seed=config.seed, max_items=max_items, progress=config.progress,
-                           cpu=config.cpu)
+    bb, history = pretrain(bb, data, method, options=options.options, epochs=options.epochs, batch_size=None,
+                           seed=config.seed, max_items=max_items, progress=config.progress, cpu=config.cpu)
     entry = {"method": method, "options": resolved, "from": spec, "data": data.name,
              "items": min(len(data), max_items or len(data)), "epochs": len(history), "history": history,
              "seconds": round(time.perf_counter() - start, 2)}
@@ -294,15 +313,6 @@ def evaluate(bundle: str | Path | Predictor, data, *, split: str = "test", sensi
 
 
 # --------------------------------------------------------------------------- the learning-rate finder
-
-
-def _is_auto_lr(lr) -> bool:
-    """Whether ``lr`` asks for the finder; a string other than ``"auto"`` is refused."""
-    if isinstance(lr, str):
-        if lr.strip().lower() != "auto":
-            raise ConfigError(f"The 'lr' parameter of fit must be a float in (0, 10] or 'auto'. Got {lr!r} instead.")
-        return True
-    return False
 
 
 def _find_lr_for(backbone, strategy: Strategy, train: TaskData, backbone_options: dict, *, batch_size: int = 32,
