@@ -111,7 +111,7 @@ def run_transferkit(job: dict) -> dict:
 
     import transferkit as tk
     from transferkit.backbones import load_backbone
-    from transferkit.evaluation import compute_metrics
+    from transferkit.tasks import compute_metrics
     from transferkit.export.bundle import save_bundle
     from transferkit.strategies import make_strategy
     from transferkit.strategies.regularizers import source_agreement, source_predictions
@@ -156,7 +156,7 @@ def run_peft_trainer(job: dict) -> dict:
 
     import transferkit as tk
     from transferkit.backbones.hf import packaged_minilm
-    from transferkit.evaluation import compute_metrics
+    from transferkit.tasks import compute_metrics
 
     torch.set_num_threads(job["threads"])
     train, _, test = tk.prepare_data(job["data"], labels_per_class=job.get("labels_per_class"), val_fraction=0.0,
