@@ -38,6 +38,8 @@ class ScratchConfig(FinetuneConfig):
     variant: str = field(default="auto", metadata={"help": f"one of {', '.join(VARIANTS)}"})
     image_size: int | None = field(default=None, metadata={"help": "small-cnn input size (default: the data's own)"})
     augment: bool = field(default=True, metadata={"help": "random shifts and flips for image baselines"})
+    batchnorm: str = field(default="train", metadata={
+        "help": "BatchNorm statistics in training: train (a model from scratch has none worth keeping), frozen, auto"})
 
     _parameter_constraints = {"variant": [Options(*VARIANTS)], "image_size": [Interval("int", 4, None), NONE]}
 
