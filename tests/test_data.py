@@ -472,3 +472,22 @@ def test_text_batches_sorted_by_length_and_order_restored(tmp_path):
     feats = extract_features(bb, data, batch_size=3, cache_dir=tmp_path)
     assert feats[:, 0].tolist() == [5, 1, 9, 3, 7, 2, 8]
     assert bb.preprocess.batches == [[1, 2, 3], [5, 7, 8], [9]]
+
+
+def test_tiny_data_protocol_holds_out_validation_only_with_enough_labels_per_class():
+    from transferkit.data import auto_val_fraction, from_arrays
+    from transferkit.workflows.fit import prepare_data
+
+    images = np.zeros((150, 4, 4), np.uint8)
+    ten_each = from_arrays(images[:30], [0, 1, 2] * 10)
+    assert auto_val_fraction(ten_each) == 0.0
+    assert auto_val_fraction(ten_each, has_test=False) == 0.2  # nothing else to score on
+    assert auto_val_fraction(from_arrays(images, [0, 1, 2] * 50)) == 0.2
+    assert auto_val_fraction(from_arrays(images[:149], ([0, 1, 2] * 50)[:149])) == 0.0  # one class has 49
+    assert auto_val_fraction(from_arrays(images[:30])) == 0.0  # unlabelled
+    train, val, test = prepare_data("digits", labels_per_class=10, seed=0)
+    assert val is None and len(train) == 100 and test is not None
+    train, val, _ = prepare_data("digits", labels_per_class=100, seed=0)
+    assert len(val) == 200 and len(train) == 800
+    _, val, _ = prepare_data("digits", labels_per_class=10, val_fraction=0.2, seed=0)  # asked for explicitly
+    assert len(val) == 20

@@ -142,7 +142,7 @@ def test_auto_lr_and_the_old_config_keyword():
                                         "Got 2.5 instead."),
     (lambda: DataOptions(image_size=True), "'image_size' parameter of DataOptions must be an int"),
     (lambda: DataOptions(val_fraction=1.0),
-     "The 'val_fraction' parameter of DataOptions must be a float in [0, 1). Got 1.0 instead."),
+     "The 'val_fraction' parameter of DataOptions must be a float in [0, 1) or None. Got 1.0 instead."),
     (lambda: DataOptions(label_column=3), "'label_column' parameter of DataOptions must be a column name"),
     (lambda: DomainOptions(target_data=" "), "'target_data' parameter of DomainOptions"),
     (lambda: FairnessOptions(sensitive_column=""), "'sensitive_column' parameter of FairnessOptions"),

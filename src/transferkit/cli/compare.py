@@ -24,7 +24,9 @@ def compare_command(
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="STRATEGY.KEY=VALUE option for one strategy (repeatable)."),
     test_data: Optional[str] = typer.Option(None, help="Evaluation data (default: the built-in test split)."),
     max_test: Optional[int] = typer.Option(None, help="Evaluate on a fixed stratified subset of this many test items."),
-    val_fraction: float = typer.Option(0.2, help="Validation split held out of each labelled draw."),
+    val_fraction: Optional[float] = typer.Option(
+        None, help="Validation split held out of each labelled draw. Default: 20% where every class keeps at least 10 "
+                   "validation items (or there is no test split), else none: every run trains on all labels."),
     epochs: Optional[int] = typer.Option(None, help="Epochs of the transfer strategies (baselines keep their recipes)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate of pre-trained weights."),
     batch_size: int = typer.Option(32, help="Batch size."),

@@ -47,7 +47,7 @@ def fit_command(
     # DataOptions
     labels_per_class: Optional[int] = group_option(DataOptions, "labels_per_class"),
     test_data: Optional[str] = group_option(DataOptions, "test_data"),
-    val_fraction: float = group_option(DataOptions, "val_fraction"),
+    val_fraction: Optional[float] = group_option(DataOptions, "val_fraction"),
     val_data: Optional[str] = group_option(DataOptions, "val_data"),
     max_test: Optional[int] = group_option(DataOptions, "max_test"),
     image_size: Optional[int] = group_option(DataOptions, "image_size"),

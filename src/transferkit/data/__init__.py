@@ -14,7 +14,7 @@ from transferkit.data.adapters import (IMAGE_EXTENSIONS, align_labels, align_to_
 from transferkit.data.builtin import DATASETS, list_datasets, load_dataset
 from transferkit.data.dataset import TaskData
 from transferkit.data.resolve import resolve_data
-from transferkit.data.splits import sample_per_class, subsample, train_val_split
+from transferkit.data.splits import auto_val_fraction, sample_per_class, subsample, train_val_split
 
 _CACHE_NAMES = ("extract_features", "feature_cache_key", "cached_path", "compute_features", "default_cache_dir")
 
@@ -22,7 +22,7 @@ __all__ = [
     "DATASETS", "IMAGE_EXTENSIONS", "TaskData", "align_labels", "align_to_label_names", "check_classes_present",
     "check_eval_labels",
     "encode_labels", "from_arrays", "from_frame", "from_hf_dataset", "from_image_folder", "from_table",
-    "list_datasets", "load_dataset", "resolve_data", "sample_per_class", "subsample", "train_val_split",
+    "auto_val_fraction", "list_datasets", "load_dataset", "resolve_data", "sample_per_class", "subsample", "train_val_split",
     *_CACHE_NAMES,
 ]
 

@@ -42,7 +42,7 @@ class CompareResult:
 
 def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, seeds: int = 3,
             labels_per_class=None, baselines="auto", strategy_options: dict | None = None, test_data=None,
-            val_fraction: float = 0.2, max_test: int | None = None, experiment: str | None = None,
+            val_fraction: float | None = None, max_test: int | None = None, experiment: str | None = None,
             image_size: int | None = None, max_length: int | None = None, out: str | Path | None = None,
             overwrite: bool = False, config: TrainConfig | None = None, progress: bool = True,
             text_column: str | None = None, label_column: str = "label", strict_labels: bool = True,
@@ -75,6 +75,10 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
             exp = experiment or (data if isinstance(data, str) else data_name(train))
             if test is None:
                 notes.append("No test split: metrics are on the validation split.")
+            notes.append(f"{lpc or 'all'} labels per class: " + (
+                f"{len(val)} of {len(train) + len(val)} labelled items held out for validation (early stopping, "
+                "checkpoint choice); every run trains on the rest." if val is not None else
+                "no validation split: every strategy and baseline trains on all labels with its fixed schedule."))
             for label, strat, cfg in _planned_runs(strategies, strategy_options, baselines, config, seed,
                                                    train.modality):
                 run = train_and_score(backbone, strat, train, val, test, cfg, bb_opts)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from transferkit.backbones.base import Backbone
-from transferkit.data import align_to_label_names, resolve_data, sample_per_class, subsample, train_val_split
+from transferkit.data import (align_to_label_names, auto_val_fraction, resolve_data, sample_per_class, subsample,
+                              train_val_split)
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, DataError
 from transferkit.export.bundle import Predictor, check_writable, load, read_manifest, rebuild_model, save_bundle
@@ -46,13 +47,15 @@ class FitResult:
 
 
 def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int | None = None,
-                 val_fraction: float = 0.2, seed: int = 0, max_test: int | None = None, strict_labels: bool = True,
-                 **data_options) -> tuple[TaskData, TaskData | None, TaskData | None]:
+                 val_fraction: float | None = None, seed: int = 0, max_test: int | None = None,
+                 strict_labels: bool = True, **data_options) -> tuple[TaskData, TaskData | None, TaskData | None]:
     """Resolve ``data`` to (train, validation, test) with a seeded per-class draw and split.
 
-    A given ``val_data`` is used as the validation set (no split is held out).
+    A given ``val_data`` is used as the validation set (no split is held out). ``val_fraction=None``
+    is the tiny-data protocol (:func:`~transferkit.data.auto_val_fraction`): a 20% split only where
+    every class keeps 10 validation items or there is no test split, else all labels train.
     """
-    if not 0 <= val_fraction < 1:
+    if val_fraction is not None and not 0 <= val_fraction < 1:
         raise ConfigError(f"The 'val_fraction' parameter must be a float in [0, 1). Got {val_fraction!r} instead.")
     train, test = resolve_data(data, test_data=test_data, **data_options)
     if labels_per_class is not None:
@@ -64,6 +67,8 @@ def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int |
                    if k in ("text_column", "label_column", "feature_columns", "task", "sensitive_column")}
         _, val = resolve_data(train, test_data=val_data, **columns)  # checks and aligns its labels with training
     else:
+        if val_fraction is None:
+            val_fraction = auto_val_fraction(train, has_test=test is not None)
         train, val = train_val_split(train, val_fraction, seed)
     if test is not None and max_test is not None and len(test) > max_test:
         test = subsample(test, max_test, 0)  # the same test items for every seed
@@ -373,7 +378,7 @@ def _with_lr_plot(extra, finder):
 
 
 def lr_find(backbone: str | Backbone, data, strategy: str | Strategy = "finetune", *,
-            strategy_options: dict | None = None, labels_per_class: int | None = None, val_fraction: float = 0.2,
+            strategy_options: dict | None = None, labels_per_class: int | None = None, val_fraction: float | None = None,
             image_size: int | None = None, max_length: int | None = None, drop_path: float | None = None,
             pretrained: bool = True, batch_size: int = 32, seed: int = 0, start: float = 1e-7, end: float = 1.0,
             steps: int = 100, out: str | Path | None = None, text_column: str | None = None,

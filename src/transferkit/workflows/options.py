@@ -76,8 +76,10 @@ class DataOptions:
         "help": "evaluation data, same forms as the training data (default: the built-in test split, if any)"})
     labels_per_class: int | None = field(default=None, metadata={
         "help": "draw this many labelled training examples per class (seeded); default: all"})
-    val_fraction: float = field(default=0.2, metadata={
-        "help": "stratified validation split held out of the training data"})
+    val_fraction: float | None = field(default=None, metadata={
+        "help": "stratified validation split held out of the training data; default (None): 20% where every "
+                "class keeps at least 10 validation items or there is no test split, else none (all labels "
+                "train with the strategy's fixed schedule)"})
     val_data: Any = field(default=None, metadata={
         "help": "validation data, same forms as the training data (then no split is held out)"})
     text_column: str | None = field(default=None, metadata={"help": "table files and frames: the text column"})
@@ -91,8 +93,8 @@ class DataOptions:
         for name in ("labels_per_class", "max_test", "image_size", "max_length"):
             _check_int("DataOptions", name, getattr(self, name))
         v = self.val_fraction
-        if isinstance(v, bool) or not isinstance(v, Real) or not 0 <= v < 1:
-            raise ConfigError(f"The 'val_fraction' parameter of DataOptions must be a float in [0, 1). "
+        if v is not None and (isinstance(v, bool) or not isinstance(v, Real) or not 0 <= v < 1):
+            raise ConfigError(f"The 'val_fraction' parameter of DataOptions must be a float in [0, 1) or None. "
                               f"Got {v!r} instead.")
         _check_str("DataOptions", "text_column", self.text_column)
         _check_str("DataOptions", "label_column", self.label_column)
