@@ -54,6 +54,7 @@ from torch import nn
 
 from transferkit.backbones.base import Backbone
 from transferkit.constraints import NONE, Interval, Options
+from transferkit.data.batches import module_device, run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, DataError
 from transferkit.strategies.base import (StepContext, Strategy, StrategyConfig, TrainDefaults, TransferModel,
@@ -207,20 +208,18 @@ class PairBatches(torch.utils.data.Dataset):
                 "target": t, "weight": _pair_weights(t, self.balance)}
 
 
-@torch.no_grad()
 def embed(backbone: Backbone, items, batch_size: int = 64) -> np.ndarray:
     """Pooled features of ``items`` (eval mode), batched by length so short texts are not padded to long ones."""
     tokens = backbone.preprocess(list(items))
     lengths = tokens["attention_mask"].sum(1) if "attention_mask" in tokens else torch.full((len(items),), 1)
     order = torch.argsort(lengths, descending=True)
-    device = next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
     out = torch.empty(len(items), backbone.num_features)
-    for s in range(0, len(items), batch_size):
-        rows = order[s:s + batch_size]
-        batch = {k: v.to(device) for k, v in _cut(tokens, rows).items()}
-        out[rows] = backbone.forward_features(batch).float().cpu()
+    load = lambda rows: _cut(tokens, torch.as_tensor(rows))  # noqa: E731
+    for rows, _, feats in run_batches(backbone.forward_features, load, len(items), batch_size=batch_size,
+                                      device=module_device(backbone), order=order):
+        out[rows] = feats.float().cpu()
     backbone.train(was_training)
     return out.numpy()
 

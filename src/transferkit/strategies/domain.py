@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.constraints import Interval, Options
+from transferkit.data.batches import module_device, run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.data.domains import merge_task_data, unlabelled
 from transferkit.data.paired import PairedDataset
@@ -142,18 +143,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
 
 
-@torch.no_grad()
 def probe(model: TransferModel, dataset: ItemDataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(features, outputs) of ``model`` on every item of ``dataset``; the model is left in eval mode."""
     model.eval()
-    device = next(model.parameters()).device
-    feats, outs = [], []
-    for i in range(0, len(dataset), batch_size):
-        x = dataset.collate(list(range(i, min(i + batch_size, len(dataset)))))["inputs"]
-        x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+
+    def forward(x):
         f = model.backbone.forward_features(x)
+        return f, model.head(f)
+
+    feats, outs = [], []
+    for _, _, (f, logits) in run_batches(forward, dataset.inputs, len(dataset), batch_size=batch_size,
+                                         device=module_device(model)):
         feats.append(f.float().cpu().numpy())
-        outs.append(model.outputs_to_numpy(model.head(f)))
+        outs.append(model.outputs_to_numpy(logits))
     return np.concatenate(feats), np.concatenate(outs)
 
 

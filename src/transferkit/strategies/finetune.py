@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from transferkit.constraints import NONE, Interval, Options
+from transferkit.data.batches import run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError
 from transferkit.strategies import regularizers
@@ -80,7 +81,6 @@ class FinetuneConfig(StrategyConfig):
         regularizers.validate_fields(owner, self.regularizer, self.regularizer_weight, self.regularizer_options)
 
 
-@torch.no_grad()
 def recalibrate_batchnorm(model: TransferModel, data: TaskData, batch_size: int = 64) -> None:
     """Re-estimate BatchNorm running statistics with a cumulative average over ``data``.
 
@@ -94,10 +94,11 @@ def recalibrate_batchnorm(model: TransferModel, data: TaskData, batch_size: int 
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    model.train()
+    model.train()  # BatchNorm updates its running statistics in train mode, also without gradients
     pre = model.backbone.preprocess
-    for i in range(0, len(data), batch_size):
-        model.backbone.forward_features(pre([data.items[j] for j in range(i, min(i + batch_size, len(data)))]))
+    for _ in run_batches(model.backbone.forward_features, lambda idx: pre([data.items[j] for j in idx]), len(data),
+                         batch_size=batch_size):
+        pass
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.eval()

@@ -49,6 +49,7 @@ from torch import nn
 
 from transferkit.backbones.base import Backbone
 from transferkit.constraints import Interval, Options, validate_params
+from transferkit.data.batches import run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.data.multitask import MultiTaskData
 from transferkit.tasks import get_task
@@ -403,7 +404,6 @@ def evaluate_multitask(model: MultiTaskModel, test: MultiTaskData, batch_size: i
     return out
 
 
-@torch.no_grad()
 def _predict_all(model: MultiTaskModel, test: MultiTaskData, batch_size: int) -> dict[str, np.ndarray]:
     """Outputs per task; with shared inputs one pass over the items feeds every head."""
     if not test.shared or len(test.names) == 1:
@@ -411,12 +411,8 @@ def _predict_all(model: MultiTaskModel, test: MultiTaskData, batch_size: int) ->
     model.eval()
     first = next(iter(test.tasks.values()))
     ds = ItemDataset(first, model.backbone_list()[0].preprocess, precompute=False)
-    device = next(model.parameters()).device
     outs: dict[str, list] = {t: [] for t in test.names}
-    for i in range(0, len(ds), batch_size):
-        inputs = ds.collate(list(range(i, min(i + batch_size, len(ds)))))["inputs"]
-        inputs = {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
-        logits = model(inputs)
+    for _, _, logits in run_batches(model, ds.inputs, len(ds), batch_size=batch_size):
         for t in test.names:
             outs[t].append(model.task_model(t).outputs_to_numpy(logits[t]))
     return {t: np.concatenate(v) for t, v in outs.items()}

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from transferkit.backbones.base import Backbone
 from transferkit.constraints import NONE, Interval
+from transferkit.data.batches import module_device, run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError
 from transferkit.strategies.base import (Strategy, StrategyConfig, TrainDefaults, TransferModel, linear_head,
@@ -126,20 +127,16 @@ def label_texts(label_names: list[str] | None, config: ZeroShotConfig) -> list[l
     return out
 
 
-@torch.no_grad()
 def embed_texts(backbone: Backbone, texts: list[str], batch_size: int = 64) -> torch.Tensor:
     """Text embeddings ``[N, D]``: an image-text model's text tower, else the text backbone itself."""
     backbone.eval()
-    device = next(backbone.parameters(), torch.empty(0)).device
-    chunks = []
-    for i in range(0, len(texts), batch_size):
-        part = texts[i:i + batch_size]
-        if hasattr(backbone, "encode_text"):
-            chunks.append(backbone.encode_text(part))
-        else:
-            batch = {k: v.to(device) for k, v in backbone.preprocess(part).items()}
-            chunks.append(backbone.forward_features(batch))
-    return torch.cat(chunks).float().cpu()
+    part = lambda idx: [texts[i] for i in idx]  # noqa: E731
+    if hasattr(backbone, "encode_text"):  # takes raw texts and places its inputs itself
+        batches = run_batches(backbone.encode_text, part, len(texts), batch_size=batch_size)
+    else:
+        batches = run_batches(backbone.forward_features, lambda idx: backbone.preprocess(part(idx)), len(texts),
+                              batch_size=batch_size, device=module_device(backbone))
+    return torch.cat([out for _, _, out in batches]).float().cpu()
 
 
 def label_embeddings(backbone: Backbone, texts: list[list[str]], batch_size: int = 64) -> torch.Tensor:
