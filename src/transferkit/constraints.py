@@ -26,15 +26,26 @@ or that need logic, stay in the class's ``validate()``.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
+import sys
+import types
+import typing
+from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
 
 from transferkit.errors import ConfigError
 
-__all__ = ["NONE", "Interval", "Options", "declared_constraints", "validate_declared", "validate_params"]
+__all__ = ["MAX_IMAGE_SIZE", "NONE", "Interval", "Options", "check_field_types", "declared_constraints",
+           "validate_declared", "validate_params"]
 
 #: Marker in a constraint list: the value may be ``None`` (a literal ``None`` works too).
 NONE = "none"
+
+#: The largest image side an option accepts: a bound against typos such as 100000, which would exhaust
+#: memory in the first resize (a batch of 32 RGB images of 4096 px is already 6 GB of floats).
+MAX_IMAGE_SIZE = 4096
 
 _KINDS = {"int": "an int", "float": "a float", "number": "a number"}
 _CLOSED = ("both", "left", "right", "neither")
@@ -181,3 +192,149 @@ def validate_declared(obj: Any) -> None:
     """
     constraints = declared_constraints(type(obj))
     validate_params(type(obj).__name__, {name: getattr(obj, name) for name in constraints}, constraints)
+
+
+# -- field types: a config's annotations checked against the values a user gave ---------------------------------
+
+class _Mismatch(Exception):
+    """A value does not have an annotated type (internal to :func:`check_field_types`)."""
+
+
+#: A decimal number written as text; YAML reads ``1e-3`` (no dot) as a string.
+_FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """``value`` if it has type ``tp``, or the same value in that type where that loses nothing; else ``_Mismatch``.
+
+    Lossless forms: a number written as text (``"1e-3"``) for a float, and a single string for a list of strings.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or isinstance(tp, (str, typing.TypeVar)) or origin is typing.ClassVar:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for strict in (True, False):  # an exact match first: "true" stays a str in a bool | str field
+            for arg in args:
+                try:
+                    result = _coerce(value, arg)
+                except _Mismatch:
+                    continue
+                if not strict or result is value:
+                    return result
+        raise _Mismatch
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise _Mismatch
+    if tp is type(None):
+        if value is None:
+            return value
+        raise _Mismatch
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, Integral) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, Real) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if origin in (list, tuple) or tp in (list, tuple):
+        if origin is list and args and args[0] is str and isinstance(value, str):
+            return [value]
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        items = [_coerce(v, args[0]) for v in value] if origin is list and args else list(value)
+        return items if (origin or tp) is list else tuple(items)
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise _Mismatch
+        if args:
+            return {_coerce(k, args[0]): _coerce(v, args[1]) for k, v in value.items()}
+        return value
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise _Mismatch
+    return value  # a typing construct not checked here
+
+
+def _describe_type(tp: Any) -> str:
+    """``int | None`` -> ``"an int or None"``, in the wording of the error template."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in args)
+    if origin is typing.Literal:
+        return f"one of {', '.join(map(repr, args))}"
+    if origin is list or tp is list:
+        return f"a list of {_describe_type(args[0]).split(' ', 1)[-1]}" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a mapping ({key: value})"
+    names = {type(None): "None", bool: "a bool (true or false)", int: "an int", float: "a number", str: "a str"}
+    return names.get(tp, f"a {getattr(tp, '__name__', tp)}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Each dataclass field's annotation, evaluated in the module of the class that declares it.
+
+    An annotation that cannot be evaluated at run time (a name imported for type checking only) is left out.
+    """
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        namespace = vars(sys.modules.get(klass.__module__, object()))
+        for name, annotation in vars(klass).get("__annotations__", {}).items():
+            try:
+                hints[name] = eval(annotation, namespace, {}) if isinstance(annotation, str) else annotation
+            except Exception:  # noqa: BLE001  (a forward reference; the field is then not checked)
+                hints.pop(name, None)
+    return hints
+
+
+def check_field_types(obj: Any, skip: Any = ()) -> None:
+    """Check each field of dataclass ``obj`` against its annotation, converting the lossless forms in place.
+
+    What a config calls before its declared constraints, so that a wrong-typed
+    value from the command line (``-o train_last=abc``) or a recipe is refused
+    in the same template as a value out of range. Fields in ``skip`` (those with
+    declared constraints, which name the valid values better) are converted but
+    not refused here.
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class Toy:
+        ...     rate: float = 0.1
+        ...     names: list[str] = dataclasses.field(default_factory=list)
+        >>> toy = Toy(rate="1e-3", names="a")
+        >>> check_field_types(toy); (toy.rate, toy.names)
+        (0.001, ['a'])
+        >>> check_field_types(Toy(rate="fast"))
+        Traceback (most recent call last):
+        ...
+        transferkit.errors.ConfigError: The 'rate' parameter of Toy must be a number. Got 'fast' instead.
+
+    Raises:
+        ConfigError: a value whose type does not match its field.
+    """
+    types_ = _field_types(type(obj))
+    for f in dataclasses.fields(obj):
+        if f.name not in types_:
+            continue
+        value = getattr(obj, f.name)
+        try:
+            converted = _coerce(value, types_[f.name])
+        except _Mismatch:
+            if f.name in skip:
+                continue
+            raise ConfigError(f"The '{f.name}' parameter of {type(obj).__name__} must be "
+                              f"{_describe_type(types_[f.name])}. Got {value!r} instead.") from None
+        if converted is not value:
+            object.__setattr__(obj, f.name, converted)

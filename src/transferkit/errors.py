@@ -37,6 +37,14 @@ class BundleError(TransferkitError, ValueError):
     """A result bundle is missing, incomplete, or would be overwritten."""
 
 
+class TransferkitWarning(UserWarning):
+    """Base class of the warnings transferkit gives about the user's input; the CLI shows them as one line."""
+
+
+class DataWarning(TransferkitWarning):
+    """The data loads but is suspect (duplicates across splits, ...); the message names the data and a count."""
+
+
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameError:
     """Build the standard "Unknown X 'y'. Did you mean 'z'? Available: ..." error."""
     choices = sorted(choices)

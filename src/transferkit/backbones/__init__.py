@@ -26,6 +26,7 @@ from transferkit.backbones.base import (
     TabularPreprocess,
     TextPreprocess,
 )
+from transferkit.constraints import MAX_IMAGE_SIZE
 from transferkit.errors import ConfigError, check_range
 from transferkit.registry import Registry
 
@@ -96,7 +97,7 @@ def _check_options(prefix: str, source: object, options: dict[str, Any]) -> None
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise ConfigError(f"The '{field}' parameter of load_backbone must be an int. Got {value!r} instead.")
     if "image_size" in options:
-        check_range("load_backbone", "image_size", options["image_size"], low=8, kind="an int")
+        check_range("load_backbone", "image_size", options["image_size"], low=8, high=MAX_IMAGE_SIZE, kind="an int")
     if "max_length" in options:
         check_range("load_backbone", "max_length", options["max_length"], low=2, kind="an int")
     if not isinstance(source, BackboneSource):

@@ -65,6 +65,55 @@ class Preprocess:
         return {"kind": self.kind}
 
 
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Pixel values of any depth as uint8, scaled by what the values can hold, never clipped to white.
+
+    Floats in [0, 1] scale by 255 (others are clipped to [0, 255]); 16-bit
+    unsigned data (a 16-bit PNG, a ``uint16`` array) scales by 255/65535;
+    other integers are kept where they fit in 8 bits, else scaled from 16 bits
+    or, wider still, from their own range.
+
+    Example:
+        >>> to_uint8(np.array([0, 32768, 65535], dtype=np.uint16)).tolist()
+        [0, 128, 255]
+    """
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        return np.clip(arr * (255.0 if arr.size and arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    low, high = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    sixteen_bit = arr.dtype.kind == "u" and arr.dtype.itemsize == 2  # any byte order (I;16B)
+    if not sixteen_bit and low >= 0 and high <= 255:
+        return arr.astype(np.uint8)
+    if sixteen_bit or (low >= 0 and high <= 65535):
+        return (arr.astype(np.float64) * (255.0 / 65535.0)).round().astype(np.uint8)
+    return ((arr.astype(np.float64) - low) * (255.0 / max(high - low, 1))).round().astype(np.uint8)
+
+
+def to_rgb(image, where: str = "image"):
+    """A PIL image of any mode as 8-bit RGB.
+
+    Pillow's own ``convert("RGB")`` clips 16- and 32-bit grey (``I;16``, ``I``,
+    ``F``: 16-bit PNGs, TIFFs) at 255, which turns most pixels white: those
+    modes are scaled by :func:`to_uint8` instead. A palette with transparency
+    goes through RGBA (as Pillow asks); alpha is dropped.
+
+    Raises:
+        DataError: a mode Pillow cannot convert (named with ``where``).
+    """
+    from PIL import Image
+
+    mode = image.mode
+    try:
+        if mode.startswith("I") or mode == "F":
+            return Image.fromarray(to_uint8(np.asarray(image))).convert("RGB")
+        if mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise DataError(f"Cannot convert {where} (mode {mode}) to RGB: {exc}") from None
+
+
 class ImagePreprocess(Preprocess):
     """Resize to ``size`` x ``size``, scale to [0, 1], normalise with the model's mean/std.
 
@@ -87,23 +136,23 @@ class ImagePreprocess(Preprocess):
         from PIL import Image, UnidentifiedImageError
 
         if isinstance(item, Image.Image):
-            return item.convert("RGB")
+            return to_rgb(item, f"image at index {index}")
         if isinstance(item, np.ndarray):
             arr = item
             if arr.dtype != np.uint8:
                 if not np.isfinite(arr).all():
                     raise DataError(f"Image at index {index} contains NaN or inf values.")
-                arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+                arr = to_uint8(arr)
             if arr.ndim == 3 and arr.shape[-1] == 1:
                 arr = arr[..., 0]
             return Image.fromarray(arr).convert("RGB")
         path = os.fspath(item)
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")
+                return to_rgb(im, path)
         except FileNotFoundError:
             raise DataError(f"Image file not found: {path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"Cannot read image {path}: {exc}") from None
 
     def to_tensor(self, images) -> torch.Tensor:

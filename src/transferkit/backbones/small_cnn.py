@@ -14,7 +14,8 @@ from torch import nn
 
 from transferkit.backbones import BACKBONE_SOURCES
 from transferkit.backbones.base import Backbone, ImagePreprocess
-from transferkit.errors import ConfigError
+from transferkit.constraints import MAX_IMAGE_SIZE
+from transferkit.errors import ConfigError, check_range
 
 WIDTHS = (32, 64, 96, 128)
 
@@ -35,8 +36,7 @@ class SmallCNN(Backbone):
 
     def __init__(self, size: int = 28, stages: int | None = None):
         super().__init__()
-        if size < 4:
-            raise ConfigError(f"The 'size' parameter of small-cnn must be an int in [4, inf). Got {size} instead.")
+        check_range("small-cnn", "size", size, low=4, high=MAX_IMAGE_SIZE, kind="an int")
         self.size = int(size)
         self.stages = stages or max(1, min(len(WIDTHS) - 1, round(math.log2(size / 7)) + 1))
         blocks, cin = [], 3
@@ -60,12 +60,18 @@ class SmallCNN(Backbone):
 
 
 def _small_cnn(name: str, *, pretrained: bool = False, files_dir=None, image_size: int | None = None, **_) -> SmallCNN:
+    """``small-cnn:SIZE`` for SIZE-px images; ``image_size``, when given, wins (as the native size of other backbones).
+
+    The size is the architecture (its depth follows it), so the built
+    backbone's spec names the size it was built for: ``small-cnn:16`` with
+    ``image_size=32`` is ``small-cnn:32``. Without either, 28 px.
+    """
     # `pretrained` is ignored: nothing pre-trained exists, the point of this backbone is training from scratch.
     try:
-        size = int(name) if name else int(image_size or 28)
+        named = int(name) if name else None
     except ValueError:
         raise ConfigError(f"small-cnn takes the image size as its name, like 'small-cnn:28'. Got {name!r}.") from None
-    return SmallCNN(size)
+    return SmallCNN(int(image_size or named or 28))
 
 
 BACKBONE_SOURCES.register("small-cnn", _small_cnn, help="small CNN trained from scratch (the image baseline), e.g. small-cnn:28")

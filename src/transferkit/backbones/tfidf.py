@@ -33,7 +33,8 @@ class TermCounts(Preprocess):
 
     def __call__(self, items: Sequence) -> torch.Tensor:
         if self.vectorizer is None:
-            raise ConfigError("The TF-IDF backbone has no vocabulary yet: fit it on training texts first.")
+            raise ConfigError("The TF-IDF backbone has no vocabulary yet: the 'scratch' strategy fits it on the "
+                              "training texts (--strategy scratch); other strategies need a pre-trained backbone.")
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise DataError(f"Text item {i} is {type(t).__name__}, not str: {t!r:.80}")

@@ -1,7 +1,9 @@
-"""Shared pieces of the command line: recipe files, option parsing, error display."""
+"""Shared pieces of the command line: recipe files, option parsing, consoles.
+
+Errors are shown by :mod:`transferkit.cli.errors`, around every command.
+"""
 from __future__ import annotations
 
-import functools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,55 +12,110 @@ import typer
 import yaml
 from rich.console import Console
 
-from transferkit.errors import ConfigError, TransferkitError
+from transferkit.errors import ConfigError
 
 # Tables are wide: use the terminal's width, or 120 columns when writing to a file or pipe ($COLUMNS wins).
 console = Console(width=shutil.get_terminal_size((120, 24)).columns)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def load_recipe(ctx: typer.Context, param, value: Path | None) -> Path | None:
     """Eager ``--config`` callback: the YAML's keys become the defaults of the other flags.
 
     Keys are the flag names with dashes or underscores (``labels-per-class: 10``);
-    ``options:`` may be a mapping of strategy options. Flags given on the command
-    line still win.
+    ``options:`` may be a mapping of strategy options (so may any repeatable
+    flag such as ``pretrain-option:``). Flags given on the command line still
+    win. Each value is checked against its flag's type here, so an error names
+    the recipe and the key.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, is not a mapping, has an
+            unknown key (the valid keys are listed) or a value of the wrong type.
     """
     if value is None:
         return None
     try:
         raw = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise typer.BadParameter(f"cannot read recipe {value}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Recipe {value}: byte {exc.start} is not valid UTF-8. Save the file as UTF-8.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read recipe {value}: {exc.strerror or exc}.") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"Recipe {value} is not valid YAML: {_yaml_problem(exc)}.") from None
     if not isinstance(raw, dict):
-        raise typer.BadParameter(f"recipe {value} must be a mapping of option names to values")
-    known = {p.name for p in ctx.command.params}
+        raise ConfigError(f"Recipe {value} must be a mapping of option names to values (e.g. 'epochs: 3'); "
+                          f"got a YAML {type(raw).__name__}.")
+    params = {p.name: p for p in ctx.command.params if p.name != "config"}
     defaults = {}
     for key, v in raw.items():
         name = str(key).replace("-", "_")
         name = "option" if name == "options" else name
-        if name not in known:
-            raise typer.BadParameter(f"recipe {value}: unknown key {key!r}. Valid keys: "
-                                     f"{', '.join(sorted(k.replace('_', '-') for k in known if k != 'config'))}")
-        if name == "option" and isinstance(v, dict):
-            v = [f"{k}={yaml.safe_dump(x, default_flow_style=True).strip()}" for k, x in v.items()]
-        defaults[name] = v
+        if name not in params:
+            raise ConfigError(f"Recipe {value}: unknown key {key!r}. Valid keys: "
+                              f"{', '.join(sorted(k.replace('_', '-') for k in params))}.")
+        defaults[name] = _recipe_value(ctx, params[name], v, f"Recipe {value}: key {key!r}")
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _recipe_value(ctx: typer.Context, param, v: Any, where: str) -> Any:
+    """A recipe's value for ``param``: a mapping or a str becomes a repeatable flag's KEY=VALUE list; type-checked."""
+    if getattr(param, "multiple", False):
+        if isinstance(v, dict):
+            v = [f"{k}={yaml.safe_dump(x, default_flow_style=True).strip()}" for k, x in v.items()]
+        elif isinstance(v, str):
+            v = [v]
+        elif not isinstance(v, list):
+            raise ConfigError(f"{where} must be a mapping (KEY: VALUE) or a list of KEY=VALUE; got {v!r}.")
+        v = [str(x) for x in v]
+    if v is None:
+        return v
+    try:  # the flag's own conversion, as for a command-line value
+        param.process_value(ctx, v)
+    except Exception as exc:  # noqa: BLE001  (click/typer raise several kinds; each has a message for the user)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        raise ConfigError(f"{where}: {message} Got {v!r}.") from None
+    return v
 
 
 CONFIG_OPTION = typer.Option(None, "--config", help="YAML recipe whose keys are the same as these flags.",
                              is_eager=True, callback=load_recipe, exists=True, dir_okay=False)
 
 
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["rank=8", "freeze=[blocks.0*]"]`` -> ``{"rank": 8, "freeze": ["blocks.0*"]}`` (values read as YAML)."""
+def _yaml_problem(exc: BaseException) -> str:
+    """A YAML parse error in a few words: the problem and where (line and column)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def parse_options(pairs: list[str] | None, flag: str = "-o") -> dict[str, Any]:
+    """``["rank=8", "freeze=[blocks.0*]"]`` -> ``{"rank": 8, "freeze": ["blocks.0*"]}`` (values read as YAML).
+
+    The values' types are checked by the config they go to (a strategy's
+    config checks each against its field, see
+    :func:`transferkit.constraints.check_field_types`).
+
+    Raises:
+        ConfigError: a pair is not ``KEY=VALUE``, or the value is not valid YAML
+            (the message names the pair and how to write lists and quotes).
+    """
     out: dict[str, Any] = {}
     for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"Strategy option {pair!r} must look like KEY=VALUE.")
-        key, val = pair.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(val) if val.strip() else None
+        pair = str(pair)
+        key, sep, val = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"Option {flag} {pair!r} must look like KEY=VALUE, e.g. {flag} train_last=2.")
+        try:
+            out[key] = yaml.safe_load(val) if val.strip() else None
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise ConfigError(f"Option {flag} {pair!r}: the value is not valid YAML ({_yaml_problem(exc)}). "
+                              f"Write a list as [a, b] and a mapping as {{k: v}}; quote a value with a ':' or "
+                              f"that starts with '[', '{{' or a quote.") from None
     return out
 
 
@@ -67,14 +124,9 @@ def parse_list(text: str | None, cast=str) -> list:
 
 
 def friendly_errors(fn):
-    """Show library errors as one red line and exit 2, instead of a traceback."""
+    """Deprecated no-op kept for command modules that still apply it.
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TransferkitError as exc:
-            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper
+    Errors are handled once for every command by the app's group class
+    (:class:`transferkit.cli.errors.ErrorHandlingGroup`).
+    """
+    return fn

@@ -6,14 +6,13 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import CONFIG_OPTION, console, friendly_errors, parse_list, parse_options
+from transferkit.cli.common import CONFIG_OPTION, console, parse_list, parse_options
 
 
 def register(app: typer.Typer) -> None:
     app.command("compare")(compare_command)
 
 
-@friendly_errors
 def compare_command(
     backbone: str = typer.Option(..., help="Backbone spec."),
     data: str = typer.Option(..., help="Built-in data set name, image folder, or CSV/TSV/JSONL file."),

@@ -7,14 +7,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import CONFIG_OPTION, console, friendly_errors, parse_list, parse_options
+from transferkit.cli.common import CONFIG_OPTION, console, parse_list, parse_options
 
 
 def register(app: typer.Typer) -> None:
     app.command("continual")(continual_command)
 
 
-@friendly_errors
 def continual_command(
     data: str = typer.Option("fashion-mnist", help="Data with a test split: built-in name, image folder, or table."),
     backbone: str = typer.Option("small-cnn:14", help="Network every learner starts from (small-cnn:14, "

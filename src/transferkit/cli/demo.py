@@ -20,7 +20,7 @@ from typing import Optional
 import pandas as pd
 import typer
 
-from transferkit.cli.common import console, friendly_errors
+from transferkit.cli.common import console
 
 TEXT = dict(backbone="sentence:all-MiniLM-L6-v2", data="debian-packages", strategies=["linear-probe"],
             labels_per_class=[8, 32, 200], baselines=["tfidf"], max_length=128, strict_labels=False,
@@ -81,7 +81,6 @@ def _recipe_notes(quick: bool) -> list[str]:
     ] + (["QUICK mode: fewer seeds, epochs and test items; numbers are not representative."] if quick else [])
 
 
-@friendly_errors
 def demo_command(
     out: Optional[Path] = typer.Option(None, help="Report directory (default: transferkit-demo/<timestamp>)."),
     seeds: int = typer.Option(3, help="Seeds per strategy."),

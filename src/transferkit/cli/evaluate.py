@@ -6,14 +6,13 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import console, friendly_errors
+from transferkit.cli.common import console
 
 
 def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate_command)
 
 
-@friendly_errors
 def evaluate_command(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `transferkit fit`."),
     data: str = typer.Option(..., help="Built-in data set (its test split) or a labelled folder/table file."),

@@ -6,14 +6,13 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import console, friendly_errors
+from transferkit.cli.common import console
 
 
 def register(app: typer.Typer) -> None:
     app.command("export")(export_command)
 
 
-@friendly_errors
 def export_command(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `transferkit fit`."),
     out: Path = typer.Option(..., help="Directory to write (refused if it exists, unless --overwrite)."),

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import CONFIG_OPTION, console, friendly_errors, parse_options
+from transferkit.cli.common import CONFIG_OPTION, console, parse_options
 from transferkit.errors import ConfigError
 from transferkit.workflows.options import DataOptions, DomainOptions, FairnessOptions, PretrainOptions, field_help
 
@@ -37,7 +37,6 @@ def register(app: typer.Typer) -> None:
     app.command("fit")(fit_command)
 
 
-@friendly_errors
 def fit_command(
     backbone: str = typer.Option(..., help="Backbone spec, e.g. efficientnet-lite:0, sentence:all-MiniLM-L6-v2, timm:resnet18."),
     data: str = typer.Option(..., help="Built-in data set name, image folder, or CSV/TSV/JSONL file."),

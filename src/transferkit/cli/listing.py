@@ -6,7 +6,7 @@ from enum import Enum
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import console, friendly_errors
+from transferkit.cli.common import console
 
 
 class What(str, Enum):
@@ -21,7 +21,6 @@ def register(app: typer.Typer) -> None:
     app.command("list")(list_command)
 
 
-@friendly_errors
 def list_command(what: What = typer.Argument(What.strategies,
                                              help="backbones, strategies, tasks, datasets or scores.")) -> None:
     """List the registered backbone sources, strategies (with continual learners, pre-training methods and

@@ -6,14 +6,13 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import CONFIG_OPTION, console, friendly_errors, parse_options
+from transferkit.cli.common import CONFIG_OPTION, console, parse_options
 
 
 def register(app: typer.Typer) -> None:
     app.command("lr-find")(lr_find_command)
 
 
-@friendly_errors
 def lr_find_command(
     backbone: str = typer.Option(..., help="Backbone spec, e.g. efficientnet-lite:0, timm:resnet18."),
     data: str = typer.Option(..., help="Built-in data set name, image folder, or CSV/TSV/JSONL file."),

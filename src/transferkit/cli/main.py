@@ -1,4 +1,4 @@
-"""``transferkit``: the command line. One module per command."""
+"""``transferkit``: the command line. One module per command; errors are shown by :mod:`transferkit.cli.errors`."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,10 @@ import typer
 
 from transferkit.cli import (compare, continual, demo, evaluate, export, fit, listing, lr_find, merge, multitask, predict,
                              push, rank, serve, shift, tune)
+from transferkit.cli.errors import ErrorHandlingGroup
 
-app = typer.Typer(name="transferkit", no_args_is_help=True, add_completion=False,
+# ErrorHandlingGroup runs every command: a user error is one line and exit code 2, a bug one line naming a log.
+app = typer.Typer(name="transferkit", cls=ErrorHandlingGroup, no_args_is_help=True, add_completion=False,
                   help="Transfer learning from pre-trained models to small labelled data sets: adapt, "
                        "measure against from-scratch baselines, and ship the result.")
 for module in (fit, lr_find, evaluate, predict, compare, rank, shift, multitask, continual, export, merge, serve, push, tune,

@@ -5,14 +5,13 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli.common import console, friendly_errors
+from transferkit.cli.common import console
 
 
 def register(app: typer.Typer) -> None:
     app.command("merge")(merge_command)
 
 
-@friendly_errors
 def merge_command(
     bundle: Path = typer.Argument(..., help="Adapter bundle written by `transferkit fit --strategy lora|ia3|adapter`."),
     out: Path = typer.Option(..., help="Bundle directory to write (refused if it exists, unless --overwrite)."),

@@ -7,14 +7,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import CONFIG_OPTION, console, friendly_errors, parse_list, parse_options
+from transferkit.cli.common import CONFIG_OPTION, console, parse_list, parse_options
 
 
 def register(app: typer.Typer) -> None:
     app.command("multitask")(multitask_command)
 
 
-@friendly_errors
 def multitask_command(
     data: str = typer.Option("penguins", help="penguins (species + sex), fashion-mnist (class + super-category), "
                                               "or a table file with --label-columns."),

@@ -5,14 +5,13 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli.common import console, friendly_errors
+from transferkit.cli.common import console
 
 
 def register(app: typer.Typer) -> None:
     app.command("push")(push_command)
 
 
-@friendly_errors
 def push_command(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `transferkit fit`."),
     repo: str = typer.Argument(..., help="Hub model repo (ORG/NAME or hf:ORG/NAME), or a local folder "

@@ -8,14 +8,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import CONFIG_OPTION, console, friendly_errors, parse_list
+from transferkit.cli.common import CONFIG_OPTION, console, parse_list
 
 
 def register(app: typer.Typer) -> None:
     app.command("rank")(rank_command)
 
 
-@friendly_errors
 def rank_command(
     candidates: str = typer.Option(..., help="Comma-separated backbone specs; SPEC@LAYER for an intermediate "
                                              "layer (efficientnet-lite:0@block5)."),

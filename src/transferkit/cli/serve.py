@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli.common import console, friendly_errors
+from transferkit.cli.common import console
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -14,7 +14,6 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
 
 
-@friendly_errors
 def serve_command(
     bundle: Path = typer.Argument(..., help="Bundle directory (torch runtime) or export directory written by "
                                             "`transferkit export` (onnx runtime)."),
@@ -25,6 +24,11 @@ def serve_command(
     max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more requests after its first."),
     max_items: int = typer.Option(256, help="Most items in one request (more: HTTP 413)."),
     max_body_mb: float = typer.Option(20.0, help="Largest request body in MiB (more: HTTP 413)."),
+    max_text_chars: int = typer.Option(20_000, help="Longest text item (more: HTTP 413)."),
+    max_queue: int = typer.Option(1024, help="Most items waiting for the model; past it requests get HTTP 503 "
+                                             "with Retry-After."),
+    request_timeout: float = typer.Option(30.0, help="Seconds one request may take (past it: HTTP 503); also how "
+                                                     "long shutdown waits for the requests in flight."),
     batching: bool = typer.Option(True, help="Gather concurrent requests into one model call."),
     log_level: str = typer.Option("info", help=f"uvicorn log level: {', '.join(LOG_LEVELS)}."),
 ) -> None:
@@ -40,7 +44,10 @@ def serve_command(
         raise ConfigError("Serving needs uvicorn: pip install 'transferkit[serve]'.") from None
     predictor = load_predictor(bundle, runtime)
     app = create_app(predictor, max_batch=max_batch, max_wait_ms=max_wait_ms, max_items=max_items,
-                     max_body_bytes=int(max_body_mb * 2**20), batching=batching)
+                     max_body_bytes=int(max_body_mb * 2**20), max_text_chars=max_text_chars, max_queue=max_queue,
+                     request_timeout_s=request_timeout, batching=batching)
     console.print(f"serving [bold]{bundle}[/bold] ({predictor.task}, runtime {runtime}) on "
                   f"http://{host}:{port}  (API docs: http://{host}:{port}/docs)", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # On Ctrl-C / SIGTERM uvicorn stops accepting, lets open requests finish (bounded by their deadline), then
+    # the app drains its batcher.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(request_timeout) + 5)

@@ -7,14 +7,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import CONFIG_OPTION, console, friendly_errors
+from transferkit.cli.common import CONFIG_OPTION, console
 
 
 def register(app: typer.Typer) -> None:
     app.command("shift")(shift_command)
 
 
-@friendly_errors
 def shift_command(
     source: str = typer.Option(..., help="Labelled source data: built-in name, image folder, or CSV/TSV/JSONL file."),
     target: str = typer.Option(..., help="Target data: the same forms, or a flat folder of unlabelled images."),

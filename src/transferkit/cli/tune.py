@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
-from transferkit.cli.common import console, err_console, friendly_errors, parse_options
+from transferkit.cli.common import console, err_console, parse_options
 from transferkit.errors import ConfigError
 
 SPACE_HELP = ("Search-space entry KEY=KIND:LOW:HIGH or KEY=choice:A:B:... (repeatable); KIND is log "
@@ -50,7 +50,6 @@ def _scalar(text: str) -> Any:
     return value
 
 
-@friendly_errors
 def tune_command(
     backbone: str = typer.Option(..., help="Backbone spec, e.g. efficientnet-lite:0, timm:resnet18."),
     data: str = typer.Option(..., help="Built-in data set name, image folder, or CSV/TSV/JSONL file (its test split is never used)."),

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from transferkit.data.adapters import (IMAGE_EXTENSIONS, align_labels, align_to_label_names, check_classes_present,
-                                       check_eval_labels, encode_labels, from_arrays, from_frame, from_hf_dataset, from_image_folder,
-                                       from_table)
+                                       check_eval_labels, check_two_classes, encode_labels, from_arrays, from_frame,
+                                       from_hf_dataset, from_image_folder, from_table)
 from transferkit.data.builtin import DATASETS, list_datasets, load_dataset
 from transferkit.data.dataset import TaskData
 from transferkit.data.resolve import resolve_data
@@ -20,7 +20,7 @@ _CACHE_NAMES = ("extract_features", "feature_cache_key", "cached_path", "compute
 
 __all__ = [
     "DATASETS", "IMAGE_EXTENSIONS", "TaskData", "align_labels", "align_to_label_names", "check_classes_present",
-    "check_eval_labels",
+    "check_eval_labels", "check_two_classes",
     "encode_labels", "from_arrays", "from_frame", "from_hf_dataset", "from_image_folder", "from_table",
     "auto_val_fraction", "list_datasets", "load_dataset", "resolve_data", "sample_per_class", "subsample", "train_val_split",
     *_CACHE_NAMES,

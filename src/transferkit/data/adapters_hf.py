@@ -20,6 +20,8 @@ from transferkit.errors import DataError
 
 def _hf_images(values: Sequence) -> Any:
     """Decoded HF images as uint8 arrays (stacked when they share a shape), or file paths."""
+    from transferkit.backbones.base import to_rgb  # 16-bit and palette images scaled, not clipped
+
     arrays = []
     for i, v in enumerate(values):
         if isinstance(v, dict):  # Image(decode=False): {"path": ..., "bytes": ...}
@@ -27,7 +29,8 @@ def _hf_images(values: Sequence) -> Any:
                 raise DataError(f"Hugging Face dataset row {i}: undecoded image without a path.")
             arrays.append(v["path"])
         else:
-            arrays.append(np.asarray(v.convert("RGB") if v.mode not in ("L", "RGB") else v, dtype=np.uint8))
+            arrays.append(np.asarray(to_rgb(v, f"Hugging Face dataset row {i}") if v.mode not in ("L", "RGB") else v,
+                                     dtype=np.uint8))
     if arrays and all(isinstance(a, np.ndarray) for a in arrays) and len({a.shape for a in arrays}) == 1:
         return np.stack(arrays)
     return arrays

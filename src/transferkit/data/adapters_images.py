@@ -25,7 +25,7 @@ def _verify_images(paths: Sequence[str]) -> None:
         try:
             with Image.open(path) as im:
                 im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"Cannot read image {path}: {exc}") from None
 
 

@@ -1,16 +1,23 @@
 """Label rules shared by every data adapter: raw labels to targets, and evaluation labels to training labels.
 
-* classification labels given as strings map to the sorted class names
-  (``label_names``); integer labels are kept as indices when ``label_names``
-  is given, and otherwise name themselves (``"0"``, ``"1"``, ...);
+* classification labels name classes. Strings are stripped. A number names
+  the class of its value: ``3``, ``3.0``, and strings that write a number
+  (``"3"``, ``" 3.0 "``, ``"3e0"``, ``"003"``) are all the class ``"3"``, so a
+  CSV/TSV cell (always text) and a typed JSONL, array or DataFrame value give
+  the same classes. A number that is not whole (``2.5``, ``"2.5"``) is
+  refused: numeric targets are ``task="regression"``. A list or mapping is
+  refused (multi-label data is ``task="multilabel"``). Class names are
+  sorted, whole numbers numerically (``2`` before ``10``), and integer labels
+  are kept as indices when ``label_names`` is given;
 * multi-label labels are a list (JSONL, arrays, HF datasets) or a
-  ``"a|b"`` string (CSV/TSV);
+  ``"a|b"`` string (CSV/TSV), each part named by the rule above;
 * regression labels are floats.
 
 :func:`encode_labels` applies these rules; :func:`check_eval_labels`,
 :func:`align_labels` and :func:`align_to_label_names` make an evaluation set's
 class indices mean what they meant in training; :func:`check_classes_present`
-names classes without examples. Errors are :class:`~transferkit.errors.DataError`
+names classes without examples; :func:`check_two_classes` refuses training
+data with a single class. Errors are :class:`~transferkit.errors.DataError`
 naming the item (``Locate``) and the value.
 
 Example:
@@ -20,8 +27,10 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,25 +52,39 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def _label_key(value: Any) -> str:
-    """The class name a raw label stands for: ``" cat "`` -> ``"cat"``, ``3`` and ``3.0`` -> ``"3"``."""
-    if isinstance(value, str):
-        return value.strip()
-    as_int = _as_int(value)
-    return str(as_int) if as_int is not None else str(value)
+#: A decimal number as written in a text cell (ASCII digits only: other scripts' digits stay names).
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 
-def _as_int(value: Any) -> int | None:
-    """``value`` as an int when it is one (``3``, ``3.0``, ``"3"``), else ``None``."""
+def _number(value: Any) -> int | float | None:
+    """The number a raw label writes (``3``, ``2.5``, ``"3"``, ``" 3.0 "``, ``"1e3"``), else ``None`` (bools too)."""
     if isinstance(value, (bool, np.bool_)):
         return None
     if isinstance(value, (int, np.integer)):
         return int(value)
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) <= 100 and _NUMBER.fullmatch(text):  # longer digit strings are names (ids), not numbers
+            return int(text) if text.lstrip("+-").isdigit() else float(text)
     return None
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as an int when it writes a whole number (``3``, ``3.0``, ``"3"``, ``"3.0"``), else ``None``."""
+    number = _number(value)
+    if isinstance(number, float):
+        return int(number) if number.is_integer() else None  # inf and NaN are not whole
+    return number
+
+
+def _label_key(value: Any) -> str:
+    """The class name a raw label stands for: ``" cat "`` -> ``"cat"``; ``3``, ``3.0``, ``"3.0"`` -> ``"3"``."""
+    as_int = _as_int(value)
+    if as_int is not None:
+        return str(as_int)
+    return value.strip() if isinstance(value, str) else str(value)
 
 
 def _sort_names(values: set) -> list[str]:
@@ -84,13 +107,22 @@ def _class_index(value: Any, names: list[str], lookup: dict[str, int], by_index:
     raise DataError(f"{where}: unknown label {value!r}. Valid labels: {', '.join(names)}.")
 
 
+def _check_class_label(value: Any, where: str) -> None:
+    """Refuse a label that cannot name a class: empty, a number that is not whole, a list or mapping."""
+    if _is_missing(value):
+        raise DataError(f"{where}: the label is empty.")
+    if isinstance(value, (list, tuple, dict, set, np.ndarray)):
+        raise DataError(f"{where}: label {value!r:.80} is a {type(value).__name__}; a class is a name or a whole "
+                        f"number (for several labels per item use task='multilabel').")
+    if _number(value) is not None and _as_int(value) is None:
+        raise DataError(f"{where}: label {value!r} is a number but not a whole one, so not a class; for numeric "
+                        f"targets use task='regression'.")
+
+
 def _classification_targets(values: Sequence, label_names: list[str] | None,
                             locate: Locate) -> tuple[np.ndarray, list[str]]:
     for i, v in enumerate(values):
-        if _is_missing(v):
-            raise DataError(f"{locate(i)}: the label is empty.")
-        if isinstance(v, (float, np.floating)) and not float(v).is_integer():
-            raise DataError(f"{locate(i)}: label {v!r} is not a class; for numeric targets use task='regression'.")
+        _check_class_label(v, locate(i))
     by_index = label_names is not None
     names = [str(n) for n in label_names] if by_index else _sort_names({_label_key(v) for v in values})
     lookup = {n: k for k, n in enumerate(names)}
@@ -236,3 +268,30 @@ def check_classes_present(data: TaskData) -> None:
     if empty:
         raise DataError(f"{data.name}: class(es) with no examples: {', '.join(repr(n) for n in empty)}. "
                         f"Add examples or remove them from label_names.")
+
+
+def check_two_classes(data: TaskData) -> None:
+    """Refuse classification training data with fewer than two classes.
+
+    A model that can only say one class scores accuracy 1.0 on data of that
+    class, so such a run would look perfect while learning nothing.
+
+    Raises:
+        DataError: names the data, the one class found and its count; for an
+            image folder whose one class folder holds folders itself, it asks
+            whether that folder is the one with the class folders.
+    """
+    if data.targets is None or not data.task_spec.single_label:
+        return
+    used = _used_labels(data)
+    if len(used) >= 2:
+        return
+    where = data.source or data.name
+    if not used:
+        raise DataError(f"{where}: no labelled items; classification needs at least 2 classes.")
+    (name, count), = used.items()
+    hint = ""
+    folder = Path(data.source) / name if data.modality == "image" and data.source else None
+    if folder is not None and folder.is_dir() and any(d.is_dir() for d in folder.iterdir()):
+        hint = f" {folder} holds folders itself: if they are the classes, pass that folder as the data."
+    raise DataError(f"{where}: classification needs at least 2 classes; found only {name!r} ({count} items).{hint}")

@@ -7,6 +7,8 @@ optional sensitive attribute, and name the file, line and value of any bad cell.
 """
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import gzip
 import io
@@ -26,8 +28,14 @@ from transferkit.errors import ConfigError, DataError
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 
+#: Byte-order marks of the Unicode encodings other than UTF-8 that a file can announce (UTF-32 first: its
+#: little-endian mark begins with UTF-16's).
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
+
+
 def _read_text(path: Path) -> str:
-    """The file decoded as UTF-8 (a ``.gz`` file is decompressed first)."""
+    """The file as text: UTF-8, or UTF-16/32 where a byte-order mark says so (a ``.gz`` is decompressed first)."""
     if not path.is_file():
         raise DataError(f"Table file not found: {path}")
     raw = path.read_bytes()
@@ -36,41 +44,85 @@ def _read_text(path: Path) -> str:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
             raise DataError(f"{path}: not a valid gzip file ({exc}).") from None
+    encoding = next((enc for bom, enc in _BOMS if raw.startswith(bom)), "utf-8-sig")
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
+        if encoding != "utf-8-sig":
+            raise DataError(f"{path}: starts with a {encoding.upper()} byte-order mark but byte {exc.start} is not "
+                            f"valid {encoding.upper()}. Save the file as UTF-8.") from None
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise DataError(f"{path}: line {line}, column {column} is not valid UTF-8 (byte 0x{raw[exc.start]:02x}). "
                         f"Save the file as UTF-8.") from None
+    nul = text.find("\0")
+    if nul >= 0:  # no text table holds NUL characters; UTF-16 without its byte-order mark is full of them
+        line = text.count("\n", 0, nul) + 1
+        raise DataError(f"{path}: line {line} holds a NUL character: is the file UTF-16 without a byte-order "
+                        f"mark? Save it as UTF-8.")
+    return text
+
+
+@contextlib.contextmanager
+def _field_limit(size: int):
+    """Let the csv module read fields up to ``size`` characters (its default stops at 131,072)."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, size))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _check_header(path: Path, header: list[str]) -> list[str]:
+    names = [h.strip() for h in header]
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}: column {name!r} appears twice in the header ({', '.join(names)}).")
+        seen.add(name)
+    return names
 
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[pd.DataFrame, list[int]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, None)
-    if not header:
-        raise DataError(f"{path}: the file is empty; expected a header row with column names.")
     rows, lines = [], []
-    for row in reader:
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise DataError(f"{path}: line {reader.line_num} has {len(row)} fields but the header has "
-                            f"{len(header)} ({', '.join(header)}).")
-        rows.append(row)
-        lines.append(reader.line_num)
-    return pd.DataFrame(rows, columns=[h.strip() for h in header], dtype=object), lines
+    try:
+        with _field_limit(len(text)):  # no field is longer than the file
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: the file is empty; expected a header row with column names.")
+            names = _check_header(path, header)
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(names):
+                    raise DataError(f"{path}: line {reader.line_num} has {len(row)} fields but the header has "
+                                    f"{len(names)} ({', '.join(names)}).")
+                rows.append(row)
+                lines.append(reader.line_num)
+    except csv.Error as exc:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        hint = " (a UTF-16 file without a byte-order mark? Save it as UTF-8)" if "NUL" in str(exc) else ""
+        raise DataError(f"{path}: line {reader.line_num} cannot be read as {kind}: {exc}{hint}.") from None
+    if not rows:
+        raise DataError(f"{path}: the file has a header ({', '.join(names)}) but no rows.")
+    return pd.DataFrame(rows, columns=names, dtype=object), lines
 
 
 def _read_jsonl(path: Path, text: str) -> tuple[pd.DataFrame, list[int]]:
     records, lines = [], []
-    for n, line in enumerate(text.splitlines(), start=1):
+    # split at newlines only: str.splitlines() also splits at U+2028 and others, which JSON strings may hold
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {n} is not valid JSON ({exc.msg}).") from None
+            raise DataError(f"{path}: line {n} is not valid JSON ({exc.msg} at column {exc.colno}).") from None
+        except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting deeper than Python's stack
+            what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+            raise DataError(f"{path}: line {n} cannot be read as JSON ({what}).") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}: line {n} is a JSON {type(record).__name__}, expected an object.")
         records.append(record)
@@ -189,6 +241,9 @@ def _text_items(series: pd.Series, column: str, locate: Locate) -> list[str]:
     for i, v in enumerate(series):
         if _is_missing(v):
             raise DataError(f"{locate(i)}: the text in column '{column}' is empty.")
+        if isinstance(v, (list, tuple, dict, np.ndarray)):
+            raise DataError(f"{locate(i)}: the text in column '{column}' is a {type(v).__name__} ({v!r:.60}); "
+                            f"expected a string.")
         items.append(v if isinstance(v, str) else str(v))
     return items
 

@@ -15,6 +15,21 @@ Modality = Literal["image", "text", "tabular"]
 MODALITIES = ("image", "text", "tabular")
 
 
+def printable(text: str) -> str:
+    """``text`` with the lone surrogates of undecodable file-name bytes (PEP 383) written as ``\\xNN``; non-str as is.
+
+    Example:
+        >>> printable("caf\\udce9.csv")
+        'caf\\\\xe9.csv'
+    """
+    if not isinstance(text, str):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file-name byte makes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class TaskData:
     """A labelled (or unlabelled) data set for one task.
@@ -55,6 +70,10 @@ class TaskData:
     origin: tuple["TaskData", np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # display strings reach reports and JSON: a file name's non-UTF-8 bytes are shown as \xNN (items keep them)
+        self.name, self.source = printable(self.name), printable(self.source)
+        if self.label_names is not None:
+            self.label_names = [printable(n) for n in self.label_names]
         if self.modality not in MODALITIES:
             raise DataError(f"Unknown modality '{self.modality}'. Available: {', '.join(MODALITIES)}.")
         if self.task not in TASKS:
@@ -107,9 +126,10 @@ class TaskData:
                     if self.modality == "image" and isinstance(it, (str, os.PathLike)):
                         try:
                             st = os.stat(it)
-                            h.update(f"{it}|{st.st_size}|{st.st_mtime_ns}".encode())
+                            # a file name with bytes that are not UTF-8 holds lone surrogates (PEP 383)
+                            h.update(f"{it}|{st.st_size}|{st.st_mtime_ns}".encode("utf-8", "surrogatepass"))
                         except OSError:
-                            h.update(str(it).encode())
+                            h.update(str(it).encode("utf-8", "surrogatepass"))
                     elif isinstance(it, np.ndarray):
                         h.update(it.tobytes())
                     else:

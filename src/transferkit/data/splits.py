@@ -15,10 +15,12 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from transferkit.data.dataset import TaskData
-from transferkit.errors import ConfigError, DataError, check_range
+from transferkit.errors import ConfigError, DataError, DataWarning, check_range
 
 
 def _require_labels(data: TaskData, what: str) -> np.ndarray:
@@ -161,6 +163,11 @@ def train_val_split(data: TaskData, fraction: float, seed: int) -> tuple[TaskDat
 
     Returns:
         ``(train, val)``; ``val`` is ``None`` when nothing was held out.
+
+    Warns:
+        DataWarning: validation items that are exact duplicates of training
+            items (text, table rows, image arrays; image files are not
+            compared), with their count.
     """
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"The 'fraction' parameter of train_val_split must be in [0, 1). Got {fraction!r} instead.")
@@ -175,7 +182,30 @@ def train_val_split(data: TaskData, fraction: float, seed: int) -> tuple[TaskDat
     if len(val_idx) == 0:
         return data, None
     train_idx = np.setdiff1d(np.arange(len(data)), val_idx)
+    _warn_duplicates(data, train_idx, val_idx)
     return data.subset(train_idx, name=f"{data.name}[train]"), data.subset(val_idx, name=f"{data.name}[val]")
+
+
+def _item_keys(data: TaskData) -> list | None:
+    """One hashable key per item, equal for exact duplicates; ``None`` for image files (their bytes are not read)."""
+    if isinstance(data.items, np.ndarray):
+        return [row.tobytes() for row in data.items]
+    if data.modality == "image":
+        return None
+    return [item if isinstance(item, str) else repr(item) for item in data.items]
+
+
+def _warn_duplicates(data: TaskData, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
+    """Warn (:class:`~transferkit.errors.DataWarning`) when validation items are exact copies of training items."""
+    keys = _item_keys(data)
+    if keys is None:
+        return
+    seen = {keys[i] for i in train_idx}
+    leaked = sum(keys[i] in seen for i in val_idx)
+    if leaked:
+        warnings.warn(f"{data.source or data.name}: {leaked} of {len(val_idx)} validation items are exact duplicates "
+                      f"of training items, so the validation score is optimistic. Remove duplicate rows first.",
+                      DataWarning, stacklevel=3)
 
 
 def subsample(data: TaskData, n: int, seed: int) -> TaskData:

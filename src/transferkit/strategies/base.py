@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from transferkit.backbones.base import Backbone
-from transferkit.constraints import validate_declared
+from transferkit.constraints import check_field_types, declared_constraints, validate_declared
 from transferkit.data.batches import run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError
@@ -50,7 +50,10 @@ STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
 class StrategyConfig:
     """Base of every strategy config; fields carry ``metadata={"help": ...}``.
 
-    Subclasses declare the valid values of their fields in ``_parameter_constraints``
+    Every value is first checked against its field's annotation
+    (:func:`~transferkit.constraints.check_field_types`: ``-o train_last=abc`` is
+    refused by name; ``"1e-3"`` for a float field becomes a float). Subclasses
+    declare the valid values of their fields in ``_parameter_constraints``
     (:mod:`transferkit.constraints`; merged with their bases' declarations), checked
     before :meth:`validate`. Assign it without an annotation (or as a ``ClassVar``):
     an annotated dict would become a dataclass field.
@@ -59,6 +62,8 @@ class StrategyConfig:
     _parameter_constraints: ClassVar[dict] = {}
 
     def __post_init__(self) -> None:
+        # each value must have its field's type (a number written as text becomes one); declared ranges next
+        check_field_types(self, skip=declared_constraints(type(self)))
         validate_declared(self)
         self.validate()
 

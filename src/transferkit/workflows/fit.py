@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from transferkit.backbones.base import Backbone
-from transferkit.data import (align_to_label_names, auto_val_fraction, resolve_data, sample_per_class, subsample,
-                              train_val_split)
+from transferkit.data import (align_to_label_names, auto_val_fraction, check_two_classes, resolve_data,
+                              sample_per_class, subsample, train_val_split)
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, DataError
 from transferkit.export.bundle import Predictor, check_writable, load, read_manifest, rebuild_model, save_bundle
@@ -54,10 +54,15 @@ def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int |
     A given ``val_data`` is used as the validation set (no split is held out). ``val_fraction=None``
     is the tiny-data protocol (:func:`~transferkit.data.auto_val_fraction`): a 20% split only where
     every class keeps 10 validation items or there is no test split, else all labels train.
+
+    Raises:
+        DataError: bad data (named by file and row), or classification training data with a single class
+            (:func:`~transferkit.data.check_two_classes`).
     """
     if val_fraction is not None and not 0 <= val_fraction < 1:
         raise ConfigError(f"The 'val_fraction' parameter must be a float in [0, 1). Got {val_fraction!r} instead.")
     train, test = resolve_data(data, test_data=test_data, **data_options)
+    check_two_classes(train)
     if labels_per_class is not None:
         if labels_per_class < 1:
             raise ConfigError(f"The 'labels_per_class' parameter must be an int in [1, inf). Got {labels_per_class} instead.")
@@ -284,6 +289,8 @@ def _projection(model, scored) -> tuple | None:
     from transferkit.data.cache import compute_features
 
     if model is None or scored is None or not get_task(scored.task).single_label or model.backbone is None:
+        return None
+    if len(scored) < 2:  # a tiny data set's one validation item: nothing to project
         return None
     if model.backbone.num_features > 5000:  # e.g. a TF-IDF vocabulary: not worth a dense projection
         return None

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
+from transferkit.constraints import MAX_IMAGE_SIZE
 from transferkit.errors import ConfigError, check_range
 
 if TYPE_CHECKING:
@@ -52,14 +53,14 @@ def field_help(cls: type, name: str, note: str = "") -> str:
     return f"{text} {note}" if note else text
 
 
-def _check_int(owner: str, name: str, value, low: int = 1) -> None:
-    """``None`` or an int ``>= low``, in scikit-learn's template (a float or bool is refused too)."""
+def _check_int(owner: str, name: str, value, low: int = 1, high: int | None = None) -> None:
+    """``None`` or an int in ``[low, high]``, in scikit-learn's template (a float or bool is refused too)."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ConfigError(f"The '{name}' parameter of {owner} must be an int in [{low}, inf) or None. "
-                          f"Got {value!r} instead.")
-    check_range(owner, name, value, low=low, kind="an int")
+        raise ConfigError(f"The '{name}' parameter of {owner} must be an int in [{low}, {high or 'inf)'}"
+                          f"{']' if high else ''} or None. Got {value!r} instead.")
+    check_range(owner, name, value, low=low, high=high, kind="an int")
 
 
 def _check_str(owner: str, name: str, value) -> None:
@@ -90,8 +91,9 @@ class DataOptions:
     max_length: int | None = field(default=None, metadata={"help": "text: maximum tokens (default: 128)"})
 
     def __post_init__(self) -> None:
-        for name in ("labels_per_class", "max_test", "image_size", "max_length"):
+        for name in ("labels_per_class", "max_test", "max_length"):
             _check_int("DataOptions", name, getattr(self, name))
+        _check_int("DataOptions", "image_size", self.image_size, high=MAX_IMAGE_SIZE)
         v = self.val_fraction
         if v is not None and (isinstance(v, bool) or not isinstance(v, Real) or not 0 <= v < 1):
             raise ConfigError(f"The 'val_fraction' parameter of DataOptions must be a float in [0, 1) or None. "

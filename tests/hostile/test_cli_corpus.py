@@ -1,0 +1,374 @@
+"""A corpus of hostile inputs to ``transferkit fit``: each fails with one line naming the culprit, exit code 2.
+
+Each case builds its files in a fresh folder and returns the command line (without ``--out``) and the
+parts the message must hold (the file, line, value or option, and what would be valid). The runner
+checks, for every case: exit code 2, exactly one line on stderr starting with ``error:`` that holds
+those parts, no traceback, nothing at ``--out``, and no internal-error log. All fail while the data,
+options or recipe are read, before any training.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+
+import pytest
+
+from .conftest import text_rows, write_images
+
+CASES = {}
+
+
+def case(fn):
+    """Register a case: ``fn(folder) -> (argv, [parts the message must hold])``."""
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def text_fit(data, *extra):
+    """``fit`` of the TF-IDF baseline on a text table: the cheapest text run, were the data good."""
+    return ["fit", "--backbone", "tfidf", "--strategy", "scratch", "--epochs", "1", "--data", data, *extra]
+
+
+def image_fit(data, *extra):
+    """``fit`` of the small CNN, one epoch, on an image folder."""
+    return ["fit", "--backbone", "small-cnn:8", "--strategy", "finetune", "--epochs", "1", "--data", data, *extra]
+
+
+def csv_file(folder, body: str, name: str = "data.csv", header: str = "text,label\n"):
+    path = folder / name
+    path.write_text(header + body, encoding="utf-8")
+    return path
+
+
+def recipe(folder, text: str, data=None):
+    """A YAML recipe; ``data`` (a good text CSV unless given) is filled in where the text says ``{data}``."""
+    data = data if data is not None else csv_file(folder, text_rows())
+    path = folder / "recipe.yaml"
+    path.write_text(text.replace("{data}", str(data)), encoding="utf-8")
+    return path
+
+
+# -- degenerate label sets -------------------------------------------------------------------------------------
+
+@case
+def one_class(tmp):
+    path = csv_file(tmp, text_rows(labels=("spam",)))
+    return text_fit(path), [str(path), "at least 2 classes", "'spam'", "8 items"]
+
+
+@case
+def all_labels_empty(tmp):
+    path = csv_file(tmp, "".join(f"text {i},\n" for i in range(5)))
+    return text_fit(path), [str(path), "line 2", "label is empty"]
+
+
+@case
+def label_column_missing(tmp):
+    path = csv_file(tmp, "a,b\nc,d\n", header="text,category\n")
+    return text_fit(path), [str(path), "no column 'label'", "Columns present: text, category"]
+
+
+@case
+def label_column_named_wrong(tmp):
+    path = csv_file(tmp, text_rows())
+    return text_fit(path, "--label-column", "lable"), [str(path), "no column 'lable'", "text, label"]
+
+
+@case
+def class_folders_nested_below_the_root(tmp):
+    write_images(tmp / "photos" / "inner", classes=("cat", "dog"))
+    return image_fit(tmp / "photos"), ["found only 'inner'", f"{tmp / 'photos' / 'inner'} holds folders"]
+
+
+@case
+def numeric_label_not_whole(tmp):
+    path = csv_file(tmp, "a,1\nb,2.5\nc,1\n")
+    return text_fit(path), [str(path), "line 3", "'2.5'", "regression"]
+
+
+@case
+def jsonl_label_is_a_list(tmp):
+    path = tmp / "data.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": ["x", "y"]}\n', encoding="utf-8")
+    return text_fit(path), [str(path), "line 2", "is a list", "multilabel"]
+
+
+# -- hostile image files ---------------------------------------------------------------------------------------
+
+def _folder_with_bad_file(tmp, content: bytes, name: str = "bad.png"):
+    root = write_images(tmp / "imgs")
+    (root / "a" / name).write_bytes(content)
+    return root, root / "a" / name
+
+
+@case
+def truncated_png(tmp):
+    good = (write_images(tmp / "src", classes=("z",), n=1, size=32) / "z" / "0.png").read_bytes()
+    root, bad = _folder_with_bad_file(tmp, good[: len(good) // 2])
+    return image_fit(root), ["Cannot read image", str(bad)]
+
+
+@case
+def empty_png_file(tmp):
+    root, bad = _folder_with_bad_file(tmp, b"")
+    return image_fit(root), ["Cannot read image", str(bad)]
+
+
+@case
+def text_file_named_png(tmp):
+    root, bad = _folder_with_bad_file(tmp, b"this is not an image\n")
+    return image_fit(root), ["Cannot read image", str(bad)]
+
+
+@case
+def class_folder_without_images(tmp):
+    root = write_images(tmp / "imgs")
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no pictures here")
+    return image_fit(root), ["no images", str(root / "empty")]
+
+
+# -- encodings that lie ----------------------------------------------------------------------------------------
+
+@case
+def latin1_bytes_in_utf8_csv(tmp):
+    path = tmp / "data.csv"
+    path.write_bytes(b"text,label\nfine,x\ncaf\xe9 au lait,y\n")
+    return text_fit(path), [str(path), "line 3, column 4", "not valid UTF-8", "0xe9"]
+
+
+@case
+def latin1_bytes_in_jsonl(tmp):
+    path = tmp / "data.jsonl"
+    path.write_bytes(b'{"text": "ok", "label": "x"}\n{"text": "na\xefve", "label": "y"}\n')
+    return text_fit(path), [str(path), "line 2", "not valid UTF-8"]
+
+
+@case
+def utf16_without_byte_order_mark(tmp):
+    path = tmp / "data.csv"
+    path.write_bytes(("text,label\n" + text_rows()).encode("utf-16-le"))
+    return text_fit(path), [str(path), "NUL", "UTF-16"]
+
+
+@case
+def utf16_bom_but_broken(tmp):
+    path = tmp / "data.csv"
+    path.write_bytes(b"\xff\xfe" + "text,label\n".encode("utf-16-le") + b"\x00\xd8")  # a lone high surrogate
+    return text_fit(path), [str(path), "UTF-16", "byte-order mark"]
+
+
+@case
+def non_utf8_file_name(tmp):
+    name = os.fsdecode(b"caf\xe9.csv")
+    path = csv_file(tmp, "a,x\nb,y,z\n", name=name)
+    return text_fit(path), [r"caf\xe9.csv", "line 3", "3 fields"]
+
+
+@case
+def gz_that_is_not_gzip(tmp):
+    path = tmp / "data.csv.gz"
+    path.write_bytes(b"text,label\na,b\n")
+    return text_fit(path), [str(path), "not a valid gzip file"]
+
+
+# -- oversized fields and rows ---------------------------------------------------------------------------------
+
+@case
+def row_with_a_hundred_thousand_fields(tmp):
+    path = csv_file(tmp, "a,x\n" + ",".join(["f"] * 100_000) + "\n")
+    return text_fit(path), [str(path), "line 3", "100000 fields", "header has 2"]
+
+
+@case
+def jsonl_integer_over_4300_digits(tmp):
+    path = tmp / "data.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": ' + "7" * 5000 + "}\n")
+    return text_fit(path), [str(path), "line 2", "cannot be read as JSON"]
+
+
+@case
+def jsonl_nested_too_deeply(tmp):
+    path = tmp / "data.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n' + "[" * 100_000 + "\n")
+    return text_fit(path), [str(path), "line 2"]
+
+
+# -- malformed tables ------------------------------------------------------------------------------------------
+
+@case
+def ragged_csv_row(tmp):
+    path = csv_file(tmp, "a,x\nb,y,extra\nc,x\n")
+    return text_fit(path), [str(path), "line 3 has 3 fields", "header has 2 (text, label)"]
+
+
+@case
+def header_only(tmp):
+    path = csv_file(tmp, "")
+    return text_fit(path), [str(path), "has a header (text, label) but no rows"]
+
+
+@case
+def empty_file(tmp):
+    path = tmp / "data.csv"
+    path.write_bytes(b"")
+    return text_fit(path), [str(path), "the file is empty"]
+
+
+@case
+def no_header_row(tmp):
+    path = tmp / "data.csv"
+    path.write_text(text_rows())
+    return text_fit(path), [str(path), "no column 'label'", "item number 0, x"]
+
+
+@case
+def duplicate_column_names(tmp):
+    path = csv_file(tmp, "a,x,y\n", header="text,label,label\n")
+    return text_fit(path), [str(path), "column 'label' appears twice"]
+
+
+@case
+def unsupported_table_suffix(tmp):
+    path = tmp / "data.txt"
+    path.write_text("text,label\na,b\n")
+    return text_fit(path), [str(path), "unsupported table format '.txt'", ".csv, .tsv, .jsonl"]
+
+
+@case
+def tabular_cell_not_a_number(tmp):
+    path = csv_file(tmp, "1.0,2.0,x\n3.0,oops,y\n", header="f1,f2,label\n")
+    argv = ["fit", "--backbone", "mlp:8", "--strategy", "finetune", "--epochs", "1", "--data", path]
+    return argv, [str(path), "say which column holds the inputs", "f1, f2, label"]
+
+
+# -- malformed JSON / JSONL ------------------------------------------------------------------------------------
+
+@case
+def truncated_jsonl_line(tmp):
+    path = tmp / "data.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n{"text": "c", "lab\n')
+    return text_fit(path), [str(path), "line 3 is not valid JSON"]
+
+
+@case
+def jsonl_record_is_a_list(tmp):
+    path = tmp / "data.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n["b", "y"]\n')
+    return text_fit(path), [str(path), "line 2 is a JSON list, expected an object"]
+
+
+@case
+def jsonl_without_records(tmp):
+    path = tmp / "data.jsonl"
+    path.write_text("\n\n  \n")
+    return text_fit(path), [str(path), "no records"]
+
+
+@case
+def jsonl_record_without_label(tmp):
+    path = tmp / "data.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b"}\n{"text": "c", "label": "y"}\n')
+    return text_fit(path), [str(path), "line 2", "label is empty"]
+
+
+@case
+def jsonl_text_is_an_object(tmp):
+    path = tmp / "data.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": {"body": "b"}, "label": "y"}\n')
+    return text_fit(path), [str(path), "line 2", "column 'text' is a dict"]
+
+
+# -- malformed -o values and recipes ---------------------------------------------------------------------------
+
+@case
+def option_of_the_wrong_type(tmp):
+    return image_fit(write_images(tmp / "imgs"), "-o", "train_last=abc"), ["'train_last'", "FinetuneConfig",
+                                                                            "an int", "'abc'"]
+
+
+@case
+def option_bool_of_the_wrong_type(tmp):
+    return image_fit(write_images(tmp / "imgs"), "-o", "recalibrate_bn=maybe"), ["'recalibrate_bn'", "a bool",
+                                                                                  "'maybe'"]
+
+
+@case
+def option_list_not_closed(tmp):
+    return image_fit(write_images(tmp / "imgs"), "-o", "freeze=[blocks.0*"), ["'freeze=[blocks.0*'",
+                                                                               "not valid YAML", "[a, b]"]
+
+
+@case
+def option_without_equals(tmp):
+    return image_fit(write_images(tmp / "imgs"), "-o", "train_last"), ["'train_last'", "KEY=VALUE"]
+
+
+@case
+def option_unknown(tmp):
+    return image_fit(write_images(tmp / "imgs"), "-o", "trian_last=1"), ["'trian_last'", "Valid options",
+                                                                          "train_last"]
+
+
+@case
+def recipe_unknown_key(tmp):
+    path = recipe(tmp, "backbone: tfidf\ndata: {data}\nepochz: 2\n")
+    return ["fit", "--config", path], [str(path), "unknown key 'epochz'", "epochs"]
+
+
+@case
+def recipe_not_yaml(tmp):
+    path = recipe(tmp, "backbone: tfidf\ndata: [unclosed\n")
+    return ["fit", "--config", path], [str(path), "not valid YAML", "line"]
+
+
+@case
+def recipe_is_a_list(tmp):
+    path = recipe(tmp, "- backbone: tfidf\n- data: x\n")
+    return ["fit", "--config", path], [str(path), "must be a mapping", "list"]
+
+
+@case
+def recipe_option_of_the_wrong_type(tmp):
+    path = recipe(tmp, "backbone: small-cnn:8\nstrategy: finetune\ndata: {data}\noptions:\n  train_last: abc\n",
+                  data=write_images(tmp / "imgs"))
+    return ["fit", "--config", path], ["'train_last'", "'abc'"]
+
+
+@case
+def recipe_flag_of_the_wrong_type(tmp):
+    path = recipe(tmp, "backbone: tfidf\ndata: {data}\nepochs: many\n")
+    return ["fit", "--config", path], [str(path), "key 'epochs'", "many"]
+
+
+@case
+def recipe_not_utf8(tmp):
+    path = tmp / "recipe.yaml"
+    path.write_bytes(b"backbone: tfidf\ndata: caf\xe9\n")
+    return ["fit", "--config", path], [str(path), "not valid UTF-8"]
+
+
+@case
+def image_size_that_would_exhaust_memory(tmp):
+    argv = ["fit", "--backbone", "small-cnn", "--strategy", "finetune", "--data", write_images(tmp / "imgs"),
+            "--image-size", "100000"]
+    return argv, ["'image_size'", "[1, 4096]", "100000"]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_hostile_input_is_one_line_and_writes_nothing(name, cli, log_dir, tmp_path):
+    argv, parts = CASES[name](tmp_path)
+    out = tmp_path / "out"
+    r = cli(*argv, "--out", out)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.exit_code == 2, r.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for part in parts:
+        assert part in lines[0], f"{part!r} not in: {lines[0]}"
+    assert "Traceback" not in r.output
+    assert not out.exists()
+    assert not log_dir.exists() or not any(log_dir.iterdir())
+
+
+def test_the_corpus_is_large_enough():
+    assert len(CASES) >= 30
