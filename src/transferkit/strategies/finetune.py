@@ -35,6 +35,7 @@ from transferkit.strategies.augment import (POLICIES, ImageAugment, mix_batch, r
                                             resolve_policy, soft_target_cross_entropy)
 from transferkit.strategies.base import (StepContext, Strategy, StrategyConfig, TrainDefaults, TransferModel,
                                          frozen_batchnorm_to_eval, register_strategy)
+from transferkit.strategies.head_init import HEAD_INITS, init_head_from_probe, wants_probe_head
 from transferkit.strategies.regularizers import REGULARIZERS
 
 
@@ -55,6 +56,9 @@ class FinetuneConfig(StrategyConfig):
     batchnorm: str = field(default="auto", metadata={
         "help": "BatchNorm statistics in training: frozen (keep the pre-trained ones), train (update from target "
                 "batches), auto (frozen for a pre-trained backbone, else train)"})
+    head_init: str = field(default="auto", metadata={
+        "help": "probe (fit the head on the frozen features first, LP-FT), random, or auto (probe for a "
+                "pre-trained backbone on classification, multi-label or regression)"})
     regularizer: str | None = field(default=None, metadata={
         "help": f"knowledge-preserving penalty: {', '.join(REGULARIZERS.names())} (None: none)"})
     regularizer_weight: float | None = field(default=None, metadata={
@@ -71,6 +75,7 @@ class FinetuneConfig(StrategyConfig):
         "cutmix": [Interval("number", 0, None)],
         "mix_prob": [Interval("number", 0, 1)],
         "batchnorm": [Options("auto", "frozen", "train")],
+        "head_init": [Options(*HEAD_INITS)],
     }
 
     def validate(self) -> None:
@@ -143,6 +148,9 @@ class Finetune(Strategy):
     def prepare(self, backbone, data: TaskData) -> TransferModel:
         self._check_mixing(data)
         model = super().prepare(backbone, data)
+        self.head_init_ = None
+        if wants_probe_head(self.config.head_init, model, data):  # before any adapter or regularizer snapshot
+            self.head_init_ = init_head_from_probe(model, data, seed=torch.initial_seed() % 2**31)
         pre = backbone.preprocess
         self._augment = ImageAugment(self.config.augment, getattr(pre, "mean", None), getattr(pre, "std", None))
         if backbone.source_head is not None:
