@@ -44,8 +44,8 @@ def _prepared(pretrained: bool, **options):
     return strategy, strategy.prepare(backbone, data), data
 
 
-def test_auto_fits_the_head_of_a_pretrained_backbone_to_the_probe():
-    strategy, model, data = _prepared(True)
+def test_probe_fits_the_head_of_a_pretrained_backbone_to_the_linear_probe():
+    strategy, model, data = _prepared(True, head_init="probe")
     probe, info = fit_linear_head(data.task, np.asarray(data.items, np.float32), data.targets, seed=0)
     X = torch.as_tensor(np.asarray(data.items, np.float32))
     with torch.no_grad():
@@ -55,8 +55,8 @@ def test_auto_fits_the_head_of_a_pretrained_backbone_to_the_probe():
     assert (got.argmax(1).numpy() == data.targets).mean() > 0.8  # a head that already classifies
 
 
-@pytest.mark.parametrize("pretrained, options", [(False, {}), (True, {"head_init": "random"})])
-def test_random_head_where_asked_or_without_pretraining(pretrained, options):
+@pytest.mark.parametrize("pretrained, options", [(False, {}), (True, {}), (True, {"head_init": "random"})])
+def test_random_head_by_default(pretrained, options):
     strategy, model, _ = _prepared(pretrained, **options)
     torch.manual_seed(0)
     fresh = nn.Linear(6, 3)  # what the seeded default initialisation gives

@@ -56,9 +56,8 @@ class FinetuneConfig(StrategyConfig):
     batchnorm: str = field(default="auto", metadata={
         "help": "BatchNorm statistics in training: frozen (keep the pre-trained ones), train (update from target "
                 "batches), auto (frozen for a pre-trained backbone, else train)"})
-    head_init: str = field(default="auto", metadata={
-        "help": "probe (fit the head on the frozen features first, LP-FT), random, or auto (probe for a "
-                "pre-trained backbone on classification, multi-label or regression)"})
+    head_init: str = field(default="random", metadata={
+        "help": "random (a new head), or probe: fit the head on the frozen features first (LP-FT)"})
     regularizer: str | None = field(default=None, metadata={
         "help": f"knowledge-preserving penalty: {', '.join(REGULARIZERS.names())} (None: none)"})
     regularizer_weight: float | None = field(default=None, metadata={
