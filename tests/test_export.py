@@ -19,6 +19,7 @@ pytest.importorskip("onnxscript")
 from conftest import shapes_images, tiny_texts  # noqa: E402
 from transferkit.backbones import load_backbone  # noqa: E402
 from transferkit.cli import export as export_cli  # noqa: E402
+from transferkit.cli.errors import ErrorHandlingGroup  # noqa: E402
 from transferkit.data import from_arrays  # noqa: E402
 from transferkit.errors import BundleError, ConfigError  # noqa: E402
 from transferkit.export import onnx_export  # noqa: E402
@@ -342,7 +343,7 @@ def test_importing_transferkit_does_not_import_onnx():
 
 @pytest.fixture(scope="module")
 def app():
-    app = typer.Typer()
+    app = typer.Typer(cls=ErrorHandlingGroup)  # the real app's error handling
 
     @app.callback()
     def main() -> None:  # a group, so that `export` is a subcommand as under the real app

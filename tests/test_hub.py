@@ -208,8 +208,9 @@ def test_cli_push_to_folder_and_refusal(bundle, tmp_path):
     from typer.testing import CliRunner
 
     from transferkit.cli import push
+    from transferkit.cli.errors import ErrorHandlingGroup
 
-    app = typer.Typer()
+    app = typer.Typer(cls=ErrorHandlingGroup)  # the real app's error handling
     push.register(app)
     app.command("noop")(lambda: None)  # a second command keeps `push` a subcommand
     runner = CliRunner()

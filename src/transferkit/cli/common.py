@@ -122,11 +122,3 @@ def parse_options(pairs: list[str] | None, flag: str = "-o") -> dict[str, Any]:
 def parse_list(text: str | None, cast=str) -> list:
     return [cast(x.strip()) for x in (text or "").split(",") if x.strip()]
 
-
-def friendly_errors(fn):
-    """Deprecated no-op kept for command modules that still apply it.
-
-    Errors are handled once for every command by the app's group class
-    (:class:`transferkit.cli.errors.ErrorHandlingGroup`).
-    """
-    return fn

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli.common import console, friendly_errors
+from transferkit.cli.common import console
 
 
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict_command)
 
 
-@friendly_errors
 def predict_command(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `transferkit fit`."),
     items: list[str] = typer.Argument(..., help="Image file paths (image models) or texts (text models)."),

@@ -4,36 +4,40 @@ A directory holding
 
 * ``model.safetensors``: the :class:`TransferModel` state dict (``backbone.*``, ``head.*``);
 * ``manifest.json``: backbone architecture, strategy and config, task, label
-  names, preprocessing, metrics, library versions, data fingerprint, history;
+  names, preprocessing, metrics, library versions, data fingerprint, history,
+  and ``files``: the SHA-256 of every other file;
 * ``backbone/``: files an offline rebuild needs (configs, tokenizer, vocabulary);
 * ``report.md`` / ``report.html``.
 
-It is written into a temporary sibling directory and renamed into place as the
-last step, so a failed run never leaves a bundle that looks complete, and an
-existing bundle is only replaced when ``overwrite=True``. :func:`load` never
-unpickles anything: JSON and safetensors only.
+It is written under a lock into a visible ``OUT.partial-PID`` folder and renamed
+into place as the last step (:mod:`transferkit.export.output_lock`), so a failed
+run never leaves a bundle that looks complete, a second writer is refused, and
+an existing bundle is only replaced when ``overwrite=True``. :func:`load` never
+unpickles anything (JSON and safetensors only) and refuses a folder that does
+not match its manifest (:mod:`transferkit.export.bundle_checks`).
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from transferkit.backbones import load_backbone
-from transferkit.errors import BundleError
+from transferkit.errors import BundleError, MissingWeightsError, TransferkitError
+from transferkit.export.bundle_checks import (BUNDLE_FORMAT, FILES_DIR, FORMAT_VERSION, MANIFEST, WEIGHTS,
+                                              check_manifest, check_outputs, check_tensors, hash_files, load_weights,
+                                              one_line, read_header, verify_files)
+from transferkit.export.output_lock import PARTIAL_MARKER, atomic_dir, check_not_partial, check_writable
 from transferkit.strategies.base import TransferModel
-from transferkit.tasks import describe_head, get_task, rebuild_head
+from transferkit.tasks import TASKS, describe_head, get_task, rebuild_head
 
-BUNDLE_FORMAT = "transferkit-bundle"
-FORMAT_VERSION = 1
-MANIFEST, WEIGHTS = "manifest.json", "model.safetensors"
+__all__ = ["BUNDLE_FORMAT", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Predictor", "atomic_dir", "check_writable",
+           "load", "outputs_to_predictions", "read_manifest", "rebuild_model", "save_bundle"]
+#: manifest keys save_bundle sets itself (a manifest copied from another bundle does not carry them over).
+_OWN_KEYS = ("format", "format_version", "files")
 
 
 def library_versions() -> dict[str, str]:
@@ -49,28 +53,22 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def check_writable(out: str | Path, overwrite: bool) -> Path:
-    """Refuse early (before any training) to replace an existing bundle without ``overwrite``."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise BundleError(f"Output {out} already exists; pass overwrite=True (--overwrite) to replace it.")
-    if out.exists() and not out.is_dir():
-        raise BundleError(f"Output {out} exists and is not a directory.")
-    return out
-
-
 def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwrite: bool = False,
                 extra: Callable[[Path], None] | None = None) -> Path:
-    """Write ``model`` and ``manifest`` as a bundle at ``out``, atomically.
+    """Write ``model`` and ``manifest`` as a bundle at ``out``, atomically and under ``OUT.lock``.
 
     Args:
         extra: called with the temporary directory before it is renamed into
-            place (the report is written there).
+            place (the report is written there); the files it writes are hashed too.
+
+    Raises:
+        BundleError: another run is writing ``out``, or it exists without ``overwrite``.
     """
     from safetensors.torch import save_file
 
     with atomic_dir(out, overwrite) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        manifest = {k: v for k, v in manifest.items() if k not in _OWN_KEYS}
         adapter = getattr(model, "adapter", None)
         if adapter is not None:
             manifest = {**manifest, "adapter": {k: v for k, v in adapter.items() if k != "keys"}}
@@ -79,34 +77,22 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
 
                 state = adapter_state(model, state)
         save_file(state, str(tmp / WEIGHTS), metadata={"format": BUNDLE_FORMAT})
-        model.backbone.save_files(tmp / "backbone")
+        model.backbone.save_files(tmp / FILES_DIR)
         manifest = {"format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, **manifest,
                     "backbone": model.backbone.architecture(),
                     "head": describe_head(model.head),
                     "task": manifest.get("task", model.task), "label_names": model.label_names,
                     "preprocess": model.backbone.preprocess.config(), "versions": library_versions()}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default), encoding="utf-8")
+        _write_manifest(tmp, manifest)
         if extra is not None:
             extra(tmp)
+        # last: the SHA-256 of everything written above, the report included
+        _write_manifest(tmp, {**manifest, "files": hash_files(tmp, skip={MANIFEST, PARTIAL_MARKER})})
     return Path(out)
 
 
-@contextmanager
-def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that replaces ``out`` only if the block finishes.
-
-    ``out`` is checked first (:func:`check_writable`); on any error the
-    temporary folder is removed and whatever was at ``out`` is left as it was.
-    """
-    out = check_writable(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        yield tmp
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default), encoding="utf-8")
 
 
 def _json_default(o):
@@ -119,59 +105,56 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def read_manifest(path: str | Path) -> dict:
+    """The manifest of the bundle at ``path``, its fields checked (:func:`~.bundle_checks.check_manifest`).
+
+    Raises:
+        BundleError: no complete bundle there, an unfinished one (``PARTIAL.txt``), or a manifest this
+            version cannot read.
+    """
     path = Path(path)
     mf = path / MANIFEST
     if not path.is_dir():
         raise BundleError(f"No bundle at {path}: not a directory.")
-    if not mf.exists() or not (path / WEIGHTS).exists():
+    check_not_partial(path)
+    if not mf.is_file() or not (path / WEIGHTS).is_file():
         raise BundleError(f"{path} is not a complete transferkit bundle: expected {MANIFEST} and {WEIGHTS}.")
     try:
         manifest = json.loads(mf.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"Corrupt manifest {mf}: {exc}") from None
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{mf} is not a transferkit manifest (format={manifest.get('format')!r}).")
-    return manifest
+    return check_manifest(path, manifest)
 
 
 def rebuild_model(path: str | Path, manifest: dict | None = None) -> TransferModel:
-    """Rebuild the trained model from a bundle directory (no training data, no pickles)."""
-    from safetensors.torch import load_file
+    """Rebuild the trained model from a bundle directory (no training data, no pickles).
+
+    The files are checked against the manifest's hashes first, and the tensors
+    against the architecture on the meta device, before anything is allocated.
+
+    Raises:
+        BundleError: the folder does not match its manifest (the message names the file, field or tensor).
+    """
+    import transferkit.strategies  # noqa: F401  (registers the heads and tasks strategies define)
 
     path = Path(path)
     manifest = manifest or read_manifest(path)
-    arch, h = manifest["backbone"], manifest["head"]
-    files = path / "backbone"
+    verify_files(path, manifest)
+    if manifest["task"] not in TASKS:
+        raise BundleError(f"{path / MANIFEST}: task {manifest['task']!r} is not a known task; known: "
+                          f"{', '.join(TASKS.names())}.")
+    task, labels = get_task(manifest["task"]), manifest.get("label_names")
+    check_outputs(path, manifest, task.num_outputs(labels) if task.has_labels and labels is not None else None)
+    weights = path / WEIGHTS
     adapter = manifest.get("adapter")
-    if adapter and adapter.get("adapter_only"):
-        backbone = _base_for_adapter(path, arch, adapter)
-    else:
-        backbone = load_backbone(arch["spec"], pretrained=False, files_dir=files if files.exists() else None,
-                                 **arch.get("options", {}))
-    if adapter:
-        from transferkit.strategies.parameter_efficient import attach_from_manifest
-
-        attach_from_manifest(backbone, adapter)
-    import transferkit.strategies  # noqa: F401  (registers the heads strategies define)
-
-    model = TransferModel(backbone, rebuild_head(h), manifest["task"], manifest.get("label_names"))
-    state = load_file(str(path / WEIGHTS))
-    if adapter and adapter.get("adapter_only"):
+    adapter_only = bool(adapter and adapter.get("adapter_only"))
+    model = _build_checked(path, manifest, read_header(weights), adapter_only)
+    state = load_weights(weights)
+    if adapter_only:
         missing, unexpected = model.load_state_dict(state, strict=False)
-        not_base = [k for k in missing if k.startswith("head.") or k not in _base_keys(backbone)]
+        not_base = [k for k in missing if k.startswith("head.") or k not in _base_keys(model.backbone)]
         if unexpected or not_base:
-            raise BundleError(f"{path / WEIGHTS} does not fit the adapter its manifest describes: "
+            raise BundleError(f"{weights} does not fit the adapter its manifest describes: "
                               f"unexpected {unexpected[:3]}, missing {not_base[:3]}.")
         model.adapter = {**adapter, "keys": sorted(state)}
     else:
@@ -180,6 +163,59 @@ def rebuild_model(path: str | Path, manifest: dict | None = None) -> TransferMod
             model.adapter = {**adapter, "keys": sorted(k for k in state if k.startswith("backbone.") and
                                                        _is_adapter_key(model, k))}
     return model.eval()
+
+
+def _build_checked(path: Path, manifest: dict, header: dict, adapter_only: bool) -> TransferModel:
+    """Build the model once the file's tensors are known to fit it: compared on the meta device first (nothing
+    allocated), or, for a source that cannot be built there, the head on meta and the rest after building."""
+    weights = path / WEIGHTS
+    skeleton = _on_meta(lambda: _assemble(path, manifest, skeleton=True))
+    if skeleton is None:
+        head = _on_meta(lambda: rebuild_head(manifest["head"]))
+        if head is None:
+            raise BundleError(f"{path / MANIFEST}: the 'head' entry {manifest['head']} does not describe a head "
+                              "this version can build.")
+        check_tensors(weights, header, {f"head.{k}": v for k, v in head.state_dict().items()}, prefix="head.")
+    else:
+        check_tensors(weights, header, skeleton.state_dict(),
+                      optional=_base_keys(skeleton.backbone) if adapter_only else set())
+    model = _assemble(path, manifest, skeleton=False)
+    if skeleton is None:
+        check_tensors(weights, header, model.state_dict(),
+                      optional=_base_keys(model.backbone) if adapter_only else set())
+    return model
+
+
+def _on_meta(build: Callable):
+    """``build()`` on the meta device (shapes, no memory), or None where a source cannot be built there."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except Exception:  # noqa: BLE001 - the real build below reports what is wrong
+        return None
+
+
+def _assemble(path: Path, manifest: dict, *, skeleton: bool) -> TransferModel:
+    """The model a manifest describes, at random init (``skeleton``: the adapter's base too, for the meta device)."""
+    arch, adapter = manifest["backbone"], manifest.get("adapter")
+    files = path / FILES_DIR
+    try:
+        if adapter and adapter.get("adapter_only") and not skeleton:
+            backbone = _base_for_adapter(path, arch, adapter)
+        else:
+            backbone = load_backbone(arch["spec"], pretrained=False, files_dir=files if files.is_dir() else None,
+                                     **arch.get("options", {}))
+        if adapter:
+            from transferkit.strategies.parameter_efficient import attach_from_manifest
+
+            attach_from_manifest(backbone, adapter)
+        head = rebuild_head(manifest["head"])
+    except (BundleError, MissingWeightsError):
+        raise
+    except (TransferkitError, TypeError, ValueError, KeyError) as exc:
+        raise BundleError(f"{path / MANIFEST}: cannot rebuild the model it describes (backbone '{arch['spec']}', "
+                          f"head {manifest['head'].get('kind', 'linear')!r}): {one_line(exc)}") from None
+    return TransferModel(backbone, head, manifest["task"], manifest.get("label_names"))
 
 
 def _base_for_adapter(path: Path, arch: dict, adapter: dict):
@@ -249,7 +285,12 @@ def outputs_to_predictions(out: np.ndarray, task: str, label_names: Sequence[str
 
 
 def load(path: str | Path) -> Predictor:
-    """Load a bundle written by ``fit`` (a directory, or ``hf:ORG/NAME`` pushed to the Hub) into a :class:`Predictor`."""
+    """Load a bundle written by ``fit`` (a directory, or ``hf:ORG/NAME`` pushed to the Hub) into a :class:`Predictor`.
+
+    Raises:
+        BundleError: the folder is unfinished, tampered with or damaged; the message names the file, field or
+            tensor and what was expected.
+    """
     if str(path).startswith("hf:"):  # pushed with `transferkit push`: the Hub cache holds the folder
         from transferkit.backbones.hf import fetch_hub_bundle
 

@@ -25,7 +25,7 @@ from numbers import Real
 from pathlib import Path
 
 from transferkit.errors import BundleError, TransferkitError
-from transferkit.export.bundle import Predictor, _replace_dir, load, read_manifest
+from transferkit.export.bundle import Predictor, atomic_dir, load, read_manifest
 from transferkit.tasks import TASKS, get_task
 
 README = "README.md"
@@ -95,8 +95,8 @@ def model_card(bundle: str | Path, manifest: dict | None = None) -> str:
 
 
 def _staged_copy(bundle: Path, dest: Path, manifest: dict, repo: str) -> None:
-    """Copy ``bundle`` to ``dest`` (which must not exist) and write the README there."""
-    shutil.copytree(bundle, dest, symlinks=False)
+    """Copy ``bundle`` into ``dest`` and write the README there (a file bundles may hold unlisted)."""
+    shutil.copytree(bundle, dest, symlinks=False, dirs_exist_ok=True)
     (dest / README).write_text(model_card(bundle, manifest).replace("\"REPO\"", f"\"{repo}\""), encoding="utf-8")
 
 
@@ -167,13 +167,9 @@ def _push_local(bundle: Path, target: Path, manifest: dict, overwrite: bool) -> 
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise BundleError(f"Push target {target} already exists and is not empty; pass overwrite=True "
                           "(--overwrite) to replace it.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        _staged_copy(bundle, tmp / "b", manifest, str(target))
-        _replace_dir(tmp / "b", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    empty = target.is_dir() and not any(target.iterdir())
+    with atomic_dir(target, overwrite=overwrite or empty) as tmp:
+        _staged_copy(bundle, tmp, manifest, str(target))
     return target
 
 

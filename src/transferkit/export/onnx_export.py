@@ -21,8 +21,9 @@ shapes. Opsets below 18, which it cannot write, and models that
 
 Every export is compared with the PyTorch model before it is moved into place
 (:func:`check_parity`); like :func:`~transferkit.export.bundle.save_bundle`, it
-is written to a temporary sibling directory and renamed as the last step, so a
-failure leaves nothing behind. onnx, onnxruntime and onnxscript (the
+is written under the output's lock to a sibling ``OUT.partial-PID`` folder and
+renamed as the last step (:func:`~transferkit.export.output_lock.atomic_dir`),
+so a failure leaves nothing behind and a second writer is refused. onnx, onnxruntime and onnxscript (the
 ``export`` extra) are imported inside the functions that use them.
 
 
@@ -40,8 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,7 +53,7 @@ from transferkit.errors import ConfigError, TransferkitError, check_range
 from transferkit.export.bundle import (
     MANIFEST,
     _json_default,
-    _replace_dir,
+    atomic_dir,
     check_writable,
     read_manifest,
     rebuild_model,
@@ -133,15 +132,8 @@ def export_bundle(bundle: str | Path, out: str | Path, *, format: str = "onnx", 
     if bundle.resolve() == out.resolve() or out.resolve() in bundle.resolve().parents:
         raise ConfigError(f"The export directory {out} would replace the bundle {bundle}; choose another --out.")
     model = rebuild_model(bundle, manifest)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    tmp.chmod(out.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would hide a deployed model from its server
-    try:
+    with atomic_dir(out, overwrite) as tmp:
         _write_export(model, manifest, bundle, tmp, format, quantize, opset)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

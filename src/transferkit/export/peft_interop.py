@@ -10,12 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from transferkit.errors import BundleError, ConfigError
-from transferkit.export.bundle import (_replace_dir, check_writable, read_manifest, rebuild_model, save_bundle,
-                                       WEIGHTS)
+from transferkit.export.bundle import WEIGHTS, atomic_dir, check_writable, read_manifest, rebuild_model, save_bundle
 
 #: PEFT's file names (``peft.utils.constants``), written here without importing PEFT's saving code paths.
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -94,9 +92,7 @@ def export_peft_adapter(bundle: str | Path, out: str | Path, *, overwrite: bool 
     owner, attr = slot
     inner = getattr(owner, attr)
     base = _base_name(manifest["backbone"]["spec"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite) as tmp:
         if hasattr(inner, "active_peft_config"):  # prompt / prefix tuning: a real PeftModel
             inner.peft_config["default"].base_model_name_or_path = base
             inner.save_pretrained(str(tmp))
@@ -119,10 +115,6 @@ def export_peft_adapter(bundle: str | Path, out: str | Path, *, overwrite: bool 
             "task": model.task, "label_names": model.label_names, "pooling": _pooling(manifest),
             "max_length": manifest.get("preprocess", {}).get("max_length"), "from_bundle": str(bundle)},
             indent=2), encoding="utf-8")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
