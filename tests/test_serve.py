@@ -326,8 +326,9 @@ def test_cli_serve_wiring(image_bundle, monkeypatch):
     from typer.testing import CliRunner
 
     from transferkit.cli import serve
+    from transferkit.cli.errors import ErrorHandlingGroup
 
-    app = typer.Typer()
+    app = typer.Typer(cls=ErrorHandlingGroup)  # the real app's error handling
     serve.register(app)
     app.command("noop")(lambda: None)  # a second command keeps `serve` a named subcommand
     runner = CliRunner()

@@ -3,7 +3,8 @@
 Endpoints:
 
 * ``POST /predict``: JSON ``{"inputs": [...]}`` (texts for text models,
-  base64-encoded image files for image models; ``{"texts": [...]}`` and
+  base64-encoded image files for image models, rows of numbers for tabular
+  models; ``{"texts": [...]}`` and
   ``{"images": [...]}`` name the kind explicitly), or a multipart upload of
   image files in the ``files`` field. Returns ``{"predictions": [...]}``, one
   per item, in order: ``{"label", "probabilities"}`` (classification),
@@ -22,13 +23,23 @@ items or ``max_wait_ms`` after that first request arrived, and runs them as one
 accepting meanwhile); results are split back per request. Should a batch still
 fail, each of its requests is rerun alone, so only the request at fault fails.
 
-Bad requests get a 4xx with a message (400 malformed JSON, 413 too large,
-415 wrong content type, 422 everything else) and the service keeps serving.
+Bad requests get a 4xx with a bounded message (400 malformed JSON, 413 over a
+limit, 415 wrong content type, 422 everything else) and the service keeps
+serving. The limits (:class:`RequestLimits`: body size, items, text length,
+image pixels) are checked before the work they bound, and parsing and
+validation run in a worker thread, so ``/health`` answers at once while a large
+body is checked. Under overload the service answers 503 with ``Retry-After``:
+when ``max_queue`` items already wait for the model, and when a request misses
+its deadline (``request_timeout_s``). On shutdown (uvicorn stops accepting
+connections and lets the open requests finish first) the batcher drains: new
+requests get 503, accepted ones are answered.
 
 The parts: :mod:`~transferkit.export.serve_requests` decodes and validates a
-request, :mod:`~transferkit.export.serve_batching` runs the micro-batches, and
-this module loads the predictor and builds the app; the names of both parts
-are re-exported here.
+request, :mod:`~transferkit.export.serve_schemas` holds the pydantic models
+(the request's is built per app, with its limits and examples),
+:mod:`~transferkit.export.serve_batching` runs the micro-batches, and this
+module loads the predictor and builds the app; the names of the parts are
+re-exported here.
 
 FastAPI, pydantic and uvicorn are imported inside functions: importing
 transferkit never imports them. This module deliberately does not use
@@ -41,34 +52,39 @@ from pathlib import Path
 
 from transferkit import __version__
 from transferkit.errors import ConfigError, TransferkitError, check_range
-from transferkit.export.serve_batching import MicroBatcher, ServingStats
+from transferkit.export.serve_batching import MicroBatcher, Overloaded, ServingStats
 from transferkit.export.serve_requests import (
     IMAGE_FORMATS,
     MAX_IMAGE_PIXELS,
+    MAX_REQUEST_PIXELS,
+    MAX_TEXT_CHARS,
     ModelInputs,
     RequestError,
+    RequestLimits,
     check_count,
     check_texts,
+    clip,
     decode_base64_image,
-    format_predictions,
     image_from_bytes,
     items_from_json,
     read_items,
-    schemas,
 )
+from transferkit.export.serve_schemas import request_examples, request_model, schemas
 
 __all__ = [
-    "DESCRIPTION", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "RUNTIMES", "BodyLimit", "MicroBatcher", "ModelInputs",
-    "RequestError", "ServingStats", "check_count", "check_texts", "create_app", "decode_base64_image",
-    "format_predictions", "image_from_bytes", "items_from_json", "load_predictor", "read_items", "schemas",
+    "DESCRIPTION", "IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "MAX_REQUEST_PIXELS", "MAX_TEXT_CHARS", "RUNTIMES",
+    "BodyLimit", "MicroBatcher", "ModelInputs", "Overloaded", "RequestError", "RequestLimits", "ServingStats",
+    "check_count", "check_texts", "create_app", "decode_base64_image", "format_predictions", "image_from_bytes",
+    "items_from_json", "load_predictor", "read_items", "request_examples", "request_model", "schemas",
 ]
 
 log = logging.getLogger("transferkit.serve")
 
 RUNTIMES = ("torch", "onnx")
-DESCRIPTION = ("Predictions of a transferkit model. `POST /predict` takes JSON `{\"inputs\": [...]}` (texts, or "
-               "base64-encoded image files) or a multipart upload of image files in `files`; concurrent "
-               "requests are micro-batched into one model call.")
+DESCRIPTION = ("Predictions of a transferkit model. `POST /predict` takes JSON `{\"inputs\": [...]}` (texts, "
+               "base64-encoded image files, or rows of numbers) or a multipart upload of image files in `files`; "
+               "concurrent requests are micro-batched into one model call. A full queue or a missed deadline "
+               "answers 503 with `Retry-After`.")
 
 
 # ---------------------------------------------------------------- loading
@@ -133,19 +149,37 @@ async def _send_error(send, status: int, message: str) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-def _request_body_openapi(m) -> dict:
-    files = {"type": "object", "required": ["files"], "properties": {"files": {
-        "type": "array", "items": {"type": "string", "format": "binary"}, "description": "Image files."}}}
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": m.PredictRequest.model_json_schema()},
-        "multipart/form-data": {"schema": files}}}}
 
 
 # ---------------------------------------------------------------- the app
 
 
+def format_predictions(outputs, task: str, label_names) -> list[dict]:
+    """One response record per item of ``outputs``: the task's :meth:`~transferkit.tasks.Task.records`."""
+    from transferkit.tasks import get_task
+
+    return get_task(task).records(outputs, label_names)
+
+
+def _predict_openapi(request_schema: dict, m) -> dict:
+    files = {"type": "object", "required": ["files"], "properties": {"files": {
+        "type": "array", "items": {"type": "string", "format": "binary"}, "description": "Image files."}}}
+    busy = {"model": m.ErrorResponse, "description": "Busy (the queue is full, or the request missed its "
+                                                     "deadline) or shutting down: retry after Retry-After seconds",
+            "headers": {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                        "schema": {"type": "integer"}}}}
+    errors = {code: {"model": m.ErrorResponse, "description": text} for code, text in (
+        (400, "Malformed JSON"), (413, "Over a limit: the body, the items, a text's length or an image's pixels"),
+        (415, "Unsupported content type"), (422, "Wrong input kind, undecodable item, unknown field"))}
+    extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema},
+                                                           "multipart/form-data": {"schema": files}}}}
+    return {"responses": {**errors, 503: busy}, "openapi_extra": extra}
+
+
 def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_items: int = 256,
-               max_body_bytes: int = 20 * 2**20, batching: bool = True):
+               max_body_bytes: int = 20 * 2**20, max_text_chars: int = MAX_TEXT_CHARS,
+               max_image_pixels: int = MAX_IMAGE_PIXELS, max_request_pixels: int = MAX_REQUEST_PIXELS,
+               max_queue: int = 1024, request_timeout_s: float = 30.0, batching: bool = True):
     """A FastAPI app serving ``predictor`` (a :class:`~transferkit.export.bundle.Predictor` or ``OnnxPredictor``).
 
     Args:
@@ -155,6 +189,13 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_
             whatever queued while the model was busy (no added latency at low load).
         max_items: most items in one request (more: 413).
         max_body_bytes: largest request body (more: 413).
+        max_text_chars: longest text item (more: 413).
+        max_image_pixels: largest image, width x height read from its header before decoding (more: 413).
+        max_request_pixels: most image pixels in one request, all its images together (more: 413).
+        max_queue: most items accepted and not yet answered; a request beyond it gets 503 with
+            ``Retry-After`` instead of a wait that grows without bound.
+        request_timeout_s: deadline of one request, from reading its body to its answer (past it: 503
+            with ``Retry-After``); also how long shutdown waits for accepted requests.
         batching: ``False`` runs each request as its own model call.
 
     The batcher and its counters are ``app.state.batcher`` and ``app.state.stats``.
@@ -164,39 +205,47 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)         # doctest: +SKIP
     """
     try:
+        import anyio
         from fastapi import FastAPI, Request
         from fastapi.responses import JSONResponse
     except ImportError as exc:
         raise ConfigError(f"Serving needs {exc.name}: pip install 'transferkit[serve]'.") from None
 
-    for name, value, low in (("max_batch", max_batch, 1), ("max_items", max_items, 1),
-                             ("max_body_bytes", max_body_bytes, 1), ("max_wait_ms", max_wait_ms, 0)):
-        check_range("create_app", name, value, low=low)
+    for name, value, low, low_open in (("max_batch", max_batch, 1, False), ("max_wait_ms", max_wait_ms, 0, False),
+                                       ("max_queue", max_queue, 1, False),
+                                       ("request_timeout_s", request_timeout_s, 0, True)):
+        check_range("create_app", name, value, low=low, low_open=low_open)
+    limits = RequestLimits(max_items, max_body_bytes, max_text_chars, max_image_pixels, max_request_pixels)
     manifest = predictor.manifest or {}
     spec = ModelInputs.from_manifest(manifest)
-    m = schemas()
-    batcher = MicroBatcher(predictor.outputs, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0, enabled=batching)
-    limits = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_items": max_items,
-              "max_body_bytes": max_body_bytes, "batching": batching}
+    m, predict_request = schemas(), request_model(spec, limits)
+    batcher = MicroBatcher(predictor.outputs, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0, enabled=batching,
+                           max_queue=max_queue)
+    settings = {**limits.to_dict(), "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue,
+                "request_timeout_s": request_timeout_s, "batching": batching}
 
     @asynccontextmanager
     async def lifespan(app):
+        batcher.open()
         yield
-        await batcher.stop()
+        # uvicorn has stopped accepting connections and let the open requests finish; drain what remains.
+        await batcher.drain(timeout_s=request_timeout_s)
 
     app = FastAPI(title=f"transferkit: {_describe(manifest)['backbone'] or 'model'}", description=DESCRIPTION,
                   version=__version__, lifespan=lifespan)
     app.state.batcher, app.state.stats, app.state.predictor = batcher, batcher.stats, predictor
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    errors = {code: {"model": m.ErrorResponse, "description": text} for code, text in (
-        (400, "Malformed JSON"), (413, "Too many items, a body or an image over the limits"),
-        (415, "Unsupported content type"), (422, "Wrong input kind, undecodable item, unknown field"))}
 
-    @app.post("/predict", response_model=m.PredictResponse, responses=errors,
-              openapi_extra=_request_body_openapi(m), summary="Predict labels or values for a list of items")
+    @app.post("/predict", response_model=m.PredictResponse, **_predict_openapi(predict_request.model_json_schema(), m),
+              summary="Predict labels or values for a list of items")
     async def predict(request: Request):
-        outputs = await batcher.submit(await read_items(request, spec, max_items, max_body_bytes))
-        return {"predictions": format_predictions(outputs, predictor.task, predictor.label_names)}
+        batcher.check_capacity()  # full, or shutting down: 503 before the body is even read
+        with anyio.move_on_after(request_timeout_s):
+            outputs = await batcher.submit(await read_items(request, spec, limits, predict_request))
+            return {"predictions": format_predictions(outputs, predictor.task, predictor.label_names)}
+        batcher.stats.timed_out += 1
+        raise Overloaded(f"No answer within the request timeout of {request_timeout_s:g} s: the service is busy.",
+                         batcher.retry_after_s())
 
     @app.get("/health", response_model=m.Health, summary="Liveness")
     async def health():
@@ -205,12 +254,14 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_
     @app.get("/metadata", response_model=m.Metadata, summary="The served model and the serving counters")
     async def metadata():
         return {"task": predictor.task, "modality": spec.modality, "labels": predictor.label_names,
-                **_describe(manifest), "predictor": type(predictor).__name__, "limits": limits,
-                "serving": batcher.stats.to_dict()}
+                **_describe(manifest), "predictor": type(predictor).__name__, "limits": settings,
+                "serving": {**batcher.stats.to_dict(), "pending": batcher.pending}}
 
-    @app.exception_handler(TransferkitError)  # RequestError, and the predictor's own DataError
+    @app.exception_handler(TransferkitError)  # RequestError, Overloaded, and the predictor's own DataError
     async def transferkit_error(request, exc: TransferkitError):
-        return JSONResponse({"detail": str(exc)}, status_code=getattr(exc, "status_code", 422))
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+        return JSONResponse({"detail": getattr(exc, "detail", None) or clip(str(exc))},
+                            status_code=getattr(exc, "status_code", 422), headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request, exc: Exception):  # last resort: logged, and the service keeps serving

@@ -7,12 +7,19 @@ accepting meanwhile); results are split back per request. Should a batch still
 fail, each of its requests is rerun alone, so only the request at fault fails.
 :class:`ServingStats` counts what the model thread ran.
 
+The queue is bounded: with ``max_queue`` items accepted and not yet answered,
+:meth:`MicroBatcher.submit` raises :class:`Overloaded` (HTTP 503 with
+``Retry-After``) instead of letting the queue, and every request's wait, grow
+without bound. :meth:`MicroBatcher.drain` shuts down gracefully: it refuses new
+work, finishes what was accepted, then stops the worker.
+
 Example:
     >>> batcher = MicroBatcher(predictor.outputs, max_batch=32, max_wait_s=0.005)   # doctest: +SKIP
     >>> outputs = await batcher.submit(items)                                       # doctest: +SKIP
 """
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,12 +28,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from transferkit.errors import TransferkitError
+
 log = logging.getLogger("transferkit.serve")
+
+
+class Overloaded(TransferkitError, RuntimeError):
+    """No capacity now (the queue is full, or the service is shutting down): HTTP 503, retry later.
+
+    Attributes:
+        retry_after_s: whole seconds after which a retry may succeed (the ``Retry-After`` header).
+    """
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
 class ServingStats:
-    """Counters of what the model thread ran; ``batch_sizes`` maps items per batch to batch count."""
+    """Counters of what the model thread ran; ``batch_sizes`` maps items per batch to batch count.
+
+    ``rejected`` counts requests refused with :class:`Overloaded`, ``timed_out`` those past their deadline.
+    """
 
     requests: int = 0
     batches: int = 0
@@ -34,6 +60,8 @@ class ServingStats:
     failed_batches: int = 0
     model_seconds: float = 0.0
     batch_sizes: Counter = field(default_factory=Counter)
+    rejected: int = 0
+    timed_out: int = 0
 
     def record(self, requests: int, items: int, seconds: float) -> None:
         self.requests += requests
@@ -44,13 +72,14 @@ class ServingStats:
 
     def to_dict(self) -> dict:
         return {"requests": self.requests, "batches": self.batches, "items": self.items,
-                "failed_batches": self.failed_batches, "model_seconds": round(self.model_seconds, 4),
+                "failed_batches": self.failed_batches, "rejected": self.rejected, "timed_out": self.timed_out,
+                "model_seconds": round(self.model_seconds, 4),
                 "mean_items_per_batch": round(self.items / self.batches, 3) if self.batches else 0.0,
                 "max_items_per_batch": max(self.batch_sizes, default=0),
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the batcher keeps a set of its outstanding jobs
 class _Job:
     items: list
     future: asyncio.Future
@@ -65,29 +94,65 @@ class MicroBatcher:
         max_batch: most items in one call (a larger request runs as a batch of its own).
         max_wait_s: how long after the first queued request to wait for more.
         enabled: ``False`` runs every request as its own call (the baseline to compare with).
+        max_queue: most items accepted and not yet answered (queued or running); a request that would
+            exceed it raises :class:`Overloaded`, unless nothing is pending (a large request still runs).
     """
 
     def __init__(self, run: Callable[[list], np.ndarray], *, max_batch: int = 32, max_wait_s: float = 0.005,
-                 enabled: bool = True):
+                 enabled: bool = True, max_queue: int = 1024):
         self.run, self.max_batch, self.max_wait_s, self.enabled = run, max_batch, max_wait_s, enabled
+        self.max_queue = max_queue
         self.stats = ServingStats()
+        self.pending = 0  # items accepted and not yet answered
+        self.closing = False
         # One model thread: the model sees one call at a time (tokenizers and some runtimes are not
         # re-entrant), and its own intra-op threads use the cores.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="transferkit-model")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
+        self._idle: asyncio.Event | None = None
+        self._jobs: set[_Job] = set()  # accepted and not answered: failed by stop() should any remain
+
+    def retry_after_s(self) -> int:
+        """Seconds until the pending items should have run, at the model's measured speed (1 to 60)."""
+        per_item = self.stats.model_seconds / self.stats.items if self.stats.items else 0.01
+        return min(60, max(1, math.ceil(self.pending * per_item)))
+
+    def check_capacity(self, n: int = 0) -> None:
+        """Raise :class:`Overloaded` unless ``n`` more items fit (``n=0``: unless the queue has room at all)."""
+        if self.closing:
+            self.stats.rejected += 1
+            raise Overloaded("The service is shutting down; retry on another instance or after it restarts.",
+                             self.retry_after_s())
+        if self.pending and self.pending + max(n, 1) > self.max_queue:
+            self.stats.rejected += 1
+            raise Overloaded(f"The service is busy: {self.pending:,} items are waiting for the model (max_queue "
+                             f"{self.max_queue:,}); retry after the Retry-After seconds.", self.retry_after_s())
 
     async def submit(self, items: list) -> np.ndarray:
-        """The outputs of ``items`` (validated already), computed alone or with other requests."""
+        """The outputs of ``items`` (validated already), computed alone or with other requests.
+
+        Raises:
+            Overloaded: the queue is full, or the batcher is draining.
+        """
+        self.check_capacity(len(items))
         loop = asyncio.get_running_loop()
         job = _Job(items, loop.create_future(), loop.time())
-        if not self.enabled:
-            await self._run_jobs([job])
-        else:
-            self._ensure_worker(loop)
-            self._queue.put_nowait(job)
-        return await job.future
+        self.pending += len(items)
+        self._jobs.add(job)
+        try:
+            if not self.enabled:
+                await self._run_jobs([job])
+            else:
+                self._ensure_worker(loop)
+                self._queue.put_nowait(job)
+            return await job.future
+        finally:  # answered, failed or cancelled (the client's deadline): no longer pending
+            self.pending -= len(items)
+            self._jobs.discard(job)
+            if not self.pending and self._idle is not None:
+                self._idle.set()
 
     def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         # Started lazily in the serving loop (ASGI transports without lifespan events work too).
@@ -95,7 +160,32 @@ class MicroBatcher:
             self._loop, self._queue = loop, asyncio.Queue()
             self._worker = loop.create_task(self._work(), name="transferkit-batcher")
 
+    def open(self) -> None:
+        """Accept work again (at the app's startup: a drained batcher can serve a restarted app)."""
+        self.closing = False
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Refuse new work, wait up to ``timeout_s`` for the accepted items to be answered, then stop.
+
+        Returns:
+            Whether everything accepted was answered; requests still pending after the timeout fail
+            with :class:`Overloaded`.
+        """
+        self.closing = True
+        self._idle = asyncio.Event()
+        if not self.pending:
+            self._idle.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            drained = True
+        except asyncio.TimeoutError:
+            log.warning("shutdown: %d items still pending after %s s; failing them", self.pending, timeout_s)
+            drained = False
+        await self.stop()
+        return drained
+
     async def stop(self) -> None:
+        """Stop the worker; requests still queued fail with :class:`Overloaded`."""
         if self._worker is not None and self._loop is asyncio.get_running_loop():
             self._worker.cancel()
             try:
@@ -103,6 +193,10 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
         self._worker = None
+        loop = asyncio.get_running_loop()
+        for job in list(self._jobs):
+            if not job.future.done() and job.future.get_loop() is loop:
+                job.future.set_exception(Overloaded("The service shut down before this request was answered.", 1))
 
     async def _work(self) -> None:
         carry: _Job | None = None
