@@ -468,7 +468,9 @@ def test_cli_fit_with_target_folder_and_shift_before_and_after(tmp_path):
                             "--strategy", "mmd", "--epochs", "1", "--out", str(tmp_path / "b2")])
     assert r.exit_code == 2 and "--target-data" in r.output
 
-    cli = typer.Typer()
+    from transferkit.cli.errors import ErrorHandlingGroup
+
+    cli = typer.Typer(cls=ErrorHandlingGroup)  # the real app's error handling
     shift.register(cli)
     cli.command("noop")(lambda: None)  # a second command keeps `shift` a named sub-command
     r = runner.invoke(cli, ["shift", "--source", str(tmp_path / "source"), "--target", str(tmp_path / "target"),

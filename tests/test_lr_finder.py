@@ -185,7 +185,9 @@ def test_fit_lr_auto_keeps_a_given_head_lr_and_refuses_what_it_cannot_do():
 def test_cli_lr_find_prints_the_suggestion_and_writes_the_plot(image_folder, tmp_path):
     from transferkit.cli import lr_find
 
-    app = typer.Typer()
+    from transferkit.cli.errors import ErrorHandlingGroup
+
+    app = typer.Typer(cls=ErrorHandlingGroup)  # the real app's error handling
     app.callback()(lambda: None)  # keep "lr-find" a sub-command, as in the real app
     lr_find.register(app)
     plot = tmp_path / "lr.png"

@@ -330,7 +330,9 @@ def test_cli_serve_passes_the_overload_options(image_bundle, monkeypatch):
 
     from transferkit.cli import serve
 
-    app = typer.Typer()
+    from transferkit.cli.errors import ErrorHandlingGroup
+
+    app = typer.Typer(cls=ErrorHandlingGroup)  # the real app's error handling
     serve.register(app)
     app.command("noop")(lambda: None)
     seen = {}

@@ -144,7 +144,9 @@ def test_default_spaces_are_valid_and_linear_probe_tunes_C():
 def _app() -> typer.Typer:
     from transferkit.cli import tune as tune_cli
 
-    app = typer.Typer()
+    from transferkit.cli.errors import ErrorHandlingGroup
+
+    app = typer.Typer(cls=ErrorHandlingGroup)  # the real app's error handling
     app.callback()(lambda: None)  # a group, so the command is invoked by name as in the real CLI
     tune_cli.register(app)
     return app

@@ -75,7 +75,7 @@ def test_label_descriptions_fill_the_templates_and_are_averaged(tiny_bert):
     ({"templates": "{label} by {author}"}, "placeholder other than"),
     ({"templates": []}, "non-empty list"),
     ({"label_descriptions": {"games": ""}}, "non-empty string"),
-    ({"label_descriptions": ["games"]}, "must be a dict"),
+    ({"label_descriptions": ["games"]}, "must be a mapping"),
     ({"scale": 0}, "scale"),
 ])
 def test_bad_config_is_refused(options, message):
