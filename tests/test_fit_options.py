@@ -32,7 +32,7 @@ NOT_ON_CLI = {
 }
 
 #: the CLI options that are fit's own parameters, not fields of a group
-FIT_OWN = {"backbone", "data", "out", "strategy", "option", "drop_path", "overwrite", "check_transfer",
+FIT_OWN = {"backbone", "data", "out", "strategy", "option", "drop_path", "overwrite", "resume", "check_transfer",
            "config"}  # option: strategy_options; config: the YAML recipe
 
 

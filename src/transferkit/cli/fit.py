@@ -81,10 +81,17 @@ def fit_command(
                                               "transferkit[track]."),
     track_dir: Optional[Path] = train_option(None, "Tracker output folder (default: runs/track). MLflow: a local "
                                                    "file store there unless MLFLOW_TRACKING_URI is set."),
+    checkpoint_every: Optional[int] = train_option(None, "With a checkpoint folder: also save a checkpoint every "
+                                                         "this many optimizer steps (default: at each epoch end "
+                                                         "only). The folder is OUT.checkpoint, removed once the "
+                                                         "bundle is written."),
     # fit's own
     drop_path: Optional[float] = typer.Option(None, help="Stochastic-depth rate in training (timm: and "
                                                          "efficientnet-lite: backbones), e.g. 0.1."),
-    overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out; start over when "
+                                               "OUT.checkpoint holds an interrupted run."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint in OUT.checkpoint "
+                                            "(same command and settings; --epochs may change)."),
     check_transfer: bool = typer.Option(False, help="Also train the from-scratch baseline on the same data and "
                                                     "record whether transfer helped (verdict in manifest and report)."),
     config: Optional[Path] = CONFIG_OPTION,
@@ -107,9 +114,10 @@ def fit_command(
         train=TrainConfig(epochs=epochs, lr=None if auto else learning_rate, head_lr=head_lr, batch_size=batch_size,
                           schedule=schedule, patience=patience, mixed_precision=mixed_precision,
                           grad_accum=grad_accum, seed=seed, track=track,
-                          track_dir=str(track_dir) if track_dir is not None else None))
+                          track_dir=str(track_dir) if track_dir is not None else None,
+                          checkpoint_every=checkpoint_every))
     result = fit(backbone, data, strategy, strategy_options=parse_options(option), out=out, overwrite=overwrite,
-                 drop_path=drop_path, check_transfer=check_transfer, **groups, **auto)
+                 resume=resume, drop_path=drop_path, check_transfer=check_transfer, **groups, **auto)
     _print_result(result, f"{strategy} on {data}", out)
 
 

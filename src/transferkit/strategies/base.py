@@ -233,6 +233,8 @@ class Strategy:
         needs_sensitive: it needs the sensitive attribute of every training item.
         min_backbones: how many source models it combines (a ``concat:`` backbone).
         changes_backbone: it trains the user's pre-trained weights.
+        resumable: an interrupted run can resume from the loop's checkpoint: all its per-run state is on
+            the model or in the loop (a strategy that keeps state of its own across epochs sets ``False``).
         defaults: loop defaults (epochs, body lr, head lr).
     """
 
@@ -245,6 +247,7 @@ class Strategy:
     needs_sensitive: ClassVar[bool] = False
     min_backbones: ClassVar[int] = 1
     changes_backbone: ClassVar[bool] = False
+    resumable: ClassVar[bool] = True
     defaults: ClassVar[TrainDefaults] = TrainDefaults()
 
     @classmethod

@@ -21,6 +21,7 @@ from transferkit.errors import ConfigError
 from transferkit.evaluation.metrics import higher_is_better
 from transferkit.tasks import compute_metrics, primary_metric
 from transferkit.strategies.base import ItemDataset, StepContext, Strategy, TransferModel, predict_outputs
+from transferkit.training.checkpoint import Checkpointer, LoopState
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -48,6 +49,9 @@ class TrainConfig:
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is there"})
     track: str | None = field(default=None, metadata={"help": f"experiment tracker: {', '.join(TRACKERS)} or None"})
     track_dir: str | None = field(default=None, metadata={"help": "tracker output folder (default: runs/track)"})
+    checkpoint_every: int | None = field(default=None, metadata={
+        "help": "with a checkpoint folder: also save a checkpoint every this many optimizer steps (default: at "
+                "each epoch end only)"})
 
     _parameter_constraints: ClassVar[dict] = {
         "epochs": [Interval("int", 1, None), NONE],
@@ -61,6 +65,7 @@ class TrainConfig:
         "grad_accum": [Interval("int", 1, None)],
         "patience": [Interval("int", 1, None), NONE],
         "track": [Options(*TRACKERS), NONE],
+        "checkpoint_every": [Interval("int", 1, None), NONE],
     }
 
     def __post_init__(self) -> None:
@@ -136,14 +141,21 @@ def distributed_state():
 class Trainer:
     """Runs a strategy's training on Accelerate.
 
+    Args:
+        config: the loop's settings.
+        accelerator: an Accelerator to run on (default: one built from ``config``).
+        checkpoint: save checkpoints there (at each epoch end, and every ``config.checkpoint_every``
+            optimizer steps) and resume from its latest one (:mod:`transferkit.training.checkpoint`).
+
     Example:
         >>> trainer = Trainer(TrainConfig(epochs=3))               # doctest: +SKIP
         >>> model, history = strategy.fit(backbone, train, val, trainer)  # doctest: +SKIP
     """
 
-    def __init__(self, config: TrainConfig | None = None, accelerator=None):
+    def __init__(self, config: TrainConfig | None = None, accelerator=None, checkpoint: Checkpointer | None = None):
         self.config = config or TrainConfig()
         self._accelerator = accelerator
+        self.checkpoint = checkpoint
         self._step = 0
 
     @property
@@ -202,6 +214,7 @@ class Trainer:
         val_ds = ItemDataset(val, model.backbone.preprocess) if val is not None and len(val) else None
         ctx = StepContext(total_steps=max(steps, 1), epochs=epochs, accumulation=cfg.grad_accum,
                           world_size=acc.num_processes)
+        self._shuffle = g
         if cfg.track is None:
             return self._run(strategy, model, wrapped, optimizer, loader, sched, ctx, val, val_ds)
         try:
@@ -232,41 +245,58 @@ class Trainer:
         cfg, acc, epochs = self.config, self.accelerator, ctx.epochs
         metric = primary_metric(model.task)
         sign = 1.0 if higher_is_better(metric) else -1.0
-        best, best_state, stale, history = -math.inf, None, 0, []
-        bar = _progress(cfg.progress and acc.is_main_process, epochs, strategy.name)
-        for epoch in range(epochs):
+        run = self._resume(loader, ctx)
+        bar = _progress(cfg.progress and acc.is_main_process, epochs, strategy.name, done=run.epoch)
+        for epoch in range(run.epoch, epochs):
+            if cfg.patience is not None and run.stale >= cfg.patience:
+                break
             wrapped.train()
             strategy.on_epoch_start(model, epoch, epochs)
             ctx.epoch = epoch
-            row = self._epoch(strategy, wrapped, optimizer, loader, sched, ctx)
+            row = self._epoch(strategy, wrapped, optimizer, loader, sched, ctx, run)
             row["epoch"] = epoch + 1
             if val_ds is not None:
                 outputs = predict_outputs(model, val, dataset=val_ds)
                 scores = compute_metrics(model.task, val.targets, outputs, model.label_names)
                 row[f"val_{metric}"] = scores[metric]
-                if sign * scores[metric] > best:
-                    best, stale = sign * scores[metric], 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if sign * scores[metric] > run.best_score:
+                    run.best, run.stale = sign * scores[metric], 0
+                    run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
-                    stale += 1
-            history.append(row)
+                    run.stale += 1
+            run.history.append(row)
+            run.epoch, run.batch, run.totals, run.shuffle = epoch + 1, 0, {}, self._shuffle.get_state()
+            self._save(run)
             if cfg.track is not None:
                 acc.log({f"epoch/{k}": v for k, v in row.items() if isinstance(v, (int, float))}, step=self._step)
             bar.update(row)
-            if cfg.patience is not None and stale >= cfg.patience:
-                break
         bar.close()
-        if best_state is not None:
-            model.load_state_dict(best_state)
+        if run.best_state is not None:
+            model.load_state_dict(run.best_state)
         _sync_buffers(model, acc)
         model.eval()
-        return model, history
+        return model, run.history
 
-    def _epoch(self, strategy, wrapped, optimizer, loader, sched, ctx: StepContext) -> dict:
+    def _resume(self, loader, ctx: StepContext) -> LoopState:
+        """The loop's state: fresh, or the checkpoint's (Accelerate's state restored with it)."""
+        run = None
+        if self.checkpoint is not None:
+            run = self.checkpoint.load(self.accelerator, len(loader))
+        if run is None:
+            return LoopState(shuffle=self._shuffle.get_state(), batches_per_epoch=len(loader))
+        self._shuffle.set_state(run.shuffle)  # the interrupted epoch's data order
+        ctx.global_step = self._step = run.global_step
+        return run
+
+    def _save(self, run: LoopState) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.save(self.accelerator, run)
+
+    def _epoch(self, strategy, wrapped, optimizer, loader, sched, ctx: StepContext, run: LoopState) -> dict:
         cfg, acc = self.config, self.accelerator
-        totals: dict[str, float] = {}
-        n = 0
-        for batch in loader:
+        totals, n = run.totals, run.batch  # a resumed epoch goes on from its checkpoint
+        every = cfg.checkpoint_every if self.checkpoint is not None else None
+        for batch in acc.skip_first_batches(loader, n) if n else loader:
             with acc.accumulate(wrapped):
                 batch["inputs"] = strategy.augment(batch["inputs"])
                 with acc.autocast():
@@ -287,13 +317,17 @@ class Trainer:
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
             n += 1
+            if acc.sync_gradients:
+                run.batch, run.global_step = n, ctx.global_step
+                if every and ctx.global_step % every == 0 and n < run.batches_per_epoch:  # the epoch's end saves
+                    self._save(run)
         return {("train_" + k if k == "loss" else k): v / max(n, 1) for k, v in totals.items()}
 
 
 class _progress:
     """A rich progress bar over epochs, silent when disabled."""
 
-    def __init__(self, enabled: bool, total: int, label: str):
+    def __init__(self, enabled: bool, total: int, label: str, done: int = 0):
         self.p = None
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -301,7 +335,7 @@ class _progress:
             self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                               TimeElapsedColumn(), transient=True)
             self.p.start()
-            self.t = self.p.add_task(label, total=total, info="")
+            self.t = self.p.add_task(label, total=total, completed=done, info="")
 
     def update(self, row: dict) -> None:
         if self.p is not None:

@@ -28,6 +28,7 @@ from transferkit.training.loop import distributed_state
 from transferkit.workflows.baselines import check_transfer_against_scratch
 from transferkit.workflows.options import (DataOptions, DomainOptions, FairnessOptions, FitOptions, PretrainOptions,
                                            fold_options)
+from transferkit.workflows.resume import checkpointing, run_settings
 from transferkit.workflows.runs import (Run, check_fairness_data, fairness_metrics, is_main_process, resolve_backbone,
                                         resolve_strategy, scored_split, train_and_score, wait_for_everyone)
 
@@ -84,7 +85,7 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         strategy_options: dict | None = None, data_options: DataOptions | None = None,
         train: TrainConfig | None = None, domain: DomainOptions | None = None,
         fairness: FairnessOptions | None = None, pretraining: PretrainOptions | None = None,
-        out: str | Path | None = None, overwrite: bool = False, pretrained: bool = True,
+        out: str | Path | None = None, overwrite: bool = False, resume: bool = False, pretrained: bool = True,
         drop_path: float | None = None, report: bool = True, check_transfer: bool = False, baselines="auto",
         config: TrainConfig | None = None, **options: Any) -> FitResult:
     """Adapt ``backbone`` to ``data`` with ``strategy`` and (if ``out``) save a bundle.
@@ -121,7 +122,13 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
             ``pretrain``, ``unlabelled_data``, ``pretrain_options``, ``pretrain_epochs``,
             ``pretrain_max_items``. The manifest records it (``pretrain``) and the bundle stores the
             pre-trained weights in full.
-        out: bundle directory; refused if it exists unless ``overwrite``.
+        out: bundle directory; refused if it exists unless ``overwrite``. Training checkpoints go to
+            ``OUT.checkpoint/`` beside it (at each epoch end, and every ``checkpoint_every`` optimizer steps),
+            which is removed once the bundle is written (:mod:`transferkit.workflows.resume`).
+        overwrite: replace an existing bundle at ``out``, and start over instead of refusing when
+            ``OUT.checkpoint/`` holds the checkpoint of an interrupted run.
+        resume: continue the interrupted run from the latest checkpoint in ``OUT.checkpoint/`` (with the
+            same settings, except ``epochs``); without one, train from the start (with a warning).
         pretrained: load the backbone's pre-trained weights (``False``: the same architecture, random).
         drop_path: stochastic-depth rate of ``timm:`` and ``efficientnet-lite:`` backbones in training.
         report: write the HTML / Markdown report into the bundle.
@@ -138,7 +145,8 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         A :class:`FitResult`: the predictor, metrics, history, manifest and bundle path.
 
     Raises:
-        ConfigError: an invalid or unknown option, or a keyword given with its group.
+        ConfigError: an invalid or unknown option, or a keyword given with its group; a checkpoint at
+            ``OUT.checkpoint`` without ``resume`` or ``overwrite``, or a resume with other settings.
 
     Example:
         >>> import transferkit as tk                                                  # doctest: +SKIP
@@ -158,20 +166,24 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
     domain_entry = _attach_target(strat, train_set, opts.domain, opts.data)
     bb_options = {"image_size": opts.data.image_size, "max_length": opts.data.max_length, "pretrained": pretrained,
                   "drop_path": drop_path}
-    backbone, pretrained_by = _pretrain(backbone, strat, train_set, opts.pretraining, bb_options, opts.train)
-    finder, cfg = _auto_lr(backbone, strat, train_set, bb_options, opts.train) if opts.lr_auto else (None, opts.train)
-    run = train_and_score(backbone, strat, train_set, val, test, cfg, bb_options)
-    manifest = _manifest(backbone, strat, cfg, train_set, val, test, opts.data.labels_per_class, run)
-    # drop_path acts in training only, so it is not part of the rebuilt architecture
-    extras = {"backbone_training": {"drop_path": drop_path} if drop_path is not None else None,
-              "domain_adaptation": domain_entry, "pretrain": pretrained_by,
-              "lr_find": finder.to_dict() if finder is not None else None}
-    manifest.update({k: v for k, v in extras.items() if v is not None})
-    if check_transfer:
-        manifest["verdict"] = check_transfer_against_scratch(run, strat, train_set, val, test, cfg, baselines)
-    predictor = _save_fit(run, manifest, train_set, scored_split(val, test), out, overwrite=overwrite, report=report,
-                          finder=finder)
-    wait_for_everyone()
+    settings = run_settings(backbone, strat, opts, train_set, val, test, bb_options, domain_entry,
+                            distributed_state().num_processes)
+    with checkpointing(out, settings, strat, resume=resume, overwrite=overwrite) as checkpoint:
+        backbone, pretrained_by = _pretrain(backbone, strat, train_set, opts.pretraining, bb_options, opts.train)
+        finder, cfg = (_auto_lr(backbone, strat, train_set, bb_options, opts.train) if opts.lr_auto
+                       else (None, opts.train))
+        run = train_and_score(backbone, strat, train_set, val, test, cfg, bb_options, checkpoint=checkpoint)
+        manifest = _manifest(backbone, strat, cfg, train_set, val, test, opts.data.labels_per_class, run)
+        # drop_path acts in training only, so it is not part of the rebuilt architecture
+        extras = {"backbone_training": {"drop_path": drop_path} if drop_path is not None else None,
+                  "domain_adaptation": domain_entry, "pretrain": pretrained_by,
+                  "lr_find": finder.to_dict() if finder is not None else None}
+        manifest.update({k: v for k, v in extras.items() if v is not None})
+        if check_transfer:
+            manifest["verdict"] = check_transfer_against_scratch(run, strat, train_set, val, test, cfg, baselines)
+        predictor = _save_fit(run, manifest, train_set, scored_split(val, test), out, overwrite=overwrite,
+                              report=report, finder=finder)
+        wait_for_everyone()
     return FitResult(predictor, run.metrics, run.history, predictor.manifest, Path(out) if out is not None else None)
 
 

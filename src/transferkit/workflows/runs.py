@@ -71,11 +71,17 @@ class Run:
 
 
 def train_and_score(backbone, strategy: Strategy, train: TaskData, val, test, config: TrainConfig,
-                    backbone_options: dict) -> Run:
-    """Train ``strategy`` on ``train`` (validating on ``val``) and score it on test, else validation."""
+                    backbone_options: dict, checkpoint=None) -> Run:
+    """Train ``strategy`` on ``train`` (validating on ``val``) and score it on test, else validation.
+
+    ``checkpoint``: a :class:`~transferkit.training.checkpoint.Checkpointer` the loop saves to and resumes from.
+    """
+    import torch
+
     from transferkit.strategies.regularizers import changes_backbone, source_predictions
 
     start = time.perf_counter()
+    torch.manual_seed(config.seed)  # a backbone at random init (mlp:, small-cnn:) starts the same for the same seed
     bb = resolve_backbone(backbone, strategy, train, **backbone_options)
     if bb is not None:
         strategy.check_data(bb, train)  # a modality mismatch is named before anything runs the backbone
@@ -84,7 +90,7 @@ def train_and_score(backbone, strategy: Strategy, train: TaskData, val, test, co
     # The source head's classes before adaptation, to measure what fine-tuning preserved.
     before = source_predictions(bb, scored) if changes_backbone(strategy) else None
     start += time.perf_counter() - tick  # not training time
-    model, history = strategy.fit(bb, train, val, Trainer(config))
+    model, history = strategy.fit(bb, train, val, Trainer(config, checkpoint=checkpoint))
     seconds = time.perf_counter() - start
     metrics, outputs = {}, None
     if scored is not None:
