@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import io
 import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +38,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import numpy as np
+
+from _loopback import free_port, png_b64, wait_until_healthy
 
 OUT = Path(__file__).parent / "results" / "serve"
 JSON = {"content-type": "application/json"}
@@ -66,18 +65,7 @@ def build_bundle(data: str, out: Path, seed: int = 0) -> tuple[Path, np.ndarray]
     return out, np.asarray(test.items)[rng.choice(len(test), 64, replace=False)]
 
 
-def png_b64(image: np.ndarray) -> str:
-    from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_child(args) -> None:
@@ -92,24 +80,13 @@ def serve_child(args) -> None:
 
 
 def start_server(bundle: Path, batching: bool, args) -> tuple[subprocess.Popen, str]:
-    import httpx
-
     port = free_port()
     cmd = [sys.executable, __file__, "--child", str(bundle), "--port", str(port), "--batching",
            "on" if batching else "off", "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    proc.terminate()
-    raise RuntimeError("server did not start within 120 s")
+    wait_until_healthy(proc, url)
+    return proc, url
 
 
 @asynccontextmanager

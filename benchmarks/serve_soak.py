@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _loopback import free_port, png_b64, wait_until_healthy
 
 OUT = Path(__file__).parent / "results" / "serve_soak"
 JSON = {"content-type": "application/json"}
@@ -56,12 +57,6 @@ def build_bundle(out: Path, seed: int = 0) -> tuple[Path, np.ndarray]:
     return out, np.asarray(test.items)[:64]
 
 
-def png_b64(image: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def hostile_requests() -> dict[str, tuple[dict, int]]:
@@ -88,11 +83,6 @@ def hostile_requests() -> dict[str, tuple[dict, int]]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def serve_child(args) -> None:
     """The server process: ``benchmarks/serve_soak.py --child BUNDLE --port P``."""
@@ -105,22 +95,11 @@ def serve_child(args) -> None:
 
 
 def start_server(bundle: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
-
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(bundle), "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    proc.terminate()
-    raise RuntimeError("server did not start within 120 s")
+    wait_until_healthy(proc, url)
+    return proc, url
 
 
 def rss_mb(pid: int) -> float:
