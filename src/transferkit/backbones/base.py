@@ -175,9 +175,13 @@ class TextPreprocess(Preprocess):
     """Tokenise with the model's own tokenizer, padded to the longest item, truncated at ``max_length``.
 
     Items are strings, or lists of words (pre-split, as token-classification data
-    comes); for word lists the batch also holds ``word_ids`` ``[B, T]``: the word
+    comes); for word lists the batch also holds ``word_ids`` ``[W, T]``: the word
     each token belongs to, -1 for special tokens and padding, which is what a
-    per-token task needs to map its outputs back to words.
+    per-token task needs to map its outputs back to words. A word list longer than
+    ``max_length`` tokens is not truncated: it becomes several overlapping windows
+    (``stride`` tokens shared between neighbours, a quarter of the window), so the
+    batch has ``W >= B`` rows, ``item_ids`` ``[W]`` says which item each row is, and
+    ``word_counts`` ``[B]`` how many words each item has.
     """
 
     kind = "text"
@@ -207,11 +211,19 @@ class TextPreprocess(Preprocess):
         if not getattr(self.tokenizer, "is_fast", False):
             raise DataError("Word-level items need a fast tokenizer (it maps tokens back to words); "
                             f"{type(self.tokenizer).__name__} is not one.")
-        enc = self.tokenizer([list(w) for w in items], is_split_into_words=True, padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
+        special = self.tokenizer.num_special_tokens_to_add(pair=False)
+        stride = max(1, (self.max_length - special) // 4)
+        enc = self.tokenizer([list(w) if len(w) else [""] for w in items], is_split_into_words=True, padding=True,
+                             truncation=True, max_length=self.max_length, return_overflowing_tokens=True,
+                             stride=stride, return_tensors="pt")
         out = {k: v for k, v in enc.items() if k in self.MODEL_KEYS}
-        out["word_ids"] = torch.tensor([[-1 if w is None else w for w in enc.word_ids(b)] for b in range(len(items))],
-                                       dtype=torch.long)
+        rows = len(out["input_ids"])
+        out["word_ids"] = torch.tensor([[-1 if w is None else w for w in enc.word_ids(b)] for b in range(rows)],
+                                       dtype=torch.long).reshape(rows, -1)
+        mapping = enc.get("overflow_to_sample_mapping")
+        out["item_ids"] = (torch.as_tensor(mapping, dtype=torch.long) if mapping is not None
+                           else torch.arange(rows, dtype=torch.long))
+        out["word_counts"] = torch.tensor([len(w) for w in items], dtype=torch.long)
         return out
 
     def config(self) -> dict:

@@ -267,8 +267,8 @@ class Predictor:
         from transferkit.training import predict_outputs
         from transferkit.data.dataset import TaskData
 
-        data = TaskData(list(items) if not isinstance(items, np.ndarray) else items, None,
-                        self.model.backbone.modality, self.task, self.label_names)
+        items = get_task(self.task).prepare_items(list(items) if not isinstance(items, np.ndarray) else items)
+        data = TaskData(items, None, self.model.backbone.modality, self.task, self.label_names)
         with torch.inference_mode():
             return predict_outputs(self.model, data, batch_size=batch_size)
 
@@ -276,12 +276,13 @@ class Predictor:
 
     def predict(self, items: Sequence, batch_size: int = 64) -> list:
         """Label names (classification), lists of label names (multi-label) or floats (regression)."""
-        return outputs_to_predictions(self.outputs(items, batch_size), self.task, self.label_names)
+        return outputs_to_predictions(self.outputs(items, batch_size), self.task, self.label_names, items)
 
 
-def outputs_to_predictions(out: np.ndarray, task: str, label_names: Sequence[str] | None) -> list:
-    """What ``predict`` returns: the task's decoding (label names, lists of label names, floats, ...)."""
-    return get_task(task).decode(out, label_names)
+def outputs_to_predictions(out: np.ndarray, task: str, label_names: Sequence[str] | None,
+                           items: Sequence | None = None) -> list:
+    """What ``predict`` returns: the task's decoding (label names, lists of label names, floats, entities, ...)."""
+    return get_task(task).decode(out, label_names, items)
 
 
 def load(path: str | Path) -> Predictor:

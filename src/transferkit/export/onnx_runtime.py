@@ -184,11 +184,12 @@ def _feed(inputs: torch.Tensor | dict[str, torch.Tensor], names: Sequence[str]) 
     return {n: inputs[n].detach().cpu().numpy().astype(np.int64, copy=False) for n in names}
 
 
-def logits_to_outputs(logits: np.ndarray, task: str) -> np.ndarray:
-    """The task's postprocessing of an exported graph's logits, as ``TransferModel`` does it."""
+def logits_to_outputs(logits: np.ndarray, task: str, inputs=None) -> np.ndarray:
+    """The task's postprocessing of an exported graph's logits (``inputs``: the preprocessed batch), as
+    ``TransferModel`` does it."""
     from transferkit.tasks import get_task
 
-    return get_task(task).apply_export_postprocess(logits)
+    return get_task(task).apply_export_postprocess(logits, inputs)
 
 
 class OnnxPredictor:
@@ -240,19 +241,19 @@ class OnnxPredictor:
         from transferkit.data.batches import run_batches
         from transferkit.tasks import get_task
 
-        items = items if isinstance(items, np.ndarray) else list(items)
-        run = lambda feed: self.session.run([OUTPUT], feed)[0]  # noqa: E731
-        load = lambda idx: _feed(self.preprocess(items[idx[0]:idx[-1] + 1]), self.input_names)  # noqa: E731
         task = get_task(self.task)
-        parts = [task.apply_export_postprocess(logits) for _, _, logits in run_batches(run, load, len(items),
-                                                                                     batch_size=batch_size)]
+        items = task.prepare_items(items if isinstance(items, np.ndarray) else list(items))
+        run = lambda batch: self.session.run([OUTPUT], _feed(batch, self.input_names))[0]  # noqa: E731
+        load = lambda idx: self.preprocess(items[idx[0]:idx[-1] + 1])  # noqa: E731
+        parts = [task.apply_export_postprocess(logits, inputs) for _, inputs, logits in run_batches(
+            run, load, len(items), batch_size=batch_size, device="cpu")]
         return task.concat(parts, len(self.label_names or []))
 
     predict_proba = outputs
 
     def predict(self, items: Sequence, batch_size: int = 64) -> list:
         """Label names (classification), lists of label names (multi-label) or floats (regression)."""
-        return outputs_to_predictions(self.outputs(items, batch_size), self.task, self.label_names)
+        return outputs_to_predictions(self.outputs(items, batch_size), self.task, self.label_names, items)
 
 
 def quantization_accuracy(export_dir: str | Path, data, *, max_items: int | None = 1000, **data_options) -> dict:

@@ -154,11 +154,12 @@ async def _send_error(send, status: int, message: str) -> None:
 # ---------------------------------------------------------------- the app
 
 
-def format_predictions(outputs, task: str, label_names) -> list[dict]:
-    """One response record per item of ``outputs``: the task's :meth:`~transferkit.tasks.Task.records`."""
+def format_predictions(outputs, task: str, label_names, items=None) -> list[dict]:
+    """One response record per item of ``outputs``: the task's :meth:`~transferkit.tasks.Task.records`
+    (``items``: the request's raw items, for offsets into them)."""
     from transferkit.tasks import get_task
 
-    return get_task(task).records(outputs, label_names)
+    return get_task(task).records(outputs, label_names, items)
 
 
 def _predict_openapi(request_schema: dict, m) -> dict:
@@ -241,8 +242,9 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_
     async def predict(request: Request):
         batcher.check_capacity()  # full, or shutting down: 503 before the body is even read
         with anyio.move_on_after(request_timeout_s):
-            outputs = await batcher.submit(await read_items(request, spec, limits, predict_request))
-            return {"predictions": format_predictions(outputs, predictor.task, predictor.label_names)}
+            items = await read_items(request, spec, limits, predict_request)
+            outputs = await batcher.submit(items)
+            return {"predictions": format_predictions(outputs, predictor.task, predictor.label_names, items)}
         batcher.stats.timed_out += 1
         raise Overloaded(f"No answer within the request timeout of {request_timeout_s:g} s: the service is busy.",
                          batcher.retry_after_s())

@@ -112,12 +112,18 @@ class Task:
             return np.zeros((0, max(1, num_outputs)), dtype=np.float32)
         return np.concatenate(parts)
 
-    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> list:
-        """What ``predict`` returns for each item."""
+    def prepare_items(self, items: Sequence) -> Sequence:
+        """Raw items as ``predict`` and ``serve`` receive them -> the items the backbone reads (identity by default;
+        token classification splits strings into words)."""
+        return items
+
+    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None) -> list:
+        """What ``predict`` returns for each item; ``items`` are the raw items (for offsets into them)."""
         raise NotImplementedError
 
-    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> list[dict]:
-        """One JSON record per item, as ``serve`` answers it."""
+    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None,
+                items: Sequence | None = None) -> list[dict]:
+        """One JSON record per item, as ``serve`` answers it; ``items`` as in :meth:`decode`."""
         raise NotImplementedError
 
     def predicted_classes(self, outputs: np.ndarray) -> np.ndarray | None:
@@ -133,9 +139,9 @@ class Task:
         """The operation the exported graph's consumer applies to the logits: softmax, sigmoid, identity."""
         return "identity"
 
-    def apply_export_postprocess(self, logits: np.ndarray) -> np.ndarray:
-        """:meth:`postprocess` on numpy logits of an exported graph."""
-        return self.postprocess(torch.from_numpy(np.asarray(logits, dtype=np.float32)))
+    def apply_export_postprocess(self, logits: np.ndarray, inputs: Any = None) -> np.ndarray:
+        """:meth:`postprocess` on numpy logits of an exported graph (``inputs``: the preprocessed batch)."""
+        return self.postprocess(torch.from_numpy(np.asarray(logits, dtype=np.float32)), inputs)
 
     def pipeline_tag(self, modality: str) -> str | None:
         return self.pipeline_tags.get(modality)

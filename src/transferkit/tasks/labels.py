@@ -41,11 +41,12 @@ class Classification(Task):
     def postprocess(self, outputs: torch.Tensor, inputs: Any = None) -> np.ndarray:
         return outputs.float().softmax(-1).cpu().numpy()
 
-    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> list:
+    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None) -> list:
         names = list(label_names or [])
         return [names[i] if names else int(i) for i in np.asarray(outputs).argmax(1)]
 
-    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> list[dict]:
+    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None,
+                items: Sequence | None = None) -> list[dict]:
         outputs = np.asarray(outputs)
         names = list(label_names) if label_names else [str(j) for j in range(outputs.shape[1])]
         return [{"label": names[int(np.argmax(row))], "probabilities": {n: float(p) for n, p in zip(names, row)}}
@@ -88,11 +89,12 @@ class MultiLabel(Task):
     def postprocess(self, outputs: torch.Tensor, inputs: Any = None) -> np.ndarray:
         return outputs.float().sigmoid().cpu().numpy()
 
-    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> list:
+    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None) -> list:
         names = list(label_names or [])
         return [[names[j] if names else int(j) for j in np.flatnonzero(row > 0.5)] for row in np.asarray(outputs)]
 
-    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> list[dict]:
+    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None,
+                items: Sequence | None = None) -> list[dict]:
         outputs = np.asarray(outputs)
         names = list(label_names) if label_names else [str(j) for j in range(outputs.shape[1])]
         return [{"labels": [n for n, p in zip(names, row) if p > 0.5],
@@ -137,10 +139,11 @@ class Regression(Task):
     def concat(self, parts: list[np.ndarray], num_outputs: int) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
 
-    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> list:
+    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None) -> list:
         return [float(v) for v in np.asarray(outputs).reshape(-1)]
 
-    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> list[dict]:
+    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None,
+                items: Sequence | None = None) -> list[dict]:
         outputs = np.asarray(outputs)
         return [{"value": float(v)} for v in outputs.reshape(len(outputs))]
 
