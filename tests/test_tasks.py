@@ -113,7 +113,7 @@ class WordTagging(Task):
     def concat(self, parts, num_outputs):
         return np.concatenate(parts) if parts else np.empty(0, dtype=object)
 
-    def decode(self, outputs, label_names):
+    def decode(self, outputs, label_names, items=None):
         return [[label_names[i] for i in row.argmax(1)] for row in outputs]
 
     def metrics(self, y_true, outputs, label_names=None):
@@ -192,6 +192,6 @@ def test_strategies_declare_the_tasks_they_support(word_tagging):
     from transferkit.strategies import make_strategy
 
     data = TaskData([["a"]], [[0]], "text", "word-tagging", ["X"], name="tags")
-    with pytest.raises(ConfigError, match="Strategy 'linear-probe' supports classification, multilabel, regression "
+    with pytest.raises(ConfigError, match="Strategy 'protonet' supports classification "
                                           "tasks; 'tags' is word-tagging"):
-        make_strategy("linear-probe").check_data(None, data)
+        make_strategy("protonet").check_data(None, data)

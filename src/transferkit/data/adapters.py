@@ -37,7 +37,9 @@ from transferkit.data.adapters_labels import (Locate, align_labels, align_to_lab
                                               check_eval_labels, check_two_classes, encode_labels)
 from transferkit.data.adapters_tables import TABLE_SUFFIXES, from_frame, from_table, read_table
 from transferkit.data.adapters_tables import _looks_numeric  # noqa: F401  (workflows/multitask.py imports it)
+from transferkit.data.adapters_tokens import from_hf_token_dataset, read_conll, read_span_jsonl
 
 __all__ = ["IMAGE_EXTENSIONS", "TABLE_SUFFIXES", "Locate", "align_labels", "align_to_label_names",
            "check_classes_present", "check_eval_labels", "check_two_classes", "encode_labels", "from_arrays",
-           "from_frame", "from_hf_dataset", "from_image_folder", "from_table", "read_table"]
+           "from_frame", "from_hf_dataset", "from_image_folder", "from_table", "read_table",
+           "read_conll", "read_span_jsonl", "from_hf_token_dataset"]

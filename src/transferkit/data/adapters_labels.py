@@ -211,6 +211,11 @@ def check_eval_labels(train: TaskData, evaluation: TaskData) -> None:
     """
     if evaluation.targets is None or train.targets is None or train.task == "regression":
         return
+    if train.task == "token-classification" or evaluation.task == "token-classification":
+        from transferkit.data.adapters_tokens import align_token_labels
+
+        align_token_labels(train, evaluation)
+        return
     if train.task != evaluation.task:
         raise DataError(f"Training data '{train.name}' is {train.task} but evaluation data "
                         f"'{evaluation.name}' is {evaluation.task}.")
@@ -231,6 +236,10 @@ def align_to_label_names(data: TaskData, names: Sequence[str] | None, owner: str
     """
     if names is None or data.task == "regression":
         return data
+    if data.task == "token-classification":  # one sentence per tag, of that tag: every type the model knows
+        known = [[k] for k in range(len(names))]
+        return align_labels(TaskData([[n] for n in names], known, data.modality, data.task, list(names), name=owner),
+                            data)
     known = np.eye(len(names), dtype=np.float32) if data.task == "multilabel" else np.arange(len(names))
     return align_labels(TaskData(list(names), known, data.modality, data.task, list(names), name=owner), data)
 
@@ -242,7 +251,13 @@ def align_labels(train: TaskData, evaluation: TaskData) -> TaskData:
     training file; this makes index ``k`` mean the same class in both.
     Call :func:`check_eval_labels` first.
     """
-    if evaluation.targets is None or train.task == "regression" or evaluation.label_names == train.label_names:
+    if evaluation.targets is None or train.task == "regression":
+        return evaluation
+    if train.task == "token-classification" or evaluation.task == "token-classification":
+        from transferkit.data.adapters_tokens import align_token_labels
+
+        return align_token_labels(train, evaluation)
+    if evaluation.label_names == train.label_names:
         return evaluation
     check_eval_labels(train, evaluation)
     lookup = {n: k for k, n in enumerate(train.label_names or [])}

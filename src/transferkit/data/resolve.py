@@ -19,6 +19,7 @@ import pandas as pd
 
 from transferkit.data.adapters import (align_labels, check_eval_labels, from_arrays, from_frame, from_hf_dataset,
                                        from_image_folder, from_table)
+from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, read_token_file
 from transferkit.data.builtin import DATASETS, load_dataset
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, DataError, UnknownNameError, unknown_name
@@ -29,11 +30,13 @@ def _is_hf_dataset(obj: Any) -> bool:
 
 
 def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
-    if path.is_dir():
+    if path.is_dir() and task != "token-classification":
         if columns.get("sensitive_column") is not None:
             raise ConfigError(f"{path} is an image folder, which has no columns: a sensitive_column needs a "
                               f"table (CSV/TSV/JSONL with an image_column or features) or a DataFrame.")
         return from_image_folder(path)
+    if task == "token-classification" or is_conll(path):  # a CoNLL file with another task: a clear refusal
+        return read_token_file(path, task=task, **columns)
     return from_table(path, task=task or "classification", **columns)
 
 
@@ -85,6 +88,9 @@ def _resolve_one(data: Any, *, columns: dict, task: str | None,
         return from_arrays(data[0], data[1], task=task or "classification"), None
     if _is_hf_dataset(data):
         hf_columns = {k: v for k, v in columns.items() if k in ("text_column", "label_column")}
+        if task == "token-classification":  # tokens_column, tags_column: the text and label columns when named
+            names = {"tokens_column": hf_columns.get("text_column"), "tags_column": hf_columns.get("label_column")}
+            return from_hf_token_dataset(data, **{k: v for k, v in names.items() if v not in (None, "label")}), None
         return from_hf_dataset(data, task=task, **hf_columns), None
     raise DataError(f"Cannot use a {type(data).__name__} as data. Pass a built-in data set name "
                     f"({', '.join(DATASETS.names())}), an image folder, a CSV/TSV/JSONL file, a TaskData, "
@@ -106,7 +112,9 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
         text_column: text column of a table or frame.
         label_column: label column of a table or frame.
         feature_columns: numeric columns of a table or frame.
-        task: ``"classification"`` (default), ``"multilabel"`` or ``"regression"``.
+        task: ``"classification"`` (default), ``"multilabel"``, ``"regression"`` or ``"token-classification"``
+            (CoNLL ``.conll``/``.iob``/``.bio``/``.txt`` or JSONL-span files, HF datasets with
+            ``tokens``/``ner_tags`` columns; a ``.conll``/``.iob``/``.bio`` file is always token data).
         sensitive_column: a sensitive attribute (group) column, kept out of the
             inputs and stored as ``TaskData.sensitive`` (fairness). A built-in data
             set takes it as its ``sensitive=`` option (``penguins``: island, sex).

@@ -111,8 +111,20 @@ def schemas():
     class RegressionPrediction(BaseModel):
         value: float
 
+    class Entity(BaseModel):
+        label: str = Field(description="The entity type.")
+        text: str | None = Field(description="The entity's text, text[start:end].")
+        score: float = Field(description="Mean probability of its words' tags.")
+        start: int = Field(description="Character offset of its first character in the item.")
+        end: int = Field(description="Character offset just after its last character.")
+        words: list[int] = Field(description="[first word, end word) in the item's words.")
+
+    class TokenPrediction(BaseModel):
+        entities: list[Entity] = Field(description="Entities found, in order (token classification).")
+        tags: list[str] = Field(description="The tag of every word of the item (split on words and punctuation).")
+
     class PredictResponse(BaseModel):
-        predictions: list[ClassPrediction | MultilabelPrediction | RegressionPrediction] = Field(
+        predictions: list[ClassPrediction | MultilabelPrediction | RegressionPrediction | TokenPrediction] = Field(
             description="One per input item, in order.")
 
     class Health(BaseModel):

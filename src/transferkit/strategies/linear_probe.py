@@ -168,13 +168,16 @@ class LinearProbe(Strategy):
 
     name = "linear-probe"
     Config = LinearProbeConfig
-    tasks = ("classification", "multilabel", "regression")  # the closed-form fits of fit_linear_head
+    # the closed-form fits of fit_linear_head; per-token tasks fit it on every word's features (token_probe.py)
+    tasks = ("classification", "multilabel", "regression", "token-classification")
     defaults = TrainDefaults(epochs=1)
 
     def fit(self, backbone: Backbone, train: TaskData, val: TaskData | None, trainer) -> tuple[TransferModel, list[dict]]:
         from transferkit.data.cache import extract_features
 
         self.check_data(backbone, train)
+        if train.task_spec.feature_kind == "sequence":
+            return self._fit_tokens(backbone, train, val, trainer)
         bs = self.config.batch_size
         X = extract_features(backbone, train, batch_size=bs)
         vdata = None
@@ -187,8 +190,24 @@ class LinearProbe(Strategy):
         model = TransferModel(backbone, head, train.task, train.label_names).eval()
         return model, [{"epoch": 1, **info}]
 
+    def _fit_tokens(self, backbone: Backbone, train: TaskData, val: TaskData | None,
+                    trainer) -> tuple[TransferModel, list[dict]]:
+        from transferkit.strategies.token_probe import fit_token_head, word_features
+
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        bs = self.config.batch_size
+        X, y = word_features(backbone, train, bs)
+        vdata = word_features(backbone, val, bs) if val is not None and len(val) else None
+        head, info = fit_token_head(X, y, train.num_outputs, val=vdata, C=self.config.C,
+                                    max_iter=self.config.max_iter, seed=trainer.config.seed)
+        return TransferModel(backbone, head, train.task, train.label_names).eval(), [{"epoch": 1, **info}]
+
     def predict(self, model: TransferModel, data: TaskData) -> np.ndarray:
         from transferkit.data.cache import extract_features
+
+        if data.task_spec.feature_kind == "sequence":
+            return super().predict(model, data)
 
         X = torch.from_numpy(extract_features(model.backbone, data, batch_size=self.config.batch_size))
         with torch.no_grad():

@@ -1,0 +1,193 @@
+"""token-classification: tag schemes, sub-token alignment, windows for long sentences, entity metrics,
+the strategies that train it, and the bundle, ONNX and serving outputs (entities with character offsets)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit.data.token_spans import spans_to_tags, token_data
+from transferkit.errors import ConfigError, DataError
+from transferkit.tasks import get_task
+from transferkit.tasks.token_classification import label_positions
+from transferkit.tasks.token_schemes import check_tags, split_words, tags_to_entities
+
+TASK = get_task("token-classification")
+NAMES = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy"]
+CITIES = ["Paris", "Berlin", "Rome", "Oslo", "Madrid", "Vienna", "Prague", "Lisbon"]
+TEMPLATES = [("{p} Smith went to {c} today .", 0, 4), ("yesterday {p} Jones flew from {c} .", 1, 5),
+             ("in {c} , {p} Brown met friends .", 3, 1)]
+
+
+def sentences(n: int, seed: int, people=NAMES, cities=CITIES):
+    """Templated sentences with a two-word PER entity and a one-word LOC entity, as words and IOB2 tags."""
+    rng = np.random.default_rng(seed)
+    words, tags = [], []
+    for _ in range(n):
+        template, p, c = TEMPLATES[rng.integers(len(TEMPLATES))]
+        w = template.format(p=people[rng.integers(len(people))], c=cities[rng.integers(len(cities))]).split()
+        t = ["O"] * len(w)
+        t[p], t[p + 1], t[c] = "B-PER", "I-PER", "B-LOC"
+        words.append(w)
+        tags.append(t)
+    return words, tags
+
+
+# -- schemes ------------------------------------------------------------------------------------
+
+
+def test_schemes_are_checked_and_normalised():
+    assert check_tags(["B-PER", "E-PER", "S-LOC", "O"], "bilou", "s1") == ["B-PER", "L-PER", "U-LOC", "O"]
+    assert check_tags(["I-PER", "I-PER", "O", "I-LOC"], "iob1", "s1") == ["B-PER", "I-PER", "O", "B-LOC"]
+    with pytest.raises(DataError, match=r"s7, word 2: 'I-LOC' after 'B-PER' continues no LOC entity.*iob1"):
+        check_tags(["B-PER", "I-LOC"], "iob2", "s7")
+    with pytest.raises(DataError, match=r"s7, word 1: tag 'PER' is not a tag of IOB2"):
+        check_tags(["PER"], "iob2", "s7")
+    with pytest.raises(DataError, match="not closed with L-/E-"):
+        check_tags(["B-PER", "O"], "bilou", "s7")
+    with pytest.raises(DataError, match="unknown tag scheme 'bioes2'. Available: auto, iob2, bilou, iob1"):
+        check_tags(["O"], "bioes2", "s7")
+
+
+def test_entities_are_read_leniently_from_predictions():
+    assert tags_to_entities(["B-PER", "I-PER", "I-LOC", "O", "I-ORG", "B-ORG", "U-X"]) == [
+        ("PER", 0, 2), ("LOC", 2, 3), ("ORG", 4, 5), ("ORG", 5, 6), ("X", 6, 7)]
+
+
+def test_spans_become_word_tags_and_bad_spans_name_the_line():
+    text = "Mail ada@example.org or pay $1,250.00 to Ada Lovelace."
+    start = text.index("Ada Lovelace")
+    words, tags = spans_to_tags(text, [[5, 20, "EMAIL"], [28, 37, "MONEY"], [start, start + 12, "PERSON"]], "line 3")
+    assert [w for w, t in zip(words, tags) if t != "O"] == ["ada@example.org", "$", "1,250.00", "Ada", "Lovelace"]
+    assert [t for t in tags if t != "O"] == ["B-EMAIL", "B-MONEY", "I-MONEY", "B-PERSON", "I-PERSON"]
+    assert all(text[s:e] == w for w, s, e in split_words(text))
+    with pytest.raises(DataError, match=r"line 3, span 2: \[3, 8\) PER overlaps \[0, 5\) PER"):
+        spans_to_tags("Alice Smith", [[0, 5, "PER"], [3, 8, "PER"]], "line 3")
+    with pytest.raises(DataError, match=r"line 3, span 1: \[0, 3\) 'Ali' does not start and end on word boundaries"):
+        spans_to_tags("Alice Smith", [[0, 3, "PER"]], "line 3")
+    with pytest.raises(DataError, match=r"line 3, span 1: \[0, 99\) is empty or outside the text of 11"):
+        spans_to_tags("Alice Smith", [[0, 99, "PER"]], "line 3")
+
+
+def test_token_data_checks_one_tag_per_word_and_completes_the_tag_set():
+    data = token_data([["Ada", "ran"]], [["B-PER", "O"]], name="toy")
+    assert data.label_names == ["O", "B-PER", "I-PER"]  # I-PER known although no training entity had two words
+    with pytest.raises(DataError, match="toy, sentence 2: 2 words but 1 tags"):
+        token_data([["a"], ["b", "c"]], [["O"], ["O"]], name="toy")
+    with pytest.raises(DataError, match="toy, sentence 1: tag 'B-LOC' is not in the tag set"):
+        token_data([["Paris"]], [["B-LOC"]], name="toy", label_names=["O", "B-PER", "I-PER"])
+
+
+# -- sub-tokens and windows ---------------------------------------------------------------------
+
+
+def test_first_subtokens_carry_the_tags_and_long_sentences_are_windowed(tiny_bert):
+    from transferkit.backbones import load_backbone
+
+    backbone = load_backbone(f"hf:{tiny_bert}", max_length=10)
+    words = ["unbelievably", "long"] + [f"w{i}" for i in range(30)]
+    batch = backbone.preprocess([words, ["Ada", "Lovelace"]])
+    rows = batch["item_ids"].tolist()
+    assert rows.count(0) > 1 and rows.count(1) == 1 and rows == sorted(rows)  # several windows, nothing cut
+    assert batch["word_counts"].tolist() == [len(words), 2]
+    picked = label_positions(batch["word_ids"], batch["item_ids"])
+    read = {(item, w) for _, _, item, w in picked}
+    assert read == {(0, w) for w in range(len(words))} | {(1, 0), (1, 1)}  # every word read exactly once
+    for r, p, item, w in picked:  # at a word's first sub-token
+        assert batch["word_ids"][r, p] == w and (p == 0 or batch["word_ids"][r, p - 1] != w)
+    targets = np.empty(2, dtype=object)
+    targets[:] = [np.arange(len(words)) % 3, np.array([1, 2])]
+    labels = TASK.collate_targets(targets, batch)
+    assert (labels != -100).sum() == len(words) + 2
+    logits = torch.randn(len(rows), batch["word_ids"].shape[1], 3)
+    out = TASK.postprocess(logits, batch)
+    assert [o.shape for o in out] == [(len(words), 3), (2, 3)]
+    np.testing.assert_allclose([o.sum(1) for o in out][0], 1.0, rtol=1e-5)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def test_metrics_score_entities_not_words():
+    names = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    gold = [np.array([3, 4, 0, 1]), np.array([0, 1, 2])]
+
+    def onehot(idx):
+        return np.eye(len(names), dtype=np.float32)[idx]
+
+    perfect = TASK.metrics(gold, [onehot(g) for g in gold], names)
+    assert perfect["f1"] == 1.0 and perfect["entities"] == 3 and perfect["f1_PER"] == 1.0
+    # one word wrong of seven: word accuracy 6/7, but the two-word LOC entity is lost (and a one-word one found)
+    half = TASK.metrics(gold, [onehot(gold[0]), onehot(np.array([0, 1, 0]))], names)
+    assert half["word_accuracy"] == pytest.approx(6 / 7)
+    assert half["precision"] == pytest.approx(2 / 3) and half["recall"] == pytest.approx(2 / 3)
+    assert half["f1_LOC"] == pytest.approx(0.5) and half["f1_PER"] == 1.0
+
+
+# -- strategies, bundle, ONNX, serving ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_ner():
+    words, tags = sentences(64, seed=0, people=NAMES[:6], cities=CITIES[:5])
+    train = token_data(words, tags, name="people")
+    words, tags = sentences(24, seed=1, people=NAMES[6:], cities=CITIES[5:])  # unseen names and cities
+    return train, token_data(words, tags, name="people-test", label_names=train.label_names)
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "lora", "linear-probe"])
+def test_strategies_learn_entities_of_unseen_names(strategy, toy_ner, minilm_path):
+    from transferkit.backbones import load_backbone
+    from transferkit.strategies import make_strategy
+    from transferkit.training import TrainConfig, Trainer
+
+    train, test = toy_ner
+    backbone = load_backbone(f"sentence:{minilm_path}", max_length=24)
+    s = make_strategy(strategy)
+    model, history = s.fit(backbone, train, None, Trainer(TrainConfig(epochs=4, batch_size=8, progress=False)))
+    scores = TASK.metrics(test.targets, s.predict(model, test), test.label_names)
+    assert scores["f1"] > 0.8, (scores, history)  # a majority-O tagger scores 0
+
+
+def test_bundle_onnx_and_serve_answer_entities_with_character_offsets(toy_ner, minilm_path, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from transferkit.backbones import load_backbone
+    from transferkit.export.bundle import load, save_bundle
+    from transferkit.export.onnx_export import export_bundle
+    from transferkit.export.onnx_runtime import OnnxPredictor
+    from transferkit.export.serve import create_app
+    from transferkit.strategies import make_strategy
+    from transferkit.training import TrainConfig, Trainer
+
+    train, _ = toy_ner
+    backbone = load_backbone(f"sentence:{minilm_path}", max_length=12)  # the long text below takes 3+ windows
+    model, _ = make_strategy("linear-probe").fit(backbone, train, None, Trainer(TrainConfig(progress=False)))
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": "linear-probe"}, "task": "token-classification"})
+    predictor = load(tmp_path / "b")
+    text = "Grace Smith went to Prague today . Later Heidi Jones flew from Lisbon and Ivan Brown met friends ."
+    found = predictor.predict([text, ["Judy", "Smith", "went", "to", "Vienna"]])
+    entities = [(e["label"], e["text"]) for e in found[0]]
+    assert ("PER", "Grace Smith") in entities and ("LOC", "Lisbon") in entities, found[0]
+    assert all(text[e["start"]:e["end"]] == e["text"] for e in found[0])
+    assert ("LOC", "Vienna") in [(e["label"], e["text"]) for e in found[1]]
+
+    export_bundle(tmp_path / "b", tmp_path / "onnx")
+    onnx = OnnxPredictor(tmp_path / "onnx").predict([text])
+    assert [(e["label"], e["start"], e["end"]) for e in onnx[0]] == [(e["label"], e["start"], e["end"]) for e in found[0]]
+
+    client = TestClient(create_app(predictor))
+    answer = client.post("/predict", json={"texts": [text]})
+    assert answer.status_code == 200
+    record = answer.json()["predictions"][0]
+    assert [e["text"] for e in record["entities"]] == [e["text"] for e in found[0]]
+    assert len(record["tags"]) == len(split_words(text))
+
+
+def test_strategies_that_read_one_vector_per_item_refuse_token_data(toy_ner):
+    from transferkit.strategies import make_strategy
+
+    train, _ = toy_ner
+    for name in ("protonet", "dann", "zero-shot"):
+        with pytest.raises(ConfigError, match=f"Strategy '{name}' supports .* tasks; 'people' is token-classification"):
+            make_strategy(name).check_data(None, train)
