@@ -362,3 +362,62 @@ def load_debian_packages(sections: Sequence[str] | None = None, snapshot: str = 
         out.append(TaskData(texts, targets, "text", label_names=names, name=f"debian-packages-{split}",
                             source=f"Debian bookworm package descriptions ({path.name})"))
     return out[0], out[1]
+
+
+# ---------------------------------------------------------------- token classification: PII (synthetic), Japanese NER
+
+
+@_register("pii-ner", modality="text", task="token-classification",
+           size="2,000 train + 500 test sentences (defaults), 7 entity types (PERSON ORG CITY DATE MONEY EMAIL PHONE)",
+           source="synthetic: Faker values in 60 sentence templates; test templates, locales and entity strings "
+                  "unseen in training (transferkit.data.pii_corpus)",
+           licence="synthetic (Faker, MIT)")
+def load_pii_ner(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> tuple[TaskData, TaskData]:
+    """Synthetic English PII sentences (e-mails, tickets, invoices, chats, HR notes) tagged IOB2 per word.
+
+    Generated on the fly (about a second) by :func:`transferkit.data.pii_corpus.build_pii`: train and test
+    use disjoint templates and Faker locales, and no test entity string occurs in training.
+
+    Args:
+        n_train, n_test: sentences per split.
+        seed: seed of the values (the template split is fixed).
+    """
+    from transferkit.data.pii_corpus import build_pii
+
+    return build_pii(n_train=n_train, n_test=n_test, seed=seed)
+
+
+HIRONSAN_FILE = ("corpus", "iob_sents.txt")
+
+
+def _hironsan_file() -> Path:
+    spec = importlib.util.find_spec("hironsan")  # finds the folder without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("The hironsan-ner data needs the package hironsancorpus: `pip install hironsancorpus`.")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*HIRONSAN_FILE)
+    if not path.is_file():
+        raise DataError(f"Hironsan corpus file not found: {path}. Reinstall hironsancorpus.")
+    return path
+
+
+@_register("hironsan-ner", modality="text", task="token-classification",
+           size="500 Japanese sentences (400 train / 100 test), 15,520 words, 8 IREX entity types",
+           source="Hironsan corpus (github.com/Hironsan/hironsan_corpus), PyPI package hironsancorpus",
+           licence="MIT")
+def load_hironsan_ner(seed: int = 0) -> tuple[TaskData, TaskData]:
+    """Japanese named entities (IREX types: ART DAT LOC MON ORG PER PSN TIM) on MeCab words; seeded 80/20 split.
+
+    Items are the corpus's words (MeCab tokens) as they stand, including two full-width spaces
+    (``"\\u3000"``) inside entities, which a sub-word tokenizer may drop. The file is IOB2 except for two
+    sentences where an ``I-ART`` follows an ``O`` (an annotation slip); it is read with ``scheme="iob1"``,
+    which turns those two tags into ``B-ART``. ``PER`` is IREX's percent, ``PSN`` its person.
+    """
+    from dataclasses import replace
+
+    from transferkit.data.adapters_tokens import read_conll
+
+    path = _hironsan_file()
+    data = replace(read_conll(path, scheme="iob1"), name="hironsan-ner", source=f"Hironsan corpus ({path.name})")
+    test_idx = np.sort(np.random.default_rng(seed).permutation(len(data))[:round(0.2 * len(data))])
+    train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
+    return data.subset(train_idx, name="hironsan-ner-train"), data.subset(test_idx, name="hironsan-ner-test")
