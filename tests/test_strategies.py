@@ -68,7 +68,11 @@ def tiny_images_array():
     return shapes_images()[0]
 
 
-@pytest.mark.parametrize("name", ALL)
+#: strategies that train image classification (the CRF tags words only: the per-task test covers it)
+CLASSIFIERS = [n for n in ALL if STRATEGIES.get(n).tasks is None or "classification" in STRATEGIES.get(n).tasks]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_strategy_trains_and_bundle_round_trips(name, tiny_images, tmp_path, request):
     strategy = make_strategy(name)
     data, backbone = _setup(strategy, tiny_images, request)
@@ -86,6 +90,12 @@ def _task_data(task: str, images):
     from transferkit.data import from_arrays
 
     y = np.asarray(images.targets)
+    if task == "token-classification":  # a sentence per image: its class word is tagged, the rest is O
+        from transferkit.data.token_spans import token_data
+
+        words = [["the", "square" if c == 0 else "bar" if c == 1 else "dot", "is", "here"] for c in y]
+        tags = [["O", "B-SHAPE" if c < 2 else "O", "O", "O"] for c in y]
+        return token_data(words, tags, name="shapes-tagged")
     if task == "regression":
         return from_arrays(np.asarray(images.items), (y == 1).astype(np.float32) + 0.5, task="regression")
     multi = np.stack([y == 0, y == 1], axis=1).astype(np.float32)
@@ -97,17 +107,27 @@ def _task_data(task: str, images):
 def test_strategy_trains_each_task_it_declares_and_refuses_the_others(name, task, tiny_images, tmp_path, request):
     """Conformance over strategies x tasks: a declared task trains and reloads; an undeclared one is refused."""
     strategy = make_strategy(name)
-    data, backbone = _setup(strategy, _task_data(task, tiny_images), request)
+    if task == "token-classification":  # word lists: a text backbone with a fast tokenizer
+        data, backbone = _task_data(task, tiny_images), load_backbone(f"hf:{request.getfixturevalue('tiny_bert')}",
+                                                                      max_length=16)
+    else:
+        data, backbone = _setup(strategy, _task_data(task, tiny_images), request)
     if strategy.tasks is not None and task not in strategy.tasks:
         with pytest.raises(ConfigError, match=f"Strategy '{name}' supports .* tasks; .* is {task}"):
             strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
         return
     model, _ = strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
     out = predict_outputs(model, data)
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": name}})
+    again = load(tmp_path / "b").outputs(data.items)
+    if task == "token-classification":  # per sentence: a probability row per word
+        assert [o.shape for o in out] == [(len(w), len(data.label_names)) for w in data.items]
+        np.testing.assert_allclose(np.concatenate(list(out)).sum(1), 1, atol=1e-5)
+        np.testing.assert_allclose(np.concatenate(list(again)), np.concatenate(list(out)), atol=1e-5)
+        return
     assert out.shape == ((len(data),) if task == "regression" else (len(data), 2))
     assert np.isfinite(out).all()
-    save_bundle(model, tmp_path / "b", {"strategy": {"name": name}})
-    np.testing.assert_allclose(load(tmp_path / "b").outputs(data.items), out, atol=1e-5)
+    np.testing.assert_allclose(again, out, atol=1e-5)
 
 
 def test_unknown_strategy_suggests_the_close_name():

@@ -176,6 +176,7 @@ def list_backbones() -> list[dict]:
 from transferkit.backbones import (  # noqa: E402,F401
     clip,
     concat,
+    crf_model,
     efficientnet_lite,
     file_source,
     hf,

@@ -212,7 +212,7 @@ def check_eval_labels(train: TaskData, evaluation: TaskData) -> None:
     if evaluation.targets is None or train.targets is None or train.task == "regression":
         return
     if train.task == "token-classification" or evaluation.task == "token-classification":
-        from transferkit.data.adapters_tokens import align_token_labels
+        from transferkit.data.token_spans import align_token_labels
 
         align_token_labels(train, evaluation)
         return
@@ -254,7 +254,7 @@ def align_labels(train: TaskData, evaluation: TaskData) -> TaskData:
     if evaluation.targets is None or train.task == "regression":
         return evaluation
     if train.task == "token-classification" or evaluation.task == "token-classification":
-        from transferkit.data.adapters_tokens import align_token_labels
+        from transferkit.data.token_spans import align_token_labels
 
         return align_token_labels(train, evaluation)
     if evaluation.label_names == train.label_names:

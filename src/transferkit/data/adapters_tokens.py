@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import numpy as np
 
 from transferkit.data.adapters_tables import _read_text
 from transferkit.data.dataset import TaskData
-from transferkit.data.token_spans import TASK, spans_to_tags, token_data
+from transferkit.data.token_spans import TASK, align_token_labels, spans_to_tags, token_data  # noqa: F401
 from transferkit.errors import ConfigError, DataError
 from transferkit.tasks.token_schemes import SCHEMES, parse_tag
 
@@ -342,46 +341,3 @@ def read_token_file(path: str | os.PathLike, *, task: str | None = TASK, text_co
         return read_span_jsonl(p, label_names=label_names, **keys)
     raise DataError(f"{p}: unsupported {TASK} format '{suffix}'. Supported: "
                     f"{', '.join(TOKEN_SUFFIXES)} (optionally .gz).")
-
-
-def align_token_labels(train: TaskData, evaluation: TaskData) -> TaskData:
-    """``evaluation`` with its tags re-encoded as indices into ``train.label_names`` (matched by name).
-
-    The token-classification counterpart of :func:`~transferkit.data.adapters_labels.check_eval_labels`
-    and :func:`~transferkit.data.adapters_labels.align_labels` together.
-
-    Raises:
-        DataError: the two are not both token-classification data, or ``evaluation`` has a tag that no
-            training word has (named, with its count and first sentence, and the training tags listed).
-    """
-    if train.task != evaluation.task:
-        raise DataError(f"Training data '{train.name}' is {train.task} but evaluation data "
-                        f"'{evaluation.name}' is {evaluation.task}.")
-    if evaluation.targets is None or train.label_names is None:
-        return evaluation
-    train_names = list(train.label_names)
-    if train.targets is not None:  # the entity types training words carry: a model never learns a type it has no word of
-        used = np.unique(np.concatenate([np.asarray(t, np.int64) for t in train.targets] or [np.zeros(0, np.int64)]))
-        types = {parse_tag(train_names[k])[1] for k in used if k < len(train_names)}
-        seen = {n for n in train_names if parse_tag(n)[1] in types}
-    else:
-        seen = set(train_names)
-    lookup = {n: k for k, n in enumerate(train_names) if n in seen}
-    names = list(evaluation.label_names or [])
-    unseen: dict[str, list[int]] = {}  # tag -> [words, first sentence]
-    for i, row in enumerate(evaluation.targets):
-        for k in np.asarray(row, np.int64):
-            tag = names[k] if k < len(names) else str(int(k))
-            if tag not in lookup:
-                unseen.setdefault(tag, [0, i + 1])[0] += 1
-    if unseen:
-        listed = ", ".join(f"'{t}' ({c} words, first in sentence {s})" for t, (c, s) in unseen.items())
-        raise DataError(f"Evaluation data '{evaluation.source or evaluation.name}' has tag(s) the training data "
-                        f"'{train.name}' never had: {listed}. Training tags: "
-                        f"{', '.join(n for n in train_names if n in seen)}.")
-    if names == train_names:
-        return evaluation
-    mapping = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)  # -1: a tag no word carries
-    targets = np.empty(len(evaluation.targets), dtype=object)
-    targets[:] = [mapping[np.asarray(row, np.int64)] for row in evaluation.targets]
-    return replace(evaluation, targets=targets, label_names=train_names, _fingerprint=None)

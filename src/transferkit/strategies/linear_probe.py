@@ -162,6 +162,27 @@ def fit_linear_head(task: str, X: np.ndarray, y: np.ndarray, *, val: tuple | Non
     return head, info
 
 
+def fit_token_head(X: np.ndarray, y: np.ndarray, num_tags: int, *, val: tuple | None, C: float | None, max_iter: int,
+                   seed: int) -> tuple[nn.Sequential, dict]:
+    """A linear head over all ``num_tags`` tags; a tag absent from the training words gets a -1e4 bias."""
+    present = np.unique(y)
+    remap = np.full(num_tags, -1, dtype=np.int64)
+    remap[present] = np.arange(len(present))
+    vdata = None
+    if val is not None:
+        keep = remap[val[1]] >= 0
+        vdata = (val[0][keep], remap[val[1][keep]])
+    small, info = fit_linear_head("classification", X, remap[y], val=vdata, C=C, max_iter=max_iter, seed=seed)
+    head = linear_head(X.shape[1], num_tags)
+    with torch.no_grad():
+        head[-1].weight.zero_()
+        head[-1].bias.fill_(-1e4)
+        head[-1].weight[torch.from_numpy(present)] = small[-1].weight
+        head[-1].bias[torch.from_numpy(present)] = small[-1].bias
+    info["tags_seen"] = int(len(present))
+    return head, info
+
+
 @register_strategy
 class LinearProbe(Strategy):
     """Frozen backbone; linear head fitted on cached features (feature extraction)."""
@@ -192,7 +213,7 @@ class LinearProbe(Strategy):
 
     def _fit_tokens(self, backbone: Backbone, train: TaskData, val: TaskData | None,
                     trainer) -> tuple[TransferModel, list[dict]]:
-        from transferkit.strategies.token_probe import fit_token_head, word_features
+        from transferkit.strategies.token_probe import word_features
 
         for p in backbone.parameters():
             p.requires_grad_(False)

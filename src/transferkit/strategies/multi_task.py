@@ -231,6 +231,7 @@ class MultiTask(Strategy):
 
     name = "multi-task"
     Config = MultiTaskConfig
+    tasks = ("classification", "multilabel", "regression")  # its task heads read one pooled vector per item
     defaults = TrainDefaults(epochs=10, lr=1e-4, head_lr=1e-3)
 
     def __init__(self, config=None, **options):

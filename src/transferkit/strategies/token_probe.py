@@ -10,8 +10,6 @@ last axis, so the bundle's head tags every token of a ``[B, T, D]`` sequence.
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
 from transferkit.backbones.base import Backbone
 from transferkit.data.batches import run_batches
@@ -34,26 +32,3 @@ def word_features(backbone: Backbone, data: TaskData, batch_size: int = 32) -> t
         ys.append(labels[keep].cpu().numpy())
     return np.concatenate(xs), np.concatenate(ys)
 
-
-def fit_token_head(X: np.ndarray, y: np.ndarray, num_tags: int, *, val: tuple | None, C: float | None, max_iter: int,
-                   seed: int) -> tuple[nn.Sequential, dict]:
-    """A linear head over all ``num_tags`` tags; a tag absent from the training words gets a -1e4 bias."""
-    from transferkit.strategies.base import linear_head
-    from transferkit.strategies.linear_probe import fit_linear_head
-
-    present = np.unique(y)
-    remap = np.full(num_tags, -1, dtype=np.int64)
-    remap[present] = np.arange(len(present))
-    vdata = None
-    if val is not None:
-        keep = remap[val[1]] >= 0
-        vdata = (val[0][keep], remap[val[1][keep]])
-    small, info = fit_linear_head("classification", X, remap[y], val=vdata, C=C, max_iter=max_iter, seed=seed)
-    head = linear_head(X.shape[1], num_tags)
-    with torch.no_grad():
-        head[-1].weight.zero_()
-        head[-1].bias.fill_(-1e4)
-        head[-1].weight[torch.from_numpy(present)] = small[-1].weight
-        head[-1].bias[torch.from_numpy(present)] = small[-1].bias
-    info["tags_seen"] = int(len(present))
-    return head, info
