@@ -122,6 +122,21 @@ def test_metrics_score_entities_not_words():
     assert half["word_accuracy"] == pytest.approx(6 / 7)
     assert half["precision"] == pytest.approx(2 / 3) and half["recall"] == pytest.approx(2 / 3)
     assert half["f1_LOC"] == pytest.approx(0.5) and half["f1_PER"] == 1.0
+    # the per-sentence counts the transfer verdict resamples give back the same F1
+    counts = TASK.item_counts(gold, [onehot(gold[0]), onehot(np.array([0, 1, 0]))], names)
+    assert counts.tolist() == [[2, 0, 0], [0, 1, 1]]
+    assert TASK.metric_from_counts(counts.sum(0)) == pytest.approx(half["f1"])
+
+
+def test_scratch_auto_is_the_crf_for_per_word_tags():
+    from transferkit.strategies import make_strategy
+    from transferkit.workflows.baselines import default_baselines
+
+    data = token_data(*sentences(4, seed=0), name="people")
+    assert make_strategy("scratch").variant(data) == "crf"
+    assert default_baselines("text", "token-classification") == ["crf"] and default_baselines("text") == ["tfidf"]
+    with pytest.raises(ConfigError, match="Scratch variant 'tfidf' does not apply to token-classification data"):
+        make_strategy("scratch", {"variant": "tfidf"}).variant(data)
 
 
 # -- strategies, bundle, ONNX, serving ----------------------------------------------------------
@@ -191,3 +206,48 @@ def test_strategies_that_read_one_vector_per_item_refuse_token_data(toy_ner):
     for name in ("protonet", "dann", "zero-shot"):
         with pytest.raises(ConfigError, match=f"Strategy '{name}' supports .* tasks; 'people' is token-classification"):
             make_strategy(name).check_data(None, train)
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def _conll(path, words, tags):
+    path.write_text("\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(ws, ts)) for ws, ts in zip(words, tags)) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def test_cli_fits_conll_files_checks_transfer_against_the_crf_and_predicts_entities(tmp_path, minilm_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from transferkit.cli.main import app
+
+    runner = CliRunner()
+    train = _conll(tmp_path / "train.conll", *sentences(60, seed=0, people=NAMES[:6], cities=CITIES[:5]))
+    test = _conll(tmp_path / "test.conll", *sentences(20, seed=1, people=NAMES[6:], cities=CITIES[5:]))
+    r = runner.invoke(app, ["fit", "--data", str(train), "--test-data", str(test), "--backbone",
+                            f"sentence:{minilm_path}", "--strategy", "linear-probe", "--max-length", "24",
+                            "--check-transfer", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["task"] == "token-classification"
+    assert manifest["verdict"]["baseline"] == "scratch:crf" and manifest["verdict"]["metric"] == "f1"
+    assert -1 <= manifest["verdict"]["gain_low"] <= manifest["verdict"]["gain"] <= manifest["verdict"]["gain_high"] <= 1
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "f1_PER" in report and "## Examples" in report and "]PER" in report
+
+    r = runner.invoke(app, ["predict", str(tmp_path / "b"), "--json", "Judy Smith went to Lisbon today ."])
+    assert r.exit_code == 0, r.output
+    line = r.output[r.output.index('{"item"'):].splitlines()[0]  # after the progress bars on stderr
+    entities = json.loads(line)["prediction"]
+    assert ("LOC", "Lisbon") in [(e["label"], e["text"]) for e in entities], entities
+
+    # an I- tag without its B- names the file, sentence and line; no traceback, exit 2
+    bad = tmp_path / "bad.conll"
+    bad.write_text("Ada\tB-PER\nran\tO\n\nto\tO\nParis\tI-LOC\n", encoding="utf-8")
+    r = runner.invoke(app, ["fit", "--data", str(bad), "--backbone", f"sentence:{minilm_path}",
+                            "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "bad.conll, sentence 2 (line 4), word 2" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "c").exists()

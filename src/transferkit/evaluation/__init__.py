@@ -8,6 +8,7 @@ from transferkit.evaluation.metrics import (
 )
 from transferkit.evaluation.stats import (
     bootstrap_difference,
+    bootstrap_statistic_difference,
     judge,
     mean_ci,
     paired_difference,
@@ -37,6 +38,7 @@ __all__ = [
     "SCORES",
     "ScoreInfo",
     "bootstrap_difference",
+    "bootstrap_statistic_difference",
     "check_score_inputs",
     "classification_metrics",
     "compute_score",

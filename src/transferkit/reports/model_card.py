@@ -205,6 +205,7 @@ def write_fit_report(
     metrics: dict | None,
     label_names: Sequence[str] | None = None,
     projection: tuple | None = None,
+    examples: tuple | None = None,
 ) -> list[Path]:
     """Write the model card of one fit as ``report.md`` (+ ``plots/``) and a self-contained ``report.html``.
 
@@ -227,6 +228,7 @@ def write_fit_report(
             ``None`` falls back to ``manifest["metrics"]``.
         label_names: Class names; default ``manifest["label_names"]``.
         projection: ``(features [N, D], labels [N])`` of the evaluated items, drawn as a 2-D PCA plot.
+        examples: ``(headers, rows)`` of a few evaluated items (the task's ``report_examples``).
 
     Returns:
         The paths written: ``report.md``, ``report.html``, then the PNGs.
@@ -239,5 +241,8 @@ def write_fit_report(
     blocks += _source_section(manifest) + _data_section(manifest, label_names) + _training_section(manifest)
     blocks += _metrics_section(metrics, manifest) + _verdict_section(manifest)
     blocks += _fit_figures(history, metrics, label_names, projection)
+    if examples is not None and examples[1]:
+        blocks += [_h(2, "Examples"), _p("A few evaluated items, those the model got wrong first."),
+                   _table(examples[0], examples[1])]
     blocks += _limits_section(manifest) + _versions_section(manifest)
     return _write_report(Path(out_dir), blocks, title, extra={})

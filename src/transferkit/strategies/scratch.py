@@ -12,7 +12,9 @@ not a strawman:
   chance, ASSETS.md).
 * ``tfidf`` (text): TF-IDF word 1-2 grams and logistic regression with its C
   chosen by cross-validation.
-* ``auto``: ``small-cnn`` for images, ``tfidf`` for text.
+* ``crf`` (token classification): the ``crf`` strategy, a linear-chain CRF on
+  hand-written word features (:mod:`transferkit.strategies.crf`).
+* ``auto``: ``small-cnn`` for images, ``tfidf`` for text, ``crf`` for per-word tags.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from transferkit.strategies.base import TrainDefaults, TransferModel, register_s
 from transferkit.strategies.finetune import Finetune, FinetuneConfig, recalibrate_batchnorm
 from transferkit.strategies.linear_probe import fit_linear_head
 
-VARIANTS = ("auto", "small-cnn", "same-arch", "tfidf")
+VARIANTS = ("auto", "small-cnn", "same-arch", "tfidf", "crf")
 
 
 @dataclass
@@ -74,15 +76,20 @@ class Scratch(Finetune):
     Config = ScratchConfig
     kind = "scratch"
     modalities = ("image", "text")
-    tasks = ("classification", "multilabel", "regression")  # its baselines pool one vector per item
+    # its baselines pool one vector per item; per-word tags go to the CRF
+    tasks = ("classification", "multilabel", "regression", "token-classification")
     defaults = TrainDefaults(epochs=60, lr=3e-3, head_lr=3e-3)
 
     def variant(self, data: TaskData) -> str:
         v = self.config.variant
+        per_token = data.task_spec.target_kind == "per-token"
         if v == "auto":
-            return "small-cnn" if data.modality == "image" else "tfidf"
+            return "crf" if per_token else "small-cnn" if data.modality == "image" else "tfidf"
         if v == "small-cnn" and data.modality != "image" or v == "tfidf" and data.modality != "text":
             raise ConfigError(f"Scratch variant '{v}' does not apply to {data.modality} data '{data.name}'.")
+        if (v == "crf") != per_token:
+            raise ConfigError(f"Scratch variant '{v}' does not apply to {data.task} data '{data.name}'"
+                              + (": per-word tags take variant 'crf'." if per_token else "."))
         return v
 
     def needs_backbone(self, data: TaskData) -> bool:
@@ -93,6 +100,10 @@ class Scratch(Finetune):
         variant = self.variant(train)
         if variant == "tfidf":
             return self._fit_tfidf(train, val, trainer)
+        if variant == "crf":
+            from transferkit.strategies.crf import Crf
+
+            return Crf().fit(None, train, val, trainer)
         if variant == "small-cnn":
             size = self.config.image_size or native_image_size(train)
             backbone = load_backbone(f"small-cnn:{size}")

@@ -134,6 +134,21 @@ class Task:
     def metrics(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> dict:
         raise NotImplementedError
 
+    def item_counts(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> np.ndarray | None:
+        """Per-item counts ``[N, k]`` whose column sums give the primary metric (:meth:`metric_from_counts`),
+        for metrics that are not a mean over items (entity F1); ``None`` where per-item values are used."""
+        return None
+
+    def metric_from_counts(self, totals: np.ndarray) -> float:
+        """The primary metric from the column sums of :meth:`item_counts`."""
+        raise NotImplementedError
+
+    def report_examples(self, items: Sequence, y_true: Any, outputs: Any, label_names: Sequence[str] | None,
+                        k: int = 5) -> tuple[list[str], list[list[str]]] | None:
+        """A few evaluated items for the report as ``(headers, rows)`` (tagged sentences for token
+        classification); ``None``: the report shows no examples."""
+        return None
+
     # -- shipping --------------------------------------------------------------
     def export_postprocess(self) -> str:
         """The operation the exported graph's consumer applies to the logits: softmax, sigmoid, identity."""

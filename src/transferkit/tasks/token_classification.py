@@ -211,6 +211,43 @@ class TokenClassification(Task):
                 out[f"f1_{kind}"] = float(row["f1-score"])
         return out
 
+    def item_counts(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> np.ndarray:
+        """Per sentence: entities right (same type and words), predicted but wrong, missed: ``[N, 3]``."""
+        names = list(label_names or [])
+        rows = []
+        for gold, pred in zip(y_true, self.tags(outputs, names)):
+            g = set(tags_to_entities([names[int(j)] for j in gold]))
+            p = set(tags_to_entities(pred))
+            rows.append((len(g & p), len(p - g), len(g - p)))
+        return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+    def metric_from_counts(self, totals: np.ndarray) -> float:
+        """Micro entity F1 ``2 tp / (2 tp + fp + fn)`` (0 when there is nothing to find or found)."""
+        tp, fp, fn = (float(v) for v in totals)
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+    def report_examples(self, items: Sequence, y_true: Any, outputs: Any, label_names: Sequence[str] | None,
+                        k: int = 5) -> tuple[list[str], list[list[str]]]:
+        """The first ``k`` sentences with entities the model got wrong, then right ones: text with
+        ``[entity]TYPE`` marks, gold and predicted."""
+        names = list(label_names or [])
+
+        def marked(words: Sequence[str], tags: Sequence[str]) -> str:
+            out = list(words)
+            for kind, a, b in tags_to_entities(tags):
+                out[a] = "[" + out[a]
+                out[b - 1] = out[b - 1] + "]" + kind
+            return " ".join(out)
+
+        predicted = self.tags(outputs, names)
+        wrong, right = [], []
+        for words, gold, pred in zip(items, y_true, predicted):
+            gold_tags = [names[int(j)] for j in gold]
+            if not tags_to_entities(gold_tags) and not tags_to_entities(pred):
+                continue
+            (right if gold_tags == list(pred) else wrong).append([marked(words, gold_tags), marked(words, pred)])
+        return ["gold ([entity]TYPE)", "predicted"], (wrong + right)[:k]
+
     def export_postprocess(self) -> str:
         return "softmax"
 

@@ -5,6 +5,7 @@ import numpy as np
 
 from transferkit.data.dataset import TaskData
 from transferkit.evaluation import higher_is_better
+from transferkit.evaluation.metrics import is_fraction_metric
 from transferkit.strategies import Strategy, make_strategy
 from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
@@ -17,8 +18,10 @@ _VERDICT_SENTENCES = {"positive transfer": "Transfer helped.",
                       "no clear gain": "No significant difference from training from scratch."}
 
 
-def default_baselines(modality: str) -> list[str]:
-    """The no-transfer baselines a practitioner would train for this modality."""
+def default_baselines(modality: str, task: str | None = None) -> list[str]:
+    """The no-transfer baselines a practitioner would train for this modality (and task: a CRF for per-word tags)."""
+    if task is not None and get_task(task).target_kind == "per-token":
+        return ["crf"]
     return {"image": ["small-cnn", "same-arch"], "text": ["tfidf"]}.get(modality, [])
 
 
@@ -38,18 +41,24 @@ def check_transfer_against_scratch(run: Run, strategy: Strategy, train: TaskData
         ``metric``, ``transfer``, ``baseline_value``, ``gain``, ``gain_low``,
         ``gain_high``, ``interval``, ``baseline_seconds``.
     """
-    from transferkit.evaluation import bootstrap_difference, judge
+    from transferkit.evaluation import bootstrap_difference, bootstrap_statistic_difference, judge
 
     scored = scored_split(val, test)
     metric = primary_metric(train.task)
-    names = default_baselines(train.modality) if baselines == "auto" else list(baselines or [])
+    names = default_baselines(train.modality, train.task) if baselines == "auto" else list(baselines or [])
     names = names[:1] if baselines == "auto" else names
     if scored is None or run.outputs is None or not names:
         why = "no labelled split to evaluate on" if scored is None else f"no scratch baseline for {train.modality} data"
         return {"verdict": "no baseline", "explanation": f"Transfer was not checked: {why}."}
     variant, base = _best_baseline(names, train, val, test, config, metric)
-    item_a, item_b, scale = _per_item(train.task, scored.targets, run.outputs, base.outputs)
-    gain, low, high = (v * scale for v in bootstrap_difference(item_a, item_b, seed=config.seed))
+    task = get_task(train.task)
+    counts_a = task.item_counts(scored.targets, run.outputs, train.label_names)
+    if counts_a is not None:  # entity F1 and the like: resample items, recompute the metric from their counts
+        counts_b = task.item_counts(scored.targets, base.outputs, train.label_names)
+        gain, low, high = bootstrap_statistic_difference(counts_a, counts_b, task.metric_from_counts, seed=config.seed)
+    else:
+        item_a, item_b, scale = _per_item(train.task, scored.targets, run.outputs, base.outputs)
+        gain, low, high = (v * scale for v in bootstrap_difference(item_a, item_b, seed=config.seed))
     verdict = judge(gain, low, high)
     explanation = _explain(strategy, run, base, variant, metric, (gain, low, high), len(scored), verdict)
     return {"verdict": verdict, "explanation": explanation, "baseline": f"scratch:{variant}", "metric": metric,
@@ -73,7 +82,7 @@ def _best_baseline(names: list[str], train: TaskData, val, test, config: TrainCo
 def _explain(strategy: Strategy, run: Run, base: Run, variant: str, metric: str, interval: tuple, n_items: int,
              verdict: str) -> str:
     gain, low, high = interval
-    pts = 100 if metric == "accuracy" else 1
+    pts = 100 if is_fraction_metric(metric) else 1
     unit = " points" if pts == 100 else ""
     return (f"'{strategy.name}' {metric} {run.metrics[metric]:.4f} vs scratch:{variant} "
             f"{base.metrics[metric]:.4f}: gain {pts * gain:+.1f}{unit} (95% paired bootstrap interval "

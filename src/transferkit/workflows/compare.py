@@ -80,7 +80,7 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
                 "checkpoint choice); every run trains on the rest." if val is not None else
                 "no validation split: every strategy and baseline trains on all labels with its fixed schedule."))
             for label, strat, cfg in _planned_runs(strategies, strategy_options, baselines, config, seed,
-                                                   train.modality):
+                                                   train.modality, train.task):
                 run = train_and_score(backbone, strat, train, val, test, cfg, bb_opts)
                 rows.append(_row(exp, lpc, train, label, strat, seed, run))
                 if progress:
@@ -89,10 +89,10 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
 
 
 def _planned_runs(strategies, strategy_options: dict, baselines, config: TrainConfig, seed: int,
-                  modality: str) -> list[tuple[str, Strategy, TrainConfig]]:
+                  modality: str, task: str | None = None) -> list[tuple[str, Strategy, TrainConfig]]:
     """(label, strategy, config) of one seed's runs: the strategies, then the scratch baselines on their own recipes."""
     runs = [(s, make_strategy(s, strategy_options.get(s)), replace(config, seed=seed)) for s in strategies]
-    names = default_baselines(modality) if baselines == "auto" else list(baselines or [])
+    names = default_baselines(modality, task) if baselines == "auto" else list(baselines or [])
     runs += [(f"scratch:{v}", make_strategy("scratch", {"variant": v}), TrainConfig(seed=seed, progress=False,
               batch_size=config.batch_size, mixed_precision=config.mixed_precision, cpu=config.cpu))
              for v in names]

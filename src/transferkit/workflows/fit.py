@@ -202,9 +202,9 @@ def _check_fit_options(train: TaskData, scored: TaskData | None, sensitive_colum
     task = get_task(train.task)
     if sensitive_column is not None or (train.sensitive is not None and task.single_label):
         check_fairness_data(sensitive_column or train.sensitive_name or "sensitive", train, scored)
-    if check_transfer and task.has_labels and not task.single_label:
-        raise ConfigError("check_transfer supports classification and regression; for multi-label data "
-                          "run transferkit compare, which judges transfer over seeds.")
+    if check_transfer and task.has_labels and not task.single_label and task.target_kind != "per-token":
+        raise ConfigError("check_transfer supports classification, regression and token classification; for "
+                          "multi-label data run transferkit compare, which judges transfer over seeds.")
 
 
 def _manifest(backbone, strategy: Strategy, config: TrainConfig, train: TaskData, val, test, labels_per_class,
@@ -228,7 +228,7 @@ def _save_fit(run: Run, manifest: dict, train: TaskData, scored: TaskData | None
     """The predictor of ``run``; with ``out``, the bundle (report and finder plot included) written there first."""
     predictor = Predictor(run.model, manifest)
     if out is not None and is_main_process():
-        extra = _fit_report(manifest, run.history, run.metrics, train, run.model, scored) if report else None
+        extra = _fit_report(manifest, run.history, run.metrics, train, run.model, scored, run.outputs) if report else None
         if finder is not None:
             extra = _with_lr_plot(extra, finder)
         path = save_bundle(run.model, out, manifest, overwrite=overwrite, extra=extra)
@@ -287,12 +287,15 @@ def _provenance(backbone, strategy: Strategy, data: TaskData) -> str:
     return BACKBONE_SOURCES.entry(prefix).help if prefix in BACKBONE_SOURCES else ""
 
 
-def _fit_report(manifest, history, metrics, train, model=None, scored=None):
+def _fit_report(manifest, history, metrics, train, model=None, scored=None, outputs=None):
     def write(directory: Path) -> None:
         from transferkit.reports import write_fit_report
 
+        examples = None
+        if scored is not None and outputs is not None and scored.targets is not None:
+            examples = get_task(train.task).report_examples(scored.items, scored.targets, outputs, train.label_names)
         write_fit_report(directory, manifest=manifest, history=history, metrics=metrics, label_names=train.label_names,
-                         projection=_projection(model, scored))
+                         projection=_projection(model, scored), examples=examples)
     return write
 
 
