@@ -499,3 +499,27 @@ def test_kill_9_during_save(model, tmp_path):
         save_bundle(model, out, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     load(out)
+
+
+def test_two_concurrent_fits_into_one_out_leave_one_bundle_and_one_clear_refusal(tmp_path):
+    """Two real `transferkit fit` processes started together on the same --out: one bundle, never a silent replace."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "b"
+    cmd = [sys.executable, "-m", "transferkit.cli.main", "fit", "--data", "penguins", "--backbone", "mlp:16",
+           "--strategy", "finetune", "--epochs", "2", "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen(cmd + ["--seed", str(seed)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for seed in (0, 1)]
+    results = [(p.wait(300), p.stdout.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    winner = next(text for code, text in results if code == 0)
+    loser = next(text for code, text in results if code == 2)
+    assert "Traceback" not in loser and ("already exists" in loser or "lock" in loser.lower()), loser
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert f"bundle: {out}" in winner.replace("\n", "")
+    assert manifest["train"]["seed"] == (0 if results[0][0] == 0 else 1)  # the bundle is the winner's
+    assert not lock_path(out).exists() and not list(tmp_path.glob("b.partial-*"))

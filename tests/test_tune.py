@@ -184,3 +184,56 @@ def test_cli_tune_prints_trials_and_writes_the_bundle(tmp_path):
     assert bad.exit_code == 2 and "Valid keys" in bad.output
     help_text = runner.invoke(app, ["tune", "--help"], env={"COLUMNS": "200"}).output
     assert "lr=log:1e-5:1e-2" in help_text and "choice" in help_text
+
+
+KILLED_TUNE = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from conftest import shapes_images
+from transferkit.data import from_arrays
+from transferkit.workflows import fit as fitting, tune as tuning
+tuning.HEARTBEAT_S, tuning.GRACE_S = 1, 2
+real_fit, calls = fitting.fit, []
+def hang_on_second(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        open({marker!r}, "w").close()
+        time.sleep(120)
+    return real_fit(*args, **kwargs)
+fitting.fit = hang_on_second
+images, labels = shapes_images()
+tuning.tune("small-cnn:16", from_arrays(images, labels, label_names=["square", "bar", "noise"]), space={space!r},
+            trials=3, storage={db!r},
+            study_name="s", batch_size=16)
+"""
+
+
+def test_a_trial_killed_with_sigkill_is_failed_by_its_missing_heartbeat_and_the_search_resumes(tiny_images, tmp_path,
+                                                                                               monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from transferkit.workflows import tune as tuning
+
+    db, marker = tmp_path / "study.db", tmp_path / "second-trial-started"
+    script = KILLED_TUNE.format(tests=str(Path(__file__).parent), marker=str(marker), space=SPACE, db=str(db))
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.time() + 240
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), f"the second trial never started (exit {proc.poll()})"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [t.state.name for t in _optuna_trials(db, "s")] == ["COMPLETE", "RUNNING"]  # what kill -9 leaves
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tuning, "GRACE_S", 2)
+    time.sleep(3)  # past the grace period: the killed trial's heartbeat has stopped
+    r = tune("small-cnn:16", tiny_images, space=SPACE, trials=2, storage=db, study_name="s", **FAST)
+    assert list(r.trials["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]  # failed, not RUNNING forever

@@ -15,7 +15,11 @@ A search space maps TrainConfig or strategy Config fields to a spec:
 
 With ``storage`` (a SQLite file) the study persists: calling again with the
 same storage and study name continues until ``trials`` trials have completed,
-so an interrupted search resumes where it stopped.
+so an interrupted search resumes where it stopped. A running trial sends a
+heartbeat every :data:`HEARTBEAT_S` seconds (Optuna's heartbeat); a trial whose
+process was killed (``kill -9``, a lost machine) stops beating and is marked
+``FAIL`` once :data:`GRACE_S` seconds have passed, at the start of the next trial
+of any search on that storage, instead of staying ``RUNNING`` forever.
 
 Example:
     >>> from transferkit.workflows.tune import tune                            # doctest: +SKIP
@@ -38,6 +42,10 @@ from typing import Any
 import pandas as pd
 
 from transferkit.errors import ConfigError
+
+#: Seconds between a running trial's heartbeats, and silence after which it counts as dead (SQLite studies).
+HEARTBEAT_S = 10
+GRACE_S = 30
 
 __all__ = ["KINDS", "TuneResult", "check_space", "default_space", "tune"]
 
@@ -301,7 +309,8 @@ def _open_study(storage, name: str, direction: str, seed: int, attrs: dict):
     url = None
     if storage is not None:
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{Path(storage)}"
+        url = optuna.storages.RDBStorage(f"sqlite:///{Path(storage)}", heartbeat_interval=HEARTBEAT_S,
+                                         grace_period=GRACE_S)
     study = optuna.create_study(storage=url, study_name=name, direction=direction, load_if_exists=True)
     old = study.user_attrs
     for key, value in attrs.items():
