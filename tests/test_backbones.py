@@ -50,7 +50,9 @@ CASES = {
 }
 #: Registered sources without a conformance case, and why.
 EXEMPT = {"file": "exercised by the round trips of every case",
-          "tfidf": "a fitted text baseline: it has no vocabulary before fitting"}
+          "tfidf": "a fitted text baseline: it has no vocabulary before fitting",
+          "crf": "a fitted tagging baseline (per-word marginals, no pooled features): tests/test_crf.py",
+          "causal": "a sequence-only causal LM (no pooled features): tests/test_causal_lm.py"}
 TEXTS = ["A cat sat on the mat.", "Stock markets fell sharply today.", "ok"]
 
 

@@ -174,6 +174,7 @@ def list_backbones() -> list[dict]:
 
 # The source modules register themselves on import; the registry above must exist first.
 from transferkit.backbones import (  # noqa: E402,F401
+    causal_lm,
     clip,
     concat,
     crf_model,
