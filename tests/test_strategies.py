@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from transferkit.backbones import load_backbone
-from transferkit.errors import ConfigError, UnknownNameError
+from transferkit.errors import ConfigError, DataError, UnknownNameError
 from transferkit.export.bundle import load, save_bundle
 from transferkit.strategies import STRATEGIES, make_strategy
 from transferkit.strategies.base import predict_outputs
@@ -249,3 +249,12 @@ def test_regression_and_multilabel_tasks_train_and_reload(name, tmp_path):
     assert {"micro_f1", "macro_f1", "mAP"} <= set(r.metrics)
     preds = tk.load(tmp_path / "ml").predict(list(X[:3]))
     assert all(set(p) <= {"square", "bar"} for p in preds)
+
+
+@pytest.mark.parametrize("name", ["finetune", "linear-probe", "lora"])
+def test_strategies_called_directly_refuse_a_single_class(name, tiny_images):
+    """The Python API without fit's data preparation: one class would train a model that scores 1.0."""
+    one_class = tiny_images.subset(np.flatnonzero(np.asarray(tiny_images.targets) == 1), name="bars")
+    with pytest.raises(DataError, match="classification needs at least 2 classes; found only .bar."):
+        make_strategy(name).fit(load_backbone("small-cnn:16"), one_class, None,
+                                Trainer(TrainConfig(epochs=1, progress=False)))

@@ -36,6 +36,7 @@ from torch import nn
 
 from transferkit.backbones.base import Backbone
 from transferkit.constraints import check_field_types, declared_constraints, validate_declared
+from transferkit.data.adapters_labels import check_two_classes
 from transferkit.data.batches import run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError
@@ -279,6 +280,7 @@ class Strategy:
                               f"'{data.name}' is {data.modality}.")
         if backbone is not None:
             backbone.check_feature_kind(data.task_spec.feature_kind)
+        check_two_classes(data)  # one class: a model that learnt nothing would score 1.0
 
     def needs_backbone(self, data: TaskData) -> bool:
         """Whether :meth:`fit` uses the user's backbone (baselines that bring their own model don't)."""
