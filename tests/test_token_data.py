@@ -225,3 +225,12 @@ def test_resolve_hf_token_dataset_and_mismatched_tasks():
     with pytest.raises(DataError, match="is token-classification but evaluation data .* is classification"):
         align_token_labels(train, other)
     assert np.array_equal(align_token_labels(train, train).targets[0], train.targets[0])
+
+
+def test_jsonl_of_text_and_spans_is_token_data_without_being_told(tmp_path):
+    spans = _jsonl(tmp_path / "spans.jsonl", {"text": "Ada lives in Paris.", "spans": [[0, 3, "PER"], [13, 18, "LOC"]]},
+                   {"text": "Bob too.", "spans": [[0, 3, "PER"]]})
+    train, _ = resolve_data(str(spans))
+    assert train.task == "token-classification" and train.items[0] == ["Ada", "lives", "in", "Paris", "."]
+    labels = _jsonl(tmp_path / "labels.jsonl", {"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"})
+    assert resolve_data(str(labels))[0].task == "classification"  # a table of texts and labels stays one

@@ -55,6 +55,21 @@ def is_conll(path: str | os.PathLike) -> bool:
     return _suffix(Path(path)) in CONLL_SUFFIXES
 
 
+def is_span_jsonl(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``.jsonl`` file whose first record has ``text`` and a list of ``spans``: entity
+    spans, read as token-classification data without being told."""
+    p = Path(path)
+    if _suffix(p) != ".jsonl" or not p.is_file():
+        return False
+    try:
+        with open(p, encoding="utf-8-sig") as f:
+            first = next((line for line in f if line.strip()), "")
+        record = json.loads(first)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False  # the table reader names the problem
+    return isinstance(record, dict) and "text" in record and isinstance(record.get("spans"), list)
+
+
 def _text_of(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"Token-classification file not found: {path}")

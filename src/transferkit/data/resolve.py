@@ -19,7 +19,7 @@ import pandas as pd
 
 from transferkit.data.adapters import (align_labels, check_eval_labels, from_arrays, from_frame, from_hf_dataset,
                                        from_image_folder, from_table)
-from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, read_token_file
+from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, is_span_jsonl, read_token_file
 from transferkit.data.builtin import DATASETS, load_dataset
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, DataError, UnknownNameError, unknown_name
@@ -35,7 +35,8 @@ def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
             raise ConfigError(f"{path} is an image folder, which has no columns: a sensitive_column needs a "
                               f"table (CSV/TSV/JSONL with an image_column or features) or a DataFrame.")
         return from_image_folder(path)
-    if task == "token-classification" or is_conll(path):  # a CoNLL file with another task: a clear refusal
+    # a CoNLL file, or JSONL records of text and entity spans (with another task: a clear refusal)
+    if task == "token-classification" or is_conll(path) or (task is None and is_span_jsonl(path)):
         return read_token_file(path, task=task, **columns)
     return from_table(path, task=task or "classification", **columns)
 
