@@ -34,7 +34,10 @@ def compare_command(
     text_column: Optional[str] = typer.Option(None, help="Table files: the text column."),
     label_column: str = typer.Option("label", help="Table files: the label column."),
     out: Optional[Path] = typer.Option(None, help="Write report.md/html, runs.csv and summary.csv here."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out directory."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out directory; start over when OUT.runs holds "
+                                               "the finished runs of an interrupted compare."),
+    resume: bool = typer.Option(False, help="Go on from an interrupted compare: the runs recorded in OUT.runs are not "
+                                            "trained again (same command and settings)."),
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Compare STRATEGIES against from-scratch baselines over SEEDS; print mean ± 95% CI and verdicts."""
@@ -52,7 +55,8 @@ def compare_command(
                      labels_per_class=budgets if budgets and len(budgets) > 1 else (budgets[0] if budgets else None),
                      baselines="auto" if baselines == "auto" else ([] if baselines == "none" else parse_list(baselines)),
                      strategy_options=per_strategy, test_data=test_data, max_test=max_test, val_fraction=val_fraction,
-                     image_size=image_size, max_length=max_length, out=out, overwrite=overwrite, epochs=epochs, lr=lr,
+                     image_size=image_size, max_length=max_length, out=out, overwrite=overwrite, resume=resume,
+                     epochs=epochs, lr=lr,
                      batch_size=batch_size, text_column=text_column, label_column=label_column)
     console.print(compare_table(result))
     for _, v in result.verdicts.iterrows():

@@ -23,6 +23,7 @@ from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
 from transferkit.workflows.baselines import default_baselines
 from transferkit.workflows.fit import prepare_data
+from transferkit.workflows.run_journal import run_journal
 from transferkit.workflows.runs import Run, is_main_process, train_and_score
 
 __all__ = ["CompareResult", "compare", "data_name"]
@@ -44,9 +45,9 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
             labels_per_class=None, baselines="auto", strategy_options: dict | None = None, test_data=None,
             val_fraction: float | None = None, max_test: int | None = None, experiment: str | None = None,
             image_size: int | None = None, max_length: int | None = None, out: str | Path | None = None,
-            overwrite: bool = False, config: TrainConfig | None = None, progress: bool = True,
-            text_column: str | None = None, label_column: str = "label", strict_labels: bool = True,
-            data_options: dict | None = None, **train_options: Any) -> CompareResult:
+            overwrite: bool = False, resume: bool = False, config: TrainConfig | None = None,
+            progress: bool = True, text_column: str | None = None, label_column: str = "label",
+            strict_labels: bool = True, data_options: dict | None = None, **train_options: Any) -> CompareResult:
     """Run ``strategies`` and the scratch baselines over ``seeds`` and label budgets, with verdicts.
 
     Every strategy sees the same labelled draw for a given seed, so gains are
@@ -56,6 +57,11 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
     ``strict_labels=False`` lets a class with fewer than ``labels_per_class``
     examples contribute all it has ("up to N per class"). ``data_options`` go to
     the built-in data set's loader (``transferkit list datasets`` shows them).
+
+    With ``out``, every finished run is recorded in ``OUT.runs/`` as it finishes; after a crash or a kill,
+    ``resume=True`` (``--resume``) trains only the runs not recorded there
+    (:mod:`transferkit.workflows.run_journal`). Adding seeds or strategies to a resumed comparison is
+    refused: the settings must be the same.
     """
     config = replace(config or TrainConfig(progress=False), **train_options)
     budgets = labels_per_class if isinstance(labels_per_class, (list, tuple)) else [labels_per_class]
@@ -65,6 +71,24 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
     if out is not None:
         check_writable(out, overwrite)
     bb_opts = {"image_size": image_size, "max_length": max_length}
+    settings = {"backbone": backbone if isinstance(backbone, str) else getattr(backbone, "spec", None),
+                "data": data if isinstance(data, str) else None, "test_data": test_data if isinstance(
+                    test_data, (str, type(None))) else None, "strategies": list(strategies), "seeds": seeds,
+                "labels_per_class": budgets, "baselines": baselines, "strategy_options": strategy_options,
+                "val_fraction": val_fraction, "max_test": max_test, "backbone_options": bb_opts,
+                "train": config.to_dict() | {"progress": None}, "columns": [text_column, label_column],
+                "strict_labels": strict_labels, "data_options": data_options or {}}
+    with run_journal(out, settings, command="compare", resume=resume, overwrite=overwrite) as journal:
+        rows, notes, exp, train = _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_options,
+                                           test_data, val_fraction, max_test, experiment, bb_opts, config, progress,
+                                           text_column, label_column, strict_labels, data_options, journal)
+        return _summarize(rows, primary_metric(train.task), notes, out, title=f"{backbone} on {exp}")
+
+
+def _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_options, test_data, val_fraction,
+             max_test, experiment, bb_opts, config, progress, text_column, label_column, strict_labels,
+             data_options, journal) -> tuple[list[dict], list[str], str, TaskData]:
+    """Every (budget, seed, strategy) run, those recorded in ``journal`` read back instead of trained."""
     rows, notes = [], []
     for lpc in budgets:
         for seed in range(seeds):
@@ -81,11 +105,16 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
                 "no validation split: every strategy and baseline trains on all labels with its fixed schedule."))
             for label, strat, cfg in _planned_runs(strategies, strategy_options, baselines, config, seed,
                                                    train.modality, train.task):
-                run = train_and_score(backbone, strat, train, val, test, cfg, bb_opts)
-                rows.append(_row(exp, lpc, train, label, strat, seed, run))
+                key, fingerprint = f"{lpc}/{seed}/{label}", train.fingerprint()
+                row = journal.get(key, fingerprint)
+                if row is None:
+                    run = train_and_score(backbone, strat, train, val, test, cfg, bb_opts)
+                    row = _row(exp, lpc, train, label, strat, seed, run)
+                    journal.record(key, fingerprint, row)
+                rows.append(row)
                 if progress:
                     _print_run(rows[-1], primary_metric(train.task))
-    return _summarize(rows, primary_metric(train.task), notes, out, title=f"{backbone} on {exp}")
+    return rows, notes, exp, train
 
 
 def _planned_runs(strategies, strategy_options: dict, baselines, config: TrainConfig, seed: int,
