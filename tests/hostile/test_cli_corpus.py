@@ -279,6 +279,58 @@ def jsonl_text_is_an_object(tmp):
     return text_fit(path), [str(path), "line 2", "column 'text' is a dict"]
 
 
+# -- malformed entity data (token classification) ---------------------------------------------------------------
+
+def ner_fit(data):
+    """``fit`` of the CRF baseline on token data: no model to load, were the data good."""
+    return ["fit", "--backbone", "tfidf", "--strategy", "crf", "--data", data]
+
+
+def conll_file(folder, body: str, name: str = "train.conll"):
+    path = folder / name
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+@case
+def conll_inside_tag_without_its_begin(tmp):
+    path = conll_file(tmp, "Ada\tB-PER\nran\tO\n\nto\tO\nParis\tI-LOC\n")
+    return ner_fit(path), [str(path), "sentence 2 (line 4), word 2", "'I-LOC'", "continues no LOC entity", "iob1"]
+
+
+@case
+def conll_line_without_a_tag(tmp):
+    path = conll_file(tmp, "Ada\tB-PER\nran\n")
+    return ner_fit(path), [str(path), "line 2"]
+
+
+@case
+def conll_tag_of_no_scheme(tmp):
+    path = conll_file(tmp, "Ada\tPERSON\nran\tO\n")
+    return ner_fit(path), [str(path), "'PERSON'", "IOB2", "BILOU"]
+
+
+@case
+def conll_not_utf8(tmp):
+    path = tmp / "train.conll"
+    path.write_bytes(b"caf\xe9\tO\nAda\tB-PER\n")
+    return ner_fit(path), [str(path), "line 1", "not valid UTF-8"]
+
+
+@case
+def span_jsonl_overlapping_spans(tmp):
+    path = tmp / "spans.jsonl"
+    path.write_text('{"text": "Ada Lovelace", "spans": [[0, 12, "PER"], [4, 12, "PER"]]}\n', encoding="utf-8")
+    return ner_fit(path), [str(path), "line 1", "span 2", "overlaps"]
+
+
+@case
+def span_jsonl_span_cutting_a_word(tmp):
+    path = tmp / "spans.jsonl"
+    path.write_text('{"text": "Ada Lovelace", "spans": [[0, 2, "PER"]]}\n', encoding="utf-8")
+    return ner_fit(path), [str(path), "line 1", "'Ad'", "word boundaries"]
+
+
 # -- malformed -o values and recipes ---------------------------------------------------------------------------
 
 @case
