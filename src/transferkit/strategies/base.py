@@ -236,6 +236,7 @@ class Strategy:
         changes_backbone: it trains the user's pre-trained weights.
         resumable: an interrupted run can resume from the loop's checkpoint: all its per-run state is on
             the model or in the loop (a strategy that keeps state of its own across epochs sets ``False``).
+        learns_from_labels: it learns from the training labels, so single-class training data is refused.
         defaults: loop defaults (epochs, body lr, head lr).
     """
 
@@ -249,6 +250,8 @@ class Strategy:
     min_backbones: ClassVar[int] = 1
     changes_backbone: ClassVar[bool] = False
     resumable: ClassVar[bool] = True
+    #: whether it learns from the training labels (zero-shot reads only the label names: one class is fine there)
+    learns_from_labels: ClassVar[bool] = True
     defaults: ClassVar[TrainDefaults] = TrainDefaults()
 
     @classmethod
@@ -280,7 +283,8 @@ class Strategy:
                               f"'{data.name}' is {data.modality}.")
         if backbone is not None:
             backbone.check_feature_kind(data.task_spec.feature_kind)
-        check_two_classes(data)  # one class: a model that learnt nothing would score 1.0
+        if self.learns_from_labels:
+            check_two_classes(data)  # one class: a model that learnt nothing would score 1.0
 
     def needs_backbone(self, data: TaskData) -> bool:
         """Whether :meth:`fit` uses the user's backbone (baselines that bring their own model don't)."""

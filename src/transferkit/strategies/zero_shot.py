@@ -159,6 +159,7 @@ class ZeroShot(Strategy):
     """
 
     tasks = ("classification",)
+    learns_from_labels = False
 
     name = "zero-shot"
     Config = ZeroShotConfig
