@@ -150,7 +150,8 @@ def summarize(runs: pd.DataFrame, spacy_row: dict | None) -> str:
              f"`python benchmarks/ner.py --seeds {seeds}`; `pii-ner` (synthetic PII, 7 types; 500 test sentences "
              "with templates, locales and entity strings unseen in training). Each method with its defaults and "
              "the default protocol (20% validation split for checkpoint choice), on the same sentences per seed; "
-             f"MiniLM `{BACKBONE}` at max_length {MAX_LENGTH}; 2 CPU threads per run. Entity F1 in points, "
+             f"MiniLM `{BACKBONE}` at max_length {MAX_LENGTH}; 2 CPU threads per run (`s / run` is wall time, taken while "
+             "other jobs shared the 2 cores at times). Entity F1 in points, "
              f"mean ± 95% CI over {seeds} seeds; gain vs the CRF paired by seed. `shared F1`: scored on PERSON, "
              "ORG, CITY, DATE, MONEY only (the types spaCy's model has).", ""]
     for size, group in runs.groupby("sentences"):
