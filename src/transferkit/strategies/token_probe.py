@@ -26,7 +26,7 @@ def word_features(backbone: Backbone, data: TaskData, batch_size: int = 32) -> t
     for idx, inputs, feats in run_batches(lambda batch: backbone.features(batch, "sequence"),
                                           lambda idx: backbone.preprocess([items[i] for i in idx]), len(items),
                                           batch_size=batch_size, device=next(backbone.parameters()).device):
-        labels = task.collate_targets(np.asarray(data.targets, dtype=object)[idx], inputs).to(feats.device)
+        labels = task.collate_targets(data.targets[idx], inputs).to(feats.device)  # targets: an object array
         keep = labels != IGNORE_INDEX
         xs.append(feats[keep].float().cpu().numpy())
         ys.append(labels[keep].cpu().numpy())

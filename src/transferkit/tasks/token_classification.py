@@ -155,24 +155,26 @@ class TokenClassification(Task):
         return [[names[int(j)] if s > 0 else "O" for j, s in zip(np.asarray(row).argmax(1), np.asarray(row).sum(1))]
                 if len(row) else [] for row in outputs]
 
-    def entities(self, outputs: np.ndarray, label_names: Sequence[str], items: Sequence | None = None) -> list[list[dict]]:
+    def entities(self, outputs: np.ndarray, label_names: Sequence[str], items: Sequence | None = None,
+                 tags: list[list[str]] | None = None) -> list[list[dict]]:
         """Entities per item: ``label``, ``text``, ``score`` (mean probability of its tags), ``start``/``end``
         character offsets (into the string item, or into the words joined by spaces) and ``words`` ``[first, end)``."""
         result = []
-        for k, (row, tags) in enumerate(zip(outputs, self.tags(outputs, label_names))):
+        all_tags = tags if tags is not None else self.tags(outputs, label_names)
+        for k, (row, row_tags) in enumerate(zip(outputs, all_tags)):
             item = items[k] if items is not None else None
             if isinstance(item, str):
                 spans = split_words(item)
                 text = item
             else:
-                words = list(item) if item is not None else [f"w{j}" for j in range(len(tags))]
+                words = list(item) if item is not None else [f"w{j}" for j in range(len(row_tags))]
                 spans, pos = [], 0
                 for w in words:
                     spans.append((w, pos, pos + len(w)))
                     pos += len(w) + 1
                 text = " ".join(words)
             found = []
-            for kind, a, b in tags_to_entities(tags):
+            for kind, a, b in tags_to_entities(row_tags):
                 start, end = spans[a][1], spans[b - 1][2]
                 score = float(np.asarray(row)[a:b].max(1).mean())
                 found.append({"label": kind, "text": text[start:end] if item is not None else None,
@@ -185,7 +187,8 @@ class TokenClassification(Task):
 
     def records(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None) -> list[dict]:
         tags = self.tags(outputs, label_names or [])
-        return [{"entities": ents, "tags": t} for ents, t in zip(self.entities(outputs, label_names or [], items), tags)]
+        return [{"entities": ents, "tags": t}
+                for ents, t in zip(self.entities(outputs, label_names or [], items, tags), tags)]
 
     # -- evaluation ------------------------------------------------------------
     def metrics(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> dict:

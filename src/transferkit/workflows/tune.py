@@ -306,12 +306,12 @@ def _open_study(storage, name: str, direction: str, seed: int, attrs: dict):
     """Create or load the study; refuse to resume one made for another task, space or metric."""
     import optuna
 
-    url = None
+    store = None
     if storage is not None:
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
-        url = optuna.storages.RDBStorage(f"sqlite:///{Path(storage)}", heartbeat_interval=HEARTBEAT_S,
+        store = optuna.storages.RDBStorage(f"sqlite:///{Path(storage)}", heartbeat_interval=HEARTBEAT_S,
                                          grace_period=GRACE_S)
-    study = optuna.create_study(storage=url, study_name=name, direction=direction, load_if_exists=True)
+    study = optuna.create_study(storage=store, study_name=name, direction=direction, load_if_exists=True)
     old = study.user_attrs
     for key, value in attrs.items():
         if key in old and old[key] != value:
