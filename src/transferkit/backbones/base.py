@@ -30,9 +30,11 @@ from torch import nn
 
 from transferkit.errors import ConfigError, DataError
 
-#: The kinds of features a backbone can give: one vector per item, one per token/frame/patch, or a
-#: pyramid of feature maps (what detection and segmentation heads read).
-FEATURE_KINDS = ("pooled", "sequence", "pyramid")
+#: The kinds of features a backbone can give: one vector per item, one per token/frame/patch, a
+#: pyramid of feature maps (what detection and segmentation heads read), or the source model's own
+#: next-token scores over its vocabulary (``logits``: a causal language model's output layer, which
+#: generative fine-tuning trains through instead of a new head).
+FEATURE_KINDS = ("pooled", "sequence", "pyramid", "logits")
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,10 @@ class FeatureSpec:
     """The shape of one kind of features, which is what a head is built from.
 
     Attributes:
-        kind: ``pooled`` (``[B, D]``), ``sequence`` (``[B, T, D]`` with a mask) or
-            ``pyramid`` (a list of ``[B, C_i, H_i, W_i]``, finest first).
-        dim: D for pooled and sequence features.
+        kind: ``pooled`` (``[B, D]``), ``sequence`` (``[B, T, D]`` with a mask),
+            ``pyramid`` (a list of ``[B, C_i, H_i, W_i]``, finest first) or ``logits``
+            (``[B, T, V]``: next-token scores over a vocabulary of V).
+        dim: D for pooled and sequence features, V for logits.
         channels: C_i of each pyramid level.
         strides: the input pixels per feature-map pixel of each level.
     """
@@ -281,6 +284,13 @@ class Backbone(nn.Module):
         self.source_head = None
 
     def forward_features(self, batch) -> torch.Tensor:
+        """The pooled features ``[B, num_features]`` of a preprocessed batch; each source implements it.
+
+        Example:
+            >>> feats = backbone.forward_features(backbone.preprocess(images))  # doctest: +SKIP
+            >>> feats.shape                                                    # doctest: +SKIP
+            torch.Size([8, 1280])
+        """
         raise NotImplementedError
 
     def forward(self, batch) -> torch.Tensor:
@@ -294,14 +304,20 @@ class Backbone(nn.Module):
         """Feature maps ``[B, C_i, H_i, W_i]``, finest first, where supported (see :meth:`feature_spec`)."""
         raise ConfigError(f"Backbone '{self.spec}' gives no feature pyramid.")
 
+    def forward_logits(self, batch) -> torch.Tensor:
+        """The source model's next-token logits ``[B, T, V]`` (causal language models), where supported."""
+        raise ConfigError(f"Backbone '{self.spec}' has no language-model output layer (no next-token logits).")
+
     def features(self, batch, kind: str = "pooled"):
         """Features of ``kind`` (see :data:`FEATURE_KINDS`): pooled ``[B, D]``, a sequence ``[B, T, D]``
-        (its mask stays in the batch) or a pyramid (a list of maps)."""
+        (its mask stays in the batch), a pyramid (a list of maps) or next-token logits ``[B, T, V]``."""
         self.check_feature_kind(kind)
         if kind == "sequence":
             return self.forward_sequence(batch)[0]
         if kind == "pyramid":
             return self.forward_pyramid(batch)
+        if kind == "logits":
+            return self.forward_logits(batch)
         return self.forward_features(batch)
 
     def feature_spec(self, kind: str = "pooled") -> FeatureSpec:
@@ -320,6 +336,15 @@ class Backbone(nn.Module):
                               f"the task needs {kind} features (choose a backbone that has them: hf:, sentence:).")
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters in groups ordered input → output (stem, stages or blocks, last layers).
+
+        What ``train_last``, gradual unfreezing and per-group learning rates act on.
+
+        Example:
+            >>> groups = backbone.layer_groups()                    # doctest: +SKIP
+            >>> [sum(p.numel() for p in g) for g in groups][-1]    # doctest: +SKIP
+            412160
+        """
         raise NotImplementedError
 
     def transformer_slot(self) -> tuple[nn.Module, str] | None:

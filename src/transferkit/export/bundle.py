@@ -67,7 +67,8 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
     from safetensors.torch import save_file
 
     with atomic_dir(out, overwrite) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tied = tied_aliases(model)  # one copy of a tied tensor (a language model's embeddings and output layer)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in tied}
         manifest = {k: v for k, v in manifest.items() if k not in _OWN_KEYS}
         adapter = getattr(model, "adapter", None)
         if adapter is not None:
@@ -83,6 +84,8 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
                     "head": describe_head(model.head),
                     "task": manifest.get("task", model.task), "label_names": model.label_names,
                     "preprocess": model.backbone.preprocess.config(), "versions": library_versions()}
+        if getattr(model, "generation", None):
+            manifest["generation"] = model.generation
         _write_manifest(tmp, manifest)
         if extra is not None:
             extra(tmp)
@@ -158,10 +161,14 @@ def rebuild_model(path: str | Path, manifest: dict | None = None) -> TransferMod
                               f"unexpected {unexpected[:3]}, missing {not_base[:3]}.")
         model.adapter = {**adapter, "keys": sorted(state)}
     else:
-        model.load_state_dict(state, strict=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        untied = sorted(set(missing) - tied_aliases(model))
+        if unexpected or untied:  # check_tensors compared the names already: an invariant, kept as a guard
+            raise BundleError(f"{weights} does not fit its model: unexpected {unexpected[:3]}, missing {untied[:3]}.")
         if adapter:
             model.adapter = {**adapter, "keys": sorted(k for k in state if k.startswith("backbone.") and
                                                        _is_adapter_key(model, k))}
+    model.generation = manifest.get("generation")
     return model.eval()
 
 
@@ -178,11 +185,11 @@ def _build_checked(path: Path, manifest: dict, header: dict, adapter_only: bool)
         check_tensors(weights, header, {f"head.{k}": v for k, v in head.state_dict().items()}, prefix="head.")
     else:
         check_tensors(weights, header, skeleton.state_dict(),
-                      optional=_base_keys(skeleton.backbone) if adapter_only else set())
+                      optional=(_base_keys(skeleton.backbone) if adapter_only else set()) | tied_aliases(skeleton))
     model = _assemble(path, manifest, skeleton=False)
     if skeleton is None:
         check_tensors(weights, header, model.state_dict(),
-                      optional=_base_keys(model.backbone) if adapter_only else set())
+                      optional=(_base_keys(model.backbone) if adapter_only else set()) | tied_aliases(model))
     return model
 
 
@@ -231,6 +238,18 @@ def _base_for_adapter(path: Path, arch: dict, adapter: dict):
     return backbone
 
 
+def tied_aliases(model: torch.nn.Module) -> set[str]:
+    """State-dict keys naming a tensor that an earlier key already names (tied weights, such as a language
+    model's output layer sharing its input embeddings): bundles store it once and the model ties it back."""
+    seen: set[int] = set()
+    aliases = set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        if id(value) in seen:
+            aliases.add(key)
+        seen.add(id(value))
+    return aliases
+
+
 def _base_keys(backbone) -> set[str]:
     """State-dict keys of the frozen base (every key of the backbone but the trainable adapter's)."""
     trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
@@ -256,10 +275,12 @@ class Predictor:
 
     @property
     def label_names(self) -> list[str] | None:
+        """The class (or tag) names the model predicts, in output order; ``None`` for regression."""
         return self.model.label_names
 
     @property
     def task(self) -> str:
+        """The registered task name of the model (``classification``, ``token-classification``, ...)."""
         return self.model.task
 
     def outputs(self, items: Sequence, batch_size: int = 64) -> np.ndarray:
@@ -291,6 +312,11 @@ def load(path: str | Path) -> Predictor:
     Raises:
         BundleError: the folder is unfinished, tampered with or damaged; the message names the file, field or
             tensor and what was expected.
+
+    Example:
+        >>> import transferkit as tk
+        >>> predictor = tk.load("runs/fmnist")                  # doctest: +SKIP
+        >>> predictor.predict(["boot.png", "shirt.png"])        # doctest: +SKIP
     """
     if str(path).startswith("hf:"):  # pushed with `transferkit push`: the Hub cache holds the folder
         from transferkit.backbones.hf import fetch_hub_bundle

@@ -26,6 +26,7 @@ layer never imports it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -37,7 +38,7 @@ from torch import nn
 from transferkit.backbones.base import Backbone
 from transferkit.constraints import check_field_types, declared_constraints, validate_declared
 from transferkit.data.adapters_labels import check_two_classes
-from transferkit.data.batches import run_batches
+from transferkit.data.batches import module_device, run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError
 from transferkit.registry import Registry
@@ -114,6 +115,8 @@ class TransferModel(nn.Module):
         #: set by parameter-efficient strategies: what was attached (strategy, options, the adapter's
         #: state-dict keys, the base weights' digest); bundles store and replay it.
         self.adapter: dict | None = None
+        #: decoding settings of generative tasks (``max_new_tokens``, ``temperature``, ``stop``); bundles keep them.
+        self.generation: dict | None = None
 
     @property
     def task_spec(self) -> Task:
@@ -162,7 +165,13 @@ class ItemDataset(torch.utils.data.Dataset):
         return self.tensor[indices] if self.tensor is not None else self.preprocess(self._items(indices))
 
     def collate(self, indices: list[int]) -> dict:
-        inputs = self.inputs(indices)
+        """A training batch: the inputs the task trains on (with their targets where it reads them) and targets."""
+        if self.data.targets is None or self.tensor is not None:
+            inputs = self.inputs(indices)
+        else:
+            task = self.data.task_spec
+            targets = np.asarray(self.data.targets)[indices]
+            inputs = self.preprocess(task.training_items(self._items(indices), targets))
         batch = {"inputs": inputs, "task": self.data.task}
         if self.data.targets is not None:
             batch["targets"] = self.data.task_spec.collate_targets(np.asarray(self.data.targets)[indices], inputs)
@@ -179,8 +188,9 @@ def predict_outputs(model: TransferModel, data: TaskData, batch_size: int = 64,
     model.eval()
     ds = dataset or ItemDataset(data, model.backbone.preprocess, precompute=False)
     task = model.task_spec
-    parts = [model.outputs_to_numpy(out, inputs)
-             for _, inputs, out in run_batches(model, ds.inputs, len(ds), batch_size=batch_size)]
+    infer = functools.partial(task.infer, model)
+    parts = [model.outputs_to_numpy(out, inputs) for _, inputs, out in run_batches(
+        infer, ds.inputs, len(ds), batch_size=batch_size, device=module_device(model))]
     return task.concat(parts, len(model.label_names or []))
 
 
@@ -237,6 +247,8 @@ class Strategy:
         resumable: an interrupted run can resume from the loop's checkpoint: all its per-run state is on
             the model or in the loop (a strategy that keeps state of its own across epochs sets ``False``).
         learns_from_labels: it learns from the training labels, so single-class training data is refused.
+        generative: it trains through the source model's own output layer (a task on ``logits`` features:
+            ``text-generation``); strategies that fit a new head on features refuse such tasks.
         defaults: loop defaults (epochs, body lr, head lr).
     """
 
@@ -252,6 +264,7 @@ class Strategy:
     resumable: ClassVar[bool] = True
     #: whether it learns from the training labels (zero-shot reads only the label names: one class is fine there)
     learns_from_labels: ClassVar[bool] = True
+    generative: ClassVar[bool] = False
     defaults: ClassVar[TrainDefaults] = TrainDefaults()
 
     @classmethod
@@ -259,7 +272,8 @@ class Strategy:
         """The declared capabilities, for listings and the conformance tests."""
         return {"kind": cls.kind, "modalities": list(cls.modalities),
                 "tasks": None if cls.tasks is None else list(cls.tasks), "needs_target": cls.needs_target,
-                "needs_sensitive": cls.needs_sensitive, "min_backbones": cls.min_backbones}
+                "needs_sensitive": cls.needs_sensitive, "min_backbones": cls.min_backbones,
+                "generative": cls.generative}
 
     def __init__(self, config: StrategyConfig | dict | None = None, **options: Any):
         if isinstance(config, StrategyConfig):
@@ -275,6 +289,11 @@ class Strategy:
         if self.tasks is not None and data.task not in self.tasks:
             raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.tasks)} tasks; "
                               f"'{data.name}' is {data.task}.")
+        if data.task_spec.feature_kind == "logits" and not self.generative and (
+                self.tasks is None or data.task not in self.tasks):
+            choices = ", ".join(n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), "generative", False))
+            raise ConfigError(f"Strategy '{self.name}' fits a new head on features; {data.task} trains the source "
+                              f"model's own output layer. Strategies for {data.task}: {choices}, zero-shot.")
         if data.modality not in self.modalities:
             raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.modalities)} data; "
                               f"'{data.name}' is {data.modality}.")
@@ -335,6 +354,7 @@ class Strategy:
         if seed is not None:  # new heads and adapters initialise the same way for the same seed
             torch.manual_seed(seed)
         model = self.prepare(backbone, train)
+        train.task_spec.configure_model(model, train)
         model, history = trainer.fit(self, model, train, val)
         self.on_train_end(model, train)
         return model, history

@@ -6,12 +6,14 @@ registered by name (:data:`transferkit.tasks.TASKS`); the rest of the library as
 it instead of branching on its name:
 
 * targets: :meth:`Task.check_targets` validates and normalises them,
+  :meth:`Task.training_items` gives what the model reads in training (a prompt with its completion),
   :meth:`Task.collate_targets` turns a batch of them into a tensor (with an ignore
   index for per-token targets), :meth:`Task.target_bytes` fingerprints them;
 * model: :attr:`Task.feature_kind` says which backbone features the head reads
   (pooled ``[B, D]`` or a sequence ``[B, T, D]``), :meth:`Task.make_head` builds it
   through the head registry, :meth:`Task.loss` trains it;
-* outputs: :meth:`Task.postprocess` turns a batch of raw outputs into
+* outputs: :meth:`Task.infer` runs the model on one batch at prediction time (a forward pass,
+  or autoregressive decoding), :meth:`Task.postprocess` turns a batch of raw outputs into
   probabilities or values per item, :meth:`Task.concat` joins batches,
   :meth:`Task.decode` gives the predictions ``predict`` returns and
   :meth:`Task.records` what ``serve`` answers;
@@ -98,6 +100,10 @@ class Task:
 
         return build_head(self.head, spec.dim, num_outputs, dropout=dropout, **options)
 
+    def configure_model(self, model: nn.Module, data: Any) -> None:
+        """Settings a new model takes from its training data, before training (none by default; a generative
+        task sets how many tokens to decode from the length of the training completions)."""
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
         raise NotImplementedError
 
@@ -111,6 +117,19 @@ class Task:
         if not parts:
             return np.zeros((0, max(1, num_outputs)), dtype=np.float32)
         return np.concatenate(parts)
+
+    def training_items(self, items: Sequence, targets: np.ndarray) -> Sequence:
+        """The items the backbone reads in a training batch, given their targets (identity by default).
+
+        A generative task returns each prompt joined with its completion (teacher forcing): the model
+        must read the target to learn to produce it, while prediction reads the prompt alone.
+        """
+        return items
+
+    def infer(self, model: nn.Module, inputs: Any) -> Any:
+        """The raw outputs of one preprocessed batch at prediction time: ``model(inputs)`` by default;
+        a generative task decodes autoregressively instead (see :meth:`postprocess` for what follows)."""
+        return model(inputs)
 
     def prepare_items(self, items: Sequence) -> Sequence:
         """Raw items as ``predict`` and ``serve`` receive them -> the items the backbone reads (identity by default;

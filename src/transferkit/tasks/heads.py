@@ -113,3 +113,16 @@ def _rebuild_linear(h: dict) -> nn.Module:
 
 register_head("linear", _build_linear, _describe_linear, _rebuild_linear,
               help="optional dropout and L2 normalisation, then nn.Linear (pooled or per-token features)")
+
+
+class SourceOutput(nn.Identity):
+    """No new head: the backbone's own output layer already scores the task (a causal LM's vocabulary
+    logits, which generative fine-tuning trains through). No parameters, so nothing new in a bundle."""
+
+
+def _build_source_output(in_features: int, out_features: int, *, dropout: float = 0.0) -> nn.Module:
+    return SourceOutput()
+
+
+register_head("source-output", _build_source_output, lambda head: {}, lambda h: SourceOutput(),
+              help="no new layer: the source model's own output (a language model's next-token logits)")
