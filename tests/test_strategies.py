@@ -107,6 +107,8 @@ def _task_data(task: str, images):
 def test_strategy_trains_each_task_it_declares_and_refuses_the_others(name, task, tiny_images, tmp_path, request):
     """Conformance over strategies x tasks: a declared task trains and reloads; an undeclared one is refused."""
     strategy = make_strategy(name)
+    if task == "text-generation":
+        return _check_generation(strategy, request.getfixturevalue("tiny_llama"), tmp_path)
     if task == "token-classification":  # word lists: a text backbone with a fast tokenizer
         data, backbone = _task_data(task, tiny_images), load_backbone(f"hf:{request.getfixturevalue('tiny_bert')}",
                                                                       max_length=16)
@@ -128,6 +130,25 @@ def test_strategy_trains_each_task_it_declares_and_refuses_the_others(name, task
     assert out.shape == ((len(data),) if task == "regression" else (len(data), 2))
     assert np.isfinite(out).all()
     np.testing.assert_allclose(again, out, atol=1e-5)
+
+
+def _check_generation(strategy, tiny_llama, tmp_path) -> None:
+    """Generative strategies train a causal LM through its own output layer; the others refuse, naming the task."""
+    from transferkit.data.adapters_generation import from_pairs
+
+    data = from_pairs(["Colour of the sky?", "Colour of grass?"], ["blue", "green"])
+    backbone = load_backbone(f"causal:{tiny_llama}", max_length=64)  # SmolLM2's template adds a system turn
+    declared = strategy.tasks is not None and "text-generation" in strategy.tasks
+    if not (strategy.generative and strategy.tasks is None) and not declared:
+        with pytest.raises(ConfigError, match="text-generation"):
+            strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
+        return
+    model, _ = strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
+    model.generation = {"max_new_tokens": 3}
+    out = predict_outputs(model, data)
+    assert out.shape == (2,) and all(isinstance(t, str) for t in out)
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": strategy.name}})
+    assert load(tmp_path / "b").predict([{"prompt": "Colour of the sky?"}, "Colour of grass?"]) == list(out)
 
 
 def test_unknown_strategy_suggests_the_close_name():

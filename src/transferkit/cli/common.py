@@ -119,6 +119,21 @@ def parse_options(pairs: list[str] | None, flag: str = "-o") -> dict[str, Any]:
     return out
 
 
+def examples(*lines: str) -> str:
+    """A command's ``epilog``: example shell lines under an "Examples:" heading.
+
+    Each line stays under 78 columns, so ``--help`` in an 80-column terminal
+    never wraps one; a long command continues on the next line after ``\\``.
+    The documentation's command-line reference shows the same lines.
+
+    Example:
+        >>> print(examples("transferkit list backbones"))
+        Examples:
+          transferkit list backbones
+    """
+    return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def parse_list(text: str | None, cast=str) -> list:
     return [cast(x.strip()) for x in (text or "").split(",") if x.strip()]
 

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli.common import console
+from transferkit.cli.common import console, examples
 
 
 def register(app: typer.Typer) -> None:
-    app.command("predict")(predict_command)
+    app.command("predict", epilog=examples(
+        'transferkit predict runs/fmnist boot.png shirt.png --top 3',
+        'transferkit predict runs/pii --json "Mail Ada at ada@example.org."'))(predict_command)
 
 
 def predict_command(
@@ -18,14 +20,25 @@ def predict_command(
     items: list[str] = typer.Argument(..., help="Image file paths (image models) or texts (text models)."),
     top: int = typer.Option(1, help="Show the top K classes with probabilities."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, max=4096,
+                                       help="Text generation: at most this many new tokens (default: the bundle's)."),
+    temperature: float = typer.Option(None, min=0.0, max=10.0,
+                                      help="Text generation: sampling temperature (0: greedy; default: the bundle's)."),
 ) -> None:
     """Predict labels for ITEMS with the bundle at BUNDLE."""
     import numpy as np
 
+    from transferkit.errors import ConfigError
     from transferkit.export.bundle import load
     from transferkit.tasks import get_task
 
     predictor = load(bundle)
+    changes = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("temperature", temperature)) if v is not None}
+    if changes:
+        if predictor.task != "text-generation":
+            raise ConfigError("--max-new-tokens and --temperature apply to text-generation bundles; "
+                              f"{bundle} is {predictor.task}.")
+        predictor.model.generation = {**(predictor.model.generation or {}), **changes}
     labels = predictor.predict(items)
     probs = predictor.outputs(items) if get_task(predictor.task).single_label else None
     for i, item in enumerate(items):

@@ -364,6 +364,47 @@ def load_debian_packages(sections: Sequence[str] | None = None, snapshot: str = 
     return out[0], out[1]
 
 
+SYNOPSIS_PROMPT = ("Write the one-line summary (synopsis) of this Debian package, as its maintainer would: a "
+                   "short noun phrase, no final period.\n\nPackage description:\n{description}")
+
+
+def _first_words(text: str, n: int) -> str:
+    words = text.split()
+    return " ".join(words[:n]) + (" ..." if len(words) > n else "")
+
+
+@_register("debian-synopsis", modality="text", task="text-generation",
+           size="14 sections; full snapshot 7,364 train, shipped subset 2,966 train; 200 test packages (default)",
+           source="Debian bookworm package index: each description and its maintainer-written one-line synopsis",
+           licence="Debian archive metadata; each description under its package's free licence")
+def load_debian_synopsis(snapshot: str = "auto", n_test: int = 200, max_words: int = 60) -> tuple[TaskData, TaskData]:
+    """Summarisation: write a Debian package's one-line synopsis from its long description.
+
+    Prompts ask for the synopsis of the description's first ``max_words`` words (the synopsis is
+    written from the whole; the cut, marked ``...``, keeps prompts short enough for a CPU); completions
+    are the maintainers' synopses. The test packages are those of ``debian-packages``' test split
+    (the same stable hash), the first ``n_test`` of them in hash order, so they never train.
+    """
+    from transferkit.data.adapters_generation import from_pairs
+
+    if isinstance(n_test, bool) or not isinstance(n_test, int) or not 1 <= n_test <= 14 * DEBIAN_TEST_PER_SECTION:
+        raise ConfigError(f"The 'n_test' option of debian-synopsis must be an int in [1, "
+                          f"{14 * DEBIAN_TEST_PER_SECTION}]. Got {n_test!r} instead.")
+    if isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 5:
+        raise ConfigError(f"The 'max_words' option of debian-synopsis must be an int >= 5. Got {max_words!r} instead.")
+    frame, path = _debian_frame(snapshot)
+    frame = frame[frame["section"].isin(DEBIAN_SECTIONS)].reset_index(drop=True)
+    is_test = debian_test_mask(frame)
+    test = frame[is_test].assign(rank=frame["package"].map(debian_test_rank)).sort_values("rank").head(n_test)
+    out = []
+    for split, part in (("train", frame[~is_test]), ("test", test)):
+        prompts = [SYNOPSIS_PROMPT.format(description=_first_words(d, max_words)) for d in part["description"]]
+        data = from_pairs(prompts, [s.strip() for s in part["synopsis"]], name=f"debian-synopsis-{split}",
+                          source=f"Debian bookworm package descriptions and synopses ({path.name})")
+        out.append(data)
+    return out[0], out[1]
+
+
 # ---------------------------------------------------------------- token classification: PII (synthetic), Japanese NER
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from transferkit.data.adapters import (align_labels, check_eval_labels, from_arrays, from_frame, from_hf_dataset,
                                        from_image_folder, from_table)
+from transferkit.data.adapters_generation import is_generation_file, read_generation_file
 from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, is_span_jsonl, read_token_file
 from transferkit.data.builtin import DATASETS, load_dataset
 from transferkit.data.dataset import TaskData
@@ -38,6 +39,11 @@ def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
     # a CoNLL file, or JSONL records of text and entity spans (with another task: a clear refusal)
     if task == "token-classification" or is_conll(path) or (task is None and is_span_jsonl(path)):
         return read_token_file(path, task=task, **columns)
+    # prompt/completion pairs or chats (by their columns, or when told)
+    if task == "text-generation" or (task is None and is_generation_file(path)):
+        label = columns.get("label_column")
+        return read_generation_file(path, prompt_column=columns.get("text_column"),
+                                    completion_column=None if label in (None, "label") else label)
     return from_table(path, task=task or "classification", **columns)
 
 
@@ -113,7 +119,8 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
         text_column: text column of a table or frame.
         label_column: label column of a table or frame.
         feature_columns: numeric columns of a table or frame.
-        task: ``"classification"`` (default), ``"multilabel"``, ``"regression"`` or ``"token-classification"``
+        task: ``"classification"`` (default), ``"multilabel"``, ``"regression"``, ``"text-generation"``
+            (prompt/completion CSV/TSV/JSONL or JSONL chats, also detected by their columns) or ``"token-classification"``
             (CoNLL ``.conll``/``.iob``/``.bio``/``.txt`` or JSONL-span files, HF datasets with
             ``tokens``/``ner_tags`` columns; a ``.conll``/``.iob``/``.bio`` file is always token data).
         sensitive_column: a sensitive attribute (group) column, kept out of the

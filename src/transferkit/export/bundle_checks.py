@@ -96,6 +96,15 @@ def check_manifest(path: Path, manifest) -> dict:
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise _field(mf, "label_names", labels, "a list of strings or null")
     _check_adapter(mf, manifest.get("adapter"))
+    generation = manifest.get("generation")
+    if generation is not None:
+        from transferkit.errors import ConfigError
+        from transferkit.tasks.generation import check_generation
+
+        try:
+            check_generation(generation if isinstance(generation, dict) else {"?": generation})
+        except ConfigError as exc:
+            raise _field(mf, "generation", generation, f"decoding settings ({exc})") from None
     if not isinstance(manifest.get("preprocess", {}), dict):
         raise _field(mf, "preprocess", manifest.get("preprocess"), "an object")
     _check_files_entry(mf, manifest, version)

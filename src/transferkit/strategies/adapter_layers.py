@@ -25,10 +25,12 @@ def _plain(module: nn.Module) -> bool:
 
 def adaptable_modules(backbone: Backbone) -> dict[str, nn.Module]:
     """Name -> module of every layer an adapter can target: plain linear layers and convolutions,
-    outside the source head and the unused pooler of BERT-style encoders."""
+    outside the source head, the unused pooler of BERT-style encoders and a language model's output layer
+    (the head of generative tasks: kept as pre-trained, and tied to the input embeddings in most models)."""
     out = {}
+    output_layer = getattr(backbone, "lm_head", None)
     for name, module in backbone.named_modules():
-        if not name or name.startswith("source_head") or ".pooler." in f".{name}.":
+        if not name or name.startswith("source_head") or ".pooler." in f".{name}." or module is output_layer:
             continue
         if _plain(module):
             out[name] = module
@@ -67,9 +69,11 @@ def _examples(modules: dict[str, nn.Module], k: int = 6) -> str:
     return ", ".join(picks) + (f" ... ({len(names)} in all)" if len(names) > k else "") if names else "none"
 
 
-_ATTENTION_OUT = ("attention.output.dense", "attn.proj", "attention.out_lin", "attention.out_proj")
-_FFN_OUT = ("output.dense", "mlp.fc2", "ffn.lin2", "fc2")
-_IA3_KEYS_VALUES = ("attention.self.key", "attention.self.value", "attn.qkv", "attention.k_lin", "attention.v_lin")
+# Module-name suffixes per architecture family: BERT, timm ViT, DistilBERT, CLIP; Llama-style decoders last.
+_ATTENTION_OUT = ("attention.output.dense", "attn.proj", "attention.out_lin", "attention.out_proj", "self_attn.o_proj")
+_FFN_OUT = ("output.dense", "mlp.fc2", "ffn.lin2", "fc2", "mlp.down_proj")
+_IA3_KEYS_VALUES = ("attention.self.key", "attention.self.value", "attn.qkv", "attention.k_lin", "attention.v_lin",
+                    "self_attn.k_proj", "self_attn.v_proj")
 
 
 def is_ffn_output(name: str) -> bool:

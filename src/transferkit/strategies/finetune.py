@@ -115,6 +115,7 @@ class Finetune(Strategy):
     name = "finetune"
     Config = FinetuneConfig
     defaults = TrainDefaults(epochs=20, lr=1e-4, head_lr=1e-3)
+    generative = True  # trains through a language model's own output layer too (text-generation)
     #: Regularizers a subclass accepts (``None``: every registered one); PEFT methods narrow it.
     allowed_regularizers: ClassVar[tuple[str, ...] | None] = None
     #: Trains the pre-trained backbone, so ``fit`` measures ``source_agreement`` where there is a source head.
@@ -262,6 +263,8 @@ class GradualUnfreeze(Finetune):
         c = self.config
         groups = model.backbone.layer_groups()
         n_open = 0 if epoch < c.head_epochs else 1 + (epoch - c.head_epochs) // c.unfreeze_every
+        if not any(True for _ in model.head.parameters()):
+            n_open = max(n_open, 1)  # no new head (a language model's own output): the top group trains first
         open_ids = {id(p) for g in groups[len(groups) - n_open:] for p in g} if n_open else set()
         for p in model.backbone.parameters():
             if id(p) in self._allowed:

@@ -208,6 +208,7 @@ class PromptConfig(PeftConfig):
 class _PromptLearning(ParameterEfficient):
     modalities = ("text",)
     mergeable = False
+    generative = False  # wraps an encoder through PEFT's feature-extraction model, which does not generate
     peft_type: ClassVar[str] = ""
 
     def peft_config(self):

@@ -158,7 +158,7 @@ class ZeroShot(Strategy):
     ``modalities`` lists text; image data is accepted with a backbone that has a text tower (``clip:``).
     """
 
-    tasks = ("classification",)
+    tasks = ("classification", "text-generation")
     learns_from_labels = False
 
     name = "zero-shot"
@@ -184,8 +184,14 @@ class ZeroShot(Strategy):
 
     def fit(self, backbone: Backbone, train: TaskData, val: TaskData | None,
             trainer) -> tuple[TransferModel, list[dict]]:
-        """Build the head from the label texts; ``train`` only supplies the label names."""
+        """Build the head from the label texts; ``train`` only supplies the label names.
+
+        For ``text-generation`` the pre-trained language model prompted as it is (its own output layer,
+        nothing trained): the no-training baseline of generative fine-tuning.
+        """
         self.check_data(backbone, train)
+        if train.task == "text-generation":
+            return self._prompted(backbone, train)
         texts = label_texts(train.label_names, self.config)
         for p in backbone.parameters():
             p.requires_grad_(False)
@@ -197,6 +203,15 @@ class ZeroShot(Strategy):
                 f"{len(texts)} label names")
         return model, [{"epoch": 1, "trained": False, "note": note, "scale": self._scale(backbone),
                         "label_texts": dict(zip(train.label_names, texts))}]
+
+    def _prompted(self, backbone: Backbone, train: TaskData) -> tuple[TransferModel, list[dict]]:
+        backbone.requires_grad_(False)
+        task = train.task_spec
+        head = task.make_head(backbone.feature_spec(task.feature_kind), 1)
+        model = TransferModel(backbone, head, train.task, None).eval()
+        task.configure_model(model, train)
+        note = f"zero-shot: no training; the {len(train)} training examples were not used (the model is prompted)"
+        return model, [{"epoch": 1, "trained": False, "note": note}]
 
     def _scale(self, backbone: Backbone) -> float:
         if self.config.scale is not None:
@@ -232,6 +247,8 @@ class ZeroShot(Strategy):
 
     def predict(self, model: TransferModel, data: TaskData) -> np.ndarray:
         """Cached features for embedding backbones; NLI runs ``H`` pairs per item, so smaller batches."""
+        if model.task == "text-generation":
+            return predict_outputs(model, data, batch_size=self.config.batch_size)
         if is_nli(model.backbone):
             per_batch = max(1, self.config.batch_size // max(1, model.backbone.num_features))
             return predict_outputs(model, data, batch_size=per_batch)

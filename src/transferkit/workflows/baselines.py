@@ -19,9 +19,19 @@ _VERDICT_SENTENCES = {"positive transfer": "Transfer helped.",
 
 
 def default_baselines(modality: str, task: str | None = None) -> list[str]:
-    """The no-transfer baselines a practitioner would train for this modality (and task: a CRF for per-word tags)."""
+    """The no-transfer baselines a practitioner would train for this modality (and task: a CRF for per-word tags).
+
+    Example:
+        >>> from transferkit.api import default_baselines
+        >>> default_baselines("image")
+        ['small-cnn', 'same-arch']
+        >>> default_baselines("text", "token-classification")
+        ['crf']
+    """
     if task is not None and get_task(task).target_kind == "per-token":
         return ["crf"]
+    if task is not None and get_task(task).target_kind == "text":
+        return []  # no model trained from scratch writes text from a few hundred pairs: compare with zero-shot
     return {"image": ["small-cnn", "same-arch"], "text": ["tfidf"]}.get(modality, [])
 
 
@@ -40,6 +50,13 @@ def check_transfer_against_scratch(run: Run, strategy: Strategy, train: TaskData
         The manifest's ``verdict``: ``verdict``, ``explanation``, ``baseline``,
         ``metric``, ``transfer``, ``baseline_value``, ``gain``, ``gain_low``,
         ``gain_high``, ``interval``, ``baseline_seconds``.
+
+    Example:
+        >>> import transferkit as tk                                                 # doctest: +SKIP
+        >>> r = tk.fit("efficientnet-lite:0", "fashion-mnist", "linear-probe", labels_per_class=10,
+        ...            image_size=64, check_transfer=True)   # calls this       # doctest: +SKIP
+        >>> r.manifest["verdict"]["verdict"]                                        # doctest: +SKIP
+        'no clear gain'
     """
     from transferkit.evaluation import bootstrap_difference, bootstrap_statistic_difference, judge
 
@@ -48,7 +65,10 @@ def check_transfer_against_scratch(run: Run, strategy: Strategy, train: TaskData
     names = default_baselines(train.modality, train.task) if baselines == "auto" else list(baselines or [])
     names = names[:1] if baselines == "auto" else names
     if scored is None or run.outputs is None or not names:
-        why = "no labelled split to evaluate on" if scored is None else f"no scratch baseline for {train.modality} data"
+        why = ("no labelled split to evaluate on" if scored is None else
+               f"no scratch baseline for {train.task} (compare with the model prompted as it is: transferkit "
+               f"compare --strategies zero-shot,{strategy.name})" if train.task_spec.target_kind == "text" else
+               f"no scratch baseline for {train.modality} data")
         return {"verdict": "no baseline", "explanation": f"Transfer was not checked: {why}."}
     variant, base = _best_baseline(names, train, val, test, config, metric)
     task = get_task(train.task)

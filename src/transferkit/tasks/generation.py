@@ -1,0 +1,202 @@
+"""``text-generation``: a causal language model continues a prompt; trained on prompt/completion pairs.
+
+After TRL's ``SFTTrainer``: no new head (the model's own output layer scores the
+next token: the ``source-output`` head on ``logits`` features), and the task is the
+label masking: a training item is the prompt followed by its completion, and the
+loss reads only the completion's tokens (-100 elsewhere; the backbone's
+preprocessing builds the ``labels``, see
+:class:`~transferkit.backbones.causal_lm.CausalPreprocess`). Prediction decodes
+autoregressively (:meth:`TextGeneration.infer`): greedy by default, settings in the
+model's ``generation`` dict (``max_new_tokens``, ``temperature``, ``stop``).
+
+Items are prompts: a string, or a dict with ``prompt`` or chat ``messages``
+(``[{"role": "user", "content": ...}, ...]``, read through the tokenizer's chat
+template); targets are the completions (strings).
+
+Metrics, with the field's libraries: ROUGE-L F-measure (``rouge-score``, Porter
+stemming; the primary metric), chrF (``sacrebleu``, on the 0-1 scale here) and
+exact match (after trimming and lower-casing: classification posed as generation).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transferkit.errors import ConfigError, DataError
+from transferkit.tasks.base import IGNORE_INDEX, Task
+
+#: Decoding settings used where a model has none of its own.
+DEFAULT_GENERATION = {"max_new_tokens": 64, "temperature": 0.0, "stop": []}
+
+
+def check_generation(settings: dict, where: str = "generation") -> dict:
+    """Validated decoding settings (unknown keys and bad values are refused by name)."""
+    unknown = sorted(set(settings) - set(DEFAULT_GENERATION))
+    if unknown:
+        raise ConfigError(f"Unknown {where} setting(s) {', '.join(map(repr, unknown))}. "
+                          f"Valid: {', '.join(DEFAULT_GENERATION)}.")
+    out = {**DEFAULT_GENERATION, **settings}
+    n, temperature, stop = out["max_new_tokens"], out["temperature"], out["stop"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 4096:
+        raise ConfigError(f"The 'max_new_tokens' {where} setting must be an int in [1, 4096]. Got {n!r} instead.")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 10:
+        raise ConfigError(f"The 'temperature' {where} setting must be a number in [0, 10] (0: greedy). "
+                          f"Got {temperature!r} instead.")
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+        raise ConfigError(f"The 'stop' {where} setting must be a list of non-empty strings. Got {stop!r} instead.")
+    return {"max_new_tokens": n, "temperature": float(temperature), "stop": list(stop)}
+
+
+def _check_item(item: Any, where: str) -> dict:
+    if isinstance(item, str):
+        if not item.strip():
+            raise DataError(f"{where}: empty prompt.")
+        return {"prompt": item}
+    if isinstance(item, dict) and (isinstance(item.get("prompt"), str) or "messages" in item):
+        if isinstance(item.get("prompt"), str) and not item["prompt"].strip():
+            raise DataError(f"{where}: empty prompt.")
+        return {k: item[k] for k in ("prompt", "messages") if k in item}
+    raise DataError(f"{where}: a prompt must be a string or a dict with 'prompt' or 'messages'; "
+                    f"got {type(item).__name__} {item!r:.80}.")
+
+
+class TextGeneration(Task):
+    """Continue a prompt (summaries, answers, rewrites): completion-only loss, ROUGE-L / chrF / exact match."""
+
+    name = "text-generation"
+    primary_metric = "rougeL"
+    feature_kind = "logits"
+    head = "source-output"
+    has_labels = False
+    target_kind = "text"
+    pipeline_tags = {"text": "text-generation"}
+    metric_names = ("rougeL", "chrf", "exact_match")
+
+    # -- targets ---------------------------------------------------------------
+    def num_outputs(self, label_names: Sequence[str] | None) -> int:
+        return 0
+
+    def check_targets(self, targets: Any, label_names: Sequence[str] | None, where: str) -> np.ndarray:
+        out = np.empty(len(targets), dtype=object)
+        for i, t in enumerate(targets):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(f"{where}: row {i + 1} has an empty or non-text completion ({t!r:.60}); every "
+                                f"prompt needs the text the model should learn to write.")
+            out[i] = t
+        return out
+
+    def target_bytes(self, targets: np.ndarray) -> bytes:
+        return b"\x00".join(str(t).encode("utf-8", "surrogatepass") for t in targets)
+
+    def training_items(self, items: Sequence, targets: np.ndarray) -> list[dict]:
+        """Each prompt with its completion: the model reads both (teacher forcing), the loss the completion."""
+        return [{**_check_item(it, f"item {i}"), "completion": str(t)}
+                for i, (it, t) in enumerate(zip(items, targets))]
+
+    def collate_targets(self, targets: np.ndarray, inputs: Any) -> torch.Tensor:
+        if not isinstance(inputs, dict) or "labels" not in inputs:
+            raise DataError("text-generation trains through a causal: backbone, whose preprocessing joins each "
+                            "prompt with its completion; this batch has no completion labels.")
+        return inputs["labels"]
+
+    # -- model -----------------------------------------------------------------
+    def configure_model(self, model: nn.Module, data: Any) -> None:
+        """Decode up to 1.25 times the longest training completion (at least 8, at most 256 tokens), greedily:
+        longer generations only add text the references do not have (and time)."""
+        tokenizer = getattr(model.backbone, "tokenizer", None)
+        if tokenizer is None or data.targets is None or not len(data.targets):
+            return
+        sample = [str(t) for t in list(data.targets)[:2000]]
+        longest = max(len(ids) for ids in tokenizer(sample, add_special_tokens=False)["input_ids"])
+        model.generation = check_generation({"max_new_tokens": int(min(256, max(8, round(1.25 * longest) + 1)))})
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Next-token cross-entropy on the completion: position t's logits score token t + 1."""
+        logits, labels = outputs[:, :-1], targets[:, 1:]
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten().long(), ignore_index=IGNORE_INDEX,
+                               label_smoothing=label_smoothing)
+
+    def infer(self, model: nn.Module, inputs: Any) -> np.ndarray:
+        """Generated text per prompt (the backbone's ``generate``, with the model's ``generation`` settings)."""
+        backbone = getattr(model, "backbone", None)
+        if not hasattr(backbone, "generate"):
+            raise ConfigError(f"text-generation needs a causal language model (causal:smollm2, causal:PATH); "
+                              f"'{getattr(backbone, 'spec', backbone)}' does not generate.")
+        settings = check_generation(getattr(model, "generation", None) or {})
+        out = np.empty(len(inputs["input_ids"]), dtype=object)
+        out[:] = backbone.generate(inputs, **settings)
+        return out
+
+    # -- outputs ---------------------------------------------------------------
+    def postprocess(self, outputs: Any, inputs: Any = None) -> np.ndarray:
+        if isinstance(outputs, torch.Tensor):
+            raise DataError("text-generation outputs are generated text: predict through the task's infer "
+                            "(transferkit.predict_outputs), not the model's logits.")
+        return np.asarray(outputs, dtype=object)
+
+    def concat(self, parts: list[np.ndarray], num_outputs: int) -> np.ndarray:
+        out = np.empty(sum(len(p) for p in parts), dtype=object)
+        out[:] = [t for part in parts for t in part]
+        return out
+
+    def prepare_items(self, items: Sequence) -> list[dict]:
+        """Strings become ``{"prompt": ...}``; dicts with ``prompt`` or ``messages`` pass through."""
+        return [_check_item(it, f"item {i}") for i, it in enumerate(items)]
+
+    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None) -> list:
+        return [str(t) for t in outputs]
+
+    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None,
+                items: Sequence | None = None) -> list[dict]:
+        return [{"text": str(t)} for t in outputs]
+
+    # -- evaluation ------------------------------------------------------------
+    @staticmethod
+    def rouge_l(y_true: Sequence[str], outputs: Sequence[str]) -> np.ndarray:
+        """ROUGE-L F-measure per item (``rouge-score``, Porter stemmer)."""
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        return np.asarray([scorer.score(str(t), str(p))["rougeL"].fmeasure for t, p in zip(y_true, outputs)],
+                          dtype=np.float64)
+
+    def metrics(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> dict:
+        import sacrebleu
+
+        true, pred = [str(t) for t in y_true], [str(p) for p in outputs]
+        if len(true) != len(pred):
+            raise DataError(f"{len(true)} reference completions but {len(pred)} generated texts.")
+        if not true:
+            return {"rougeL": 0.0, "chrf": 0.0, "exact_match": 0.0, "mean_words": 0.0}
+        return {"rougeL": float(self.rouge_l(true, pred).mean()),
+                "chrf": float(sacrebleu.corpus_chrf(pred, [true]).score) / 100.0,
+                "exact_match": float(np.mean([t.strip().lower() == p.strip().lower() for t, p in zip(true, pred)])),
+                "mean_words": float(np.mean([len(p.split()) for p in pred]))}
+
+    def item_counts(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> np.ndarray:
+        """Per item: its ROUGE-L and a 1, so resampled column sums give the mean ROUGE-L."""
+        scores = self.rouge_l([str(t) for t in y_true], [str(p) for p in outputs])
+        return np.stack([scores, np.ones_like(scores)], axis=1)
+
+    def metric_from_counts(self, totals: np.ndarray) -> float:
+        return float(totals[0] / totals[1]) if totals[1] else 0.0
+
+    def report_examples(self, items: Sequence, y_true: Any, outputs: Any, label_names: Sequence[str] | None,
+                        k: int = 5) -> tuple[list[str], list[list[str]]]:
+        """The first ``k`` prompts (shortened) with their reference and generated completions."""
+        def short(text: str, n: int = 160) -> str:
+            text = " ".join(str(text).split())
+            return text if len(text) <= n else text[:n - 1] + "…"
+
+        rows = []
+        for item, t, p in list(zip(items, y_true, outputs))[:k]:
+            prompt = item.get("prompt") or str(item.get("messages")) if isinstance(item, dict) else item
+            rows.append([short(prompt), short(t), short(p)])
+        return ["prompt", "reference", "generated"], rows
