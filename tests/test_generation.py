@@ -112,6 +112,24 @@ def test_lora_learns_the_completions_and_its_bundle_generates_the_same(causal, t
     predictor = tk.load(path)
     assert predictor.predict(PROMPTS) == ANSWERS
     assert predictor.predict([{"prompt": PROMPTS[0]}]) == ANSWERS[:1]
+    from fastapi.testclient import TestClient
+
+    from transferkit.export.serve import create_app
+
+    with TestClient(create_app(predictor)) as client:
+        response = client.post("/predict", json={"inputs": PROMPTS})
+        assert response.status_code == 200, response.text
+        assert [p["text"] for p in response.json()["predictions"]] == ANSWERS
+    # merged into a plain Hugging Face folder, the field's own loader generates the same answers
+    from transformers import AutoModelForCausalLM
+
+    folder = tk.merge_bundle(path, tmp_path / "hf", hf=True)
+    assert not (folder / "manifest.json").exists()
+    lm = AutoModelForCausalLM.from_pretrained(folder).eval()
+    batch = model.backbone.preprocess(TASK.prepare_items(PROMPTS))
+    new = lm.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=model.backbone.tokenizer.pad_token_id)
+    texts = model.backbone.tokenizer.batch_decode(new[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert [t.strip() for t in texts] == ANSWERS
 
 
 def test_full_finetune_bundle_stores_tied_weights_once(causal, tmp_path):

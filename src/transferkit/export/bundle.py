@@ -83,6 +83,7 @@ def save_bundle(model: TransferModel, out: str | Path, manifest: dict, *, overwr
                     "backbone": model.backbone.architecture(),
                     "head": describe_head(model.head),
                     "task": manifest.get("task", model.task), "label_names": model.label_names,
+                    "modality": manifest.get("modality", model.backbone.modality),
                     "preprocess": model.backbone.preprocess.config(), "versions": library_versions()}
         if getattr(model, "generation", None):
             manifest["generation"] = model.generation

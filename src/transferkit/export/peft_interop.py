@@ -20,12 +20,21 @@ ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetens
 HEAD_FILE, LABELS_FILE = "head.safetensors", "labels.json"
 
 
-def merge_bundle(bundle: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+def merge_bundle(bundle: str | Path, out: str | Path, *, overwrite: bool = False, hf: bool = False) -> Path:
     """Write a copy of an adapter ``bundle`` at ``out`` with the adapter folded into the base weights.
 
     The result is a plain bundle (full weights, no adapter entry in the
     manifest) that exports to ONNX and serves like any fine-tuned model, with
-    the same outputs up to float rounding.
+    the same outputs up to float rounding. With ``hf=True`` (a language model
+    trained for ``text-generation``), ``out`` is instead a plain Hugging Face
+    folder (config, safetensors weights, tokenizer, generation config) that
+    ``AutoModelForCausalLM.from_pretrained(out)`` loads, for the field's own
+    serving stacks.
+
+    Example:
+        >>> import transferkit as tk
+        >>> tk.merge_bundle("runs/debian-lora", "runs/debian-merged")   # doctest: +SKIP
+        PosixPath('runs/debian-merged')
     """
     from transferkit.strategies.parameter_efficient import merge_adapter
 
@@ -39,6 +48,8 @@ def merge_bundle(bundle: str | Path, out: str | Path, *, overwrite: bool = False
         raise ConfigError(f"{bundle} holds no adapter{done}; merge applies to bundles of lora, ia3 and conv "
                           f"adapters (strategy here: {manifest.get('strategy', {}).get('name')!r}).")
     model = merge_adapter(rebuild_model(bundle, manifest))
+    if hf:
+        return _write_hf_folder(model, out, overwrite)
     keep = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "backbone", "head",
                                                             "preprocess", "versions", "adapter")}
     keep["merged_from"] = {"bundle": str(bundle), "adapter": manifest["adapter"]}
@@ -51,6 +62,18 @@ def merge_bundle(bundle: str | Path, out: str | Path, *, overwrite: bool = False
             shutil.copytree(bundle / "plots", tmp / "plots")
 
     return save_bundle(model, out, keep, overwrite=overwrite, extra=copy_report)
+
+
+def _write_hf_folder(model, out: Path, overwrite: bool) -> Path:
+    """The merged language model as a Hugging Face folder (what ``save_pretrained`` writes), atomically."""
+    inner = getattr(model.backbone, "model", None)
+    if model.task != "text-generation" or not hasattr(inner, "save_pretrained"):
+        raise ConfigError(f"--hf writes a language model's Hugging Face folder; this bundle is {model.task} on "
+                          f"'{model.backbone.spec}'. Merge it into a transferkit bundle instead (without --hf).")
+    with atomic_dir(out, overwrite) as tmp:
+        inner.save_pretrained(str(tmp))
+        model.backbone.tokenizer.save_pretrained(str(tmp))
+    return Path(out)
 
 
 def _base_name(spec: str) -> str:

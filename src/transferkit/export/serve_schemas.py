@@ -123,9 +123,12 @@ def schemas():
         entities: list[Entity] = Field(description="Entities found, in order (token classification).")
         tags: list[str] = Field(description="The tag of every word of the item (split on words and punctuation).")
 
+    class GenerationPrediction(BaseModel):
+        text: str = Field(description="The generated continuation of the prompt (text generation).")
+
     class PredictResponse(BaseModel):
-        predictions: list[ClassPrediction | MultilabelPrediction | RegressionPrediction | TokenPrediction] = Field(
-            description="One per input item, in order.")
+        predictions: list[ClassPrediction | MultilabelPrediction | RegressionPrediction | TokenPrediction
+                          | GenerationPrediction] = Field(description="One per input item, in order.")
 
     class Health(BaseModel):
         status: Literal["ok"] = "ok"
