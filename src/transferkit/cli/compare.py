@@ -6,11 +6,14 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import CONFIG_OPTION, console, parse_list, parse_options
+from transferkit.cli.common import CONFIG_OPTION, console, examples, parse_list, parse_options
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compare")(compare_command)
+    app.command("compare", epilog=examples(
+        'transferkit compare --backbone sentence:all-MiniLM-L6-v2 \\',
+        '    --data debian-packages --strategies linear-probe \\',
+        '    --labels-per-class 8,32 --seeds 3 --out runs/debian-compare'))(compare_command)
 
 
 def compare_command(
@@ -34,10 +37,10 @@ def compare_command(
     text_column: Optional[str] = typer.Option(None, help="Table files: the text column."),
     label_column: str = typer.Option("label", help="Table files: the label column."),
     out: Optional[Path] = typer.Option(None, help="Write report.md/html, runs.csv and summary.csv here."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out directory; start over when OUT.runs holds "
-                                               "the finished runs of an interrupted compare."),
-    resume: bool = typer.Option(False, help="Go on from an interrupted compare: the runs recorded in OUT.runs are not "
-                                            "trained again (same command and settings)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory; start over when OUT.runs holds "
+                                                              "the finished runs of an interrupted compare."),
+    resume: bool = typer.Option(False, "--resume", help="Go on from an interrupted compare: the runs recorded in OUT.runs are not "
+                                                        "trained again (same command and settings)."),
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Compare STRATEGIES against from-scratch baselines over SEEDS; print mean ± 95% CI and verdicts."""

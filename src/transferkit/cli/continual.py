@@ -7,11 +7,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import CONFIG_OPTION, console, parse_list, parse_options
+from transferkit.cli.common import CONFIG_OPTION, console, examples, parse_list, parse_options
 
 
 def register(app: typer.Typer) -> None:
-    app.command("continual")(continual_command)
+    app.command("continual", epilog=examples(
+        'transferkit continual --split 2 --learners naive,ewc,replay \\',
+        '    -o buffer_size=200 --out runs/split'))(continual_command)
 
 
 def continual_command(
@@ -33,7 +35,7 @@ def continual_command(
     batch_size: int = typer.Option(32, help="Batch size."),
     image_size: Optional[int] = typer.Option(None, help="Backbone input size in pixels."),
     out: Optional[Path] = typer.Option(None, help="Write continual.json, report.md and accuracy_matrices.png here."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Train each learner on the experiences in order and report the accuracy matrix, average accuracy,

@@ -20,7 +20,7 @@ from typing import Optional
 import pandas as pd
 import typer
 
-from transferkit.cli.common import console
+from transferkit.cli.common import console, examples
 
 TEXT = dict(backbone="sentence:all-MiniLM-L6-v2", data="debian-packages", strategies=["linear-probe"],
             labels_per_class=[8, 32, 200], baselines=["tfidf"], max_length=128, strict_labels=False,
@@ -30,7 +30,8 @@ IMAGE = dict(backbone="efficientnet-lite:0", strategies=["linear-probe", "finetu
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo_command)
+    app.command("demo", epilog=examples(
+        'transferkit demo --quick --out demo-output'))(demo_command)
 
 
 def image_dataset() -> tuple[str, str]:
@@ -84,7 +85,7 @@ def _recipe_notes(quick: bool) -> list[str]:
 def demo_command(
     out: Optional[Path] = typer.Option(None, help="Report directory (default: transferkit-demo/<timestamp>)."),
     seeds: int = typer.Option(3, help="Seeds per strategy."),
-    quick: bool = typer.Option(False, help="A fast smoke run: fewer label budgets, epochs and test items."),
+    quick: bool = typer.Option(False, "--quick", help="A fast smoke run: fewer label budgets, epochs and test items."),
 ) -> None:
     """Run the built-in demo: MiniLM on Debian package topics, EfficientNet-Lite0 on Fashion-MNIST."""
     from transferkit.cli.tables import compare_table

@@ -6,11 +6,14 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import console
+from transferkit.cli.common import console, examples
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_command)
+    app.command("evaluate", epilog=examples(
+        'transferkit evaluate runs/fmnist --data fashion-mnist',
+        'transferkit evaluate runs/penguins-fair --data penguins \\',
+        '    --label-column sex --sensitive-column island'))(evaluate_command)
 
 
 def evaluate_command(

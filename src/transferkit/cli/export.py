@@ -6,11 +6,14 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import console
+from transferkit.cli.common import console, examples
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(export_command)
+    app.command("export", epilog=examples(
+        'transferkit export runs/fmnist --format onnx --quantize \\',
+        '    --out runs/fmnist-onnx',
+        'transferkit export runs/lora --format peft --out runs/lora-peft'))(export_command)
 
 
 def export_command(
@@ -18,8 +21,8 @@ def export_command(
     out: Path = typer.Option(..., help="Directory to write (refused if it exists, unless --overwrite)."),
     format: str = typer.Option("onnx", "--format", help="onnx (for onnxruntime), torchscript, or peft (an adapter "
                                                         "bundle's adapter in Hugging Face PEFT's format)."),
-    quantize: bool = typer.Option(False, help="ONNX: also write model.int8.onnx (dynamic int8 quantisation)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing directory at --out."),
+    quantize: bool = typer.Option(False, "--quantize", help="ONNX: also write model.int8.onnx (dynamic int8 quantisation)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory at --out."),
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's own; below 18 uses the "
                                                    "TorchScript-based exporter)."),
     eval_data: Optional[str] = typer.Option(None, help="With --quantize: labelled data (a built-in name uses its test "

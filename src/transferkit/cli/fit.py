@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import CONFIG_OPTION, console, parse_options
+from transferkit.cli.common import CONFIG_OPTION, console, examples, parse_options
 from transferkit.errors import ConfigError
 from transferkit.workflows.options import DataOptions, DomainOptions, FairnessOptions, PretrainOptions, field_help
 
@@ -34,7 +34,13 @@ def train_option(default, help: str):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("fit")(fit_command)
+    app.command("fit", epilog=examples(
+        'transferkit fit --backbone efficientnet-lite:0 --data fashion-mnist \\',
+        '    --strategy finetune --labels-per-class 10 --image-size 64 \\',
+        '    --check-transfer --out runs/fmnist',
+        'transferkit fit --backbone sentence:all-MiniLM-L6-v2 \\',
+        '    --data debian-packages --strategy lora -o rank=8 --out runs/lora',
+        'transferkit fit --config recipe.yaml --out runs/x'))(fit_command)
 
 
 def fit_command(
@@ -88,12 +94,12 @@ def fit_command(
     # fit's own
     drop_path: Optional[float] = typer.Option(None, help="Stochastic-depth rate in training (timm: and "
                                                          "efficientnet-lite: backbones), e.g. 0.1."),
-    overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out; start over when "
-                                               "OUT.checkpoint holds an interrupted run."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint in OUT.checkpoint "
-                                            "(same command and settings; --epochs may change)."),
-    check_transfer: bool = typer.Option(False, help="Also train the from-scratch baseline on the same data and "
-                                                    "record whether transfer helped (verdict in manifest and report)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out; start over when "
+                                                              "OUT.checkpoint holds an interrupted run."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint in OUT.checkpoint "
+                                                        "(same command and settings; --epochs may change)."),
+    check_transfer: bool = typer.Option(False, "--check-transfer", help="Also train the from-scratch baseline on the same data and "
+                                                                        "record whether transfer helped (verdict in manifest and report)."),
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Adapt BACKBONE to DATA with STRATEGY; save a bundle (weights, manifest, report) to OUT."""

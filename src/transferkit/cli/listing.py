@@ -6,7 +6,7 @@ from enum import Enum
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import console
+from transferkit.cli.common import console, examples
 
 
 class What(str, Enum):
@@ -18,7 +18,9 @@ class What(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("list")(list_command)
+    app.command("list", epilog=examples(
+        'transferkit list strategies',
+        'transferkit list backbones'))(list_command)
 
 
 def list_command(what: What = typer.Argument(What.strategies,

@@ -6,11 +6,14 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import CONFIG_OPTION, console, parse_options
+from transferkit.cli.common import CONFIG_OPTION, console, examples, parse_options
 
 
 def register(app: typer.Typer) -> None:
-    app.command("lr-find")(lr_find_command)
+    app.command("lr-find", epilog=examples(
+        'transferkit lr-find --backbone efficientnet-lite:0 --data digits \\',
+        '    --labels-per-class 10 --image-size 32 --strategy finetune \\',
+        '    --out lr_find.png'))(lr_find_command)
 
 
 def lr_find_command(

@@ -18,6 +18,23 @@ for module in (fit, lr_find, evaluate, predict, compare, rank, shift, multitask,
     module.register(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from transferkit import __version__
+
+        typer.echo(f"transferkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    # The global options; the group's help is the one given to typer.Typer above.
+    pass
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:  # the CLI shows its own progress; transformers' per-load weight bars are noise here

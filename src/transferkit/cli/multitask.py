@@ -7,11 +7,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import CONFIG_OPTION, console, parse_list, parse_options
+from transferkit.cli.common import CONFIG_OPTION, console, examples, parse_list, parse_options
 
 
 def register(app: typer.Typer) -> None:
-    app.command("multitask")(multitask_command)
+    app.command("multitask", epilog=examples(
+        'transferkit multitask --data penguins --backbone mlp:64x64 \\',
+        '    --weighting pcgrad --seeds 3 --out runs/penguins-mt'))(multitask_command)
 
 
 def multitask_command(
@@ -38,7 +40,7 @@ def multitask_command(
     single: bool = typer.Option(True, help="Also train each task alone with the same budget, to compare."),
     image_size: Optional[int] = typer.Option(None, help="Image backbones: input size in pixels."),
     out: Optional[Path] = typer.Option(None, help="Write multitask.json, report.md and bundles/TASK here."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Train one model on every task (hard or soft sharing, fixed / uncertainty / PCGrad / GradNorm weighting)

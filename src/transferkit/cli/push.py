@@ -5,19 +5,20 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli.common import console
+from transferkit.cli.common import console, examples
 
 
 def register(app: typer.Typer) -> None:
-    app.command("push")(push_command)
+    app.command("push", epilog=examples(
+        'transferkit push runs/fmnist my-org/fmnist-lite0 --private'))(push_command)
 
 
 def push_command(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `transferkit fit`."),
     repo: str = typer.Argument(..., help="Hub model repo (ORG/NAME or hf:ORG/NAME), or a local folder "
                                          "(a path starting with /, ./, ../, ~ or file:)."),
-    private: bool = typer.Option(False, help="Create the Hub repo as private."),
-    overwrite: bool = typer.Option(False, help="Local folder only: replace an existing non-empty folder."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo as private."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Local folder only: replace an existing non-empty folder."),
     message: str | None = typer.Option(None, "--message", "-m", help="Hub commit message."),
 ) -> None:
     """Push BUNDLE to REPO with a README.md model card (Hub front matter + report.md).

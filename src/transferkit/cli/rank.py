@@ -8,11 +8,14 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import CONFIG_OPTION, console, parse_list
+from transferkit.cli.common import CONFIG_OPTION, console, examples, parse_list
 
 
 def register(app: typer.Typer) -> None:
-    app.command("rank")(rank_command)
+    app.command("rank", epilog=examples(
+        'transferkit rank --data fashion-mnist --labels-per-class 10 \\',
+        '    --candidates efficientnet-lite:0,efficientnet-lite:0@block5 \\',
+        '    --image-size 64 --out runs/rank'))(rank_command)
 
 
 def rank_command(
@@ -20,14 +23,18 @@ def rank_command(
                                              "layer (efficientnet-lite:0@block5)."),
     data: str = typer.Option(..., help="Built-in data set name, image folder, or CSV/TSV/JSONL file (labelled)."),
     scores: Optional[str] = typer.Option(None, help="Comma-separated scores (transferkit list scores); "
-                                                    "default: all."),
+                                                    "default: all.", rich_help_panel="Scoring"),
     primary: Optional[str] = typer.Option(None, help="The score that sorts the table and picks the backbone "
-                                                     "(default: the first of --scores, or the library default)."),
+                                                     "(default: the first of --scores, or the library default).",
+                                         rich_help_panel="Scoring"),
     labels_per_class: Optional[int] = typer.Option(None, help="Score a seeded draw of N labels per class."),
     max_items: int = typer.Option(2000, help="Score a stratified subset of at most this many items."),
-    budget: Optional[float] = typer.Option(None, help="MINUTES: load no new candidate after this much time."),
-    random_reference: bool = typer.Option(True, help="Also score each architecture at random init and flag "
-                                                     "candidates that do no better."),
+    budget: Optional[float] = typer.Option(None, help="MINUTES: load no new candidate after this much time.",
+                                           rich_help_panel="Scoring"),
+    random_reference: bool = typer.Option(True, " /--no-random-reference", show_default=False,
+                                          help="Skip the reference: by default each architecture is also scored at "
+                                               "random init, and candidates that do no better are flagged.",
+                                          rich_help_panel="Scoring"),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels for the backbones."),
     max_length: Optional[int] = typer.Option(None, help="Text: maximum tokens."),
     text_column: Optional[str] = typer.Option(None, help="Table files: the text column."),

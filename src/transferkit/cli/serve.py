@@ -5,13 +5,15 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli.common import console
+from transferkit.cli.common import console, examples
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve_command)
+    app.command("serve", epilog=examples(
+        'transferkit serve runs/fmnist --port 8000',
+        'transferkit serve runs/fmnist-onnx --runtime onnx --max-batch 16'))(serve_command)
 
 
 def serve_command(

@@ -7,11 +7,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import CONFIG_OPTION, console
+from transferkit.cli.common import CONFIG_OPTION, console, examples
 
 
 def register(app: typer.Typer) -> None:
-    app.command("shift")(shift_command)
+    app.command("shift", epilog=examples(
+        'transferkit shift --source fashion-mnist --target photos/ \\',
+        '    --backbone efficientnet-lite:0 --image-size 32 --out runs/shift'))(shift_command)
 
 
 def shift_command(

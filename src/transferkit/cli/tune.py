@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
-from transferkit.cli.common import console, err_console, parse_options
+from transferkit.cli.common import console, err_console, examples, parse_options
 from transferkit.errors import ConfigError
 
 SPACE_HELP = ("Search-space entry KEY=KIND:LOW:HIGH or KEY=choice:A:B:... (repeatable); KIND is log "
@@ -19,7 +19,11 @@ SPACE_HELP = ("Search-space entry KEY=KIND:LOW:HIGH or KEY=choice:A:B:... (repea
 
 
 def register(app: typer.Typer) -> None:
-    app.command("tune")(tune_command)
+    app.command("tune", epilog=examples(
+        'transferkit tune --backbone efficientnet-lite:0 --data fashion-mnist \\',
+        '    --strategy finetune --labels-per-class 10 --image-size 64 \\',
+        '    --trials 20 --storage study.db --space lr=log:1e-5:1e-2 \\',
+        '    --out runs/tuned'))(tune_command)
 
 
 def parse_space(entries: list[str] | None) -> dict[str, list] | None:
@@ -65,7 +69,7 @@ def tune_command(
     batch_size: int = typer.Option(32, help="Batch size per process (fixed)."),
     seed: int = typer.Option(0, help="Seed of the draw, the split, training and the sampler."),
     out: Optional[Path] = typer.Option(None, help="Refit the best parameters and save that bundle here."),
-    overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out."),
     timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many minutes."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default: the backbone's)."),
     max_length: Optional[int] = typer.Option(None, help="Text: maximum tokens (default: 128)."),

@@ -75,6 +75,7 @@ class TrainConfig:
                               f"Got {self.track_dir!r} instead.")
 
     def to_dict(self) -> dict:
+        """The settings as a plain dict (what a bundle's manifest records under ``train``)."""
         return asdict(self)
 
 

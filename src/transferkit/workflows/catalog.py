@@ -26,6 +26,11 @@ def list_strategies() -> list[dict]:
 
     ``kind`` is ``transfer`` or ``scratch`` for strategies, ``continual``, ``pre-training`` or
     ``regularizer`` for the other registries.
+
+    Example:
+        >>> from transferkit.api import list_strategies
+        >>> "lora" in [s["name"] for s in list_strategies()]
+        True
     """
     rows = [{"name": e.name, "kind": e.obj.kind, "help": e.help, "options": e.obj.Config.describe(),
              "tags": e.obj.tags()} for e in STRATEGIES]
@@ -39,5 +44,11 @@ def list_strategies() -> list[dict]:
 
 
 def list_tasks() -> list[dict]:
-    """Every registered task: name, one-line help, primary metric, metrics, features and head."""
+    """Every registered task: name, one-line help, primary metric, metrics, features and head.
+
+    Example:
+        >>> from transferkit.api import list_tasks
+        >>> {t["name"]: t["primary_metric"] for t in list_tasks()}["classification"]
+        'accuracy'
+    """
     return [{**e.obj.describe(), "help": e.help} for e in TASKS]

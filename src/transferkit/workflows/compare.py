@@ -62,6 +62,12 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
     ``resume=True`` (``--resume``) trains only the runs not recorded there
     (:mod:`transferkit.workflows.run_journal`). Adding seeds or strategies to a resumed comparison is
     refused: the settings must be the same.
+
+    Example:
+        >>> import transferkit as tk
+        >>> cmp = tk.compare("sentence:all-MiniLM-L6-v2", "debian-packages", ["linear-probe"],   # doctest: +SKIP
+        ...                  labels_per_class=[8, 32], seeds=3, out="runs/debian-compare")
+        >>> cmp.verdicts[["labels_per_class", "strategy", "gain", "verdict"]]     # doctest: +SKIP
     """
     config = replace(config or TrainConfig(progress=False), **train_options)
     budgets = labels_per_class if isinstance(labels_per_class, (list, tuple)) else [labels_per_class]
@@ -159,7 +165,14 @@ def _per_class(data: TaskData) -> int:
 
 
 def data_name(data: TaskData) -> str:
-    """The data set's name without the sampling suffix (``fashion-mnist[10/class]`` -> ``fashion-mnist``)."""
+    """The data set's name without the sampling suffix (``fashion-mnist[10/class]`` -> ``fashion-mnist``).
+
+    Example:
+        >>> from transferkit.data import sample_per_class
+        >>> from transferkit.api import data_name
+        >>> data_name(sample_per_class(train, 10, seed=0))    # doctest: +SKIP
+        'fashion-mnist'
+    """
     return data.name.split("[", 1)[0]
 
 

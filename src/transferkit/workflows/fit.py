@@ -59,6 +59,12 @@ def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int |
     Raises:
         DataError: bad data (named by file and row), or classification training data with a single class
             (:func:`~transferkit.data.check_two_classes`).
+
+    Example:
+        >>> from transferkit.api import prepare_data
+        >>> train, val, test = prepare_data("fashion-mnist", labels_per_class=10, seed=0)   # doctest: +SKIP
+        >>> len(train), val                                                                 # doctest: +SKIP
+        (100, None)
     """
     if val_fraction is not None and not 0 <= val_fraction < 1:
         raise ConfigError(f"The 'val_fraction' parameter must be a float in [0, 1). Got {val_fraction!r} instead.")
@@ -320,6 +326,11 @@ def evaluate(bundle: str | Path | Predictor, data, *, split: str = "test", sensi
     When the evaluated data carries a sensitive attribute (``sensitive_column`` of a table,
     DataFrame or built-in set, or a TaskData with ``sensitive``), the metrics gain
     ``"fairness"``: :func:`transferkit.evaluation.fairness.group_metrics` (classification).
+
+    Example:
+        >>> import transferkit as tk
+        >>> tk.evaluate("runs/fmnist", "fashion-mnist")["accuracy"]    # doctest: +SKIP
+        0.7132
     """
     predictor = bundle if isinstance(bundle, Predictor) else load(bundle)
     if sensitive_column is not None:
@@ -441,5 +452,12 @@ def lr_find(backbone: str | Backbone, data, strategy: str | Strategy = "finetune
 
 
 def rebuild(path: str | Path) -> TransferModel:
-    """The trained ``TransferModel`` of a bundle (for further training or export)."""
+    """The trained ``TransferModel`` of a bundle (for further training or export).
+
+    Example:
+        >>> from transferkit.api import rebuild
+        >>> model = rebuild("runs/fmnist")      # doctest: +SKIP
+        >>> model.backbone.spec                 # doctest: +SKIP
+        'efficientnet-lite:0'
+    """
     return rebuild_model(path)

@@ -154,6 +154,12 @@ def rank(candidates, data, *, scores=None, primary: str | None = None, labels_pe
 
     Returns:
         A :class:`RankResult`.
+
+    Example:
+        >>> import transferkit as tk
+        >>> r = tk.rank(["efficientnet-lite:0", "efficientnet-lite:0@block5"], "fashion-mnist",
+        ...             labels_per_class=10, image_size=64)          # doctest: +SKIP
+        >>> r.recommendation["backbone"], r.recommendation["strategy"]   # doctest: +SKIP
     """
     names = _check_scores(scores)
     primary = primary or (PRIMARY_SCORE if scores is None else names[0])

@@ -43,7 +43,13 @@ def resolve_backbone(backbone: str | Backbone | None, strategy: Strategy, data: 
 
 
 def table_width(spec: str, data: TaskData) -> dict:
-    """``{"in_features": F}`` for a source that takes the table's width (``mlp:``) and tabular data; else ``{}``."""
+    """``{"in_features": F}`` for a source that takes the table's width (``mlp:``) and tabular data; else ``{}``.
+
+    Example:
+        >>> from transferkit.api import table_width
+        >>> table_width("mlp:64x64", penguins_train)    # doctest: +SKIP
+        {'in_features': 4}
+    """
     from transferkit.backbones import BACKBONE_SOURCES, split_spec
 
     prefix, name = split_spec(spec)
@@ -116,7 +122,13 @@ def _score(model: TransferModel, bb, before, train: TaskData, scored: TaskData, 
 
 
 def fairness_metrics(data: TaskData, outputs: np.ndarray, label_names) -> dict | None:
-    """Group metrics of ``outputs`` on ``data`` when it carries a sensitive attribute (single-label tasks)."""
+    """Group metrics of ``outputs`` on ``data`` when it carries a sensitive attribute (single-label tasks).
+
+    Example:
+        >>> from transferkit.api import fairness_metrics
+        >>> m = fairness_metrics(test, outputs, label_names)     # doctest: +SKIP
+        >>> m["worst_group"], m["accuracy_gap"]                  # doctest: +SKIP
+    """
     if data.sensitive is None or not get_task(data.task).single_label:
         return None
     from transferkit.evaluation.fairness import group_metrics

@@ -56,6 +56,7 @@ class ShiftResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """The result as JSON-ready data (what ``shift.json`` holds), with a reading of each measure."""
         return {"source": self.source, "target": self.target, "measures": self.measures,
                 "projection": self.projection, "seconds": self.seconds, "notes": self.notes,
                 "reading": {"mmd": "multi-kernel MMD^2, 0 when the samples coincide",
@@ -112,6 +113,14 @@ def measure_shift(source, target, *, backbone=None, bundle=None, max_items: int 
     Raises:
         ConfigError: no model given, unknown projection.
         DataError: source and target of another input kind.
+
+    Example:
+        >>> import transferkit as tk
+        >>> from transferkit.data.domains import load_fashion_mnist_m
+        >>> target, target_test = load_fashion_mnist_m()                                # doctest: +SKIP
+        >>> before = tk.measure_shift("fashion-mnist", target_test, backbone="efficientnet-lite:0",
+        ...                           image_size=32, max_items=300)                     # doctest: +SKIP
+        >>> before.measures["mmd"]                                                      # doctest: +SKIP
     """
     from transferkit.data.cache import extract_features
     from transferkit.reports.shift_plots import ProjectionPanel, embed_2d, shift_projection_png
