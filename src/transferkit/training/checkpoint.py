@@ -24,7 +24,9 @@ checkpoint, or no ``LATEST`` at all.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -132,7 +134,8 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))  # the model and optimizer from the main process, RNG states from each
+        with _quiet_tied_weights():  # Accelerate logs every save of a model with tied weights (a language model)
+            accelerator.save_state(str(tmp))  # the model and optimizer from the main process, RNG states from each
         accelerator.wait_for_everyone()
         if main:
             save_file(_tensors(state), str(tmp / STATE_TENSORS), metadata={"format": "transferkit-trainer-state"})
@@ -219,3 +222,20 @@ def _plain(value):
 def _short(value) -> str:
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _TiedWeightsNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_tied_weights():
+    """Drop Accelerate's "Removed shared tensor ... while saving" note: tied weights are expected and reload tied."""
+    log = logging.getLogger("accelerate.utils.other")
+    note = _TiedWeightsNote()
+    log.addFilter(note)
+    try:
+        yield
+    finally:
+        log.removeFilter(note)
