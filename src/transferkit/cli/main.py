@@ -6,7 +6,7 @@ import os
 import typer
 
 from transferkit.cli import (compare, continual, demo, evaluate, export, fit, listing, lr_find, merge, multitask, predict,
-                             push, rank, serve, shift, tune)
+                             push, rank, rl, serve, shift, tune)
 from transferkit.cli.errors import ErrorHandlingGroup
 
 # ErrorHandlingGroup runs every command: a user error is one line and exit code 2, a bug one line naming a log.
@@ -14,7 +14,7 @@ app = typer.Typer(name="transferkit", cls=ErrorHandlingGroup, no_args_is_help=Tr
                   help="Transfer learning from pre-trained models to small labelled data sets: adapt, "
                        "measure against from-scratch baselines, and ship the result.")
 for module in (fit, lr_find, evaluate, predict, compare, rank, shift, multitask, continual, export, merge, serve, push, tune,
-               listing, demo):
+               rl, listing, demo):
     module.register(app)
 
 
