@@ -31,7 +31,7 @@ FULL_DEBIAN = Path("/work/shared/data/debian-packages.csv.gz")
 def test_registry_lists_every_builtin_with_provenance():
     names = {d["name"] for d in list_datasets()}
     assert names == set(DATASETS.names()) == {"fashion-mnist", "digits", "drug-reviews", "penguins", "debian-packages",
-                                                "pii-ner", "hironsan-ner"}
+                                                "pii-ner", "hironsan-ner", "debian-synopsis"}
     for d in list_datasets():
         assert d["source"] and d["licence"] and d["size"] and d["description"]
 

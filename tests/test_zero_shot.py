@@ -96,7 +96,8 @@ def test_labels_that_cannot_be_described_are_refused(tiny_bert):
         make_strategy("zero-shot", {"label_descriptions": {"gmaes": "video games"}}).fit(backbone, named, None,
                                                                                           _trainer())
     multilabel = from_arrays(["a", "b"], np.eye(2, dtype=np.float32), task="multilabel", label_names=["x", "y"])
-    with pytest.raises(ConfigError, match="Strategy 'zero-shot' supports classification tasks; .* is multilabel"):
+    with pytest.raises(ConfigError,
+                       match="Strategy 'zero-shot' supports classification, text-generation tasks; .* is multilabel"):
         make_strategy("zero-shot").fit(backbone, multilabel, None, _trainer())
 
 
