@@ -37,7 +37,17 @@ def render() -> str:
     for name, cmd in group.commands.items():
         if not cmd.hidden:
             parts.append(_command(name, cmd, root))
+            parts += _subcommands(name, cmd, root)
     return "\n".join(parts)
+
+
+def _subcommands(name: str, cmd, root) -> list[str]:
+    """The commands of a sub-group (``transferkit rl train``), each under its full name."""
+    inner = getattr(cmd, "commands", None) or {}
+    if not inner:
+        return []
+    ctx = cmd.context_class(cmd, info_name=name, parent=root)
+    return [_command(f"{name} {sub}", c, ctx) for sub, c in inner.items() if not c.hidden]
 
 
 def _command(name: str, cmd, root) -> str:
@@ -118,4 +128,4 @@ def _cell(text: str) -> str:
 
 
 def _anchor(name: str) -> str:
-    return f"transferkit-{name}"
+    return "transferkit-" + name.replace(" ", "-")
