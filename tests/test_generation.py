@@ -105,6 +105,9 @@ def test_lora_learns_the_completions_and_its_bundle_generates_the_same(causal, t
     out = predict_outputs(model, data)
     assert list(out) == ANSWERS
     assert TASK.metrics(data.targets, out)["exact_match"] == 1.0
+    untrained = make_strategy("zero-shot").fit(load_backbone(causal.spec, max_length=48), data, None, None)[0]
+    trained_ppl, untrained_ppl = (TASK.model_metrics(m, data)["perplexity"] for m in (model, untrained))
+    assert 1.0 <= trained_ppl < 0.1 * untrained_ppl
     assert not any(p.requires_grad for n, p in model.backbone.named_parameters() if "lora_" not in n)
     path = save_bundle(model, tmp_path / "bundle", {})
     manifest = json.loads((path / "manifest.json").read_text())

@@ -24,7 +24,8 @@ from sklearn import metrics as skm
 
 from transferkit.errors import DataError
 
-_LOWER_IS_BETTER = frozenset({"mse", "mae", "rmse", "log_loss", "loss", "error", "error_rate", "ece", "brier"})
+_LOWER_IS_BETTER = frozenset({"mse", "mae", "rmse", "log_loss", "loss", "error", "error_rate", "ece", "brier",
+                              "perplexity"})
 _FRACTION_WORDS = ("accuracy", "f1", "precision", "recall", "map", "auc", "ap")
 
 

@@ -153,6 +153,11 @@ class Task:
     def metrics(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> dict:
         raise NotImplementedError
 
+    def model_metrics(self, model: nn.Module, data: Any) -> dict:
+        """Metrics that need the model itself, not only its predictions (a language model's perplexity on the
+        references); none by default. ``fit``, ``compare`` and ``evaluate`` add them to :meth:`metrics`."""
+        return {}
+
     def item_counts(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> np.ndarray | None:
         """Per-item counts ``[N, k]`` whose column sums give the primary metric (:meth:`metric_from_counts`),
         for metrics that are not a mean over items (entity F1); ``None`` where per-item values are used."""

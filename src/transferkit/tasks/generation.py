@@ -15,7 +15,8 @@ template); targets are the completions (strings).
 
 Metrics, with the field's libraries: ROUGE-L F-measure (``rouge-score``, Porter
 stemming; the primary metric), chrF (``sacrebleu``, on the 0-1 scale here) and
-exact match (after trimming and lower-casing: classification posed as generation).
+exact match (after trimming and lower-casing: classification posed as generation);
+with the model at hand, the perplexity of the reference completions (:meth:`TextGeneration.model_metrics`).
 """
 from __future__ import annotations
 
@@ -179,6 +180,27 @@ class TextGeneration(Task):
                 "chrf": float(sacrebleu.corpus_chrf(pred, [true]).score) / 100.0,
                 "exact_match": float(np.mean([t.strip().lower() == p.strip().lower() for t, p in zip(true, pred)])),
                 "mean_words": float(np.mean([len(p.split()) for p in pred]))}
+
+    def model_metrics(self, model: nn.Module, data: Any, batch_size: int = 8) -> dict:
+        """Perplexity of the reference completions given their prompts: ``exp`` of the mean negative
+        log-likelihood per completion token (the end-of-sequence token included), teacher-forced."""
+        if data.targets is None or not len(data) or not hasattr(model.backbone, "generate"):
+            return {}
+        device = next(model.parameters()).device
+        total, tokens = 0.0, 0
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                idx = list(range(start, min(start + batch_size, len(data))))
+                batch = model.backbone.preprocess(self.training_items([data.items[i] for i in idx],
+                                                                      np.asarray(data.targets)[idx]))
+                batch = {k: v.to(device) for k, v in batch.items()}
+                labels = batch["labels"][:, 1:]
+                keep = labels != IGNORE_INDEX
+                logits = model(batch)[:, :-1][keep].float()
+                total += float(F.cross_entropy(logits, labels[keep], reduction="sum"))
+                tokens += int(keep.sum())
+        return {"perplexity": float(np.exp(total / max(tokens, 1)))}
 
     def item_counts(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> np.ndarray:
         """Per item: its ROUGE-L and a 1, so resampled column sums give the mean ROUGE-L."""

@@ -344,6 +344,7 @@ def evaluate(bundle: str | Path | Predictor, data, *, split: str = "test", sensi
         check_fairness_data(sensitive_column, replace(target, task=predictor.task), None)
     outputs = predictor.outputs(target.items)
     metrics = compute_metrics(predictor.task, target.targets, outputs, predictor.label_names)
+    metrics.update(get_task(predictor.task).model_metrics(predictor.model, target))
     fairness = fairness_metrics(target, outputs, predictor.label_names)
     if fairness is not None:
         metrics["fairness"] = fairness

@@ -112,6 +112,7 @@ def _score(model: TransferModel, bb, before, train: TaskData, scored: TaskData, 
     from transferkit.strategies.regularizers import source_agreement, source_predictions
 
     metrics = compute_metrics(train.task, scored.targets, outputs, train.label_names)
+    metrics.update(train.task_spec.model_metrics(model, scored))
     metrics["evaluated_on"] = evaluated_on
     fairness = fairness_metrics(scored, outputs, train.label_names)
     if fairness is not None:
