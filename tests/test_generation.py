@@ -255,8 +255,12 @@ def test_cli_fits_and_predicts_text(tiny_llama, tmp_path):
     result = runner.invoke(app, ["fit", "--data", str(jsonl), "--backbone", f"causal:{tiny_llama}", "--strategy",
                                  "lora", "--epochs", "2", "--out", str(out), "--check-transfer"])
     assert result.exit_code == 0, result.output
-    assert "no scratch baseline for text-generation" in json.loads((out / "manifest.json").read_text())[
-        "verdict"]["explanation"]
+    verdict = json.loads((out / "manifest.json").read_text())["verdict"]
+    # the reference for generation: the same source model, freshly loaded and prompted without training
+    assert verdict["baseline"].startswith("zero-shot") and verdict["verdict"] in (
+        "positive transfer", "negative transfer", "no clear gain")
+    assert "vs zero-shot (the source model prompted, untrained)" in verdict["explanation"]
+    assert "prompt" in verdict["explanation"].rsplit(").", 1)[-1]  # the closing sentence speaks of prompting
     result = runner.invoke(app, ["predict", str(out), "Colour of the sky?", "--max-new-tokens", "3", "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(re.search(r"\{.*\}", result.output).group())  # after transformers' loading bar

@@ -16,6 +16,12 @@ __all__ = ["check_transfer_against_scratch", "default_baselines"]
 _VERDICT_SENTENCES = {"positive transfer": "Transfer helped.",
                       "negative transfer": "Transfer hurt: the model trained from scratch was better.",
                       "no clear gain": "No significant difference from training from scratch."}
+#: For generation the reference is the same pre-trained model prompted without training (nothing trained from
+#: scratch writes text from a few hundred pairs): the verdict says whether adapting it was worth it.
+_PROMPTED_SENTENCES = {"positive transfer": "Fine-tuning helped: it beat the same model prompted without training.",
+                       "negative transfer": "Fine-tuning hurt: the model prompted as it is was better.",
+                       "no clear gain": "No significant difference from prompting the model without training."}
+PROMPTED = "zero-shot"
 
 
 def default_baselines(modality: str, task: str | None = None) -> list[str]:
@@ -64,13 +70,20 @@ def check_transfer_against_scratch(run: Run, strategy: Strategy, train: TaskData
     metric = primary_metric(train.task)
     names = default_baselines(train.modality, train.task) if baselines == "auto" else list(baselines or [])
     names = names[:1] if baselines == "auto" else names
+    prompted = (baselines == "auto" and train.task_spec.target_kind == "text" and strategy.name != PROMPTED
+                and scored is not None and run.outputs is not None)
+    if prompted:
+        names = [PROMPTED]
     if scored is None or run.outputs is None or not names:
         why = ("no labelled split to evaluate on" if scored is None else
                f"no scratch baseline for {train.task} (compare with the model prompted as it is: transferkit "
                f"compare --strategies zero-shot,{strategy.name})" if train.task_spec.target_kind == "text" else
                f"no scratch baseline for {train.modality} data")
         return {"verdict": "no baseline", "explanation": f"Transfer was not checked: {why}."}
-    variant, base = _best_baseline(names, train, val, test, config, metric)
+    if prompted:
+        variant, base = PROMPTED, _prompted_baseline(run, train, val, test, config)
+    else:
+        variant, base = _best_baseline(names, train, val, test, config, metric)
     task = get_task(train.task)
     counts_a = task.item_counts(scored.targets, run.outputs, train.label_names)
     if counts_a is not None:  # entity F1 and the like: resample items, recompute the metric from their counts
@@ -81,7 +94,7 @@ def check_transfer_against_scratch(run: Run, strategy: Strategy, train: TaskData
         gain, low, high = (v * scale for v in bootstrap_difference(item_a, item_b, seed=config.seed))
     verdict = judge(gain, low, high)
     explanation = _explain(strategy, run, base, variant, metric, (gain, low, high), len(scored), verdict)
-    return {"verdict": verdict, "explanation": explanation, "baseline": f"scratch:{variant}", "metric": metric,
+    return {"verdict": verdict, "explanation": explanation, "baseline": _label(variant), "metric": metric,
             "transfer": run.metrics[metric], "baseline_value": base.metrics[metric], "gain": gain,
             "gain_low": low, "gain_high": high, "interval": "95% paired bootstrap over evaluated items, one seed",
             "baseline_seconds": round(base.seconds, 2)}
@@ -99,16 +112,28 @@ def _best_baseline(names: list[str], train: TaskData, val, test, config: TrainCo
     return best
 
 
+def _prompted_baseline(run: Run, train: TaskData, val, test, config: TrainConfig) -> Run:
+    """The same source model, freshly loaded with its pre-trained weights, prompted without training."""
+    arch = run.model.backbone.architecture()
+    cfg = TrainConfig(seed=config.seed, progress=False, batch_size=config.batch_size, cpu=config.cpu)
+    return train_and_score(arch["spec"], make_strategy(PROMPTED), train, val, test, cfg, dict(arch.get("options") or {}))
+
+
+def _label(variant: str) -> str:
+    return f"{PROMPTED} (the source model prompted, untrained)" if variant == PROMPTED else f"scratch:{variant}"
+
+
 def _explain(strategy: Strategy, run: Run, base: Run, variant: str, metric: str, interval: tuple, n_items: int,
              verdict: str) -> str:
     gain, low, high = interval
     pts = 100 if is_fraction_metric(metric) else 1
     unit = " points" if pts == 100 else ""
-    return (f"'{strategy.name}' {metric} {run.metrics[metric]:.4f} vs scratch:{variant} "
+    sentences = _PROMPTED_SENTENCES if variant == PROMPTED else _VERDICT_SENTENCES
+    return (f"'{strategy.name}' {metric} {run.metrics[metric]:.4f} vs {_label(variant)} "
             f"{base.metrics[metric]:.4f}: gain {pts * gain:+.1f}{unit} (95% paired bootstrap interval "
             f"{pts * low:+.1f} to {pts * high:+.1f} over the {n_items} {run.metrics['evaluated_on']} "
             f"items; one seed, so training noise is not in the interval: transferkit compare runs seeds). "
-            + _VERDICT_SENTENCES[verdict])
+            + sentences[verdict])
 
 
 def _better(value, current, metric: str) -> bool:
