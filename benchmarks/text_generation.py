@@ -168,15 +168,23 @@ def memory_one(setting: str, steps: int = 3) -> dict:
             "tokens": int(batch["inputs"]["attention_mask"].sum())}
 
 
+def child(*argv: str) -> dict:
+    """Run this script with ``argv`` in a fresh process (its own peak memory) and return its RESULT line."""
+    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
 def memory() -> list[dict]:
-    rows = []
-    for setting in MEMORY_SETTINGS:
-        proc = subprocess.run([sys.executable, __file__, "--memory-one", setting], capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"memory probe {setting} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(line[len("RESULT "):]))
-    return rows
+    return [child("--memory-one", setting) for setting in MEMORY_SETTINGS]
+
+
+def write_json(name: str, obj) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    print(obj)
 
 
 def baselines(seed: int, size: int, n_test: int) -> list[dict]:
@@ -311,17 +319,9 @@ def main() -> None:
         print("RESULT " + json.dumps(memory_one(args.memory_one)), flush=True)
         return
     if args.memory:
-        OUT.mkdir(parents=True, exist_ok=True)
-        rows = memory()
-        (OUT / "memory.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-        print(rows)
-        return
+        return write_json("memory.json", memory())
     if args.timing:
-        OUT.mkdir(parents=True, exist_ok=True)
-        result = timing()
-        (OUT / "timing.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(result)
-        return
+        return write_json("timing.json", timing())
     if args.one:
         method, seed, size = args.one.split(",")
         print("RESULT " + json.dumps(run_one(method, int(seed), int(size), args.test, args.steps)), flush=True)
@@ -340,12 +340,7 @@ def main() -> None:
         if method in ("lead", "retrieval"):
             new = [r for r in baselines(seed, size, args.test) if r["method"] == method]
         else:
-            proc = subprocess.run([sys.executable, __file__, "--one", f"{method},{seed},{size}", "--test",
-                                   str(args.test), "--steps", str(args.steps)], capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                raise SystemExit(f"{method} seed {seed} size {size} failed:\n{proc.stderr[-3000:]}")
-            new = [json.loads(line[len("RESULT "):])]
+            new = [child("--one", f"{method},{seed},{size}", "--test", str(args.test), "--steps", str(args.steps))]
         print(new, flush=True)
         runs = pd.concat([runs, pd.DataFrame(new)], ignore_index=True)
         runs.to_csv(csv, index=False)

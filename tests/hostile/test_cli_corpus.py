@@ -333,28 +333,22 @@ def span_jsonl_span_cutting_a_word(tmp):
 
 # -- malformed prompt/completion data (text generation) -----------------------------------------------------------
 
-def pairs_file(folder, body: str, name: str = "pairs.jsonl"):
-    path = folder / name
-    path.write_text(body, encoding="utf-8")
-    return path
-
-
 @case
 def generation_empty_completion(tmp):
-    path = pairs_file(tmp, '{"prompt": "Colour of the sky?", "completion": "blue"}\n'
-                           '{"prompt": "Colour of grass?", "completion": "  "}\n')
+    path = csv_file(tmp, '{"prompt": "Colour of the sky?", "completion": "blue"}\n'
+                         '{"prompt": "Colour of grass?", "completion": "  "}\n', name="pairs.jsonl", header="")
     return ner_fit(path), [str(path), "line 2", "empty or non-text completion"]
 
 
 @case
 def generation_chat_ending_with_the_user(tmp):
-    path = pairs_file(tmp, '{"messages": [{"role": "user", "content": "Hi"}]}\n')
+    path = csv_file(tmp, '{"messages": [{"role": "user", "content": "Hi"}]}\n', name="pairs.jsonl", header="")
     return ner_fit(path), [str(path), "line 1", "ends with the assistant turn", "'user'"]
 
 
 @case
 def generation_empty_prompt_in_a_csv(tmp):
-    path = pairs_file(tmp, 'prompt,completion\n"Colour of the sky?",blue\n"",green\n', name="pairs.csv")
+    path = csv_file(tmp, '"Colour of the sky?",blue\n"",green\n', name="pairs.csv", header="prompt,completion\n")
     return ner_fit(path), [str(path), "line 3", "empty or non-text prompt"]
 
 

@@ -29,12 +29,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from transferkit.backbones.causal_lm import CHAT_ROLES
 from transferkit.data.adapters_tables import read_table
 from transferkit.data.dataset import TaskData
 from transferkit.errors import DataError
 
 TASK = "text-generation"
-_ROLES = ("system", "user", "assistant")
 
 
 def _suffix(path: Path) -> str:
@@ -68,8 +68,8 @@ def _chat(messages, where: str) -> tuple[dict, str]:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} turns.")
     for j, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: turn {j + 1} must be {{'role': one of {', '.join(_ROLES)}, 'content': "
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: turn {j + 1} must be {{'role': one of {', '.join(CHAT_ROLES)}, 'content': "
                             f"text}}; got {m!r:.80}.")
     if messages[-1]["role"] != "assistant" or len(messages) < 2:
         raise DataError(f"{where}: a training chat ends with the assistant turn to learn, after at least one other "

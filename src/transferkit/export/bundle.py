@@ -40,12 +40,17 @@ __all__ = ["BUNDLE_FORMAT", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Predictor"
 _OWN_KEYS = ("format", "format_version", "files")
 
 
-def library_versions() -> dict[str, str]:
+#: The packages whose versions a bundle records by default.
+BUNDLE_LIBRARIES = ("transferkit", "torch", "timm", "transformers", "sentence-transformers", "accelerate",
+                    "safetensors", "scikit-learn", "numpy")
+
+
+def library_versions(names: tuple[str, ...] = BUNDLE_LIBRARIES) -> dict[str, str]:
+    """The installed version of each package in ``names`` (those not installed are left out)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("transferkit", "torch", "timm", "transformers", "sentence-transformers", "accelerate",
-                 "safetensors", "scikit-learn", "numpy"):
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -27,7 +27,8 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
-from transferkit.errors import BundleError, TransferkitWarning
+from transferkit.errors import BundleError, ConfigError, TransferkitWarning
+from transferkit.tasks.generation import check_generation
 
 BUNDLE_FORMAT = "transferkit-bundle"
 #: 1: no file hashes; 2: a SHA-256 per file in ``files``.
@@ -98,9 +99,6 @@ def check_manifest(path: Path, manifest) -> dict:
     _check_adapter(mf, manifest.get("adapter"))
     generation = manifest.get("generation")
     if generation is not None:
-        from transferkit.errors import ConfigError
-        from transferkit.tasks.generation import check_generation
-
         try:
             check_generation(generation if isinstance(generation, dict) else {"?": generation})
         except ConfigError as exc:

@@ -54,6 +54,7 @@ from transferkit.export.bundle import (
     MANIFEST,
     _json_default,
     atomic_dir,
+    library_versions,
     check_writable,
     read_manifest,
     rebuild_model,
@@ -372,16 +373,9 @@ def _preprocess_config(preprocess: Preprocess, names: list[str]) -> dict:
 
 def _export_info(model: TransferModel, manifest: dict, bundle: Path, format: str, exporter: str,
                  opset: int | None, example: dict) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     inputs = [{"name": n, "shape": ["batch", *t.shape[1:]] if n == IMAGE_INPUT else ["batch", "sequence"],
                "dtype": str(t.dtype).removeprefix("torch.")} for n, t in example.items()]
-    versions = {}
-    for name in ("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "timm"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            continue
+    versions = library_versions(("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "timm"))
     return {"format": format, "file": FORMATS[format], "exporter": exporter, "opset": opset, "inputs": inputs,
             "outputs": [{"name": OUTPUT, "shape": ["batch", model.head[-1].out_features], "dtype": "float32",
                          "meaning": f"logits; outputs = {model.task_spec.export_postprocess()}(logits) "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from transferkit.errors import BundleError
+from transferkit.export.bundle import library_versions as bundle_library_versions
 from transferkit.export.bundle_checks import sha256
 from transferkit.export.output_lock import PARTIAL_MARKER, atomic_dir, check_not_partial, check_writable
 
@@ -42,13 +42,8 @@ __all__ = ["FORMAT", "MANIFEST", "WEIGHTS", "check_writable", "library_versions"
 
 
 def library_versions() -> dict[str, str]:
-    out = {}
-    for name in ("transferkit", "stable-baselines3", "gymnasium", "torch", "safetensors", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
+    """The versions a policy bundle records (:func:`transferkit.export.bundle.library_versions`)."""
+    return bundle_library_versions(("transferkit", "stable-baselines3", "gymnasium", "torch", "safetensors", "numpy"))
 
 
 def save_policy(model, out: str | Path, manifest: dict, *, overwrite: bool = False,

@@ -166,16 +166,12 @@ class ItemDataset(torch.utils.data.Dataset):
 
     def collate(self, indices: list[int]) -> dict:
         """A training batch: the inputs the task trains on (with their targets where it reads them) and targets."""
-        if self.data.targets is None or self.tensor is not None:
-            inputs = self.inputs(indices)
-        else:
-            task = self.data.task_spec
-            targets = np.asarray(self.data.targets)[indices]
-            inputs = self.preprocess(task.training_items(self._items(indices), targets))
-        batch = {"inputs": inputs, "task": self.data.task}
-        if self.data.targets is not None:
-            batch["targets"] = self.data.task_spec.collate_targets(np.asarray(self.data.targets)[indices], inputs)
-        return batch
+        if self.data.targets is None:
+            return {"inputs": self.inputs(indices), "task": self.data.task}
+        task, targets = self.data.task_spec, np.asarray(self.data.targets)[indices]
+        inputs = (self.inputs(indices) if self.tensor is not None  # precomputed images and rows read no targets
+                  else self.preprocess(task.training_items(self._items(indices), targets)))
+        return {"inputs": inputs, "task": self.data.task, "targets": task.collate_targets(targets, inputs)}
 
 
 def predict_outputs(model: TransferModel, data: TaskData, batch_size: int = 64,

@@ -201,11 +201,9 @@ class TextGeneration(Task):
                 batch = model.backbone.preprocess(self.training_items([data.items[i] for i in idx],
                                                                       np.asarray(data.targets)[idx]))
                 batch = {k: v.to(device) for k, v in batch.items()}
-                labels = batch["labels"][:, 1:]
-                keep = labels != IGNORE_INDEX
-                logits = model(batch)[:, :-1][keep].float()
-                total += float(F.cross_entropy(logits, labels[keep], reduction="sum"))
-                tokens += int(keep.sum())
+                n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                total += float(self.loss(model(batch), batch["labels"])) * n  # the loss is the mean over them
+                tokens += n
         return {"perplexity": float(np.exp(total / max(tokens, 1)))}
 
     def item_counts(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> np.ndarray:
@@ -225,6 +223,6 @@ class TextGeneration(Task):
 
         rows = []
         for item, t, p in list(zip(items, y_true, outputs))[:k]:
-            prompt = item.get("prompt") or str(item.get("messages")) if isinstance(item, dict) else item
+            prompt = (item.get("prompt") or str(item.get("messages"))) if isinstance(item, dict) else item
             rows.append([short(prompt), short(t), short(p)])
         return ["prompt", "reference", "generated"], rows
