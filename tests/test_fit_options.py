@@ -33,7 +33,7 @@ NOT_ON_CLI = {
 
 #: the CLI options that are fit's own parameters, not fields of a group
 FIT_OWN = {"backbone", "data", "out", "strategy", "option", "drop_path", "overwrite", "resume", "check_transfer",
-           "config"}  # option: strategy_options; config: the YAML recipe
+           "config", "budget"}  # option: strategy_options; config: the YAML recipe; budget: auto's strategy option
 
 
 def fit_params() -> dict:

@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
         '    --check-transfer --out runs/fmnist',
         'transferkit fit --backbone sentence:all-MiniLM-L6-v2 \\',
         '    --data debian-packages --strategy lora -o rank=8 --out runs/lora',
+        'transferkit fit --backbone efficientnet-lite:0,efficientnet-lite:1 \\',
+        '    --data fashion-mnist --labels-per-class 10 --strategy auto --budget 10m --out runs/auto',
         'transferkit fit --config recipe.yaml --out runs/x'))(fit_command)
 
 
@@ -47,7 +49,11 @@ def fit_command(
     backbone: str = typer.Option(..., help="Backbone spec, e.g. efficientnet-lite:0, sentence:all-MiniLM-L6-v2, timm:resnet18."),
     data: str = typer.Option(..., help="Built-in data set name, image folder, or CSV/TSV/JSONL file."),
     out: Path = typer.Option(..., help="Bundle directory to write (refused if it exists, unless --overwrite)."),
-    strategy: str = typer.Option("linear-probe", help="Strategy name (see `transferkit list strategies`)."),
+    strategy: str = typer.Option("linear-probe", help="Strategy name (see `transferkit list strategies`), or auto: "
+                                                      "search probe / fine-tune / LoRA / layers / scratch by "
+                                                      "cross-validation on the training labels."),
+    budget: Optional[str] = typer.Option(None, help="With --strategy auto: time for the search, e.g. 10m, 90s "
+                                                    "(default 10m)."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Strategy option KEY=VALUE (repeatable), e.g. -o train_last=2."),
     # DataOptions
     labels_per_class: Optional[int] = group_option(DataOptions, "labels_per_class"),
@@ -122,7 +128,12 @@ def fit_command(
                           grad_accum=grad_accum, seed=seed, track=track,
                           track_dir=str(track_dir) if track_dir is not None else None,
                           checkpoint_every=checkpoint_every))
-    result = fit(backbone, data, strategy, strategy_options=parse_options(option), out=out, overwrite=overwrite,
+    strategy_options = parse_options(option)
+    if budget is not None:
+        if strategy != "auto":
+            raise ConfigError(f"--budget is the time of --strategy auto's search; --strategy is {strategy!r}.")
+        strategy_options = {**(strategy_options or {}), "budget": budget}
+    result = fit(backbone, data, strategy, strategy_options=strategy_options, out=out, overwrite=overwrite,
                  resume=resume, drop_path=drop_path, check_transfer=check_transfer, **groups, **auto)
     _print_result(result, f"{strategy} on {data}", out)
 
@@ -135,6 +146,10 @@ def _print_result(result, title: str, out: Path) -> None:
     console.print(metrics_table(result.metrics, title))
     if "fairness" in result.metrics:
         console.print(fairness_table(result.metrics["fairness"]))
+    auto = result.manifest.get("auto")
+    if auto:
+        console.print(f"[bold]auto[/bold] ({auto['seconds']:.0f} s, {len(auto['candidates'])} candidates): "
+                      f"{auto['reason']}", highlight=False)
     verdict = result.manifest.get("verdict")
     if verdict:
         console.print(f"[bold]{verdict['verdict']}[/bold]: {verdict['explanation']}", highlight=False)

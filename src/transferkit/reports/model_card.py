@@ -130,11 +130,32 @@ def _verdict_section(manifest: dict) -> list[Block]:
         return blocks + _kv_table(verdict, skip=("verdict", "explanation"))
     if verdict:
         return blocks + [_p(str(verdict))]
+    searched = (manifest.get("auto") or {}).get("verdict") or {}
+    if searched.get("verdict") not in (None, "no baseline"):
+        return blocks + [_p(f"**{searched['verdict']}** (in the auto search's cross-validation on the training "
+                            f"labels). {searched.get('explanation', '')}")]
     if _get(manifest, "strategy.kind") == "scratch":
         return blocks + [_p("Not applicable: this model was trained from scratch, without a pre-trained source.")]
     return blocks + [_p("Not measured for this model: no from-scratch baseline was trained on the same data. "
                         "The metrics above do not show that the pre-trained source helped; compare against "
                         "scratch baselines over several seeds (`transferkit.compare`) to find out.")]
+
+
+def _auto_section(auto: dict | None) -> list[Block]:
+    """How ``strategy="auto"`` chose the recipe: every candidate's cross-validated score, time and fate."""
+    if not isinstance(auto, dict) or not auto.get("candidates"):
+        return []
+    rows = []
+    for c in auto["candidates"]:
+        interval = (f"{c['mean']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" if c.get("folds", 0) > 1 and c.get("low") == c.get("low")
+                    else (f"{c['mean']:.3f}" if c.get("folds") else "-"))
+        rows.append([c["candidate"], str(c.get("folds", 0)), interval, f"{c.get('seconds', 0):.1f}", c.get("status", "")])
+    budget = auto.get("budget_seconds")
+    return [_h(2, "How auto chose this recipe"),
+            _p(f"{auto.get('protocol', '')}; {auto.get('seconds', 0):.0f} s"
+               + (f" of a {budget:.0f} s budget." if budget else ".") + f" {auto.get('reason', '')}"),
+            _table(["candidate", "folds", f"{auto.get('metric', 'score')} mean [95% CI over folds]", "seconds",
+                    "status"], rows)]
 
 
 def _limits_section(manifest: dict) -> list[Block]:
@@ -239,6 +260,7 @@ def write_fit_report(
     created = _get(manifest, "created", "created_at")
     blocks = [_h(1, title)] + ([_p(f"Created: {created}.")] if created else [])
     blocks += _source_section(manifest) + _data_section(manifest, label_names) + _training_section(manifest)
+    blocks += _auto_section(manifest.get("auto"))
     blocks += _metrics_section(metrics, manifest) + _verdict_section(manifest)
     blocks += _fit_figures(history, metrics, label_names, projection)
     if examples is not None and examples[1]:

@@ -11,7 +11,7 @@ from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
 from transferkit.workflows.runs import Run, scored_split, train_and_score
 
-__all__ = ["check_transfer_against_scratch", "default_baselines"]
+__all__ = ["check_transfer_against_scratch", "default_baselines", "per_item_values"]
 
 _VERDICT_SENTENCES = {"positive transfer": "Transfer helped.",
                       "negative transfer": "Transfer hurt: the model trained from scratch was better.",
@@ -90,7 +90,7 @@ def check_transfer_against_scratch(run: Run, strategy: Strategy, train: TaskData
         counts_b = task.item_counts(scored.targets, base.outputs, train.label_names)
         gain, low, high = bootstrap_statistic_difference(counts_a, counts_b, task.metric_from_counts, seed=config.seed)
     else:
-        item_a, item_b, scale = _per_item(train.task, scored.targets, run.outputs, base.outputs)
+        item_a, item_b, scale = per_item_values(train.task, scored.targets, run.outputs, base.outputs)
         gain, low, high = (v * scale for v in bootstrap_difference(item_a, item_b, seed=config.seed))
     verdict = judge(gain, low, high)
     explanation = _explain(strategy, run, base, variant, metric, (gain, low, high), len(scored), verdict)
@@ -142,7 +142,7 @@ def _better(value, current, metric: str) -> bool:
     return value > current if higher_is_better(metric) else value < current
 
 
-def _per_item(task: str, targets, out_a: np.ndarray, out_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def per_item_values(task: str, targets, out_a: np.ndarray, out_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-item values whose mean difference is the primary metric's difference (times ``scale``).
 
     Single-label tasks: whether each item's predicted class is right (accuracy);

@@ -34,6 +34,7 @@ def list_strategies() -> list[dict]:
     """
     rows = [{"name": e.name, "kind": e.obj.kind, "help": e.help, "options": e.obj.Config.describe(),
              "tags": e.obj.tags()} for e in STRATEGIES]
+    rows.append(_auto_row())
     rows += [{"name": e.name, "kind": "continual", "help": e.help, "options": e.obj.Config.describe(),
               "tags": {"scenarios": list(e.obj.scenarios)}} for e in CONTINUAL]
     rows += [{"name": e.name, "kind": "pre-training", "help": e.help, "options": e.obj.Config.describe(),
@@ -41,6 +42,21 @@ def list_strategies() -> list[dict]:
     rows += [{"name": e.name, "kind": "regularizer", "help": e.help, "options": e.obj.Options.describe(),
               "tags": {}} for e in REGULARIZERS]
     return rows
+
+
+def _auto_row() -> dict:
+    """``auto``: not a registered strategy but a search over them (:mod:`transferkit.workflows.auto`)."""
+    from transferkit.workflows.auto import AUTO_STRATEGIES
+
+    return {"name": "auto", "kind": "search",
+            "help": "Cross-validate probes (final and intermediate layers), LoRA, fine-tuning and the scratch "
+                    "baseline on the training labels with successive halving; train the winner on all of them.",
+            "options": [("budget", "10m", "time for the search (90s, 10m, 1h, none); the first rung always runs"),
+                        ("folds", 3, "cross-validation folds"),
+                        ("layers", True, "also probe two intermediate layers of each backbone"),
+                        ("strategies", ",".join(AUTO_STRATEGIES), "transfer strategies tried on the final features"),
+                        ("baselines", "auto", "scratch variants (auto: the modality's strongest; none)")],
+            "tags": {"tasks": ["classification", "regression"]}}
 
 
 def list_tasks() -> list[dict]:

@@ -21,6 +21,7 @@ from transferkit.export.bundle import check_writable
 from transferkit.strategies import Strategy, make_strategy
 from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
+from transferkit.workflows.auto import AUTO, auto_options, search_and_train
 from transferkit.workflows.baselines import default_baselines
 from transferkit.workflows.fit import prepare_data
 from transferkit.workflows.run_journal import run_journal
@@ -72,8 +73,8 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
     config = replace(config or TrainConfig(progress=False), **train_options)
     budgets = labels_per_class if isinstance(labels_per_class, (list, tuple)) else [labels_per_class]
     strategy_options = strategy_options or {}
-    for name in strategies:
-        make_strategy(name, strategy_options.get(name))  # validate every config before any training
+    for name in strategies:  # validate every config before any training
+        auto_options(strategy_options.get(name)) if name == AUTO else make_strategy(name, strategy_options.get(name))
     if out is not None:
         check_writable(out, overwrite)
     bb_opts = {"image_size": image_size, "max_length": max_length}
@@ -113,7 +114,12 @@ def _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_opt
                                                    train.modality, train.task):
                 key, fingerprint = f"{lpc}/{seed}/{label}", train.fingerprint()
                 row = journal.get(key, fingerprint)
-                if row is None:
+                if row is None and strat is None:  # auto: the search on this draw's training labels, then its winner
+                    run, found = search_and_train(backbone, train, val, test, cfg, bb_opts, strategy_options.get(AUTO),
+                                                  progress=progress)
+                    row = _row(exp, lpc, train, label, None, seed, run) | {"choice": found.winner.label}
+                    journal.record(key, fingerprint, row)
+                elif row is None:
                     run = train_and_score(backbone, strat, train, val, test, cfg, bb_opts)
                     row = _row(exp, lpc, train, label, strat, seed, run)
                     journal.record(key, fingerprint, row)
@@ -126,7 +132,8 @@ def _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_opt
 def _planned_runs(strategies, strategy_options: dict, baselines, config: TrainConfig, seed: int,
                   modality: str, task: str | None = None) -> list[tuple[str, Strategy, TrainConfig]]:
     """(label, strategy, config) of one seed's runs: the strategies, then the scratch baselines on their own recipes."""
-    runs = [(s, make_strategy(s, strategy_options.get(s)), replace(config, seed=seed)) for s in strategies]
+    runs = [(s, None if s == AUTO else make_strategy(s, strategy_options.get(s)), replace(config, seed=seed))
+            for s in strategies]  # auto's strategy is its search's winner, known once the search ran
     names = default_baselines(modality, task) if baselines == "auto" else list(baselines or [])
     runs += [(f"scratch:{v}", make_strategy("scratch", {"variant": v}), TrainConfig(seed=seed, progress=False,
               batch_size=config.batch_size, mixed_precision=config.mixed_precision, cpu=config.cpu))
@@ -134,10 +141,11 @@ def _planned_runs(strategies, strategy_options: dict, baselines, config: TrainCo
     return runs
 
 
-def _row(experiment: str, lpc, train: TaskData, label: str, strategy: Strategy, seed: int, run: Run) -> dict:
+def _row(experiment: str, lpc, train: TaskData, label: str, strategy: Strategy | None, seed: int, run: Run) -> dict:
     """One row of the runs table: the run's keys, its training time and its scalar metrics."""
     return {"experiment": experiment, "labels_per_class": lpc if lpc is not None else _per_class(train),
-            "strategy": label, "kind": strategy.kind, "seed": seed, "seconds": round(run.seconds, 2),
+            "strategy": label, "kind": strategy.kind if strategy is not None else "transfer", "seed": seed,
+            "seconds": round(run.seconds, 2),
             **{k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}}
 
 

@@ -164,14 +164,18 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
     """
     opts = fold_options(options, config=config, data_options=data_options, train=train, domain=domain,
                         fairness=fairness, pretraining=pretraining)
-    strat = resolve_strategy(strategy, strategy_options)
+    auto = _auto_options(strategy, strategy_options, opts)
+    strat = resolve_strategy(strategy, strategy_options) if auto is None else None
     if out is not None:
         check_writable(out, overwrite)
     train_set, val, test = _prepare(data, opts)
     _check_fit_options(train_set, scored_split(val, test), opts.fairness.sensitive_column, check_transfer)
-    domain_entry = _attach_target(strat, train_set, opts.domain, opts.data)
     bb_options = {"image_size": opts.data.image_size, "max_length": opts.data.max_length, "pretrained": pretrained,
                   "drop_path": drop_path}
+    searched = None
+    if auto is not None:  # the search reads the training split only; its winner is trained below like any strategy
+        backbone, strat, opts, searched = _auto_search(backbone, train_set, opts, bb_options, auto)
+    domain_entry = _attach_target(strat, train_set, opts.domain, opts.data)
     settings = run_settings(backbone, strat, opts, train_set, val, test, bb_options, domain_entry,
                             distributed_state().num_processes)
     with checkpointing(out, settings, strat, resume=resume, overwrite=overwrite) as checkpoint:
@@ -183,7 +187,8 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
         # drop_path acts in training only, so it is not part of the rebuilt architecture
         extras = {"backbone_training": {"drop_path": drop_path} if drop_path is not None else None,
                   "domain_adaptation": domain_entry, "pretrain": pretrained_by,
-                  "lr_find": finder.to_dict() if finder is not None else None}
+                  "lr_find": finder.to_dict() if finder is not None else None,
+                  "auto": searched.to_dict() if searched is not None else None}
         manifest.update({k: v for k, v in extras.items() if v is not None})
         if check_transfer:
             manifest["verdict"] = check_transfer_against_scratch(run, strat, train_set, val, test, cfg, baselines)
@@ -191,6 +196,32 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
                               report=report, finder=finder)
         wait_for_everyone()
     return FitResult(predictor, run.metrics, run.history, predictor.manifest, Path(out) if out is not None else None)
+
+
+def _auto_options(strategy, strategy_options: dict | None, opts: FitOptions):
+    """``strategy="auto"``: its validated options, refusing what the search does not combine with; else ``None``."""
+    from transferkit.workflows.auto import AUTO, auto_options
+
+    if not (isinstance(strategy, str) and strategy == AUTO):
+        return None
+    if opts.domain.target_data is not None or opts.domain.target_labelled_data is not None:
+        raise ConfigError("strategy 'auto' searches supervised recipes; for domain adaptation pick one of the domain "
+                          "strategies (transferkit list strategies) or compare them with transferkit compare.")
+    if opts.pretraining.active:
+        raise ConfigError("strategy 'auto' does not combine with pre-training (--pretrain); pre-train, then run auto "
+                          "on the pre-trained backbone, or pick a strategy.")
+    return auto_options(strategy_options)
+
+
+def _auto_search(backbone, train: TaskData, opts: FitOptions, bb_options: dict, auto):
+    """Run the search; the winner's backbone spec, strategy, options (its training recipe) and the record."""
+    from transferkit.workflows.auto import candidate_settings, search
+
+    found = search(backbone, train, opts.train, bb_options, auto, progress=opts.train.progress)
+    win = found.winner
+    cfg, _ = candidate_settings(win, opts.train, bb_options)
+    opts = replace(opts, train=cfg, lr_auto=opts.lr_auto and not win.is_scratch)  # the finder tunes transfer only
+    return win.backbone, resolve_strategy(win.strategy, win.options or None), opts, found
 
 
 def _prepare(data, opts: FitOptions) -> tuple[TaskData, TaskData | None, TaskData | None]:
