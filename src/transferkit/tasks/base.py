@@ -89,6 +89,16 @@ class Task:
         """Bytes that identify the targets (for data fingerprints)."""
         return np.ascontiguousarray(targets).tobytes()
 
+    def label_counts(self, targets: np.ndarray, num_labels: int) -> np.ndarray | None:
+        """How many items carry each label ``[num_labels]``, for targets that are not one class index or one
+        0/1 row per item (boxes, masks); ``None``: the library counts class indices or multi-hot rows itself."""
+        return None
+
+    def remap_labels(self, targets: np.ndarray, mapping: np.ndarray) -> np.ndarray | None:
+        """Targets with label ``k`` renamed ``mapping[k]`` (evaluation data aligned to the training label order),
+        for targets that are not class indices or multi-hot rows; ``None``: the library remaps those itself."""
+        return None
+
     def augment(self, inputs: Any, targets: Any) -> tuple[Any, Any]:
         """Training-time augmentation of a collated batch that must move the targets with the inputs (a flip
         moves boxes and masks with the image); identity by default. Only training batches go through it."""
