@@ -199,7 +199,8 @@ def _prepare(data, opts: FitOptions) -> tuple[TaskData, TaskData | None, TaskDat
     return prepare_data(data, test_data=d.test_data, labels_per_class=d.labels_per_class,
                         val_fraction=d.val_fraction, val_data=d.val_data, seed=opts.train.seed,
                         text_column=d.text_column, label_column=d.label_column, max_test=d.max_test,
-                        sensitive_column=opts.fairness.sensitive_column)
+                        sensitive_column=opts.fairness.sensitive_column,
+                        **({"task": d.task} if d.task is not None else {}))
 
 
 def _check_fit_options(train: TaskData, scored: TaskData | None, sensitive_column: str | None,
