@@ -326,3 +326,33 @@ def test_cli_fit_then_predict_on_the_packaged_lite0(tmp_path):
     record = json.loads(out.output.strip().splitlines()[0])
     assert isinstance(record["prediction"], list)
     assert all(set(o) == {"label", "score", "box"} and o["score"] >= 0.3 for o in record["prediction"])
+
+
+# -- export ------------------------------------------------------------------------------------------------------
+
+def test_detection_export_is_refused_naming_why(tmp_path):
+    from transferkit.export import onnx_export
+
+    data = box_scenes(2, size=32)
+    model = make_strategy("finetune").prepare(tiny_pyramid_backbone(32), data)
+    save_bundle(model.eval(), tmp_path / "b", {"strategy": {"name": "finetune"}})
+    with pytest.raises(ConfigError, match="detection bundles cannot be exported.*non-maximum suppression"):
+        onnx_export.export_bundle(tmp_path / "b", tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.slow
+def test_segmentation_exports_to_onnx_with_the_same_masks(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from transferkit.export import onnx_export
+    from transferkit.export.onnx_runtime import OnnxPredictor
+
+    data = box_scenes(4, size=32, task="segmentation")
+    model, _ = make_strategy("finetune").fit(tiny_pyramid_backbone(32), data, None,
+                                             Trainer(TrainConfig(epochs=1, batch_size=2, progress=False)))
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": "finetune"}})
+    out = onnx_export.export_bundle(tmp_path / "b", tmp_path / "onnx")
+    info = json.loads((Path(out) / "export.json").read_text())
+    assert info["parity"]["max_abs_diff"] <= 1e-4 and info["outputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    exported, torch_masks = OnnxPredictor(out).outputs(list(data.items)), load(tmp_path / "b").outputs(list(data.items))
+    assert all(np.array_equal(a, b) for a, b in zip(exported, torch_masks))

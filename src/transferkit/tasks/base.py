@@ -67,6 +67,9 @@ class Task:
     has_labels: ClassVar[bool] = True
     pipeline_tags: ClassVar[dict[str, str]] = {}
     spatial_targets: ClassVar[bool] = False
+    #: whether ``transferkit export`` can write the model as one ONNX/TorchScript graph (``export_note`` says why not)
+    exportable: ClassVar[bool] = True
+    export_note: ClassVar[str] = ""
     metric_names: ClassVar[tuple[str, ...]] = ()
     #: How targets are encoded: ``"class"`` (an index per item), ``"multi-hot"`` (a 0/1 row per item),
     #: ``"value"`` (a number per item), or another word a task defines (``"per-token"``).

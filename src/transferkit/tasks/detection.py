@@ -133,6 +133,10 @@ class Detection(Task):
     target_kind = "boxes"
     spatial_targets = True
     pipeline_tags = {"image": "object-detection"}
+    exportable = False
+    export_note = ("the detector's output is boxes after FCOS decoding and non-maximum suppression, which is not "
+                   "a fixed-shape tensor graph (exporting the raw head outputs, with decoding and NMS outside, is "
+                   "not written).")
     metric_names = ("map_50", "map", "map_75", "mar_100", "ap_<class>")
 
     # -- targets ---------------------------------------------------------------
