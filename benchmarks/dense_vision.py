@@ -193,6 +193,8 @@ def write_summary(runs: list[dict], args) -> None:
                 summary["results"].append({"task": task, "n": n, "arm": arm, "seeds": len(rs), "metric": metric,
                                            "mean": float(np.mean(m)), "ci": list(_ci(m)[1:]),
                                            second: float(np.mean(s)), "values": m})
+                summary.setdefault("means", {}).setdefault(task, {}).setdefault(f"n{n}", {})[arm] = round(
+                    100 * float(np.mean(m)), 1)
             cells = []
             for a, b in (("finetune", "scratch"), ("frozen", "scratch"), ("finetune", "frozen")):
                 seeds = sorted({r["seed"] for r in by_arm[a]} & {r["seed"] for r in by_arm[b]})
@@ -205,6 +207,10 @@ def write_summary(runs: list[dict], args) -> None:
                 cells.append(_fmt_diff(*d))
                 summary["results"].append({"task": task, "n": n, "difference": f"{a} - {b}", "seeds": len(seeds),
                                            "mean": float(d[0]), "ci": [float(d[1]), float(d[2])]})
+                # points, keyed for the guide's value() directives: paired.detection.n50.finetune_minus_scratch.mean
+                summary.setdefault("paired", {}).setdefault(task, {}).setdefault(f"n{n}", {})[f"{a}_minus_{b}"] = {
+                    "mean": round(100 * float(d[0]), 1), "low": round(100 * float(d[1]), 1),
+                    "high": round(100 * float(d[2]), 1), "seeds": len(seeds)}
             diffs.append(f"| {n} | " + " | ".join(cells) + " |")
         tables += lines + [""] + diffs + [""]
     s = runs[-1]["settings"] if runs else {}
