@@ -191,3 +191,42 @@ def tiny_llama(tmp_path_factory):
     return path
 
 
+
+
+def box_scenes(n: int = 8, size: int = 64, seed: int = 0, task: str = "detection"):
+    """A tiny, learnable detection (or segmentation) task: 1-2 bright squares (class 0) or bars (class 1) on noise.
+
+    Boxes are exact (the drawn rectangles); the segmentation masks paint class + 1 (0: background).
+    """
+    from transferkit.data import TaskData
+    from transferkit.tasks.detection import box_target
+
+    rng = np.random.default_rng(seed)
+    images, targets = [], []
+    for i in range(n):
+        img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), dtype=np.uint8)
+        boxes, labels = [], []
+        for k in range(1 + i % 2):
+            c = (i + k) % 2
+            w, h = (size // 3, size // 3) if c == 0 else (size // 8, size // 2)
+            x = k * size // 2 + int(rng.integers(0, size // 2 - w + 1))
+            y = int(rng.integers(0, size - h + 1))
+            img[y:y + h, x:x + w] = 255 if c == 0 else (255, 40, 40)
+            mask[y:y + h, x:x + w] = c + 1
+            boxes.append([x, y, x + w, y + h])
+            labels.append(c)
+        images.append(img)
+        targets.append(box_target(boxes, labels, (size, size)) if task == "detection" else mask)
+    arr = np.empty(n, dtype=object)
+    arr[:] = targets
+    names = ["square", "bar"] if task == "detection" else ["background", "square", "bar"]
+    return TaskData(np.stack(images), arr, "image", task=task, label_names=names, name=f"box-scenes-{task}")
+
+
+def tiny_pyramid_backbone(size: int = 64):
+    """EfficientNet-Lite0's architecture at random init: a real pyramid (strides 2-32) without the weights."""
+    from transferkit.backbones import load_backbone
+
+    torch.manual_seed(0)
+    return load_backbone("efficientnet-lite:0", pretrained=False, image_size=size)

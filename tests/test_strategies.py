@@ -109,6 +109,8 @@ def test_strategy_trains_each_task_it_declares_and_refuses_the_others(name, task
     strategy = make_strategy(name)
     if task == "text-generation":
         return _check_generation(strategy, request.getfixturevalue("tiny_llama"), tmp_path)
+    if TASKS.get(task).feature_kind == "pyramid":
+        return _check_dense(strategy, task, tmp_path)
     if task == "token-classification":  # word lists: a text backbone with a fast tokenizer
         data, backbone = _task_data(task, tiny_images), load_backbone(f"hf:{request.getfixturevalue('tiny_bert')}",
                                                                       max_length=16)
@@ -149,6 +151,30 @@ def _check_generation(strategy, tiny_llama, tmp_path) -> None:
     assert out.shape == (2,) and all(isinstance(t, str) for t in out)
     save_bundle(model, tmp_path / "b", {"strategy": {"name": strategy.name}})
     assert load(tmp_path / "b").predict([{"prompt": "Colour of the sky?"}, "Colour of grass?"]) == list(out)
+
+
+def _check_dense(strategy, task: str, tmp_path) -> None:
+    """Strategies tagged dense train a detector or segmenter on a random Lite0 pyramid and reload it; the others
+    refuse, naming the strategies that can."""
+    from conftest import box_scenes, tiny_pyramid_backbone
+
+    data = box_scenes(4, size=32, task=task)
+    if not strategy.dense or (strategy.tasks is not None and task not in strategy.tasks):
+        with pytest.raises(ConfigError, match=f"Strategies for {task}: finetune, gradual-unfreeze, lora, scratch"):
+            strategy.fit(tiny_pyramid_backbone(32), data, None, Trainer(TrainConfig(epochs=1, progress=False)))
+        return
+    model, _ = strategy.fit(tiny_pyramid_backbone(32), data, None,
+                            Trainer(TrainConfig(epochs=1, batch_size=2, progress=False)))
+    out = predict_outputs(model, data)
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": strategy.name}})
+    again = load(tmp_path / "b").outputs(data.items)
+    assert len(out) == len(again) == len(data)
+    for a, b in zip(out, again):
+        if task == "detection":
+            np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+            np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-5)
+        else:
+            assert a.shape == (32, 32) and np.array_equal(a, b)
 
 
 def test_unknown_strategy_suggests_the_close_name():

@@ -352,6 +352,85 @@ def generation_empty_prompt_in_a_csv(tmp):
     return ner_fit(path), [str(path), "line 3", "empty or non-text prompt"]
 
 
+# -- malformed boxes and masks (detection, segmentation) ----------------------------------------------------------
+
+def dense_fit(data, *extra):
+    """``fit`` of a detector on a random Lite0, one epoch, were the data good."""
+    return ["fit", "--backbone", "efficientnet-lite:0", "--strategy", "finetune", "--epochs", "1", "--data", data,
+            *extra]
+
+
+def coco_file(folder, **changes):
+    """One 80x60 PNG and a COCO file with one box of category 3 ('cat'); ``changes`` update that annotation."""
+    import json
+
+    from PIL import Image
+
+    Image.new("RGB", (80, 60)).save(folder / "a.png")
+    ann = {"id": 4, "image_id": 1, "category_id": 3, "bbox": [10, 5, 20, 10], **changes}
+    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 80, "height": 60}], "annotations": [ann],
+           "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}
+    path = folder / "ann.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+@case
+def coco_box_outside_the_image(tmp):
+    path = coco_file(tmp, bbox=[70, 5, 20, 10])
+    return dense_fit(path), [str(path), "annotation 4", "'a.png'", "[70, 5, 90, 15]", "outside the 80x60 image"]
+
+
+@case
+def coco_box_of_zero_area(tmp):
+    path = coco_file(tmp, bbox=[10, 5, 0, 10])
+    return dense_fit(path), [str(path), "annotation 4", "[10, 5, 10, 15]", "zero area"]
+
+
+@case
+def coco_category_not_listed(tmp):
+    path = coco_file(tmp, category_id=5)
+    return dense_fit(path), [str(path), "annotation 4", "category_id 5", "3 (cat), 7 (dog)"]
+
+
+@case
+def coco_annotation_for_a_missing_image(tmp):
+    path = coco_file(tmp, image_id=2)
+    return dense_fit(path), [str(path), "annotation 4", "image_id 2", "not among the file's 1 images"]
+
+
+@case
+def coco_polygon_of_two_points(tmp):
+    path = coco_file(tmp, segmentation=[[10, 5, 30, 5]])
+    return dense_fit(path, "--task", "segmentation"), [str(path), "annotation 4", "polygon 1 has 2 points",
+                                                       "at least 3"]
+
+
+@case
+def segmentation_mask_of_another_size(tmp):
+    from PIL import Image
+
+    (tmp / "seg" / "images").mkdir(parents=True)
+    (tmp / "seg" / "masks").mkdir()
+    Image.new("RGB", (80, 60)).save(tmp / "seg" / "images" / "a.png")
+    Image.new("L", (40, 30)).save(tmp / "seg" / "masks" / "a.png")
+    mask = tmp / "seg" / "masks" / "a.png"
+    return dense_fit(tmp / "seg"), [str(mask), "40x30", "its image a.png is 80x60"]
+
+
+@case
+def yolo_class_out_of_range(tmp):
+    from PIL import Image
+
+    (tmp / "y" / "images").mkdir(parents=True)
+    (tmp / "y" / "labels").mkdir()
+    Image.new("RGB", (80, 60)).save(tmp / "y" / "images" / "a.png")
+    (tmp / "y" / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n", encoding="utf-8")
+    (tmp / "y" / "classes.txt").write_text("cat\ndog\n", encoding="utf-8")
+    path = tmp / "y" / "labels" / "a.txt"
+    return dense_fit(tmp / "y"), [str(path), "line 2", "class 2", "0..1 (cat, dog)"]
+
+
 # -- malformed -o values and recipes ---------------------------------------------------------------------------
 
 @case

@@ -12,7 +12,8 @@ from transferkit.cli.common import console, examples
 def register(app: typer.Typer) -> None:
     app.command("predict", epilog=examples(
         'transferkit predict runs/fmnist boot.png shirt.png --top 3',
-        'transferkit predict runs/pii --json "Mail Ada at ada@example.org."'))(predict_command)
+        'transferkit predict runs/pii --json "Mail Ada at ada@example.org."',
+        'transferkit predict runs/seg street.jpg --masks masks/'))(predict_command)
 
 
 def predict_command(
@@ -24,6 +25,8 @@ def predict_command(
                                        help="Text generation: at most this many new tokens (default: the bundle's)."),
     temperature: float = typer.Option(None, min=0.0, max=10.0,
                                       help="Text generation: sampling temperature (0: greedy; default: the bundle's)."),
+    masks: Path = typer.Option(None, "--masks", help="Segmentation: write each predicted mask as a PNG "
+                                                     "(pixel value = class index) to this folder."),
 ) -> None:
     """Predict labels for ITEMS with the bundle at BUNDLE."""
     import numpy as np
@@ -39,7 +42,7 @@ def predict_command(
             raise ConfigError("--max-new-tokens and --temperature apply to text-generation bundles; "
                               f"{bundle} is {predictor.task}.")
         predictor.model.generation = {**(predictor.model.generation or {}), **changes}
-    labels = predictor.predict(items)
+    labels = [_masks_out(p, item, masks) for p, item in zip(predictor.predict(items), items)]
     probs = predictor.outputs(items) if get_task(predictor.task).single_label else None
     for i, item in enumerate(items):
         rec = {"item": item, "prediction": labels[i]}
@@ -49,3 +52,20 @@ def predict_command(
         console.print(json.dumps(rec) if as_json else f"{item}\t{labels[i]}"
                       + ("" if probs is None or top <= 1 else "\t" + ", ".join(f"{n} {p:.3f}" for n, p in rec["top"])),
                       highlight=False, soft_wrap=True)
+
+
+def _masks_out(prediction, item: str, folder: Path | None):
+    """A segmentation prediction's mask array becomes the PNG written to ``folder`` (or is left out)."""
+    import numpy as np
+
+    if not (isinstance(prediction, dict) and isinstance(prediction.get("mask"), np.ndarray)):
+        return prediction
+    rest = {k: v for k, v in prediction.items() if k != "mask"}
+    if folder is None:
+        return rest
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (Path(item).stem + ".png")
+    Image.fromarray(prediction["mask"].astype(np.uint8)).save(path)
+    return {**rest, "mask": str(path)}

@@ -193,9 +193,10 @@ def _used_labels(data: TaskData) -> dict[str, int]:
     """Label name -> number of items carrying it."""
     names = data.label_names or []
     targets = np.asarray(data.targets)
-    if data.task == "multilabel":
+    counts = data.task_spec.label_counts(targets, len(names))  # boxes, masks: the task counts them
+    if counts is None and data.task == "multilabel":
         counts = targets.sum(axis=0).astype(int) if len(targets) else np.zeros(len(names), int)
-    else:
+    elif counts is None:
         counts = np.bincount(targets, minlength=len(names)) if len(targets) else np.zeros(len(names), int)
     return {(names[k] if k < len(names) else str(k)): int(c) for k, c in enumerate(counts) if c > 0}
 
@@ -270,7 +271,8 @@ def align_labels(train: TaskData, evaluation: TaskData) -> TaskData:
                 new[:, lookup[n]] = targets[:, k]
     else:
         mapping = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)
-        new = mapping[targets]
+        new = evaluation.task_spec.remap_labels(targets, mapping)
+        new = mapping[targets] if new is None else new
     return replace(evaluation, targets=new, label_names=list(train.label_names or []), _fingerprint=None)
 
 

@@ -32,18 +32,13 @@ import numpy as np
 from transferkit.data.adapters import align_labels, check_eval_labels
 from transferkit.data.builtin import FASHION_MNIST_DIR, PENGUIN_FEATURES, load_fashion_mnist
 from transferkit.data.dataset import TaskData
+from transferkit.data.rendering import (EMOJI_STYLES, EMOJI_TEST, drawable_in_both, emoji_font,  # noqa: F401
+                                        read_emoji_test, render_emoji, sample_photos)
 from transferkit.data.resolve import resolve_data
 from transferkit.data.splits import stratified_indices
 from transferkit.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------- Fashion-MNIST-M
-
-
-def sample_photos() -> list[np.ndarray]:
-    """scikit-learn's two sample photos (``china.jpg``, ``flower.jpg``; 427x640 RGB uint8), offline."""
-    from sklearn.datasets import load_sample_images
-
-    return [np.asarray(im, dtype=np.uint8) for im in load_sample_images().images]
 
 
 def to_mnist_m(data: TaskData, *, seed: int = 0, photos: list[np.ndarray] | None = None,
@@ -97,74 +92,20 @@ def load_fashion_mnist_m(seed: int = 0, root: str | os.PathLike = FASHION_MNIST_
 
 # ---------------------------------------------------------------- emoji in two styles
 
-EMOJI_TEST = "/usr/share/unicode/emoji/emoji-test.txt"
-NOTO_EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
-SYMBOLA_FONTS = ("/usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf", "/usr/share/fonts/truetype/*/Symbola*.ttf")
-EMOJI_STYLES = ("color", "line")
-_SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
-_DEBIAN = {"emoji-test.txt": "unicode-data", "Noto Color Emoji": "fonts-noto-color-emoji", "Symbola": "fonts-symbola"}
-
-
-def _missing(what: str, path: str) -> DataError:
-    return DataError(f"{what} not found ({path}). The emoji data renders offline from Debian packages: "
-                     f"`apt-get install -y {' '.join(_DEBIAN.values())}` ({what} is in {_DEBIAN[what]}).")
-
-
-def _symbola_path() -> str:
-    for pattern in SYMBOLA_FONTS:
-        found = sorted(glob.glob(pattern))
-        if found:
-            return found[0]
-    raise _missing("Symbola", SYMBOLA_FONTS[0])
-
-
-@functools.lru_cache(maxsize=2)
-def read_emoji_test(path: str = EMOJI_TEST) -> tuple[tuple[str, str, str], ...]:
-    """``(emoji, group, name)`` of every fully-qualified emoji without a skin tone, groups but 'Component'."""
-    if not Path(path).is_file():
-        raise _missing("emoji-test.txt", path)
-    out, group = [], None
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.startswith("# group:"):
-            group = line.split(":", 1)[1].strip()
-        elif "; fully-qualified" in line and group and group != "Component":
-            codes, rest = line.split(";", 1)
-            chars = "".join(chr(int(c, 16)) for c in codes.split())
-            if not _SKIN_TONES & set(chars):
-                out.append((chars, group, rest.split("#", 1)[1].split(" ", 3)[-1].strip()))
-    return tuple(out)
-
-
-def _symbola_has(chars: str, cmap: set[int]) -> bool:
-    bare = chars.replace("\ufe0f", "")
-    return len(bare) == 1 and ord(bare) in cmap
-
 
 @functools.lru_cache(maxsize=4)
 def _render_all(style: str, size: int, path: str) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Render the emoji drawable in both styles; returns (images, indices into read_emoji_test)."""
-    from fontTools.ttLib import TTFont
-    from PIL import Image, ImageDraw, ImageFont
+    """Render the emoji drawable in both styles on white; returns (images, indices into read_emoji_test)."""
+    from PIL import Image
 
-    if not Path(NOTO_EMOJI_FONT).is_file():
-        raise _missing("Noto Color Emoji", NOTO_EMOJI_FONT)
-    symbola = _symbola_path()
-    with TTFont(symbola, lazy=True) as tt:
-        cmap = set(tt.getBestCmap())
+    keep = drawable_in_both(path)
     entries = read_emoji_test(path)
-    keep = tuple(i for i, (ch, _, _) in enumerate(entries) if _symbola_has(ch, cmap))
-    font = ImageFont.truetype(NOTO_EMOJI_FONT, 109) if style == "color" else ImageFont.truetype(symbola, 100)
+    font = emoji_font(style)
     images = np.empty((len(keep), size, size, 3), dtype=np.uint8)
     for k, i in enumerate(keep):
-        ch = entries[i][0]
-        if style == "color":
-            canvas = Image.new("RGBA", (136, 128), (255, 255, 255, 0))
-            ImageDraw.Draw(canvas).text((0, 0), ch, font=font, embedded_color=True)
-            img = Image.new("RGB", canvas.size, "white")
-            img.paste(canvas, mask=canvas.getchannel("A"))
-        else:
-            img = Image.new("RGB", (136, 128), "white")
-            ImageDraw.Draw(img).text((68, 64), ch.replace("\ufe0f", ""), font=font, fill="black", anchor="mm")
+        glyph = render_emoji(entries[i][0], style, font)
+        img = Image.new("RGB", glyph.size, "white")
+        img.paste(glyph, mask=glyph.getchannel("A"))
         images[k] = np.asarray(img.resize((size, size), Image.LANCZOS))
     return images, keep
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from transferkit.data.adapters import (align_labels, check_eval_labels, from_arrays, from_frame, from_hf_dataset,
                                        from_image_folder, from_table)
+from transferkit.data.adapters_dense import DENSE_TASKS, read_dense
 from transferkit.data.adapters_generation import is_generation_file, read_generation_file
 from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, is_span_jsonl, read_token_file
 from transferkit.data.builtin import DATASETS, load_dataset
@@ -31,6 +32,14 @@ def _is_hf_dataset(obj: Any) -> bool:
 
 
 def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
+    if task is None or task in DENSE_TASKS:  # COCO JSON, Pascal VOC, YOLO or image + mask folders
+        dense = read_dense(path, task)
+        if dense is not None:
+            return dense
+        if task is not None:
+            raise DataError(f"{path} is not {task} data: give a COCO JSON file, a Pascal VOC folder (Annotations/, "
+                            f"JPEGImages/), a YOLO folder (images/, labels/, classes.txt) or, for segmentation, "
+                            f"a folder of images/ and masks/ (PNG class indices).")
     if path.is_dir() and task != "token-classification":
         if columns.get("sensitive_column") is not None:
             raise ConfigError(f"{path} is an image folder, which has no columns: a sensitive_column needs a "
@@ -119,7 +128,9 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
         text_column: text column of a table or frame.
         label_column: label column of a table or frame.
         feature_columns: numeric columns of a table or frame.
-        task: ``"classification"`` (default), ``"multilabel"``, ``"regression"``, ``"text-generation"``
+        task: ``"classification"`` (default), ``"multilabel"``, ``"regression"``, ``"detection"`` or
+            ``"segmentation"`` (COCO JSON, Pascal VOC, YOLO and image + mask folders, also detected by their
+            layout), ``"text-generation"``
             (prompt/completion CSV/TSV/JSONL or JSONL chats, also detected by their columns) or ``"token-classification"``
             (CoNLL ``.conll``/``.iob``/``.bio``/``.txt`` or JSONL-span files, HF datasets with
             ``tokens``/``ner_tags`` columns; a ``.conll``/``.iob``/``.bio`` file is always token data).

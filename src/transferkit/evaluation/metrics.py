@@ -26,7 +26,7 @@ from transferkit.errors import DataError
 
 _LOWER_IS_BETTER = frozenset({"mse", "mae", "rmse", "log_loss", "loss", "error", "error_rate", "ece", "brier",
                               "perplexity"})
-_FRACTION_WORDS = ("accuracy", "f1", "precision", "recall", "map", "auc", "ap", "rougel", "chrf", "match")
+_FRACTION_WORDS = ("accuracy", "f1", "precision", "recall", "map", "auc", "ap", "rougel", "chrf", "match", "iou")
 
 
 def _strip_split(metric: str) -> str:

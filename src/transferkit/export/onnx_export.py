@@ -81,6 +81,7 @@ from transferkit.export.onnx_runtime import (
     sample_items,
 )
 from transferkit.strategies.base import TransferModel
+from transferkit.tasks import TASKS, describe_head, get_task
 
 __all__ = [
     "DYNAMO_MIN_OPSET", "EXPORT", "EXPORTABLE", "EXTERNAL_DATA_BYTES", "FORMATS", "IMAGE_INPUT", "LABELS",
@@ -163,6 +164,10 @@ def check_exportable(manifest: dict) -> None:
     """
     kind = manifest.get("preprocess", {}).get("kind")
     spec = manifest.get("backbone", {}).get("spec", "?")
+    task = get_task(manifest["task"]) if manifest.get("task") in TASKS else None
+    if task is not None and not task.exportable:
+        raise ConfigError(f"{task.name} bundles cannot be exported to ONNX or TorchScript yet: {task.export_note} "
+                          f"Serve the bundle itself (transferkit serve), which runs the PyTorch model.")
     if kind in ("image", "text"):
         return
     why = ("it is scikit-learn's TF-IDF on sparse term counts, which has no ONNX or TorchScript graph"
@@ -377,11 +382,17 @@ def _export_info(model: TransferModel, manifest: dict, bundle: Path, format: str
                "dtype": str(t.dtype).removeprefix("torch.")} for n, t in example.items()]
     versions = library_versions(("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "timm"))
     return {"format": format, "file": FORMATS[format], "exporter": exporter, "opset": opset, "inputs": inputs,
-            "outputs": [{"name": OUTPUT, "shape": ["batch", model.head[-1].out_features], "dtype": "float32",
+            "outputs": [{"name": OUTPUT, "shape": _output_shape(model), "dtype": "float32",
                          "meaning": f"logits; outputs = {model.task_spec.export_postprocess()}(logits) "
                                     f"({model.task}, see labels.json)"}],
             "quantized": False, "backbone": manifest["backbone"]["spec"], "task": model.task,
             "bundle": str(bundle.resolve()), "versions": versions}
+
+
+def _output_shape(model: TransferModel) -> list:
+    """The logits' shape: ``[batch, outputs]``, or ``[batch, classes, height, width]`` on a feature pyramid."""
+    width = describe_head(model.head).get("out_features")
+    return ["batch", width, "height", "width"] if model.task_spec.feature_kind == "pyramid" else ["batch", width]
 
 
 def _write_json(path: Path, obj: dict) -> None:

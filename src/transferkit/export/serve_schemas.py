@@ -126,9 +126,25 @@ def schemas():
     class GenerationPrediction(BaseModel):
         text: str = Field(description="The generated continuation of the prompt (text generation).")
 
+    class DetectedObject(BaseModel):
+        label: str = Field(description="The object's class.")
+        score: float = Field(description="The detector's confidence (objects scoring under 0.3 are left out).")
+        box: list[float] = Field(description="[x1, y1, x2, y2] in the image's pixels.")
+
+    class DetectionPrediction(BaseModel):
+        objects: list[DetectedObject] = Field(description="Objects found, best first (object detection).")
+
+    class SegmentationPrediction(BaseModel):
+        classes: dict[str, float] = Field(description="Share of the image's pixels given to each class present.")
+        mask_png: str = Field(description="Base64 PNG of the mask in the image's size: pixel value = class index "
+                                          "into the labels (semantic segmentation).")
+        height: int
+        width: int
+
     class PredictResponse(BaseModel):
         predictions: list[ClassPrediction | MultilabelPrediction | RegressionPrediction | TokenPrediction
-                          | GenerationPrediction] = Field(description="One per input item, in order.")
+                          | GenerationPrediction | DetectionPrediction | SegmentationPrediction] = Field(
+            description="One per input item, in order.")
 
     class Health(BaseModel):
         status: Literal["ok"] = "ok"

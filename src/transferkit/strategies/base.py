@@ -140,11 +140,14 @@ class ItemDataset(torch.utils.data.Dataset):
 
     Image items are preprocessed once up front (small data sets are the point
     of transfer learning, and resizing every epoch would dominate a CPU run).
+    With ``augment=True`` (a training set), :meth:`collate` passes each batch through the task's
+    :meth:`~transferkit.tasks.Task.augment` (boxes and masks follow a flip).
     """
 
-    def __init__(self, data: TaskData, preprocess, precompute: bool = True):
+    def __init__(self, data: TaskData, preprocess, precompute: bool = True, augment: bool = False):
         self.data = data
         self.preprocess = preprocess
+        self.augment = augment
         self.tensor = None
         if precompute and data.modality in ("image", "tabular"):
             chunks = [preprocess(self._items(range(i, min(i + 256, len(data))))) for i in range(0, len(data), 256)]
@@ -171,7 +174,10 @@ class ItemDataset(torch.utils.data.Dataset):
         task, targets = self.data.task_spec, np.asarray(self.data.targets)[indices]
         inputs = (self.inputs(indices) if self.tensor is not None  # precomputed images and rows read no targets
                   else self.preprocess(task.training_items(self._items(indices), targets)))
-        return {"inputs": inputs, "task": self.data.task, "targets": task.collate_targets(targets, inputs)}
+        collated = task.collate_targets(targets, inputs)
+        if self.augment:
+            inputs, collated = task.augment(inputs, collated)
+        return {"inputs": inputs, "task": self.data.task, "targets": collated}
 
 
 def predict_outputs(model: TransferModel, data: TaskData, batch_size: int = 64,
@@ -245,6 +251,9 @@ class Strategy:
         learns_from_labels: it learns from the training labels, so single-class training data is refused.
         generative: it trains through the source model's own output layer (a task on ``logits`` features:
             ``text-generation``); strategies that fit a new head on features refuse such tasks.
+        dense: it trains a head on the backbone's feature pyramid end to end through the model's forward
+            (``detection``, ``segmentation``); strategies that pool features, cache them or mix labels refuse
+            such tasks.
         defaults: loop defaults (epochs, body lr, head lr).
     """
 
@@ -261,6 +270,7 @@ class Strategy:
     #: whether it learns from the training labels (zero-shot reads only the label names: one class is fine there)
     learns_from_labels: ClassVar[bool] = True
     generative: ClassVar[bool] = False
+    dense: ClassVar[bool] = False
     defaults: ClassVar[TrainDefaults] = TrainDefaults()
 
     @classmethod
@@ -269,7 +279,7 @@ class Strategy:
         return {"kind": cls.kind, "modalities": list(cls.modalities),
                 "tasks": None if cls.tasks is None else list(cls.tasks), "needs_target": cls.needs_target,
                 "needs_sensitive": cls.needs_sensitive, "min_backbones": cls.min_backbones,
-                "generative": cls.generative}
+                "generative": cls.generative, "dense": cls.dense}
 
     def __init__(self, config: StrategyConfig | dict | None = None, **options: Any):
         if isinstance(config, StrategyConfig):
@@ -282,9 +292,13 @@ class Strategy:
     # -- what the loop calls ------------------------------------------------
     def check_data(self, backbone: Backbone | None, data: TaskData) -> None:
         """Refuse a task or modality the strategy or backbone cannot handle, naming both."""
+        dense_task = data.task_spec.feature_kind == "pyramid"
         if self.tasks is not None and data.task not in self.tasks:
             raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.tasks)} tasks; "
-                              f"'{data.name}' is {data.task}.")
+                              f"'{data.name}' is {data.task}." + (_dense_choices(data.task) if dense_task else ""))
+        if dense_task and not self.dense:
+            raise ConfigError(f"Strategy '{self.name}' does not train a head on a feature pyramid; '{data.name}' is "
+                              f"{data.task}." + _dense_choices(data.task))
         if data.task_spec.feature_kind == "logits" and not self.generative and (
                 self.tasks is None or data.task not in self.tasks):
             choices = ", ".join(n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), "generative", False))
@@ -313,7 +327,7 @@ class Strategy:
         return TransferModel(backbone, head, data.task, data.label_names)
 
     def train_dataset(self, model: TransferModel, data: TaskData) -> ItemDataset:
-        return ItemDataset(data, model.backbone.preprocess)
+        return ItemDataset(data, model.backbone.preprocess, augment=True)
 
     def param_groups(self, model: TransferModel, lr: float, head_lr: float) -> list[dict]:
         """Everything trainable: the backbone at ``lr``, the head at ``head_lr``."""
@@ -354,6 +368,13 @@ class Strategy:
         model, history = trainer.fit(self, model, train, val)
         self.on_train_end(model, train)
         return model, history
+
+
+def _dense_choices(task: str) -> str:
+    """The strategies that train ``task`` (a task on a feature pyramid), for refusal messages."""
+    names = [n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), "dense", False)
+             and (STRATEGIES.get(n).tasks is None or task in STRATEGIES.get(n).tasks)]
+    return f" Strategies for {task}: {', '.join(names)} (finetune -o train_last=0 trains the head alone)."
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:

@@ -149,6 +149,8 @@ class Crf(Strategy):
     defaults = TrainDefaults(epochs=1)
 
     def check_data(self, backbone: Backbone | None, data: TaskData) -> None:
+        if data.task not in self.tasks and data.task_spec.feature_kind == "pyramid":
+            super().check_data(None, data)  # refuses, naming the strategies that train detection or segmentation
         if data.task not in self.tasks:
             raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.tasks)} tasks; '{data.name}' is "
                               f"{data.task}. A CRF tags words; for {data.task} the no-transfer baseline is "

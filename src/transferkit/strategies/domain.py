@@ -192,6 +192,7 @@ class DomainAdaptation(TargetDomain, Finetune):
     defaults = TrainDefaults(epochs=20, lr=1e-4, head_lr=1e-3)
     paired: ClassVar[bool] = True  # batches carry "target_inputs"
     tasks: ClassVar[tuple[str, ...] | None] = ("classification", "multilabel", "regression")
+    dense: ClassVar[bool] = False  # pooled features for the domain losses
     resumable: ClassVar[bool] = False  # the per-epoch records that choose the checkpoint live on the strategy
 
     def check_data(self, backbone, data: TaskData) -> None:

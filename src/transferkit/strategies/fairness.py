@@ -59,6 +59,7 @@ class _GroupAware(Finetune):
     """Shared parts: the data check, the group index of each item, no mixing of examples."""
 
     tasks = ("classification",)
+    dense = False
 
     needs_sensitive: ClassVar[bool] = True
     #: the group names, in index order (set by :meth:`group_index`)

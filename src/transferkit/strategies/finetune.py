@@ -116,6 +116,7 @@ class Finetune(Strategy):
     Config = FinetuneConfig
     defaults = TrainDefaults(epochs=20, lr=1e-4, head_lr=1e-3)
     generative = True  # trains through a language model's own output layer too (text-generation)
+    dense = True  # and a detection or segmentation head on the backbone's feature pyramid
     #: Regularizers a subclass accepts (``None``: every registered one); PEFT methods narrow it.
     allowed_regularizers: ClassVar[tuple[str, ...] | None] = None
     #: Trains the pre-trained backbone, so ``fit`` measures ``source_agreement`` where there is a source head.
@@ -152,7 +153,9 @@ class Finetune(Strategy):
         if wants_probe_head(self.config.head_init, model, data):  # before any adapter or regularizer snapshot
             self.head_init_ = init_head_from_probe(model, data, seed=torch.initial_seed() % 2**31)
         pre = backbone.preprocess
-        self._augment = ImageAugment(self.config.augment, getattr(pre, "mean", None), getattr(pre, "std", None))
+        # a task whose targets sit on pixels augments images and targets together (Task.augment) instead
+        policy = False if data.task_spec.spatial_targets else self.config.augment
+        self._augment = ImageAugment(policy, getattr(pre, "mean", None), getattr(pre, "std", None))
         if backbone.source_head is not None:
             backbone.source_head.requires_grad_(False)
         frozen = self._frozen_names(model)
@@ -182,6 +185,9 @@ class Finetune(Strategy):
                               f"Set mixup=0 and cutmix=0.")
         if isinstance(c.augment, str) and resolve_policy(c.augment) != "none" and data.modality != "image":
             raise ConfigError(f"augment={c.augment!r} transforms images; '{data.name}' is {data.modality} data.")
+        if data.task_spec.spatial_targets and resolve_policy(c.augment) != "none" and self.kind != "scratch":
+            raise ConfigError(f"augment={c.augment!r} moves images without their {data.task_spec.target_kind}; "
+                              f"{data.task} augments both together (flip, zoom, shift) on its own. Set augment=false.")
 
     def augment(self, inputs):
         """The ``augment`` policy on a normalised image batch (other inputs pass through)."""

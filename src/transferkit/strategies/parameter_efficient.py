@@ -81,6 +81,7 @@ class ParameterEfficient(Finetune):
     """Base of the parameter-efficient strategies: freeze the backbone, :meth:`attach` adapters, train them."""
 
     defaults = TrainDefaults(epochs=20, lr=1e-3, head_lr=1e-3)
+    dense = False  # lora says it does: its conv adapters apply to a pyramid backbone as they are
     allowed_regularizers: ClassVar[tuple[str, ...] | None] = ("lwf", "bss")
     #: whether :func:`merge_adapter` can fold the adapter into the base weights.
     mergeable: ClassVar[bool] = True
@@ -132,6 +133,7 @@ class Lora(ParameterEfficient):
 
     name = "lora"
     Config = LoraConfig
+    dense = True
 
     def targets(self, backbone: Backbone) -> list[str]:
         return resolve_targets(backbone, self.config.target_modules, default_targets(backbone, "lora")[0], self.name)

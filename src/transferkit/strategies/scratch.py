@@ -14,7 +14,9 @@ not a strawman:
   chosen by cross-validation.
 * ``crf`` (token classification): the ``crf`` strategy, a linear-chain CRF on
   hand-written word features (:mod:`transferkit.strategies.crf`).
-* ``auto``: ``small-cnn`` for images, ``tfidf`` for text, ``crf`` for per-word tags.
+* ``auto``: ``small-cnn`` for images, ``tfidf`` for text, ``crf`` for per-word tags, ``same-arch``
+  for detection and segmentation (the same detector or segmenter, every weight random, a longer
+  schedule: :func:`dense_scratch_epochs`).
 """
 from __future__ import annotations
 
@@ -68,6 +70,12 @@ def small_data_epochs(n: int, batch_size: int, min_epochs: int = 60, max_epochs:
     return int(min(max_epochs, max(min_epochs, math.ceil(steps / per_epoch))))
 
 
+def dense_scratch_epochs(n: int, batch_size: int) -> int:
+    """Epochs for a detector or segmenter from scratch: about 400 optimizer steps (40 to 150 epochs), twice
+    the steps of a transfer run at its defaults on tiny data: random weights need longer to learn anything."""
+    return small_data_epochs(n, batch_size, min_epochs=40, max_epochs=150, steps=400)
+
+
 @register_strategy
 class Scratch(Finetune):
     """Baselines without transfer: a small CNN, the same architecture at random init, TF-IDF + LR."""
@@ -77,14 +85,20 @@ class Scratch(Finetune):
     kind = "scratch"
     modalities = ("image", "text")
     # its baselines pool one vector per item; per-word tags go to the CRF
-    tasks = ("classification", "multilabel", "regression", "token-classification")
+    tasks = ("classification", "multilabel", "regression", "token-classification", "detection", "segmentation")
+    dense = True  # same-arch: the detector or segmenter with every weight random
     defaults = TrainDefaults(epochs=60, lr=3e-3, head_lr=3e-3)
 
     def variant(self, data: TaskData) -> str:
         v = self.config.variant
         per_token = data.task_spec.target_kind == "per-token"
+        spatial = data.task_spec.spatial_targets
         if v == "auto":
-            return "crf" if per_token else "small-cnn" if data.modality == "image" else "tfidf"
+            return ("crf" if per_token else "same-arch" if spatial else "small-cnn" if data.modality == "image"
+                    else "tfidf")
+        if spatial and v != "same-arch":
+            raise ConfigError(f"Scratch variant '{v}' does not apply to {data.task} data '{data.name}': "
+                              f"{data.task} trains from scratch with variant 'same-arch' (the same model, random init).")
         if v == "small-cnn" and data.modality != "image" or v == "tfidf" and data.modality != "text":
             raise ConfigError(f"Scratch variant '{v}' does not apply to {data.modality} data '{data.name}'.")
         if (v == "crf") != per_token:
@@ -113,14 +127,16 @@ class Scratch(Finetune):
             arch = backbone.architecture()
             backbone = load_backbone(arch["spec"], pretrained=False, **arch.get("options", {}))
         self.check_data(backbone, train)
-        self.defaults = self._defaults(variant, len(train), trainer.config.batch_size)
+        self.defaults = self._defaults(variant, len(train), trainer.config.batch_size, train.task_spec.spatial_targets)
         model = self.prepare(backbone, train)
         model, history = trainer.fit(self, model, train, val)
         if variant == "same-arch":
             recalibrate_batchnorm(model, train)
         return model, history
 
-    def _defaults(self, variant: str, n: int, batch_size: int) -> TrainDefaults:
+    def _defaults(self, variant: str, n: int, batch_size: int, spatial: bool = False) -> TrainDefaults:
+        if spatial:
+            return TrainDefaults(epochs=dense_scratch_epochs(n, batch_size), lr=1e-3, head_lr=1e-3)
         if variant == "small-cnn":
             e = small_data_epochs(n, batch_size)
             return TrainDefaults(epochs=e, lr=3e-3, head_lr=3e-3)

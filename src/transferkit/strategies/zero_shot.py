@@ -168,6 +168,8 @@ class ZeroShot(Strategy):
 
     def check_data(self, backbone: Backbone | None, data: TaskData) -> None:
         """Text data with a text backbone, or image data with an image-text backbone (``clip:``)."""
+        if data.task not in self.tasks and data.task_spec.feature_kind == "pyramid":
+            super().check_data(None, data)  # refuses, naming the strategies that train detection or segmentation
         has_text = backbone is not None and (backbone.modality == "text" or hasattr(backbone, "encode_text"))
         if backbone is not None and not has_text:
             raise ConfigError(f"zero-shot needs a backbone that embeds text: backbone '{backbone.spec}' has no text "

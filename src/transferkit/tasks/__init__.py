@@ -16,7 +16,10 @@ from transferkit.registry import Registry
 from transferkit.tasks.base import IGNORE_INDEX, Task
 from transferkit.tasks.heads import HEADS, build_head, describe_head, linear_head, rebuild_head, register_head
 from transferkit.tasks.labels import Classification, MultiLabel, Regression
+from transferkit.tasks import dense_heads  # noqa: F401  (registers the fcos and fpn-seg heads)
+from transferkit.tasks.detection import Detection
 from transferkit.tasks.generation import TextGeneration
+from transferkit.tasks.segmentation import Segmentation
 from transferkit.tasks.token_classification import TokenClassification
 
 TASKS: Registry[Task] = Registry("task")
@@ -48,7 +51,8 @@ def compute_metrics(task: str | Task, y_true: Any, outputs: Any, label_names: Se
     return get_task(task).metrics(y_true, outputs, label_names)
 
 
-for _task in (Classification, MultiLabel, Regression, TokenClassification, TextGeneration):
+for _task in (Classification, MultiLabel, Regression, TokenClassification, TextGeneration, Detection,
+              Segmentation):
     register_task(_task)
 
 

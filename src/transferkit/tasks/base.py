@@ -24,7 +24,9 @@ it instead of branching on its name:
 
 Capabilities are declared, not tested by name: :attr:`Task.single_label` (one
 class per item: stratified splits, labels per class, confusion matrices),
-:attr:`Task.has_labels` (outputs are named by ``label_names``).
+:attr:`Task.has_labels` (outputs are named by ``label_names``),
+:attr:`Task.spatial_targets` (targets are tied to pixel positions, boxes or masks: the task augments
+images and targets together in :meth:`Task.augment`, and image-only augmentation or mixing is refused).
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ class Task:
         target_kind: how targets are encoded (``class``, ``multi-hot``, ``value``, ...).
         has_labels: outputs are named by ``label_names``.
         pipeline_tags: modality -> Hugging Face Hub pipeline tag.
+        spatial_targets: targets are tied to pixel positions (boxes, masks); see :meth:`augment`.
     """
 
     name: ClassVar[str] = ""
@@ -63,6 +66,10 @@ class Task:
     single_label: ClassVar[bool] = False
     has_labels: ClassVar[bool] = True
     pipeline_tags: ClassVar[dict[str, str]] = {}
+    spatial_targets: ClassVar[bool] = False
+    #: whether ``transferkit export`` can write the model as one ONNX/TorchScript graph (``export_note`` says why not)
+    exportable: ClassVar[bool] = True
+    export_note: ClassVar[str] = ""
     metric_names: ClassVar[tuple[str, ...]] = ()
     #: How targets are encoded: ``"class"`` (an index per item), ``"multi-hot"`` (a 0/1 row per item),
     #: ``"value"`` (a number per item), or another word a task defines (``"per-token"``).
@@ -84,6 +91,21 @@ class Task:
     def target_bytes(self, targets: np.ndarray) -> bytes:
         """Bytes that identify the targets (for data fingerprints)."""
         return np.ascontiguousarray(targets).tobytes()
+
+    def label_counts(self, targets: np.ndarray, num_labels: int) -> np.ndarray | None:
+        """How many items carry each label ``[num_labels]``, for targets that are not one class index or one
+        0/1 row per item (boxes, masks); ``None``: the library counts class indices or multi-hot rows itself."""
+        return None
+
+    def remap_labels(self, targets: np.ndarray, mapping: np.ndarray) -> np.ndarray | None:
+        """Targets with label ``k`` renamed ``mapping[k]`` (evaluation data aligned to the training label order),
+        for targets that are not class indices or multi-hot rows; ``None``: the library remaps those itself."""
+        return None
+
+    def augment(self, inputs: Any, targets: Any) -> tuple[Any, Any]:
+        """Training-time augmentation of a collated batch that must move the targets with the inputs (a flip
+        moves boxes and masks with the image); identity by default. Only training batches go through it."""
+        return inputs, targets
 
     def stratify(self, targets: np.ndarray | None) -> np.ndarray | None:
         """Labels to stratify splits by, or ``None`` when the task has none."""

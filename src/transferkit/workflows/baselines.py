@@ -36,6 +36,8 @@ def default_baselines(modality: str, task: str | None = None) -> list[str]:
     """
     if task is not None and get_task(task).target_kind == "per-token":
         return ["crf"]
+    if task is not None and get_task(task).spatial_targets:
+        return ["same-arch"]  # the same detector or segmenter from random weights
     if task is not None and get_task(task).target_kind == "text":
         return []  # no model trained from scratch writes text from a few hundred pairs: compare with zero-shot
     return {"image": ["small-cnn", "same-arch"], "text": ["tfidf"]}.get(modality, [])

@@ -230,7 +230,8 @@ def _prepare(data, opts: FitOptions) -> tuple[TaskData, TaskData | None, TaskDat
     return prepare_data(data, test_data=d.test_data, labels_per_class=d.labels_per_class,
                         val_fraction=d.val_fraction, val_data=d.val_data, seed=opts.train.seed,
                         text_column=d.text_column, label_column=d.label_column, max_test=d.max_test,
-                        sensitive_column=opts.fairness.sensitive_column)
+                        sensitive_column=opts.fairness.sensitive_column,
+                        **({"task": d.task} if d.task is not None else {}))
 
 
 def _check_fit_options(train: TaskData, scored: TaskData | None, sensitive_column: str | None,
@@ -240,8 +241,8 @@ def _check_fit_options(train: TaskData, scored: TaskData | None, sensitive_colum
     if sensitive_column is not None or (train.sensitive is not None and task.single_label):
         check_fairness_data(sensitive_column or train.sensitive_name or "sensitive", train, scored)
     if check_transfer and task.has_labels and not task.single_label and task.target_kind != "per-token":
-        raise ConfigError("check_transfer supports classification, regression and token classification; for "
-                          "multi-label data run transferkit compare, which judges transfer over seeds.")
+        raise ConfigError(f"check_transfer supports classification, regression and token classification; for "
+                          f"{train.task} data run transferkit compare, which judges transfer over seeds.")
 
 
 def _manifest(backbone, strategy: Strategy, config: TrainConfig, train: TaskData, val, test, labels_per_class,

@@ -89,6 +89,9 @@ class DataOptions:
         "help": "evaluate on a fixed stratified subset of this many test items (the same for every seed)"})
     image_size: int | None = field(default=None, metadata={"help": "image side in pixels (default: the backbone's)"})
     max_length: int | None = field(default=None, metadata={"help": "text: maximum tokens (default: 128)"})
+    task: str | None = field(default=None, metadata={
+        "help": "what the data's targets are, where a file could be read as several: e.g. segmentation for a "
+                "COCO JSON file (default: detected from the data)"})
 
     def __post_init__(self) -> None:
         for name in ("labels_per_class", "max_test", "max_length"):
@@ -100,6 +103,10 @@ class DataOptions:
                               f"Got {v!r} instead.")
         _check_str("DataOptions", "text_column", self.text_column)
         _check_str("DataOptions", "label_column", self.label_column)
+        if self.task is not None:
+            from transferkit.tasks import TASKS
+
+            TASKS.get(self.task)  # an unknown name lists the tasks
 
 
 @dataclass

@@ -1,0 +1,262 @@
+"""``detection``: boxes and classes of the objects in an image, scored by COCO mAP.
+
+Targets are one dict per image (:func:`box_target`): ``boxes`` ``[n, 4]`` (x1, y1, x2, y2 in the image's
+own pixels), ``labels`` ``[n]`` (indices into ``label_names``, no background class) and ``size``
+``(height, width)`` of the image they refer to. The backbone resizes every image to its square input;
+:meth:`Detection.collate_targets` scales the boxes the same way, and predictions come back in each
+image's own pixels (:meth:`Detection.decode` reads the image's size from the item).
+
+The model is torchvision's FCOS over torchvision's FPN on the backbone's feature pyramid (the ``fcos``
+head, :mod:`transferkit.tasks.dense_heads`). Training batches are augmented with boxes following the
+image (torchvision transforms v2 on ``tv_tensors.BoundingBoxes``): a horizontal flip and a mild zoom and
+shift, after which boxes cut below 2 px are dropped.
+
+Metrics come from torchmetrics' ``MeanAveragePrecision`` with the pycocotools backend (the COCO
+evaluation itself): ``map`` (mAP@[.5:.95]), ``map_50``, ``map_75``, ``mar_100`` and per-class AP
+``ap_<class>`` (@[.5:.95]). The primary metric is ``map_50``: on small images and few training
+images the question is whether objects are found and named; mAP@[.5:.95] also rewards pixel-exact
+boxes, which at 128-192 px input (a stride-8 finest level) moves with a pixel or two of error.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from transferkit.errors import DataError
+from transferkit.tasks.base import Task
+
+#: Boxes smaller than this (input pixels) after augmentation are dropped, as torchvision's SanitizeBoundingBoxes does.
+MIN_BOX_SIDE = 2.0
+#: ``predict`` and ``serve`` leave out objects scoring under this; evaluation scores every detection (COCO's
+#: mAP needs the low-scoring ones, down to the head's own 0.05 threshold).
+SHOW_SCORE = 0.3
+
+
+def box_target(boxes: Any, labels: Any, size: tuple[int, int]) -> dict:
+    """One image's detection target: ``{"boxes": float32 [n, 4] xyxy pixels, "labels": int64 [n], "size": (h, w)}``."""
+    return {"boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            "labels": np.asarray(labels, dtype=np.int64).reshape(-1), "size": (int(size[0]), int(size[1]))}
+
+
+def check_boxes(boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int], num_classes: int,
+                where: str, what: str = "box") -> None:
+    """Refuse a box outside its image, of zero area, not finite, or with a class outside ``0..num_classes-1``.
+
+    ``where`` names the image (``file.json, image 'a.jpg'``); each message adds the box's index and values.
+    """
+    h, w = size
+    if h <= 0 or w <= 0:
+        raise DataError(f"{where}: image size {w}x{h} is not positive.")
+    tol = 0.5  # annotation tools round to half pixels
+    for j, (box, label) in enumerate(zip(boxes, labels)):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        shown = f"{what} {j + 1} [{x1:g}, {y1:g}, {x2:g}, {y2:g}]"
+        if not np.isfinite(box).all():
+            raise DataError(f"{where}: {shown} is not finite.")
+        if x2 <= x1 or y2 <= y1:
+            raise DataError(f"{where}: {shown} has zero area (x2 must exceed x1 and y2 exceed y1; boxes are "
+                            f"x1, y1, x2, y2).")
+        if x1 < -tol or y1 < -tol or x2 > w + tol or y2 > h + tol:
+            raise DataError(f"{where}: {shown} lies outside the {w}x{h} image.")
+        if num_classes and not 0 <= int(label) < num_classes:
+            raise DataError(f"{where}: {shown} has class index {int(label)}; there are {num_classes} classes "
+                            f"(0..{num_classes - 1}).")
+
+
+def image_size(item: Any, index: int = 0) -> tuple[int, int]:
+    """``(height, width)`` of a raw image item (a path, a PIL image, an array) without decoding its pixels."""
+    if isinstance(item, np.ndarray):
+        return int(item.shape[0]), int(item.shape[1])
+    if hasattr(item, "size") and hasattr(item, "mode"):  # PIL
+        return int(item.size[1]), int(item.size[0])
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(os.fspath(item)) as im:
+            return int(im.size[1]), int(im.size[0])
+    except (OSError, UnidentifiedImageError, TypeError) as exc:
+        raise DataError(f"Cannot read the size of image {index} ({item!r:.80}): {exc}") from None
+
+
+def spatial_augment(inputs: torch.Tensor, boxes: list[dict] | None = None, masks: torch.Tensor | None = None,
+                    flip: float = 0.5, scale: tuple[float, float] = (0.8, 1.2), translate: float = 0.1):
+    """A horizontal flip and a mild zoom/shift of each image, with its boxes and/or mask following.
+
+    torchvision transforms v2 on ``tv_tensors`` (``BoundingBoxes``, ``Mask``: masks resample by nearest
+    neighbour); boxes left under :data:`MIN_BOX_SIDE` px are dropped with their labels. Returns
+    ``(inputs, boxes, masks)``; masks are ``[B, H, W]`` class indices (padding: 255, ignored).
+    """
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([v2.RandomHorizontalFlip(flip),
+                            v2.RandomAffine(degrees=0, translate=(translate, translate), scale=scale,
+                                            fill={tv_tensors.Image: 0.0, tv_tensors.Mask: 255, "others": 0})])
+    size = tuple(inputs.shape[-2:])
+    out_images, out_boxes, out_masks = [], [], []
+    for i in range(len(inputs)):
+        sample: dict = {"image": tv_tensors.Image(inputs[i])}
+        if boxes is not None:
+            sample["boxes"] = tv_tensors.BoundingBoxes(boxes[i]["boxes"], format="XYXY", canvas_size=size)
+            sample["labels"] = boxes[i]["labels"]
+        if masks is not None:
+            sample["mask"] = tv_tensors.Mask(masks[i])
+        sample = transform(sample)
+        out_images.append(sample["image"].as_subclass(torch.Tensor))
+        if boxes is not None:
+            b = sample["boxes"].as_subclass(torch.Tensor)
+            keep = ((b[:, 2] - b[:, 0]) >= MIN_BOX_SIDE) & ((b[:, 3] - b[:, 1]) >= MIN_BOX_SIDE)
+            out_boxes.append({"boxes": b[keep], "labels": sample["labels"][keep]})
+        if masks is not None:
+            out_masks.append(sample["mask"].as_subclass(torch.Tensor))
+    return (torch.stack(out_images), out_boxes if boxes is not None else None,
+            torch.stack(out_masks) if masks is not None else None)
+
+
+def _object_array(rows: list) -> np.ndarray:
+    out = np.empty(len(rows), dtype=object)
+    out[:] = rows
+    return out
+
+
+class Detection(Task):
+    """Boxes and classes of objects per image: torchvision FCOS on a feature pyramid, COCO mAP@.5."""
+
+    name = "detection"
+    primary_metric = "map_50"
+    feature_kind = "pyramid"
+    head = "fcos"
+    target_kind = "boxes"
+    spatial_targets = True
+    pipeline_tags = {"image": "object-detection"}
+    exportable = False
+    export_note = ("the detector's output is boxes after FCOS decoding and non-maximum suppression, which is not "
+                   "a fixed-shape tensor graph (exporting the raw head outputs, with decoding and NMS outside, is "
+                   "not written).")
+    metric_names = ("map_50", "map", "map_75", "mar_100", "ap_<class>")
+
+    # -- targets ---------------------------------------------------------------
+    def check_targets(self, targets: Any, label_names: Sequence[str] | None, where: str) -> np.ndarray:
+        n = len(label_names or [])
+        rows = []
+        for i, t in enumerate(targets):
+            if not isinstance(t, dict) or not {"boxes", "labels", "size"} <= set(t):
+                raise DataError(f"{where}: the target of image {i + 1} must be a dict with boxes, labels and size "
+                                f"(transferkit.tasks.detection.box_target); got {t!r:.80}.")
+            try:
+                row = box_target(t["boxes"], t["labels"], t["size"])
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{where}: the target of image {i + 1} is not boxes [n, 4] and labels [n]: {exc}") from None
+            if len(row["boxes"]) != len(row["labels"]):
+                raise DataError(f"{where}: image {i + 1} has {len(row['boxes'])} boxes but {len(row['labels'])} labels.")
+            check_boxes(row["boxes"], row["labels"], row["size"], n, f"{where}, image {i + 1}")
+            rows.append(row)
+        return _object_array(rows)
+
+    def target_bytes(self, targets: np.ndarray) -> bytes:
+        return b"|".join(t["boxes"].tobytes() + t["labels"].tobytes() + str(t["size"]).encode() for t in targets)
+
+    def label_counts(self, targets: np.ndarray, num_labels: int) -> np.ndarray:
+        """Images holding at least one object of each class."""
+        counts = np.zeros(num_labels, dtype=np.int64)
+        for t in targets:
+            counts[np.unique(t["labels"][t["labels"] < num_labels])] += 1
+        return counts
+
+    def remap_labels(self, targets: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+        return _object_array([{**t, "labels": mapping[t["labels"]]} for t in targets])
+
+    def collate_targets(self, targets: np.ndarray, inputs: Any) -> list[dict]:
+        """Boxes scaled to the model input (the backbone resized each image to its square input)."""
+        h, w = (int(s) for s in inputs.shape[-2:])
+        out = []
+        for t in targets:
+            scale = torch.tensor([w / t["size"][1], h / t["size"][0]] * 2, dtype=torch.float32)
+            out.append({"boxes": torch.from_numpy(t["boxes"]).float() * scale,
+                        "labels": torch.from_numpy(t["labels"]).long()})
+        return out
+
+    def augment(self, inputs: Any, targets: Any) -> tuple[Any, Any]:
+        """Flip, zoom and shift each image with its boxes (:func:`spatial_augment`)."""
+        images, boxes, _ = spatial_augment(inputs, boxes=targets)
+        return images, boxes
+
+    # -- model -----------------------------------------------------------------
+    def make_head(self, spec, num_outputs: int, *, dropout: float = 0.0, **options: Any) -> torch.nn.Module:
+        from transferkit.tasks.heads import build_head
+
+        return build_head(self.head, (spec.channels, spec.strides), num_outputs, dropout=dropout, **options)
+
+    def loss(self, outputs: Any, targets: Any, *, label_smoothing: float = 0.0) -> torch.Tensor:
+        return outputs.loss(targets)
+
+    # -- outputs ---------------------------------------------------------------
+    def postprocess(self, outputs: Any, inputs: Any = None) -> np.ndarray:
+        """Per image: ``boxes`` ``[k, 4]`` as fractions of the image's width and height, ``scores``, ``labels``."""
+        h, w = outputs.image_size
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        return _object_array([{"boxes": (d["boxes"].float().cpu() / scale).clamp(0, 1).numpy(),
+                               "scores": d["scores"].float().cpu().numpy(),
+                               "labels": d["labels"].long().cpu().numpy()} for d in outputs.detections()])
+
+    def concat(self, parts: list[np.ndarray], num_outputs: int) -> np.ndarray:
+        return _object_array([row for part in parts for row in part])
+
+    def objects(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None,
+                min_score: float = 0.0) -> list[list[dict]]:
+        """Per image: ``{"label", "score", "box": [x1, y1, x2, y2]}`` in the image's pixels (fractions of its
+        width and height when the items are not given), best first."""
+        names = list(label_names or [])
+        result = []
+        for i, row in enumerate(outputs):
+            h, w = image_size(items[i], i) if items is not None else (1, 1)
+            scale = np.array([w, h, w, h], dtype=np.float64)
+            order = np.argsort(-row["scores"], kind="stable")
+            result.append([{"label": names[int(row["labels"][j])] if names else int(row["labels"][j]),
+                            "score": round(float(row["scores"][j]), 6),
+                            "box": [round(float(v), 2) for v in row["boxes"][j] * scale]}
+                           for j in order if row["scores"][j] >= min_score])
+        return result
+
+    def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None) -> list:
+        """Objects scoring at least :data:`SHOW_SCORE` per image (:meth:`objects`)."""
+        return self.objects(outputs, label_names, items, SHOW_SCORE)
+
+    def records(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None) -> list[dict]:
+        return [{"objects": objs} for objs in self.objects(outputs, label_names, items, SHOW_SCORE)]
+
+    # -- evaluation ------------------------------------------------------------
+    def metrics(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> dict:
+        """COCO evaluation (torchmetrics ``MeanAveragePrecision``, pycocotools backend) in each image's pixels."""
+        from torchmetrics.detection import MeanAveragePrecision
+
+        if len(y_true) != len(outputs):
+            raise DataError(f"{len(y_true)} annotated images but {len(outputs)} predictions.")
+        names = list(label_names or [])
+        preds, gold = [], []
+        for t, p in zip(y_true, outputs):
+            h, w = t["size"]
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+            preds.append({"boxes": torch.as_tensor(p["boxes"], dtype=torch.float32).reshape(-1, 4) * scale,
+                          "scores": torch.as_tensor(p["scores"], dtype=torch.float32),
+                          "labels": torch.as_tensor(p["labels"], dtype=torch.long)})
+            gold.append({"boxes": torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4),
+                         "labels": torch.as_tensor(t["labels"], dtype=torch.long)})
+        out = {"map_50": 0.0, "map": 0.0, "map_75": 0.0, "mar_100": 0.0, "n": len(gold),
+               "objects": int(sum(len(g["labels"]) for g in gold))}
+        if not gold or not out["objects"]:
+            return out
+        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
+        metric.update(preds, gold)
+        result = metric.compute()
+        for key in ("map_50", "map", "map_75", "mar_100"):
+            out[key] = max(0.0, float(result[key]))  # -1: nothing to score
+        classes = result["classes"].reshape(-1).tolist()
+        for c, ap in zip(classes, result["map_per_class"].reshape(-1).tolist()):
+            if ap >= 0:
+                out[f"ap_{names[c] if c < len(names) else c}"] = float(ap)
+        return out
