@@ -1,0 +1,224 @@
+"""Where the runs of a sweep execute: in this process, or as Ray tasks on a machine or a cluster.
+
+``compare``, ``rank``, ``tune`` and ``continual`` describe their work as a list of independent jobs
+(one training run, one candidate, one tuning worker, one learner on one seed) and hand it to an
+:class:`Engine`; ``engine.map(fn, jobs)`` returns ``[fn(*job) for job in jobs]`` in the order of
+``jobs``, calling ``on_result(i, result)`` in this process as each finishes, which is where the
+workflows journal a finished run. The local engine runs the jobs one after another here; the Ray
+engine runs each as a Ray task with declared resources (one CPU, and one GPU where the cluster has
+GPUs), so that two jobs never share a core. A job's arguments shared by several jobs (the data of
+one seed) go to Ray's object store once.
+
+Ray is imported only when the Ray engine starts; without it the error names the extra to install.
+
+Example:
+    >>> from transferkit.workflows.engine import make_engine
+    >>> with make_engine("local") as engine:
+    ...     engine.map(pow, [(2, 3), (3, 2)])
+    [8, 9]
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from transferkit.errors import ConfigError
+
+__all__ = ["ENGINES", "Engine", "LocalEngine", "RayEngine", "check_engine", "import_ray", "make_engine"]
+
+ENGINES = ("local", "ray")
+#: Environment variables a Ray worker needs to behave like this process (offline hubs, the feature cache).
+_FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "TRANSFERKIT_CACHE",
+                  "TRANSFERKIT_LOG_DIR")
+
+
+def import_ray():
+    """The ``ray`` module, or a ConfigError naming the extra that brings it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("The Ray engine needs Ray: pip install 'transferkit[scale]'.") from None
+    return ray
+
+
+def check_engine(engine: str, address: str | None) -> None:
+    """Refuse an unknown engine, or an address without the Ray engine, before any work.
+
+    Raises:
+        ConfigError: naming the option, the value and the valid choices.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"The 'engine' parameter (--engine) must be one of {', '.join(ENGINES)}. "
+                          f"Got {engine!r} instead.")
+    if address is not None and engine != "ray":
+        raise ConfigError(f"address={address!r} (--address) names a Ray cluster; it needs engine='ray' (--engine ray).")
+    if address is not None and address != "auto" and not _looks_like_address(address):
+        raise ConfigError(f"The 'address' parameter (--address) must be 'auto', ray://HOST:PORT or HOST:PORT. "
+                          f"Got {address!r} instead.")
+
+
+def _looks_like_address(address: str) -> bool:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return bool(host) and port.isdigit()
+
+
+class Engine:
+    """Runs independent jobs; :meth:`map` is the one call the workflows make."""
+
+    name = "engine"
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    @property
+    def workers(self) -> int:
+        """How many jobs run at once."""
+        return 1
+
+    def map(self, fn: Callable, jobs: Sequence[tuple], on_result: Callable[[int, Any], None] | None = None) -> list:
+        """``[fn(*job) for job in jobs]``, in order; ``on_result(i, result)`` runs here as each job finishes."""
+        raise NotImplementedError
+
+
+class LocalEngine(Engine):
+    """The jobs one after another, in this process."""
+
+    name = "local"
+
+    def map(self, fn, jobs, on_result=None) -> list:
+        results = []
+        for i, job in enumerate(jobs):
+            results.append(fn(*job))
+            if on_result is not None:
+                on_result(i, results[-1])
+        return results
+
+
+class RayEngine(Engine):
+    """Each job a Ray task; Ray started here (or joined at ``address``) for the engine's lifetime.
+
+    Args:
+        address: ``None`` starts a local Ray (or uses the one this process already started);
+            ``"auto"`` joins the cluster running on this machine (``ray start --head``);
+            ``ray://HOST:PORT`` a remote cluster through Ray Client.
+        num_cpus: CPUs each task declares.
+        num_gpus: GPUs each task declares; default: 1 where the cluster has GPUs, else 0.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, num_cpus: float = 1, num_gpus: float | None = None):
+        self.address, self.num_cpus, self.num_gpus = address, num_cpus, num_gpus
+        self._started = False
+
+    def __enter__(self) -> RayEngine:
+        ray = import_ray()
+        if not ray.is_initialized():
+            _check_reachable(self.address)
+            try:
+                ray.init(address=self.address, runtime_env=_runtime_env(self.address), include_dashboard=False,
+                         log_to_driver=False, logging_level="ERROR", configure_logging=True)
+            except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+                where = f"at {self.address!r} (--address)" if self.address else "on this machine"
+                raise ConfigError(f"Cannot start or reach a Ray cluster {where}: {str(exc).splitlines()[0]} "
+                                  "Start one with `ray start --head`, or leave --address out to start a local "
+                                  "Ray.") from None
+            self._started = True
+        if self.num_gpus is None:
+            self.num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._started:
+            import_ray().shutdown()
+            self._started = False
+
+    @property
+    def workers(self) -> int:
+        ray = import_ray()
+        return max(1, int(ray.cluster_resources().get("CPU", 1) // self.num_cpus))
+
+    def map(self, fn, jobs, on_result=None) -> list:
+        ray = import_ray()
+        task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(fn)
+        shared: dict[int, Any] = {}
+        keep = []  # the objects whose id() keys `shared`, alive until every job is submitted
+
+        def put(arg):
+            if isinstance(arg, (str, int, float, bool, type(None))):
+                return arg
+            if id(arg) not in shared:
+                shared[id(arg)] = ray.put(arg)
+                keep.append(arg)
+            return shared[id(arg)]
+
+        pending = {task.remote(*map(put, job)): i for i, job in enumerate(jobs)}
+        results: list = [None] * len(jobs)
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(done[0])
+                results[i] = _get(ray, done[0])
+                if on_result is not None:
+                    on_result(i, results[i])
+        finally:
+            for ref in pending:  # an error or an interrupt here: the runs in flight stop
+                ray.cancel(ref, force=True)
+        return results
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5) -> None:
+    """A HOST:PORT that does not accept a connection is refused at once (Ray itself retries for minutes)."""
+    if address is None or address == "auto":
+        return
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"Cannot reach a Ray cluster at {address!r} (--address): {exc.strerror or exc}. Start one "
+                          "with `ray start --head` there, or leave --address out to start a local Ray.") from None
+
+
+def _get(ray, ref):
+    """The task's result; a task's own exception is raised as itself (a ConfigError stays a ConfigError)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            raise cause from None
+        raise
+
+
+def _runtime_env(address: str | None) -> dict:
+    """Workers import this transferkit (not another install) and see this process's offline and cache settings."""
+    from transferkit.data.cache import CACHE_ENV, default_cache_dir
+
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    package = Path(__file__).resolve().parents[1]
+    if address is None or address == "auto":  # this machine: the workers read the same files
+        env[CACHE_ENV] = str(default_cache_dir())
+        env["PYTHONPATH"] = os.pathsep.join([str(package.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+        return {"env_vars": env}
+    # A remote cluster: ship this package's code; the feature cache is shared where TRANSFERKIT_CACHE names a
+    # folder every node mounts.
+    return {"env_vars": env, "py_modules": [str(package)]}
+
+
+def make_engine(engine: str | Engine | None = "local", address: str | None = None) -> Engine:
+    """An engine from its name (``local``, ``ray``) and, for Ray, the cluster address; an Engine passes through."""
+    if isinstance(engine, Engine):
+        return engine
+    engine = engine or "local"
+    check_engine(engine, address)
+    if engine == "ray":
+        return RayEngine(address)
+    return LocalEngine()
+

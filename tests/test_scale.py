@@ -1,0 +1,192 @@
+"""Scaling out: the Ray engine gives the local engine's results, journals and resumes the same way.
+
+One local Ray with two CPUs is started for the module (Ray's start-up takes seconds) and shut down after it.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from transferkit.errors import ConfigError
+from transferkit.workflows import run_journal as journaling
+from transferkit.workflows.compare import compare
+from transferkit.workflows.engine import import_ray, make_engine
+from transferkit.workflows.run_journal import journal_path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = dict(seeds=2, labels_per_class=4, baselines=[], epochs=1, progress=False)
+STRATEGIES = ["finetune", "linear-probe"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    ray = pytest.importorskip("ray", reason="the Ray engine needs the scale extra: pip install 'transferkit[scale]'")
+    import os
+
+    from transferkit.workflows.engine import _runtime_env
+
+    cache = tmp_path_factory.mktemp("features")
+    old = os.environ.get("TRANSFERKIT_CACHE")
+    os.environ["TRANSFERKIT_CACHE"] = str(cache)  # the workers share this process's feature cache
+    ray.init(num_cpus=2, runtime_env=_runtime_env(None), include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("TRANSFERKIT_CACHE")
+    else:
+        os.environ["TRANSFERKIT_CACHE"] = old
+
+
+def _rows(result):
+    return result.runs.drop(columns="seconds").round(6).to_dict("records")
+
+
+def test_an_unknown_engine_or_a_stray_address_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match=r"'engine' parameter \(--engine\) must be one of local, ray. Got 'spark'"):
+        make_engine("spark")
+    with pytest.raises(ConfigError, match=r"needs engine='ray' \(--engine ray\)"):
+        make_engine("local", "auto")
+    with pytest.raises(ConfigError, match=r"'address' parameter \(--address\) must be 'auto', ray://HOST:PORT"):
+        make_engine("ray", "somewhere")
+    assert make_engine("local").map(pow, [(2, 3), (3, 2)]) == [8, 9]
+
+
+_CLI_CHECK = """
+import sys
+from typer.testing import CliRunner
+from transferkit.cli.main import app
+r = CliRunner().invoke(app, ["compare", "--backbone", "small-cnn:16", "--data", "digits", "--strategies",
+                             "linear-probe", "--engine", "spark", "--out", sys.argv[1]])
+print(r.exit_code, "ray" in sys.modules)
+print(r.output)
+"""
+
+
+def test_a_bad_engine_is_one_error_line_with_exit_2_and_ray_is_not_imported(tmp_path):
+    out = tmp_path / "cmp"
+    result = subprocess.run([sys.executable, "-c", _CLI_CHECK, str(out)], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    status, *lines = result.stdout.strip().splitlines()
+    assert status == "2 False", result.stdout + result.stderr  # exit code 2; importing the CLI did not import ray
+    assert len(lines) == 1 and "--engine" in lines[0] and "local, ray" in lines[0] and "'spark'" in lines[0]
+    assert not out.exists() and not journal_path(out).exists()
+
+
+def test_an_unreachable_address_is_one_error_line_with_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from transferkit.cli.main import app
+
+    pytest.importorskip("ray")
+    out = tmp_path / "cmp"
+    r = CliRunner().invoke(app, ["compare", "--backbone", "small-cnn:16", "--data", "digits", "--strategies",
+                                 "linear-probe", "--engine", "ray", "--address", "127.0.0.1:9", "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "--address" in r.output and "127.0.0.1:9" in r.output and "ray start --head" in r.output
+    assert not out.exists() and not journal_path(out).exists()
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'transferkit\[scale\]'"):
+        import_ray()
+
+
+def test_workers_import_this_transferkit_and_share_the_feature_cache(ray_cluster):
+    import os
+
+    import transferkit
+
+    @ray_cluster.remote(num_cpus=1)
+    def where():
+        import os
+
+        import transferkit
+
+        return transferkit.__file__, os.environ.get("TRANSFERKIT_CACHE")
+
+    assert ray_cluster.get(where.remote()) == (transferkit.__file__, os.environ["TRANSFERKIT_CACHE"])
+
+
+@pytest.fixture(scope="module")
+def local_compare():
+    from conftest import shapes_images
+    from transferkit.data import from_arrays
+
+    X, y = shapes_images()
+    data = from_arrays(X, y, label_names=["square", "bar", "noise"])
+    return data, compare("small-cnn:16", data, STRATEGIES, **ARGS)
+
+
+def test_compare_on_ray_gives_the_local_runs_and_report(ray_cluster, local_compare, tmp_path):
+    tiny_images, local = local_compare
+    remote = compare("small-cnn:16", tiny_images, STRATEGIES, engine="ray", out=tmp_path / "ray", **ARGS)
+    assert len(remote.runs) == 4 and _rows(remote) == _rows(local)
+    assert remote.verdicts.equals(local.verdicts)
+    assert (tmp_path / "ray" / "report.md").exists() and not journal_path(tmp_path / "ray").exists()
+
+
+def test_a_compare_interrupted_on_ray_resumes_on_ray_without_training_recorded_runs(ray_cluster, local_compare,
+                                                                                    tmp_path, monkeypatch):
+    tiny_images, fresh = local_compare
+    out = tmp_path / "cmp"
+    real_record, recorded = journaling.RunJournal.record, []
+
+    def record_then_die(self, key, fingerprint, row):
+        real_record(self, key, fingerprint, row)
+        recorded.append((key, row))
+        if len(recorded) == 2:
+            raise KeyboardInterrupt  # the driver killed after two runs finished; the others are cancelled
+
+    monkeypatch.setattr(journaling.RunJournal, "record", record_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        compare("small-cnn:16", tiny_images, STRATEGIES, engine="ray", out=out, **ARGS)
+    assert not out.exists() and (journal_path(out) / "runs.jsonl").read_text().count("\n") == 2
+
+    monkeypatch.setattr(journaling.RunJournal, "record", real_record)
+    resumed = compare("small-cnn:16", tiny_images, STRATEGIES, engine="ray", out=out, resume=True, **ARGS)
+    assert _rows(resumed) == _rows(fresh) and not journal_path(out).exists()
+    for key, row in recorded:  # recorded runs are read back, not trained again: even their times are the same
+        lpc, seed, label = key.split("/")
+        again = resumed.runs[(resumed.runs["seed"] == int(seed)) & (resumed.runs["strategy"] == label)]
+        assert again["seconds"].item() == row["seconds"]
+
+
+def test_rank_on_ray_gives_the_local_table(ray_cluster, tiny_images):
+    from transferkit.workflows.rank import rank
+
+    args = dict(scores=["knn", "linear-probe"], max_items=None)
+    local = rank(["small-cnn:16", "small-cnn:8"], tiny_images, **args)
+    remote = rank(["small-cnn:16", "small-cnn:8"], tiny_images, engine="ray", **args)
+    cols = ["candidate", "rank", "knn", "linear-probe", "random_knn", "flag"]
+    assert local.table[cols].round(6).equals(remote.table[cols].round(6))
+    assert remote.recommendation == local.recommendation
+
+
+def test_continual_on_ray_gives_the_local_runs(ray_cluster):
+    from transferkit.workflows.continual import run_continual
+
+    args = dict(split=5, learners=["naive", "replay"], labels_per_class=10, test_per_class=10, epochs=1, seeds=2)
+    local = run_continual("digits", "small-cnn:8", **args)
+    remote = run_continual("digits", "small-cnn:8", engine="ray", **args)
+    strip = lambda r: [{k: v for k, v in run.items() if k != "seconds"} for run in r["runs"]]  # noqa: E731
+    assert strip(remote) == strip(local) and remote["summary"] == local["summary"]
+
+
+def test_tune_on_ray_runs_trials_in_parallel_workers_on_one_study_and_resumes(ray_cluster, tiny_images, tmp_path):
+    from transferkit.workflows.tune import tune
+
+    storage = tmp_path / "study.db"
+    args = dict(space={"C": ["log", 1e-3, 1e2]}, labels_per_class=8, val_fraction=0.4, storage=storage,
+                study_name="s")
+    first = tune("small-cnn:16", tiny_images, "linear-probe", trials=4, engine="ray", **args)
+    complete = first.trials[first.trials["state"] == "COMPLETE"]
+    assert 4 <= len(complete) <= 5  # two workers: one may start a last trial as the other completes the fourth
+    assert len(set(complete["C"].round(12))) == len(complete)  # the workers' samplers did not propose the same C
+    assert first.best_value == complete["value"].max()
+    resumed = tune("small-cnn:16", tiny_images, "linear-probe", trials=len(complete) + 2, **args)  # locally
+    assert (resumed.trials["state"] == "COMPLETE").sum() == len(complete) + 2
+    assert resumed.trials["number"].tolist()[:len(first.trials)] == first.trials["number"].tolist()
