@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from transferkit.errors import ConfigError
@@ -190,3 +191,106 @@ def test_tune_on_ray_runs_trials_in_parallel_workers_on_one_study_and_resumes(ra
     resumed = tune("small-cnn:16", tiny_images, "linear-probe", trials=len(complete) + 2, **args)  # locally
     assert (resumed.trials["state"] == "COMPLETE").sum() == len(complete) + 2
     assert resumed.trials["number"].tolist()[:len(first.trials)] == first.trials["number"].tolist()
+
+
+def _separable(n: int, seed: int):
+    from transferkit.data import from_arrays
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    return from_arrays(X, (X[:, 0] + X[:, 1] > 0).astype(int), label_names=["a", "b"])
+
+
+def test_feature_files_are_read_by_rows_and_match_the_computed_features(tmp_path):
+    import torch
+
+    from transferkit.backbones import load_backbone
+    from transferkit.data.cache import compute_features, feature_file
+
+    data = _separable(300, 0)
+    torch.manual_seed(0)
+    bb = load_backbone("mlp:32", in_features=4)
+    ff = feature_file(bb, data, batch_size=64, cache_dir=tmp_path)
+    whole = compute_features(bb, data, batch_size=64)
+    assert ff.shape == whole.shape and np.array_equal(np.asarray(ff), whole)
+    rows = np.array([299, 3, 4, 5, 0, 3])
+    assert np.array_equal(ff[rows], whole[rows]) and np.array_equal(ff[10:20], whole[10:20])
+    assert np.array_equal(np.concatenate([c for _, c in ff.chunks(70)]), whole)
+    view = ff.take([7, 2, 9])
+    assert np.array_equal(np.asarray(view), whole[[7, 2, 9]]) and np.array_equal(view[1:], whole[[2, 9]])
+
+
+def test_the_streaming_probe_learns_what_the_closed_form_probe_learns(tmp_path, monkeypatch):
+    import torch
+
+    from transferkit.backbones import load_backbone
+    from transferkit.strategies import make_strategy
+    from transferkit.training import TrainConfig, Trainer
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))
+    train, val, test = _separable(400, 0), _separable(100, 1), _separable(300, 2)
+    accuracy = {}
+    for streaming in (False, True):
+        torch.manual_seed(0)
+        bb = load_backbone("mlp:64", in_features=4)
+        strategy = make_strategy("linear-probe", {"streaming": streaming})
+        model, history = strategy.fit(bb, train, val, Trainer(TrainConfig(progress=False)))
+        assert history[0].get("streamed", False) is streaming
+        accuracy[streaming] = (strategy.predict(model, test).argmax(1) == test.targets).mean()
+    assert accuracy[False] > 0.9 and abs(accuracy[True] - accuracy[False]) < 0.05, accuracy
+
+
+_UNDER_A_CAP = """
+import json, os, resource, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+from transferkit.backbones import load_backbone
+from transferkit.data import from_arrays
+from transferkit.strategies import make_strategy
+from transferkit.training import TrainConfig, Trainer
+
+WIDTH, HEADROOM = 16384, 256 << 20
+rows = 2 * HEADROOM // (4 * WIDTH)  # float32 features of twice the memory left under the cap
+
+
+def data(n, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    return from_arrays(X, (X[:, 0] + X[:, 1] > 0).astype(int), label_names=["a", "b"])
+
+
+def probe(d, options):
+    torch.manual_seed(0)
+    bb = load_backbone(f"mlp:{WIDTH}", in_features=4)
+    strategy = make_strategy("linear-probe", options)
+    model, history = strategy.fit(bb, d, None, Trainer(TrainConfig(progress=False)))
+    return history[0], float((strategy.predict(model, d).argmax(1) == d.targets).mean())
+
+
+probe(data(300, 1), {"streaming": True})  # warm-up: imports, threads and allocator arenas exist before the cap
+vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + HEADROOM, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    np.ones((rows, WIDTH), dtype=np.float32)
+    held = True
+except MemoryError:
+    held = False
+info, accuracy = probe(data(rows, 0), {})  # the default: the probe sees the features would not fit
+print(json.dumps({"features_bytes": rows * WIDTH * 4, "cap_above_baseline": HEADROOM, "whole_array_fits": held,
+                  "streamed": info.get("streamed", False), "accuracy": accuracy}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/status are Linux's")
+def test_features_larger_than_the_memory_cap_are_extracted_and_probed(tmp_path):
+    import json
+    import os
+
+    env = {**os.environ, "TRANSFERKIT_CACHE": str(tmp_path), "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", _UNDER_A_CAP], capture_output=True, text=True, timeout=600,
+                            cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["features_bytes"] > report["cap_above_baseline"] and not report["whole_array_fits"]
+    assert report["streamed"] and report["accuracy"] > 0.9, report
