@@ -41,9 +41,9 @@ def start_ray(workers: int):
     """Ray on this machine with ``workers`` CPUs, the way RayEngine starts it (the engine then reuses it)."""
     import ray
 
-    from transferkit.workflows.engine import _runtime_env
+    from transferkit.export.ray_cluster import runtime_env
 
-    ray.init(num_cpus=workers, runtime_env=_runtime_env(None), include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=workers, runtime_env=runtime_env(None), include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     return ray
 

@@ -27,12 +27,12 @@ def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="the Ray engine needs the scale extra: pip install 'transferkit[scale]'")
     import os
 
-    from transferkit.workflows.engine import _runtime_env
+    from transferkit.export.ray_cluster import runtime_env
 
     cache = tmp_path_factory.mktemp("features")
     old = os.environ.get("TRANSFERKIT_CACHE")
     os.environ["TRANSFERKIT_CACHE"] = str(cache)  # the workers share this process's feature cache
-    ray.init(num_cpus=2, runtime_env=_runtime_env(None), include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, runtime_env=runtime_env(None), include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
     if old is None:
@@ -294,3 +294,64 @@ def test_features_larger_than_the_memory_cap_are_extracted_and_probed(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["features_bytes"] > report["cap_above_baseline"] and not report["whole_array_fits"]
     assert report["streamed"] and report["accuracy"] > 0.9, report
+
+
+@pytest.mark.slow
+def test_serve_on_ray_with_two_replicas_answers_as_the_local_service(ray_cluster, tmp_path):
+    import base64
+    import io
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from conftest import shapes_images
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from ray import serve
+
+    from transferkit.api import fit
+    from transferkit.data import from_arrays
+    from transferkit.export.bundle import load
+    from transferkit.export.serve import create_app
+    from transferkit.export.serve_ray import serve_on_ray, stop_serving
+
+    X, y = shapes_images(n_per_class=8)
+    bundle = tmp_path / "shapes"
+    fit("small-cnn:16", from_arrays(X, y, label_names=["square", "bar", "noise"]), "finetune", epochs=1, out=bundle,
+        progress=False, report=False)
+
+    def b64(arr):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    images = [b64(x) for x in X[[0, 9, 20]]]
+    requests = {"ok": {"inputs": images}, "too many": {"inputs": images * 2}, "not an image": {"inputs": ["eA=="]},
+                "unknown field": {"inputs": images, "extra": 1}}
+    local = TestClient(create_app(load(bundle), max_items=4))
+    want = {name: local.post("/predict", json=body) for name, body in requests.items()}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = serve_on_ray(bundle, replicas=2, port=port, max_items=4)
+    try:
+        assert serve.status().applications["transferkit"].deployments["transferkit"].replica_states == {"RUNNING": 2}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for name, body in requests.items():
+                got = client.post("/predict", json=body)
+                assert got.status_code == want[name].status_code, (name, got.text)
+                if got.status_code == 200:
+                    for g, w in zip(got.json()["predictions"], want[name].json()["predictions"]):
+                        assert g["label"] == w["label"]
+                        assert g["probabilities"] == pytest.approx(w["probabilities"], abs=1e-5)
+                else:
+                    assert got.json() == want[name].json(), name
+            with ThreadPoolExecutor(8) as pool:  # concurrent requests: batched, spread over the replicas
+                answers = list(pool.map(lambda _: client.post("/predict", json=requests["ok"]), range(16)))
+            assert all(a.status_code == 200 for a in answers)
+            assert {tuple(p["label"] for p in a.json()["predictions"]) for a in answers} == {
+                tuple(p["label"] for p in want["ok"].json()["predictions"])}
+            assert client.get("/health").json() == {"status": "ok"}
+    finally:
+        stop_serving(shutdown_ray=False)

@@ -19,30 +19,15 @@ Example:
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from transferkit.errors import ConfigError
+from transferkit.export.ray_cluster import import_ray, init_ray
 
 __all__ = ["ENGINES", "Engine", "LocalEngine", "RayEngine", "check_engine", "import_ray", "make_engine"]
 
 ENGINES = ("local", "ray")
-#: Environment variables a Ray worker needs to behave like this process (offline hubs, the feature cache).
-_FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "TRANSFERKIT_CACHE",
-                  "TRANSFERKIT_LOG_DIR")
-
-
-def import_ray():
-    """The ``ray`` module, or a ConfigError naming the extra that brings it."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("The Ray engine needs Ray: pip install 'transferkit[scale]'.") from None
-    return ray
-
-
 def check_engine(engine: str, address: str | None) -> None:
     """Refuse an unknown engine, or an address without the Ray engine, before any work.
 
@@ -118,17 +103,7 @@ class RayEngine(Engine):
 
     def __enter__(self) -> RayEngine:
         ray = import_ray()
-        if not ray.is_initialized():
-            _check_reachable(self.address)
-            try:
-                ray.init(address=self.address, runtime_env=_runtime_env(self.address), include_dashboard=False,
-                         log_to_driver=False, logging_level="ERROR", configure_logging=True)
-            except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-                where = f"at {self.address!r} (--address)" if self.address else "on this machine"
-                raise ConfigError(f"Cannot start or reach a Ray cluster {where}: {str(exc).splitlines()[0]} "
-                                  "Start one with `ray start --head`, or leave --address out to start a local "
-                                  "Ray.") from None
-            self._started = True
+        self._started = init_ray(self.address)
         if self.num_gpus is None:
             self.num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         return self
@@ -172,20 +147,6 @@ class RayEngine(Engine):
         return results
 
 
-def _check_reachable(address: str | None, timeout_s: float = 5) -> None:
-    """A HOST:PORT that does not accept a connection is refused at once (Ray itself retries for minutes)."""
-    if address is None or address == "auto":
-        return
-    import socket
-
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise ConfigError(f"Cannot reach a Ray cluster at {address!r} (--address): {exc.strerror or exc}. Start one "
-                          "with `ray start --head` there, or leave --address out to start a local Ray.") from None
-
-
 def _get(ray, ref):
     """The task's result; a task's own exception is raised as itself (a ConfigError stays a ConfigError)."""
     try:
@@ -195,21 +156,6 @@ def _get(ray, ref):
         if isinstance(cause, BaseException):
             raise cause from None
         raise
-
-
-def _runtime_env(address: str | None) -> dict:
-    """Workers import this transferkit (not another install) and see this process's offline and cache settings."""
-    from transferkit.data.cache import CACHE_ENV, default_cache_dir
-
-    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
-    package = Path(__file__).resolve().parents[1]
-    if address is None or address == "auto":  # this machine: the workers read the same files
-        env[CACHE_ENV] = str(default_cache_dir())
-        env["PYTHONPATH"] = os.pathsep.join([str(package.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
-        return {"env_vars": env}
-    # A remote cluster: ship this package's code; the feature cache is shared where TRANSFERKIT_CACHE names a
-    # folder every node mounts.
-    return {"env_vars": env, "py_modules": [str(package)]}
 
 
 def make_engine(engine: str | Engine | None = "local", address: str | None = None) -> Engine:
