@@ -238,7 +238,7 @@ class LinearProbe(Strategy):
                               "cache folder: set TRANSFERKIT_CACHE to one.")
         vdata = (feature_file(backbone, val, batch_size=bs), val.targets) if val is not None and len(val) else None
         head, info = fit_streaming_head(train.task, X, train.targets, train.num_outputs, val=vdata,
-                                        C=self.config.C, seed=trainer.config.seed)
+                                        C=self.config.C, grid=C_GRID, seed=trainer.config.seed)
         return TransferModel(backbone, head, train.task, train.label_names).eval(), [{"epoch": 1, **info}]
 
     def _fit_tokens(self, backbone: Backbone, train: TaskData, val: TaskData | None,

@@ -96,7 +96,8 @@ def _score(kind: str, heads, features, y, mean, scale) -> list[float]:
 
 
 def fit_streaming_head(task: str, features, y: np.ndarray, outputs: int, *, val: tuple | None = None,
-                       C: float | None = None, seed: int = 0, epochs: int = EPOCHS) -> tuple[nn.Sequential, dict]:
+                       C: float | None = None, grid: tuple[float, ...] = (1.0,), seed: int = 0,
+                       epochs: int = EPOCHS) -> tuple[nn.Sequential, dict]:
     """Fit a linear head on a :class:`~transferkit.data.cache.FeatureFile` a minibatch at a time.
 
     Args:
@@ -105,15 +106,14 @@ def fit_streaming_head(task: str, features, y: np.ndarray, outputs: int, *, val:
         y: the ``N`` targets (class ids, multi-hot rows or values).
         outputs: the head's outputs (classes, labels, or 1).
         val: ``(features, targets)`` of the validation split, to choose ``C``; without it ``C`` is 1.
-        C: the inverse L2 strength; ``None``: the best on validation of 0.01, 0.1, 1 and 10.
+        C: the inverse L2 strength; ``None``: the best of ``grid`` on validation (1 without validation).
+        grid: the strengths ``C=None`` chooses from (the closed-form probe's ``C_GRID``).
         seed: the minibatch order.
         epochs: passes over the training features.
     """
-    from transferkit.strategies.linear_probe import C_GRID
-
     kind = get_task(task).target_kind
     y = np.asarray(y)
-    grid = [C] if C is not None else (list(C_GRID) if val is not None else [1.0])
+    grid = [C] if C is not None else (list(grid) if val is not None else [1.0])
     mean, scale = _moments(features)
     if not (np.isfinite(mean).all() and np.isfinite(scale).all()):
         raise ConfigError("Backbone features contain NaN or inf; check the backbone and its input.")
