@@ -3,13 +3,15 @@
     python benchmarks/scale.py [--backbone small-cnn:16] [--data digits] [--labels-per-class 40]
         [--epochs 5] [--seeds 4] [--workers 2] [--reps 3] [--out benchmarks/results/scale]
 
-One comparison of ``--seeds`` fine-tuning runs (no baselines) is timed on the local engine (the runs one
-after another in this process, torch using every core) and on the Ray engine (a local Ray started with
-``--workers`` CPUs, one run per CPU); the two alternate, ``--reps`` times each, so that a change in the
-machine's load hits both. The Ray time includes starting and stopping Ray and its workers, as a command
-line user sees it. Writes ``scale.json`` (every repetition) and ``summary.md``: the median wall time of
-each engine, their ratio, and whether every repetition's runs table (all but the time column) was the
-same on both engines.
+One comparison of ``--seeds`` fine-tuning runs (no baselines) is timed three ways: the local engine as it
+runs by default (the runs one after another in this process, torch using every core), the local engine
+with torch on one thread (what each Ray task gets), and the Ray engine (a local Ray started with
+``--workers`` CPUs, one run per CPU, one thread each). The three alternate, ``--reps`` times each, so that a
+change in the machine's load hits all of them. The Ray time includes starting and stopping Ray and its
+workers, as a command line user sees it. Writes ``scale.json`` (every repetition) and ``summary.md``: the
+median wall times, the ratios, and which runs tables (all but the time column) were the same: multi-threaded
+CPU kernels are not bit-reproducible across thread counts, so a run trained on two threads can differ from
+the same run on one thread by an item, whichever engine runs it.
 """
 from __future__ import annotations
 
@@ -25,15 +27,20 @@ from pathlib import Path
 OUT = Path(__file__).parent / "results" / "scale"
 
 
-def one(engine: str, args) -> dict:
+def one(engine: str, args, threads: int | None = None) -> dict:
+    import torch
+
     from transferkit.workflows.compare import compare
 
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads or default)
     start = time.perf_counter()
     result = compare(args.backbone, args.data, ["finetune"], seeds=args.seeds, labels_per_class=args.labels_per_class,
                      baselines=[], epochs=args.epochs, progress=False, engine=engine)
     wall = time.perf_counter() - start
+    torch.set_num_threads(default)
     runs = result.runs
-    return {"engine": engine, "wall_s": round(wall, 2), "run_seconds": runs["seconds"].tolist(),
+    return {"engine": engine + (f", {threads} thread" if threads else ""), "wall_s": round(wall, 2), "run_seconds": runs["seconds"].tolist(),
             "table": runs.drop(columns="seconds").round(6).to_dict("records")}
 
 
@@ -49,33 +56,57 @@ def start_ray(workers: int):
 
 
 def markdown(reps: list[dict], args, env: dict) -> str:
-    local = [r["wall_s"] for r in reps if r["engine"] == "local"]
-    ray = [r["wall_s"] for r in reps if r["engine"] == "ray"]
-    ratio = statistics.median(ray) / statistics.median(local)
-    same = all(r["table"] == reps[0]["table"] for r in reps)
-    per_rep = [f"{b / a:.2f}" for a, b in zip(local, ray)]
+    arms = list(dict.fromkeys(r["engine"] for r in reps))
+    times = {a: [r["wall_s"] for r in reps if r["engine"] == a] for a in arms}
+    median = {a: statistics.median(t) for a, t in times.items()}
+    tables = {a: [r["table"] for r in reps if r["engine"] == a] for a in arms}
+    stable = {a: all(t == tables[a][0] for t in tables[a]) for a in arms}
+
+    def same(a, b):
+        return "yes" if all(x == y for x, y in zip(tables[a], tables[b])) else "no"
+
+    def differing(a, b):
+        """Per differing run: the largest difference over its metrics, and accuracy on both."""
+        out = []
+        for x, y in zip(tables[a][0], tables[b][0]):
+            if x != y:
+                gap = max(abs(x[k] - y[k]) for k in x if isinstance(x[k], float) and k in y)
+                out.append(f"seed {x['seed']}: accuracy {x['accuracy']:.4f} vs {y['accuracy']:.4f}, largest metric "
+                           f"difference {gap:.2g}")
+        return "; ".join(out) or "none"
+
+    local, one, ray = arms
     lines = [
         f"# compare on the local and the Ray engine: {args.seeds} runs",
         "",
         f"`{args.backbone}` fine-tuned on `{args.data}`, {args.labels_per_class} labels per class, {args.epochs} "
-        f"epochs, {args.seeds} seeds (one run each, no baselines). Local: the runs one after another in one "
-        f"process (torch with {env['torch_threads']} threads). Ray: a local Ray started with {args.workers} CPUs, "
-        f"one run per CPU; its time includes starting Ray and its workers. {args.reps} alternating repetitions; "
-        f"machine: {env['cpus']} CPUs, {env['platform']}.",
+        f"epochs, {args.seeds} seeds (one run each, no baselines). `local`: the runs one after another in one "
+        f"process, torch with its default {env['torch_threads']} threads; `local, 1 thread`: the same with torch on "
+        f"one thread; `ray`: a local Ray started with {args.workers} CPUs, one run per CPU (one thread each), its "
+        f"time including starting Ray and its workers. {args.reps} repetitions, the three alternating; machine: "
+        f"{env['cpus']} CPUs, {env['platform']}.",
         "",
         "| engine | median wall time (s) | repetitions (s) |",
         "| --- | ---: | --- |",
-        f"| local | {statistics.median(local):.1f} | {', '.join(f'{t:.1f}' for t in local)} |",
-        f"| ray, {args.workers} workers | {statistics.median(ray):.1f} | {', '.join(f'{t:.1f}' for t in ray)} |",
+        *[f"| {a} | {median[a]:.1f} | {', '.join(f'{t:.1f}' for t in times[a])} |" for a in arms],
         "",
-        f"**Ray / local wall time: {ratio:.2f}x** (median over repetitions; per repetition: {', '.join(per_rep)}).",
+        f"**Ray ({args.workers} workers) / local wall time: {median[ray] / median[local]:.2f}x**; Ray / local on one "
+        f"thread: {median[ray] / median[one]:.2f}x (medians over repetitions).",
         "",
-        f"Runs tables (every metric, all but the time column) identical on both engines in every repetition: "
-        f"**{'yes' if same else 'no'}**.",
+        "Runs tables (every metric, all but the time column):",
+        "",
+        "- the same in every repetition of each engine: " + ", ".join(
+            f"{a}: {'yes' if stable[a] else 'no'}" for a in arms) + ";",
+        f"- `ray` and `local, 1 thread` (one thread per run on both): **{same(ray, one)}**;",
+        f"- `ray` and `local` (one thread per run against {env['torch_threads']}): {same(ray, local)} "
+        f"(differing runs: {differing(local, ray)});",
+        f"- `local` and `local, 1 thread` (the same engine, {env['torch_threads']} threads against one): "
+        f"{same(local, one)} (differing runs: {differing(local, one)}).",
         "",
         "The machine was shared with other jobs while this ran (its load average went from "
         f"{env['load_before']} before to {env['load_after']} after, on {env['cpus']} cores), so the absolute times "
-        "are noisy; the repetitions alternate engines so that the load hits both.",
+        "are noisy and the local engine's threads competed with the other jobs' for the two cores; the "
+        "repetitions alternate the arms so that the load hits all of them.",
         "",
         f"Command: `{env['command']}`",
     ]
@@ -99,8 +130,9 @@ def main(argv=None) -> None:
            "load_before": f"{os.getloadavg()[0]:.1f}", "command": "python " + " ".join(sys.argv)}
     reps = []
     for rep in range(args.reps):
-        reps.append({"rep": rep, **one("local", args)})
-        print(f"rep {rep} local: {reps[-1]['wall_s']:.1f} s", flush=True)
+        for threads in (None, 1):
+            reps.append({"rep": rep, **one("local", args, threads)})
+            print(f"rep {rep} {reps[-1]['engine']}: {reps[-1]['wall_s']:.1f} s", flush=True)
         start = time.perf_counter()
         ray = start_ray(args.workers)
         try:
