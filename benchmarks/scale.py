@@ -50,7 +50,7 @@ def start_ray(workers: int):
 
     from transferkit.export.ray_cluster import runtime_env
 
-    ray.init(num_cpus=workers, runtime_env=runtime_env(None), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=workers, runtime_env=runtime_env(None), include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     return ray
 

@@ -32,7 +32,7 @@ def ray_cluster(tmp_path_factory):
     cache = tmp_path_factory.mktemp("features")
     old = os.environ.get("TRANSFERKIT_CACHE")
     os.environ["TRANSFERKIT_CACHE"] = str(cache)  # the workers share this process's feature cache
-    ray.init(num_cpus=2, runtime_env=runtime_env(None), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, runtime_env=runtime_env(None), include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
     if old is None:

@@ -69,8 +69,9 @@ def init_ray(address: str | None) -> bool:
         return False
     check_reachable(address)
     try:
-        ray.init(address=address, runtime_env=runtime_env(address), include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", configure_logging=True)
+        # "local": a new Ray even where `ray start` left a cluster running (that one is --address auto)
+        ray.init(address=address or "local", runtime_env=runtime_env(address), include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR", configure_logging=True)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         where = f"at {address!r} (--address)" if address else "on this machine"
         raise ConfigError(f"Cannot start or reach a Ray cluster {where}: {str(exc).splitlines()[0]} "
