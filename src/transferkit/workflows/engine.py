@@ -28,6 +28,8 @@ from transferkit.export.ray_cluster import import_ray, init_ray
 __all__ = ["ENGINES", "Engine", "LocalEngine", "RayEngine", "check_engine", "import_ray", "make_engine"]
 
 ENGINES = ("local", "ray")
+
+
 def check_engine(engine: str, address: str | None) -> None:
     """Refuse an unknown engine, or an address without the Ray engine, before any work.
 
@@ -115,8 +117,12 @@ class RayEngine(Engine):
 
     @property
     def workers(self) -> int:
-        ray = import_ray()
-        return max(1, int(ray.cluster_resources().get("CPU", 1) // self.num_cpus))
+        """Tasks the cluster runs at once: its CPUs over each task's, and its GPUs over each task's where they use one."""
+        resources = import_ray().cluster_resources()
+        slots = resources.get("CPU", 1) // self.num_cpus
+        if self.num_gpus:
+            slots = min(slots, resources.get("GPU", 0) // self.num_gpus)
+        return max(1, int(slots))
 
     def map(self, fn, jobs, on_result=None) -> list:
         ray = import_ray()
