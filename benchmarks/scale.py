@@ -75,7 +75,12 @@ def markdown(reps: list[dict], args, env: dict) -> str:
                            f"difference {gap:.2g}")
         return "; ".join(out) or "none"
 
-    local, one, ray = arms
+    names = {"local": "local", "local1": "local, 1 thread", "ray": "ray"}
+    local, one, ray = (names[a] if names[a] in arms else None for a in ("local", "local1", "ray"))
+    ratios = [f"Ray / local on one thread: {median[ray] / median[one]:.2f}x" if one else "",
+              f"Ray / local: {median[ray] / median[local]:.2f}x" if local else ""]
+    checks = [(ray, one, "one thread per run on both"), (ray, local, f"one thread per run against {env['torch_threads']}"),
+              (local, one, f"the same engine, {env['torch_threads']} threads against one")]
     lines = [
         f"# compare on the local and the Ray engine: {args.seeds} runs",
         "",
@@ -83,25 +88,21 @@ def markdown(reps: list[dict], args, env: dict) -> str:
         f"epochs, {args.seeds} seeds (one run each, no baselines). `local`: the runs one after another in one "
         f"process, torch with its default {env['torch_threads']} threads; `local, 1 thread`: the same with torch on "
         f"one thread; `ray`: a local Ray started with {args.workers} CPUs, one run per CPU (one thread each), its "
-        f"time including starting Ray and its workers. {args.reps} repetitions, the three alternating; machine: "
+        f"time including starting Ray and its workers. {args.reps} repetitions, the arms alternating; machine: "
         f"{env['cpus']} CPUs, {env['platform']}.",
         "",
         "| engine | median wall time (s) | repetitions (s) |",
         "| --- | ---: | --- |",
         *[f"| {a} | {median[a]:.1f} | {', '.join(f'{t:.1f}' for t in times[a])} |" for a in arms],
         "",
-        f"**Ray ({args.workers} workers) / local wall time: {median[ray] / median[local]:.2f}x**; Ray / local on one "
-        f"thread: {median[ray] / median[one]:.2f}x (medians over repetitions).",
+        f"**Wall time, {args.workers} Ray workers: {'; '.join(r for r in ratios if r)}** (medians over repetitions).",
         "",
         "Runs tables (every metric, all but the time column):",
         "",
         "- the same in every repetition of each engine: " + ", ".join(
             f"{a}: {'yes' if stable[a] else 'no'}" for a in arms) + ";",
-        f"- `ray` and `local, 1 thread` (one thread per run on both): **{same(ray, one)}**;",
-        f"- `ray` and `local` (one thread per run against {env['torch_threads']}): {same(ray, local)} "
-        f"(differing runs: {differing(local, ray)});",
-        f"- `local` and `local, 1 thread` (the same engine, {env['torch_threads']} threads against one): "
-        f"{same(local, one)} (differing runs: {differing(local, one)}).",
+        *[f"- `{a}` and `{b}` ({why}): **{same(a, b)}** (differing runs: {differing(a, b)});"
+          for a, b, why in checks if a and b],
         "",
         "The machine was shared with other jobs while this ran (its load average went from "
         f"{env['load_before']} before to {env['load_after']} after, on {env['cpus']} cores), so the absolute times "
@@ -122,6 +123,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--arms", type=lambda s: s.split(","), default=["local", "local1", "ray"],
+                   help="Which of local (default threads), local1 (one thread) and ray to time.")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     import torch
@@ -130,9 +133,11 @@ def main(argv=None) -> None:
            "load_before": f"{os.getloadavg()[0]:.1f}", "command": "python " + " ".join(sys.argv)}
     reps = []
     for rep in range(args.reps):
-        for threads in (None, 1):
+        for threads in [t for a, t in (("local", None), ("local1", 1)) if a in args.arms]:
             reps.append({"rep": rep, **one("local", args, threads)})
             print(f"rep {rep} {reps[-1]['engine']}: {reps[-1]['wall_s']:.1f} s", flush=True)
+        if "ray" not in args.arms:
+            continue
         start = time.perf_counter()
         ray = start_ray(args.workers)
         try:
