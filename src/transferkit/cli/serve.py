@@ -73,11 +73,18 @@ def serve_command(
 
 
 def _serve_on_ray(bundle, host, port, runtime, replicas, address, max_batch, max_wait_ms, max_queue, options) -> None:
-    """Ray Serve until Ctrl-C, then a graceful shutdown."""
+    """Ray Serve until Ctrl-C or SIGTERM, then a graceful shutdown."""
+    import signal
+
     from transferkit.export.serve_ray import serve_on_ray, stop_serving
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
 
     url = serve_on_ray(bundle, runtime=runtime, replicas=replicas, host=host, port=port, address=address,
                        max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, **options)
+    signal.signal(signal.SIGTERM, stop)  # after Ray's own handler: a service manager's stop shuts down as Ctrl-C does
     console.print(f"serving [bold]{bundle}[/bold] on Ray Serve, {replicas} replica(s), runtime {runtime}, on {url}  "
                   f"(API docs: {url}/docs); Ctrl-C stops it", highlight=False)
     try:
