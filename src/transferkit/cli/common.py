@@ -82,6 +82,13 @@ CONFIG_OPTION = typer.Option(None, "--config", help="YAML recipe whose keys are 
                              is_eager=True, callback=load_recipe, exists=True, dir_okay=False)
 
 
+ENGINE_OPTION = typer.Option("local", help="Where the runs execute: local (one after another in this process) or "
+                                           "ray (Ray tasks in parallel; see --address).", rich_help_panel="Scaling out")
+ADDRESS_OPTION = typer.Option(None, help="With --engine ray: the Ray cluster, 'auto' (the one started on this machine "
+                                         "with `ray start --head`) or ray://HOST:PORT. Default: start a local Ray.",
+                              rich_help_panel="Scaling out")
+
+
 def _yaml_problem(exc: BaseException) -> str:
     """A YAML parse error in a few words: the problem and where (line and column)."""
     if isinstance(exc, RecursionError):

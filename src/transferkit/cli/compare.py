@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from transferkit.cli.common import CONFIG_OPTION, console, examples, parse_list, parse_options
+from transferkit.cli.common import ADDRESS_OPTION, CONFIG_OPTION, ENGINE_OPTION, console, examples, parse_list, parse_options
 
 
 def register(app: typer.Typer) -> None:
@@ -42,6 +42,8 @@ def compare_command(
     resume: bool = typer.Option(False, "--resume", help="Go on from an interrupted compare: the runs recorded in OUT.runs are not "
                                                         "trained again (same command and settings)."),
     config: Optional[Path] = CONFIG_OPTION,
+    engine: str = ENGINE_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
     """Compare STRATEGIES against from-scratch baselines over SEEDS; print mean ± 95% CI and verdicts."""
     from transferkit.api import compare
@@ -60,7 +62,7 @@ def compare_command(
                      strategy_options=per_strategy, test_data=test_data, max_test=max_test, val_fraction=val_fraction,
                      image_size=image_size, max_length=max_length, out=out, overwrite=overwrite, resume=resume,
                      epochs=epochs, lr=lr,
-                     batch_size=batch_size, text_column=text_column, label_column=label_column)
+                     batch_size=batch_size, text_column=text_column, label_column=label_column, engine=engine, address=address)
     console.print(compare_table(result))
     for _, v in result.verdicts.iterrows():
         console.print(f"[bold]{v['strategy']}[/bold] @ {v['labels_per_class']}/class: {v['explanation']}")

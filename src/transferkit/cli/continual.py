@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import CONFIG_OPTION, console, examples, parse_list, parse_options
+from transferkit.cli.common import ADDRESS_OPTION, CONFIG_OPTION, ENGINE_OPTION, console, examples, parse_list, parse_options
 
 
 def register(app: typer.Typer) -> None:
@@ -37,18 +37,23 @@ def continual_command(
     out: Optional[Path] = typer.Option(None, help="Write continual.json, report.md and accuracy_matrices.png here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
     config: Optional[Path] = CONFIG_OPTION,
+    engine: str = ENGINE_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
     """Train each learner on the experiences in order and report the accuracy matrix, average accuracy,
     forgetting, backward and forward transfer."""
     from transferkit.export.bundle import check_writable
     from transferkit.workflows.continual import run_continual, save_continual
+    from transferkit.workflows.engine import check_engine
 
+    check_engine(engine, address)
     if out is not None:
         check_writable(out, overwrite)  # refuse before training, not after
     result = run_continual(data, backbone, split=split, permuted_tasks=permuted, scenario=scenario,
                            learners=parse_list(learners), options=parse_options(option),
                            labels_per_class=labels_per_class, test_per_class=test_per_class, seeds=seeds,
-                           epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, progress=False)
+                           epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, progress=False,
+                           engine=engine, address=address)
     console.print(metrics_table(result))
     if out is not None:
         path = save_continual(result, out, overwrite=overwrite)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from transferkit.cli.common import CONFIG_OPTION, console, examples, parse_list
+from transferkit.cli.common import ADDRESS_OPTION, CONFIG_OPTION, ENGINE_OPTION, console, examples, parse_list
 
 
 def register(app: typer.Typer) -> None:
@@ -42,15 +42,19 @@ def rank_command(
     seed: int = typer.Option(0, help="Seed of the label draw."),
     out: Optional[Path] = typer.Option(None, help="Also write rank.csv and rank.md here."),
     config: Optional[Path] = CONFIG_OPTION,
+    engine: str = ENGINE_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
     """Rank CANDIDATES for DATA by transferability scores of their frozen features, and recommend a strategy."""
+    from transferkit.workflows.engine import check_engine
     from transferkit.workflows.rank import rank, save_rank
 
+    check_engine(engine, address)
     options = {k: v for k, v in {"text_column": text_column, "label_column": label_column}.items() if v}
     result = rank(parse_list(candidates), data, scores=parse_list(scores) or None, primary=primary,
                   labels_per_class=labels_per_class, max_items=max_items, budget_minutes=budget,
                   random_reference=random_reference, image_size=image_size, max_length=max_length,
-                  seed=seed, progress=True, data_options=options)
+                  seed=seed, progress=True, data_options=options, engine=engine, address=address)
     console.print(rank_table(result))
     console.print(f"[bold]recommendation:[/bold] {result.recommendation['reason']}")
     for note in result.notes:

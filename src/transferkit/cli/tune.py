@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
-from transferkit.cli.common import console, err_console, examples, parse_options
+from transferkit.cli.common import ADDRESS_OPTION, ENGINE_OPTION, console, err_console, examples, parse_options
 from transferkit.errors import ConfigError
 
 SPACE_HELP = ("Search-space entry KEY=KIND:LOW:HIGH or KEY=choice:A:B:... (repeatable); KIND is log "
@@ -73,6 +73,8 @@ def tune_command(
     timeout: Optional[float] = typer.Option(None, help="Stop starting new trials after this many minutes."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default: the backbone's)."),
     max_length: Optional[int] = typer.Option(None, help="Text: maximum tokens (default: 128)."),
+    engine: str = ENGINE_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
     """Search STRATEGY's hyperparameters for BACKBONE on DATA; every trial is scored on the validation split."""
     from transferkit.workflows.tune import tune
@@ -82,7 +84,7 @@ def tune_command(
                       study_name=study_name, labels_per_class=labels_per_class, val_fraction=val_fraction,
                       metric=metric, seed=seed, out=out, overwrite=overwrite, timeout_minutes=timeout,
                       image_size=image_size, max_length=max_length, strategy_options=parse_options(option),
-                      batch_size=batch_size)
+                      batch_size=batch_size, engine=engine, address=address)
     except KeyboardInterrupt:
         hint = "rerun the same command to resume" if storage else "pass --storage FILE to make a search resumable"
         err_console.print(f"[bold yellow]interrupted[/bold yellow]: {hint}.", highlight=False)

@@ -180,7 +180,7 @@ def _predict_openapi(request_schema: dict, m) -> dict:
 def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_items: int = 256,
                max_body_bytes: int = 20 * 2**20, max_text_chars: int = MAX_TEXT_CHARS,
                max_image_pixels: int = MAX_IMAGE_PIXELS, max_request_pixels: int = MAX_REQUEST_PIXELS,
-               max_queue: int = 1024, request_timeout_s: float = 30.0, batching: bool = True):
+               max_queue: int = 1024, request_timeout_s: float = 30.0, batching: bool = True, submit=None):
     """A FastAPI app serving ``predictor`` (a :class:`~transferkit.export.bundle.Predictor` or ``OnnxPredictor``).
 
     Args:
@@ -198,6 +198,9 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_
         request_timeout_s: deadline of one request, from reading its body to its answer (past it: 503
             with ``Retry-After``); also how long shutdown waits for accepted requests.
         batching: ``False`` runs each request as its own model call.
+        submit: an async ``submit(items) -> outputs`` that runs the model instead of the micro-batcher
+            (:mod:`~transferkit.export.serve_ray` passes Ray Serve's ``@serve.batch`` method); requests are
+            read, validated, limited and answered as without it.
 
     The batcher and its counters are ``app.state.batcher`` and ``app.state.stats``.
 
@@ -243,7 +246,7 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_
         batcher.check_capacity()  # full, or shutting down: 503 before the body is even read
         with anyio.move_on_after(request_timeout_s):
             items = await read_items(request, spec, limits, predict_request)
-            outputs = await batcher.submit(items)
+            outputs = await (submit or batcher.submit)(items)
             return {"predictions": format_predictions(outputs, predictor.task, predictor.label_names, items)}
         batcher.stats.timed_out += 1
         raise Overloaded(f"No answer within the request timeout of {request_timeout_s:g} s: the service is busy.",

@@ -37,6 +37,9 @@ class LinearProbeConfig(StrategyConfig):
     C: float | None = field(default=None, metadata={"help": "inverse L2 strength; None: chosen by validation from 0.01..10"})
     max_iter: int = field(default=2000, metadata={"help": "L-BFGS iterations"})
     batch_size: int = field(default=64, metadata={"help": "feature-extraction batch size"})
+    streaming: bool | None = field(default=None, metadata={
+        "help": "fit a minibatch at a time on features read from the cache file, never all in memory; "
+                "None: when the closed-form fit would not fit in memory"})
 
     _parameter_constraints = {
         "C": [Interval("number", 0, None, closed="neither"), NONE],
@@ -200,6 +203,8 @@ class LinearProbe(Strategy):
         if train.task_spec.feature_kind == "sequence":
             return self._fit_tokens(backbone, train, val, trainer)
         bs = self.config.batch_size
+        if self._streams(backbone, train):
+            return self._fit_streaming(backbone, train, val, trainer)
         X = extract_features(backbone, train, batch_size=bs)
         vdata = None
         if val is not None and len(val):
@@ -210,6 +215,31 @@ class LinearProbe(Strategy):
                                      max_iter=self.config.max_iter, seed=trainer.config.seed)
         model = TransferModel(backbone, head, train.task, train.label_names).eval()
         return model, [{"epoch": 1, **info}]
+
+    def _streams(self, backbone: Backbone, data: TaskData) -> bool:
+        from transferkit.strategies.linear_probe_stream import fits_in_memory
+
+        if self.config.streaming is not None:
+            return self.config.streaming
+        return not fits_in_memory(len(data), backbone.num_features)
+
+    def _fit_streaming(self, backbone: Backbone, train: TaskData, val: TaskData | None,
+                       trainer) -> tuple[TransferModel, list[dict]]:
+        """Features written to and read from the cache file a batch at a time (larger than the memory)."""
+        from transferkit.data.cache import feature_file
+        from transferkit.strategies.linear_probe_stream import fit_streaming_head
+
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        bs = self.config.batch_size
+        X = feature_file(backbone, train, batch_size=bs)
+        if X is None:
+            raise ConfigError("Fitting a linear probe on features larger than the memory needs a writable feature "
+                              "cache folder: set TRANSFERKIT_CACHE to one.")
+        vdata = (feature_file(backbone, val, batch_size=bs), val.targets) if val is not None and len(val) else None
+        head, info = fit_streaming_head(train.task, X, train.targets, train.num_outputs, val=vdata,
+                                        C=self.config.C, grid=C_GRID, seed=trainer.config.seed)
+        return TransferModel(backbone, head, train.task, train.label_names).eval(), [{"epoch": 1, **info}]
 
     def _fit_tokens(self, backbone: Backbone, train: TaskData, val: TaskData | None,
                     trainer) -> tuple[TransferModel, list[dict]]:
@@ -229,7 +259,13 @@ class LinearProbe(Strategy):
 
         if data.task_spec.feature_kind == "sequence":
             return super().predict(model, data)
+        if self._streams(model.backbone, data):
+            from transferkit.data.cache import feature_file
+            from transferkit.strategies.linear_probe_stream import predict_in_chunks
 
+            features = feature_file(model.backbone, data, batch_size=self.config.batch_size)
+            if features is not None:
+                return predict_in_chunks(model, features)
         X = torch.from_numpy(extract_features(model.backbone, data, batch_size=self.config.batch_size))
         with torch.no_grad():
             return model.outputs_to_numpy(model.head(X))

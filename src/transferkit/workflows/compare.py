@@ -21,8 +21,9 @@ from transferkit.export.bundle import check_writable
 from transferkit.strategies import Strategy, make_strategy
 from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
-from transferkit.workflows.auto import AUTO, auto_options, search_and_train
+from transferkit.workflows.auto import AUTO, AutoOptions, auto_options, search_and_train
 from transferkit.workflows.baselines import default_baselines
+from transferkit.workflows.engine import Engine, make_engine
 from transferkit.workflows.fit import prepare_data
 from transferkit.workflows.run_journal import run_journal
 from transferkit.workflows.runs import Run, is_main_process, train_and_score
@@ -48,7 +49,8 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
             image_size: int | None = None, max_length: int | None = None, out: str | Path | None = None,
             overwrite: bool = False, resume: bool = False, config: TrainConfig | None = None,
             progress: bool = True, text_column: str | None = None, label_column: str = "label",
-            strict_labels: bool = True, data_options: dict | None = None, **train_options: Any) -> CompareResult:
+            strict_labels: bool = True, data_options: dict | None = None, engine: str | Engine = "local",
+            address: str | None = None, **train_options: Any) -> CompareResult:
     """Run ``strategies`` and the scratch baselines over ``seeds`` and label budgets, with verdicts.
 
     Every strategy sees the same labelled draw for a given seed, so gains are
@@ -64,6 +66,10 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
     (:mod:`transferkit.workflows.run_journal`). Adding seeds or strategies to a resumed comparison is
     refused: the settings must be the same.
 
+    ``engine="ray"`` (``--engine ray``) trains the runs as Ray tasks, in parallel, on a local Ray or the
+    cluster at ``address`` (:mod:`transferkit.workflows.engine`); the runs, their seeds and the report are
+    the ones of the local engine, and a comparison interrupted on one engine resumes on either.
+
     Example:
         >>> import transferkit as tk
         >>> cmp = tk.compare("sentence:all-MiniLM-L6-v2", "debian-packages", ["linear-probe"],   # doctest: +SKIP
@@ -71,6 +77,7 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
         >>> cmp.verdicts[["labels_per_class", "strategy", "gain", "verdict"]]     # doctest: +SKIP
     """
     config = replace(config or TrainConfig(progress=False), **train_options)
+    engine = make_engine(engine, address)
     budgets = labels_per_class if isinstance(labels_per_class, (list, tuple)) else [labels_per_class]
     strategy_options = strategy_options or {}
     for name in strategies:  # validate every config before any training
@@ -85,18 +92,18 @@ def compare(backbone: str, data, strategies=("linear-probe", "finetune"), *, see
                 "val_fraction": val_fraction, "max_test": max_test, "backbone_options": bb_opts,
                 "train": config.to_dict() | {"progress": None}, "columns": [text_column, label_column],
                 "strict_labels": strict_labels, "data_options": data_options or {}}
-    with run_journal(out, settings, command="compare", resume=resume, overwrite=overwrite) as journal:
+    with engine, run_journal(out, settings, command="compare", resume=resume, overwrite=overwrite) as journal:
         rows, notes, exp, train = _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_options,
                                            test_data, val_fraction, max_test, experiment, bb_opts, config, progress,
-                                           text_column, label_column, strict_labels, data_options, journal)
+                                           text_column, label_column, strict_labels, data_options, journal, engine)
         return _summarize(rows, primary_metric(train.task), notes, out, title=f"{backbone} on {exp}")
 
 
 def _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_options, test_data, val_fraction,
              max_test, experiment, bb_opts, config, progress, text_column, label_column, strict_labels,
-             data_options, journal) -> tuple[list[dict], list[str], str, TaskData]:
-    """Every (budget, seed, strategy) run, those recorded in ``journal`` read back instead of trained."""
-    rows, notes = [], []
+             data_options, journal, engine: Engine) -> tuple[list[dict], list[str], str, TaskData]:
+    """Every (budget, seed, strategy) run, those recorded in ``journal`` read back, the others trained by ``engine``."""
+    rows, notes, todo = [], [], []
     for lpc in budgets:
         for seed in range(seeds):
             train, val, test = prepare_data(data, test_data=test_data, labels_per_class=lpc,
@@ -113,27 +120,42 @@ def _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_opt
             for label, strat, cfg in _planned_runs(strategies, strategy_options, baselines, config, seed,
                                                    train.modality, train.task):
                 key, fingerprint = f"{lpc}/{seed}/{label}", train.fingerprint()
-                row = journal.get(key, fingerprint)
-                if row is None and strat is None:  # auto: the search on this draw's training labels, then its winner
-                    run, found = search_and_train(backbone, train, val, test, cfg, bb_opts, strategy_options.get(AUTO),
-                                                  progress=progress)
-                    row = _row(exp, lpc, train, label, None, seed, run) | {"choice": found.winner.label}
-                    journal.record(key, fingerprint, row)
-                elif row is None:
-                    run = train_and_score(backbone, strat, train, val, test, cfg, bb_opts)
-                    row = _row(exp, lpc, train, label, strat, seed, run)
-                    journal.record(key, fingerprint, row)
-                rows.append(row)
-                if progress:
+                rows.append(journal.get(key, fingerprint))
+                if rows[-1] is None:
+                    todo.append((len(rows) - 1, key, fingerprint,
+                                 (exp, lpc, label, seed, backbone, strat, train, val, test, cfg, bb_opts)))
+                elif progress:
                     _print_run(rows[-1], primary_metric(train.task))
+
+    def finished(j: int, row: dict) -> None:  # in this process, as each run finishes: journal it first
+        i, key, fingerprint, _ = todo[j]
+        journal.record(key, fingerprint, row)
+        rows[i] = row
+        if progress:
+            _print_run(row, primary_metric(train.task))
+
+    engine.map(_train_row, [job for *_, job in todo], on_result=finished)
     return rows, notes, exp, train
 
 
+def _train_row(experiment: str, lpc, label: str, seed: int, backbone, strategy: Strategy | AutoOptions,
+               train: TaskData, val, test, config: TrainConfig, bb_opts: dict) -> dict:
+    """One run, trained and scored (here or in an engine's worker), as its row of the runs table.
+
+    ``auto`` (its options in place of a strategy) searches on this draw's training labels, then trains its winner.
+    """
+    if isinstance(strategy, AutoOptions):
+        run, found = search_and_train(backbone, train, val, test, config, bb_opts, strategy)
+        return _row(experiment, lpc, train, label, None, seed, run) | {"choice": found.winner.label}
+    run = train_and_score(backbone, strategy, train, val, test, config, bb_opts)
+    return _row(experiment, lpc, train, label, strategy, seed, run)
+
+
 def _planned_runs(strategies, strategy_options: dict, baselines, config: TrainConfig, seed: int,
-                  modality: str, task: str | None = None) -> list[tuple[str, Strategy, TrainConfig]]:
+                  modality: str, task: str | None = None) -> list[tuple[str, Strategy | AutoOptions, TrainConfig]]:
     """(label, strategy, config) of one seed's runs: the strategies, then the scratch baselines on their own recipes."""
-    runs = [(s, None if s == AUTO else make_strategy(s, strategy_options.get(s)), replace(config, seed=seed))
-            for s in strategies]  # auto's strategy is its search's winner, known once the search ran
+    runs = [(s, auto_options(strategy_options.get(s)) if s == AUTO else make_strategy(s, strategy_options.get(s)),
+             replace(config, seed=seed)) for s in strategies]  # auto's strategy: its search's winner, found in the run
     names = default_baselines(modality, task) if baselines == "auto" else list(baselines or [])
     runs += [(f"scratch:{v}", make_strategy("scratch", {"variant": v}), TrainConfig(seed=seed, progress=False,
               batch_size=config.batch_size, mixed_precision=config.mixed_precision, cpu=config.cpu))

@@ -36,6 +36,7 @@ from transferkit.strategies.base import ItemDataset
 from transferkit.strategies.continual import (CONTINUAL, ContinualLearner, ContinualResult, experience_accuracy,
                                               stream_backbone)
 from transferkit.training import TrainConfig, Trainer
+from transferkit.workflows.engine import Engine, make_engine
 
 __all__ = ["run_continual", "save_continual"]
 
@@ -69,7 +70,7 @@ def run_continual(data, backbone: str, *, split: int | None = None, permuted_tas
                   scenario: str | None = None, learners=("naive",), options: dict | None = None,
                   labels_per_class: int | None = 300, test_per_class: int | None = 200, seeds: int = 1,
                   epochs: int = 2, lr: float = 2e-3, batch_size: int = 32, image_size: int | None = None,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, engine: str | Engine = "local", address: str | None = None) -> dict:
     """Train each learner on the stream for ``seeds`` seeds; return the runs and their summary.
 
     Args:
@@ -85,6 +86,8 @@ def run_continual(data, backbone: str, *, split: int | None = None, permuted_tas
         seeds: independent runs (data draw, permutations, initialisation).
         epochs, lr, batch_size: the loop's settings for every experience.
         image_size: the backbone's input size.
+        engine, address: ``"ray"`` trains each (seed, learner) run as a Ray task, in parallel, on a local Ray
+            or the cluster at ``address`` (:mod:`transferkit.workflows.engine`); the runs are the local engine's.
 
     Returns:
         ``{"runs": [...], "summary": {learner: {metric: [mean, low, high]}}, "matrices": {learner: mean [T, T]},
@@ -104,8 +107,9 @@ def run_continual(data, backbone: str, *, split: int | None = None, permuted_tas
     if full_test is None:
         raise DataError(f"Continual runs test every experience: '{full_train.name}' has no test split. "
                         f"Give test data (a built-in data set has one).")
+    engine = make_engine(engine, address)
     flatten = backbone.startswith("mlp:")
-    runs, stream_name = [], None
+    jobs, stream_name = [], None
     for seed in range(seeds):
         train = sample_per_class(full_train, labels_per_class, seed) if labels_per_class else full_train
         test = sample_per_class(full_test, test_per_class, 0, strict=False) if test_per_class else full_test
@@ -113,9 +117,10 @@ def run_continual(data, backbone: str, *, split: int | None = None, permuted_tas
         stream_name = stream.name
         for name in learners:
             cfg = TrainConfig(epochs=epochs, lr=lr, head_lr=lr, batch_size=batch_size, seed=seed, progress=progress)
-            result = train_stream(backbone, stream, name, per_learner[name], train_config=cfg,
-                                  backbone_options={"image_size": image_size} if image_size else None)
-            runs.append({"seed": seed, **result.to_dict()})
+            jobs.append((seed, backbone, stream, name, per_learner[name], cfg,
+                         {"image_size": image_size} if image_size else None))
+    with engine:
+        runs = engine.map(_run_learner, jobs)
     summary, matrices = {}, {}
     for name in learners:
         mine = [r for r in runs if r["learner"] == name]
@@ -127,6 +132,13 @@ def run_continual(data, backbone: str, *, split: int | None = None, permuted_tas
             "settings": {"backbone": backbone, "learners": learners, "options": per_learner, "seeds": seeds,
                          "epochs": epochs, "lr": lr, "batch_size": batch_size, "labels_per_class": labels_per_class,
                          "test_per_class": test_per_class, "split": split, "permuted": permuted_tasks}}
+
+
+def _run_learner(seed: int, backbone, stream: Stream, learner: str, options: dict, config: TrainConfig,
+                 backbone_options: dict | None) -> dict:
+    """One learner on one seed's stream (here or in an engine's worker), as its JSON record."""
+    result = train_stream(backbone, stream, learner, options, train_config=config, backbone_options=backbone_options)
+    return {"seed": seed, **result.to_dict()}
 
 
 def _report(result: dict) -> str:

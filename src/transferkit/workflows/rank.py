@@ -31,6 +31,7 @@ from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, TransferkitError, unknown_name
 from transferkit.evaluation.transferability import DEFAULT_SCORES, REGRESSION_SCORES, SCORES, compute_score
 from transferkit.tasks import get_task
+from transferkit.workflows.engine import Engine, make_engine
 
 __all__ = ["RankResult", "rank", "recommend"]
 
@@ -129,7 +130,7 @@ def rank(candidates, data, *, scores=None, primary: str | None = None, labels_pe
          max_items: int | None = 2000,
          budget_minutes: float | None = None, random_reference: bool = True, image_size: int | None = None,
          max_length: int | None = None, batch_size: int = 64, seed: int = 0, progress: bool = False,
-         data_options: dict | None = None) -> RankResult:
+         data_options: dict | None = None, engine: str | Engine = "local", address: str | None = None) -> RankResult:
     """Rank backbone candidates for ``data`` by transferability scores of their frozen features.
 
     Args:
@@ -151,6 +152,8 @@ def rank(candidates, data, *, scores=None, primary: str | None = None, labels_pe
         random_reference: also score each candidate's architecture at random
             initialisation, and flag candidates that do no better.
         image_size, max_length: backbone input size.
+        engine, address: ``"ray"`` scores the candidates as Ray tasks in parallel, on a local Ray or the
+            cluster at ``address`` (:mod:`transferkit.workflows.engine`); the table is the local engine's.
 
     Returns:
         A :class:`RankResult`.
@@ -167,29 +170,24 @@ def rank(candidates, data, *, scores=None, primary: str | None = None, labels_pe
         raise ConfigError(f"The primary score '{primary}' must be one of the scores computed: {', '.join(names)}.")
     if not candidates:
         raise ConfigError("Give at least one candidate backbone spec.")
+    engine = make_engine(engine, address)
     target = _target_data(data, labels_per_class, max_items, seed, data_options or {})
     bb_opts = {k: v for k, v in {"image_size": image_size, "max_length": max_length}.items() if v is not None}
-    start, rows, notes = time.perf_counter(), [], []
-    references: dict[str, dict] = {}
-    for spec in candidates:
-        if budget_minutes is not None and rows and time.perf_counter() - start > 60 * budget_minutes:
-            rows.append({"candidate": spec, "error": f"skipped: over the {budget_minutes:g}-minute budget"})
-            continue
-        try:
-            backbone = _load(spec, target, bb_opts, pretrained=True)
-            row = {"candidate": spec, **_score_all(backbone, target, names, batch_size)}
-            if random_reference:
-                arch = backbone.architecture()
-                key = repr(arch)
-                if key not in references:
-                    rand = _load(arch["spec"], target, {**arch.get("options", {}), **bb_opts}, pretrained=False)
-                    references[key] = _score_all(rand, target, names, batch_size)
-                row["reference"] = references[key]
-        except TransferkitError as exc:
-            row = {"candidate": spec, "error": str(exc)}
-        rows.append(row)
-        if progress:
-            _say(row)
+    start = time.time()
+    notes: list[str] = []
+    with engine:
+        jobs = [(spec, i, start, budget_minutes, target, names, bb_opts, batch_size, random_reference, seed)
+                for i, spec in enumerate(candidates)]
+        rows = engine.map(_score_candidate, jobs, on_result=lambda i, row: _say(row) if progress else None)
+        # The random-init reference of each architecture, once however many candidates share it.
+        archs = {repr(r["arch"]): r["arch"] for r in rows if "arch" in r}
+        refs = engine.map(_score_reference, [(a, target, names, bb_opts, batch_size, seed) for a in archs.values()])
+    references = dict(zip(archs, refs))
+    for i, row in enumerate(rows):
+        if "arch" in row:
+            ref = references[repr(row.pop("arch"))]
+            rows[i] = {"candidate": row["candidate"], "error": ref["error"]} if "failed" in ref else {
+                **row, "reference": ref}
     table = pd.DataFrame(rows)
     table = _finish_table(table, names, primary, random_reference)
     if random_reference and table["flag"].str.contains("random").all() and len(table):
@@ -198,6 +196,40 @@ def rank(candidates, data, *, scores=None, primary: str | None = None, labels_pe
     notes += [f"{r.candidate}: {r.error}" for r in table.itertuples() if r.error]
     rec = recommend(table, primary, labels_per_class=_labels_per_class(target), task=target.task)
     return RankResult(table, primary, rec, target.name, notes)
+
+
+def _score_candidate(spec: str, index: int, start: float, budget_minutes: float | None, target: TaskData,
+                     names: list[str], bb_opts: dict, batch_size: int, random_reference: bool, seed: int) -> dict:
+    """One candidate's row (with its ``arch`` when the random-init reference is wanted), or its error row.
+
+    Once ``budget_minutes`` have passed since ``start`` (wall-clock time), no candidate but the first is loaded.
+    """
+    if budget_minutes is not None and index > 0 and time.time() - start > 60 * budget_minutes:
+        return {"candidate": spec, "error": f"skipped: over the {budget_minutes:g}-minute budget"}
+    import torch
+
+    torch.manual_seed(seed)  # a source with randomly initialised parts starts the same on any engine
+    try:
+        backbone = _load(spec, target, bb_opts, pretrained=True)
+        row = {"candidate": spec, **_score_all(backbone, target, names, batch_size)}
+        if random_reference:
+            row["arch"] = backbone.architecture()
+        return row
+    except TransferkitError as exc:
+        return {"candidate": spec, "error": str(exc)}
+
+
+def _score_reference(arch: dict, target: TaskData, names: list[str], bb_opts: dict, batch_size: int,
+                     seed: int) -> dict:
+    """Every score of the architecture ``arch`` at a seeded random initialisation."""
+    import torch
+
+    torch.manual_seed(seed)  # the same reference on any engine and in any order
+    try:
+        rand = _load(arch["spec"], target, {**arch.get("options", {}), **bb_opts}, pretrained=False)
+        return _score_all(rand, target, names, batch_size)
+    except TransferkitError as exc:
+        return {"failed": True, "error": str(exc)}
 
 
 def _load(spec: str, target: TaskData, options: dict, *, pretrained: bool) -> Backbone:

@@ -21,6 +21,14 @@ process was killed (``kill -9``, a lost machine) stops beating and is marked
 ``FAIL`` once :data:`GRACE_S` seconds have passed, at the start of the next trial
 of any search on that storage, instead of staying ``RUNNING`` forever.
 
+With ``engine="ray"`` (``--engine ray``) the trials run in parallel: one Ray task per available CPU
+(per GPU on a GPU cluster) runs this same search on the shared study, each worker with its own sampler
+seed, until the study holds ``trials`` completed trials (a worker that starts one as the last is
+finishing may add one more). The study needs a storage every worker reads: ``storage`` (on a cluster,
+a SQLite file on a filesystem every node mounts), else a temporary SQLite file on this machine.
+Parallel TPE proposes from fewer finished trials than a sequential search, so its trials differ from
+the local engine's.
+
 Example:
     >>> from transferkit.workflows.tune import tune                            # doctest: +SKIP
     >>> r = tune("efficientnet-lite:0", "fashion-mnist", "finetune", trials=20,  # doctest: +SKIP
@@ -35,6 +43,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +52,7 @@ from typing import Any
 import pandas as pd
 
 from transferkit.errors import ConfigError
+from transferkit.workflows.engine import Engine, LocalEngine, make_engine
 
 #: Seconds between a running trial's heartbeats, and silence after which it counts as dead (SQLite studies).
 HEARTBEAT_S = 10
@@ -198,8 +209,8 @@ def tune(backbone: str, data, strategy: str = "finetune", *, space: dict | None 
          storage: str | Path | None = None, study_name: str | None = None, labels_per_class: int | None = None,
          val_fraction: float = 0.2, metric: str | None = None, seed: int = 0, out: str | Path | None = None,
          overwrite: bool = False, timeout_minutes: float | None = None, image_size: int | None = None,
-         max_length: int | None = None, strategy_options: dict | None = None,
-         **fixed_train_options: Any) -> TuneResult:
+         max_length: int | None = None, strategy_options: dict | None = None, engine: str | Engine = "local",
+         address: str | None = None, **fixed_train_options: Any) -> TuneResult:
     """Search ``strategy``'s hyperparameters on ``backbone`` and ``data`` with Optuna (TPE).
 
     Args:
@@ -220,13 +231,13 @@ def tune(backbone: str, data, strategy: str = "finetune", *, space: dict | None 
         timeout_minutes: stop starting new trials after this long.
         image_size, max_length: backbone options, as for :func:`transferkit.fit`.
         strategy_options: strategy options held fixed in every trial.
+        engine, address: ``"ray"`` runs trials in parallel Ray tasks on a local Ray or the cluster at
+            ``address`` (see the module docstring).
         fixed_train_options: TrainConfig fields held fixed in every trial (``batch_size=16``).
 
     Raises:
         ConfigError: a bad space, metric, number of trials, or no validation split.
     """
-    import optuna
-
     from transferkit.evaluation import higher_is_better
     from transferkit.export.bundle import check_writable
     from transferkit.tasks import primary_metric
@@ -234,6 +245,7 @@ def tune(backbone: str, data, strategy: str = "finetune", *, space: dict | None 
 
     strategy_options, fixed, space = _check_request(strategy, strategy_options, space, trials, seed,
                                                     fixed_train_options)
+    engine = make_engine(engine, address)
     if out is not None:
         check_writable(out, overwrite)
     train, val, _ = prepare_data(data, labels_per_class=labels_per_class, val_fraction=val_fraction, seed=seed)
@@ -245,22 +257,71 @@ def tune(backbone: str, data, strategy: str = "finetune", *, space: dict | None 
     study_name = study_name or f"{strategy}-{backbone}-{train.fingerprint()[:10]}"
     run = {"strategy": strategy, "strategy_options": strategy_options, "image_size": image_size,
            "max_length": max_length, "fixed": fixed}
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trials table replaces the per-trial log lines
-    try:
-        study = _open_study(storage, study_name, direction, seed, {
-            "strategy": strategy, "backbone": str(backbone), "metric": metric,
-            "data_fingerprint": train.fingerprint(), "space": json.dumps(space, sort_keys=True)})
-        _search(study, _objective(backbone, train, val, space, metric, run), trials, timeout_minutes)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    if _n_complete(study) == 0:
-        raise ConfigError(f"Study '{study_name}' has no completed trial (timeout too short?).")
-    result = TuneResult(dict(study.best_params), float(study.best_value), metric, direction, trials_frame(study),
-                        study_name, Path(storage) if storage is not None else None)
+    attrs = {"strategy": strategy, "backbone": str(backbone), "metric": metric,
+             "data_fingerprint": train.fingerprint(), "space": json.dumps(space, sort_keys=True)}
+    with engine, _shared_storage(storage, engine) as store:
+        study = _quietly(_open_study, store, study_name, direction, seed, attrs)
+        objective = (backbone, train, val, space, metric, run)
+        if isinstance(engine, LocalEngine):
+            jobs = [(study, study_name, seed, 0, trials, timeout_minutes, objective)]
+        else:  # every worker loads the study from the storage and runs the same search on it
+            jobs = [(str(store), study_name, seed, w, trials, timeout_minutes, objective)
+                    for w in range(max(1, min(engine.workers, trials - _n_complete(study))))]
+        engine.map(_search_worker, jobs)
+        study = study if isinstance(engine, LocalEngine) else _quietly(_open_study, store, study_name, direction,
+                                                                        seed, attrs)
+        if _n_complete(study) == 0:
+            raise ConfigError(f"Study '{study_name}' has no completed trial (timeout too short?).")
+        result = TuneResult(dict(study.best_params), float(study.best_value), metric, direction, trials_frame(study),
+                            study_name, Path(storage) if storage is not None else None)
     if out is not None:
         result.path = _refit(backbone, train, val, result, run, out, overwrite)
     return result
+
+
+def _quietly(fn, *args):
+    """``fn(*args)`` with Optuna's per-trial log lines off (the trials table replaces them)."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return fn(*args)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+@contextmanager
+def _shared_storage(storage, engine: Engine) -> Iterator[Path | None]:
+    """The study's SQLite file: ``storage``; for parallel workers without one, a temporary file on this machine."""
+    if storage is not None or isinstance(engine, LocalEngine):
+        yield Path(storage) if storage is not None else None
+        return
+    if getattr(engine, "address", None) not in (None, "auto"):
+        raise ConfigError("tune with engine='ray' on a remote cluster (--address) needs storage= (--storage): a "
+                          "SQLite file on a filesystem every node mounts, which holds the study its workers share.")
+    with tempfile.TemporaryDirectory(prefix="transferkit-tune-") as tmp:
+        yield Path(tmp) / "study.db"
+
+
+def _search_worker(study, study_name: str, seed: int, worker: int, trials: int, timeout_minutes: float | None,
+                   objective: tuple) -> None:
+    """One worker of a search: ``study``, or the study loaded from the SQLite file ``study``, searched to ``trials``."""
+    import optuna
+
+    if not isinstance(study, optuna.Study):
+        study = optuna.load_study(study_name=study_name, storage=_rdb(study))
+        # Each worker its own sampler stream: the same seed would propose the same first trials in every worker.
+        study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials) + 7919 * worker)
+    _quietly(_search, study, _objective(*objective), trials, timeout_minutes)
+
+
+def _rdb(path):
+    """Optuna's storage on the SQLite file ``path``, with the heartbeat that fails the trials of killed workers."""
+    import optuna
+
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(path)}", heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                      engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def _check_request(strategy: str, strategy_options: dict | None, space: dict | None, trials: int, seed: int,
@@ -309,8 +370,7 @@ def _open_study(storage, name: str, direction: str, seed: int, attrs: dict):
     store = None
     if storage is not None:
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
-        store = optuna.storages.RDBStorage(f"sqlite:///{Path(storage)}", heartbeat_interval=HEARTBEAT_S,
-                                         grace_period=GRACE_S)
+        store = _rdb(storage)
     study = optuna.create_study(storage=store, study_name=name, direction=direction, load_if_exists=True)
     old = study.user_attrs
     for key, value in attrs.items():
