@@ -226,8 +226,9 @@ def write_summary(runs: list[dict], args) -> None:
         f"Model: `{BACKBONE}` (packaged ImageNet weights) + torchvision FPN (64 channels, P3-P7) + FCOS head "
         "(2 conv layers per tower), batch size "
         f"{s.get('batch_size')}, AdamW, cosine schedule with 10% warm-up, flip/zoom/shift augmentation with "
-        f"the boxes. Transfer arms: {s.get('base_steps')} optimizer steps; scratch: twice as many "
-        "(a longer schedule for random weights). frozen: backbone lr 0, head lr 1e-3; finetune: backbone 2e-4, "
+        f"the boxes. Transfer arms: about {s.get('base_steps')} optimizer steps; scratch: about twice as many "
+        "(a longer schedule for random weights; whole epochs, so the steps column gives the exact count). "
+        "`train s/run` is wall time while other jobs shared the CPU: compare it within a row only. frozen: backbone lr 0, head lr 1e-3; finetune: backbone 2e-4, "
         "head 1e-3, BatchNorm statistics frozen; scratch: 1e-3 everywhere, BatchNorm trained and re-estimated "
         "after training.", "",
         *tables,
