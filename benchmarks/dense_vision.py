@@ -215,7 +215,7 @@ def write_summary(runs: list[dict], args) -> None:
         tables += lines + [""] + diffs + [""]
     s = runs[-1]["settings"] if runs else {}
     text = [
-        "# Dense vision: detection transfer from ImageNet on CPU", "",
+        "# Dense vision: detection and segmentation transfer from ImageNet on CPU", "",
         f"`python benchmarks/dense_vision.py --part {args.part} --sizes {','.join(map(str, args.sizes))} "
         f"--seeds {args.seeds} --steps {args.steps} --image-size {args.image_size} --n-test {args.n_test} "
         f"--threads {args.threads}`", "",
