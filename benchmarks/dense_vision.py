@@ -232,7 +232,7 @@ def write_summary(runs: list[dict], args) -> None:
         "head 1e-3, BatchNorm statistics frozen; scratch: 1e-3 everywhere, BatchNorm trained and re-estimated "
         "after training.", "",
         *tables,
-        f"Cuts forced by the CPU (2 cores shared with three other engineers' jobs, load average above 10 while "
+        f"Cuts forced by the CPU (2 cores shared with three other engineers' jobs, load average 6 to 12 while "
         f"this ran, so one thread per run): images at {s.get('image_size')} px (the issue asks for 128-192 px), "
         f"an FPN/head of 64 channels and 2 conv layers (torchvision's FCOS: 256 and 4), {s.get('base_steps')} "
         f"optimizer steps (scratch: {2 * (s.get('base_steps') or 0)}) rather than a schedule run to convergence, "
