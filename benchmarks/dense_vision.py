@@ -215,7 +215,7 @@ def write_summary(runs: list[dict], args) -> None:
         tables += lines + [""] + diffs + [""]
     s = runs[-1]["settings"] if runs else {}
     text = [
-        "# Dense vision: detection transfer from ImageNet on CPU", "",
+        "# Dense vision: detection and segmentation transfer from ImageNet on CPU", "",
         f"`python benchmarks/dense_vision.py --part {args.part} --sizes {','.join(map(str, args.sizes))} "
         f"--seeds {args.seeds} --steps {args.steps} --image-size {args.image_size} --n-test {args.n_test} "
         f"--threads {args.threads}`", "",
@@ -226,12 +226,13 @@ def write_summary(runs: list[dict], args) -> None:
         f"Model: `{BACKBONE}` (packaged ImageNet weights) + torchvision FPN (64 channels, P3-P7) + FCOS head "
         "(2 conv layers per tower), batch size "
         f"{s.get('batch_size')}, AdamW, cosine schedule with 10% warm-up, flip/zoom/shift augmentation with "
-        f"the boxes. Transfer arms: {s.get('base_steps')} optimizer steps; scratch: twice as many "
-        "(a longer schedule for random weights). frozen: backbone lr 0, head lr 1e-3; finetune: backbone 2e-4, "
+        f"the boxes. Transfer arms: about {s.get('base_steps')} optimizer steps; scratch: about twice as many "
+        "(a longer schedule for random weights; whole epochs, so the steps column gives the exact count). "
+        "`train s/run` is wall time while other jobs shared the CPU: compare it within a row only. frozen: backbone lr 0, head lr 1e-3; finetune: backbone 2e-4, "
         "head 1e-3, BatchNorm statistics frozen; scratch: 1e-3 everywhere, BatchNorm trained and re-estimated "
         "after training.", "",
         *tables,
-        f"Cuts forced by the CPU (2 cores shared with three other engineers' jobs, load average above 10 while "
+        f"Cuts forced by the CPU (2 cores shared with three other engineers' jobs, load average 6 to 12 while "
         f"this ran, so one thread per run): images at {s.get('image_size')} px (the issue asks for 128-192 px), "
         f"an FPN/head of 64 channels and 2 conv layers (torchvision's FCOS: 256 and 4), {s.get('base_steps')} "
         f"optimizer steps (scratch: {2 * (s.get('base_steps') or 0)}) rather than a schedule run to convergence, "

@@ -228,13 +228,13 @@ def test_fashion_mnist_m_refuses_colour_or_non_image_input():
 
 
 def test_emoji_builder_names_the_debian_packages_when_fonts_are_missing(tmp_path, monkeypatch):
-    from transferkit.data import domains
+    from transferkit.data import domains, rendering
 
     with pytest.raises(DataError, match="unicode-data"):
         domains.load_emoji_styles(emoji_test=str(tmp_path / "missing.txt"))
     if not Path(domains.EMOJI_TEST).is_file():
         return
-    monkeypatch.setattr(domains, "NOTO_EMOJI_FONT", str(tmp_path / "NotoColorEmoji.ttf"))
+    monkeypatch.setattr(rendering, "NOTO_EMOJI_FONT", str(tmp_path / "NotoColorEmoji.ttf"))  # where the fonts are read
     with pytest.raises(DataError, match="apt-get install -y .*fonts-noto-color-emoji"):
         domains.load_emoji_styles(size=9)  # a size no earlier call cached
 

@@ -40,7 +40,9 @@ class TaskData:
             Tabular: a float32 array ``[N, F]``.
         targets: ``None`` when unlabelled. Classification: int64 ``[N]``
             indices into ``label_names``. Multi-label: float32 ``[N, C]`` of
-            0/1. Regression: float32 ``[N]``.
+            0/1. Regression: float32 ``[N]``. Detection: an object array of
+            :func:`~transferkit.tasks.detection.box_target` dicts (boxes, labels,
+            image size); segmentation: an object array of ``[H, W]`` class masks.
         modality: ``"image"``, ``"text"`` or ``"tabular"``.
         task: the name of a registered task (:data:`transferkit.tasks.TASKS`):
             ``"classification"``, ``"multilabel"``, ``"regression"``, ...

@@ -32,8 +32,8 @@ import numpy as np
 from transferkit.data.adapters import align_labels, check_eval_labels
 from transferkit.data.builtin import FASHION_MNIST_DIR, PENGUIN_FEATURES, load_fashion_mnist
 from transferkit.data.dataset import TaskData
-from transferkit.data.rendering import (EMOJI_STYLES, EMOJI_TEST, drawable_in_both, emoji_font,  # noqa: F401
-                                        read_emoji_test, render_emoji, sample_photos)
+from transferkit.data.rendering import (EMOJI_STYLES, EMOJI_TEST, NOTO_EMOJI_FONT, drawable_in_both,  # noqa: F401
+                                        emoji_font, read_emoji_test, render_emoji, sample_photos)
 from transferkit.data.resolve import resolve_data
 from transferkit.data.splits import stratified_indices
 from transferkit.errors import ConfigError, DataError
@@ -98,9 +98,9 @@ def _render_all(style: str, size: int, path: str) -> tuple[np.ndarray, tuple[int
     """Render the emoji drawable in both styles on white; returns (images, indices into read_emoji_test)."""
     from PIL import Image
 
+    font = emoji_font(style)  # first: it names the missing Debian font package
     keep = drawable_in_both(path)
     entries = read_emoji_test(path)
-    font = emoji_font(style)
     images = np.empty((len(keep), size, size, 3), dtype=np.uint8)
     for k, i in enumerate(keep):
         glyph = render_emoji(entries[i][0], style, font)

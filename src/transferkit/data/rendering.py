@@ -87,8 +87,6 @@ def drawable_in_both(path: str = EMOJI_TEST) -> tuple[int, ...]:
     """Indices into :func:`read_emoji_test` of the emoji Symbola draws (single code points), which Noto draws too."""
     from fontTools.ttLib import TTFont
 
-    if not Path(NOTO_EMOJI_FONT).is_file():
-        raise _missing("Noto Color Emoji", NOTO_EMOJI_FONT)
     with TTFont(symbola_path(), lazy=True) as tt:
         cmap = set(tt.getBestCmap())
 
@@ -99,18 +97,23 @@ def drawable_in_both(path: str = EMOJI_TEST) -> tuple[int, ...]:
     return tuple(i for i, (ch, _, _) in enumerate(read_emoji_test(path)) if has(ch))
 
 
-@functools.lru_cache(maxsize=2)
 def emoji_font(style: str):
-    """The Pillow font of a style: Noto Color Emoji at 109 (its bitmap size) or Symbola at 100."""
-    from PIL import ImageFont
+    """The Pillow font of a style: Noto Color Emoji at 109 (its bitmap size) or Symbola at 100.
 
+    Both fonts must be there for either style (the styles hold the same emoji, those both fonts draw).
+    """
     if style not in EMOJI_STYLES:
         raise DataError(f"Unknown emoji style {style!r}. Available: {', '.join(EMOJI_STYLES)}.")
-    if style == "color":
-        if not Path(NOTO_EMOJI_FONT).is_file():
-            raise _missing("Noto Color Emoji", NOTO_EMOJI_FONT)
-        return ImageFont.truetype(NOTO_EMOJI_FONT, 109)
-    return ImageFont.truetype(symbola_path(), 100)
+    if not Path(NOTO_EMOJI_FONT).is_file():
+        raise _missing("Noto Color Emoji", NOTO_EMOJI_FONT)
+    return _font(NOTO_EMOJI_FONT, 109) if style == "color" else _font(symbola_path(), 100)
+
+
+@functools.lru_cache(maxsize=4)
+def _font(path: str, size: int):
+    from PIL import ImageFont
+
+    return ImageFont.truetype(path, size)
 
 
 def render_emoji(chars: str, style: str, font=None):
