@@ -251,7 +251,7 @@ class Strategy:
     name: ClassVar[str] = ""
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
     kind: ClassVar[str] = "transfer"
-    modalities: ClassVar[tuple[str, ...]] = ("image", "text", "tabular")
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text", "tabular", "audio")
     tasks: ClassVar[tuple[str, ...] | None] = None
     needs_target: ClassVar[bool] = False
     needs_sensitive: ClassVar[bool] = False
