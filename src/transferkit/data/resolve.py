@@ -19,6 +19,7 @@ import pandas as pd
 
 from transferkit.data.adapters import (align_labels, check_eval_labels, from_arrays, from_frame, from_hf_dataset,
                                        from_image_folder, from_table)
+from transferkit.data.adapters_audio import from_audio_folder, is_audio_folder
 from transferkit.data.adapters_generation import is_generation_file, read_generation_file
 from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, is_span_jsonl, read_token_file
 from transferkit.data.builtin import DATASETS, load_dataset
@@ -32,6 +33,11 @@ def _is_hf_dataset(obj: Any) -> bool:
 
 def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
     if path.is_dir() and task != "token-classification":
+        if is_audio_folder(path):
+            if columns.get("sensitive_column") is not None:
+                raise ConfigError(f"{path} is an audio folder, which has no columns: a sensitive_column needs a "
+                                  f"table (CSV/TSV/JSONL with an audio column) or a DataFrame.")
+            return from_audio_folder(path)
         if columns.get("sensitive_column") is not None:
             raise ConfigError(f"{path} is an image folder, which has no columns: a sensitive_column needs a "
                               f"table (CSV/TSV/JSONL with an image_column or features) or a DataFrame.")
@@ -112,7 +118,8 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
 
     Args:
         data: a built-in name (its train split; its test split becomes the
-            test data unless ``test_data`` is given), a folder (image folder),
+            test data unless ``test_data`` is given), a folder (image or audio folder: one
+            sub-folder per class),
             a table file, a TaskData, an ``(X, y)`` tuple, a DataFrame or a
             ``datasets.Dataset``.
         test_data: the same kinds, or ``None``. A built-in name gives its test split.
