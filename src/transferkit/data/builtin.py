@@ -462,3 +462,53 @@ def load_hironsan_ner(seed: int = 0) -> tuple[TaskData, TaskData]:
     test_idx = np.sort(np.random.default_rng(seed).permutation(len(data))[:round(0.2 * len(data))])
     train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
     return data.subset(train_idx, name="hironsan-ner-train"), data.subset(test_idx, name="hironsan-ner-test")
+
+
+# ---------------------------------------------------------------- speech: espeak-ng voices, alsa-utils clips
+
+
+@_register("espeak-keywords", modality="audio",
+           size="12 command words x 96 voices: 768 train clips (64 voices) + 384 test clips (32 unseen voices)",
+           source="synthetic: Debian espeak-ng in 8 English accents x 12 voice variants, speed, pitch, shift and "
+                  "noise varied; generated once into the cache (transferkit.data.speech_corpus)",
+           licence="synthetic (espeak-ng, GPL-3.0 program; its output is not covered)")
+def load_espeak_keywords(noise: bool = True) -> tuple[TaskData, TaskData]:
+    """Keyword spotting: yes, no, up, down, left, right, on, off, stop, go, one, two; test voices unseen.
+
+    Args:
+        noise: add white noise at 10-40 dB SNR to each clip.
+    """
+    from transferkit.data.speech_corpus import build_keywords
+
+    return build_keywords(noise=noise)
+
+
+@_register("espeak-speakers", modality="audio",
+           size="96 voices: 768 train clips (8 words each) + 384 test clips (4 other words each)",
+           source="synthetic: the espeak-keywords clips labelled by voice (transferkit.data.speech_corpus)",
+           licence="synthetic (espeak-ng, GPL-3.0 program; its output is not covered)")
+def load_espeak_speakers(noise: bool = True, test_words: int = 4) -> tuple[TaskData, TaskData]:
+    """Speaker identification over 96 espeak-ng voices; the test clips are words each voice never said in training.
+
+    Args:
+        noise: add white noise at 10-40 dB SNR to each clip.
+        test_words: how many of the 12 words are held out for the test.
+    """
+    from transferkit.data.speech_corpus import build_speakers
+
+    return build_speakers(noise=noise, test_words=test_words)
+
+
+@_register("alsa-channels", modality="audio",
+           size="8 channel names: 768 synthetic train clips (96 voices), 8 human test clips",
+           source="train: espeak-ng voices; test: the human recordings of Debian alsa-utils (/usr/share/sounds/alsa)",
+           licence="alsa-utils clips: GPL-2.0 (Debian alsa-utils)")
+def load_alsa_channels(noise: bool = True) -> tuple[TaskData, TaskData]:
+    """Which loudspeaker a clip names (Front Left, Rear Center, ...): synthetic voices to real human speech.
+
+    Args:
+        noise: add white noise at 10-40 dB SNR to each synthetic clip.
+    """
+    from transferkit.data.speech_corpus import build_alsa_channels
+
+    return build_alsa_channels(noise=noise)
