@@ -13,7 +13,8 @@ The features are log-mel spectrograms (10 ms hop, 25 ms window), computed in PyT
 * ``whisper``: Whisper's own log-mel (log10, clamped to 8 below the clip's maximum, scaled
   ``(x + 4) / 4``; the same values as ``transformers.WhisperFeatureExtractor``), every clip
   padded with silence to the model's window, as Whisper's encoder expects;
-* ``log-mel``: natural-log mel energies, padded to the longest clip of the batch.
+* ``log-mel``: natural-log mel energies of each clip on its own, padded to the longest clip of the
+  batch (so a clip's features do not depend on what it is batched with).
 
 Both give ``{"input_features": [B, n_mels, frames], "frame_mask": [B, frames]}``
 (1 where the frame holds audio, 0 on padding).
@@ -235,15 +236,17 @@ class AudioPreprocess(Preprocess):
     def from_waves(self, waves: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         """The model batch of decoded mono waves (what augmentation on samples feeds back in)."""
         frames_per_item = [max(1, math.ceil(len(w) / HOP)) for w in waves]
-        if self.features == "whisper":
-            width = self.max_samples
-        else:
-            width = max(len(w) for w in waves)
-        width = max(width, HOP)
-        batch = torch.zeros(len(waves), width)
-        for b, w in enumerate(waves):
-            batch[b, :len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        feats = log_mel(batch, self.n_mels, self.features)
+        if self.features == "whisper":  # Whisper pads the samples with silence to its window, as it was trained
+            batch = torch.zeros(len(waves), max(self.max_samples, HOP))
+            for b, w in enumerate(waves):
+                batch[b, :len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+            feats = log_mel(batch, self.n_mels, self.features)
+        else:  # each clip on its own (its edges reflected, not padded), then the frames padded: batch-independent
+            parts = [log_mel(torch.from_numpy(np.asarray(np.pad(w, (0, max(0, HOP - len(w)))), dtype=np.float32))[None],
+                             self.n_mels, self.features)[0] for w in waves]
+            feats = torch.full((len(waves), self.n_mels, max(p.shape[-1] for p in parts)), math.log(1e-6))
+            for b, part in enumerate(parts):
+                feats[b, :, :part.shape[-1]] = part
         mask = torch.zeros(len(waves), feats.shape[-1], dtype=torch.long)
         for b, n in enumerate(frames_per_item):
             mask[b, :n] = 1

@@ -105,9 +105,13 @@ class AudioCNN(Backbone):
         x, mask = batch["input_features"], batch["frame_mask"].to(batch["input_features"].dtype)
         mean, _ = _masked_stats(x, mask)
         x = ((x - mean.unsqueeze(-1)) * mask.unsqueeze(1)).unsqueeze(1)
-        for b in self.blocks:
-            x = b(x)
-            mask = nn.functional.max_pool1d(mask.unsqueeze(1), 2, ceil_mode=False).squeeze(1)[:, : x.shape[-1]]
+        for conv, pool in self.blocks:
+            # padding is zeroed after every convolution and a pooled step counts only when both of its frames are
+            # audio: a clip's features are then the same alone as in a batch with longer clips
+            x = pool(conv(x) * mask[:, None, None, :])
+            steps = x.shape[-1]
+            mask = mask[:, : 2 * steps].reshape(mask.shape[0], steps, 2).amin(-1)
+            x = x * mask[:, None, None, :]
         x = x.mean(dim=2)  # over frequency: [B, C, T]
         w = mask.unsqueeze(1)
         return (x * w).sum(-1) / w.sum(-1).clamp(min=1.0)
