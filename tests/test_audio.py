@@ -433,3 +433,42 @@ def test_packaged_whisper_fit_and_predict_spoken_words(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     predictions = [json.loads(line)["prediction"] for line in r.stdout.strip().splitlines()[-3:]]
     assert sum(p == w for p, w in zip(predictions, words)) >= 2
+
+
+# ---------------------------------------------------------------- serving
+
+def test_serve_answers_uploaded_and_base64_wavs(tmp_path):
+    import base64
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from transferkit.export.serve import create_app
+    from transferkit.export.serve_requests import ModelInputs
+    from transferkit.export.serve_schemas import request_examples
+
+    train = resolve_data(write_tones(tmp_path / "tones", n=4))[0]
+    model, _ = make_strategy("scratch").fit(None, train, None, Trainer(TrainConfig(progress=False)))
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": "scratch"}})
+    predictor = load(tmp_path / "b")
+    clips = [tmp_path / "low.wav", tmp_path / "high.wav"]
+    sf.write(str(clips[0]), tone(310.0, 0.4, seed=7), RATE)
+    sf.write(str(clips[1]), tone(2450.0, 0.4, seed=8, channels=2), 44100)  # stereo at another rate
+    expected = predictor.predict([str(c) for c in clips])
+    assert expected == ["low", "high"]
+    with TestClient(create_app(predictor)) as client:
+        b64 = [base64.b64encode(c.read_bytes()).decode() for c in clips]
+        r = client.post("/predict", json={"inputs": b64})
+        assert r.status_code == 200, r.text
+        assert [p["label"] for p in r.json()["predictions"]] == expected
+        files = [("files", (c.name, c.read_bytes(), "audio/wav")) for c in clips]
+        r = client.post("/predict", files=files)
+        assert r.status_code == 200, r.text
+        assert [p["label"] for p in r.json()["predictions"]] == expected
+        for example in request_examples(ModelInputs.from_manifest(predictor.manifest)):
+            assert client.post("/predict", json=example).status_code == 200
+        r = client.post("/predict", json={"inputs": [base64.b64encode(b"not a sound at all").decode()]})
+        assert r.status_code == 422 and "Item 0" in r.json()["detail"] and "audio" in r.json()["detail"]
+        r = client.post("/predict", json={"texts": ["hello"]})
+        assert r.status_code == 422 and "takes audio" in r.json()["detail"]
+        assert client.get("/metadata").json()["modality"] == "audio"
