@@ -31,13 +31,14 @@ FULL_DEBIAN = Path("/work/shared/data/debian-packages.csv.gz")
 def test_registry_lists_every_builtin_with_provenance():
     names = {d["name"] for d in list_datasets()}
     assert names == set(DATASETS.names()) == {"fashion-mnist", "digits", "drug-reviews", "penguins", "debian-packages",
-                                                "pii-ner", "hironsan-ner", "debian-synopsis"}
+                                                "pii-ner", "hironsan-ner", "debian-synopsis", "espeak-keywords",
+                                                "espeak-speakers", "alsa-channels"}
     for d in list_datasets():
         assert d["source"] and d["licence"] and d["size"] and d["description"]
 
 
 def test_unknown_dataset_name_lists_choices():
-    with pytest.raises(UnknownNameError, match="Did you mean 'digits'.*Available: debian-packages"):
+    with pytest.raises(UnknownNameError, match="Did you mean 'digits'.*Available: alsa-channels, debian-packages"):
         load_dataset("digit")
 
 

@@ -465,50 +465,34 @@ def load_hironsan_ner(seed: int = 0) -> tuple[TaskData, TaskData]:
 
 
 # ---------------------------------------------------------------- speech: espeak-ng voices, alsa-utils clips
+# Generated once into the cache by espeak-ng (transferkit.data.speech_corpus); `noise`: white noise at 10-40 dB SNR.
+_ESPEAK = "synthetic: Debian espeak-ng, 8 English accents x 12 voice variants, speed, pitch, shift and noise varied"
+_ESPEAK_LICENCE = "synthetic (espeak-ng, GPL-3.0 program; its output is not covered)"
 
 
-@_register("espeak-keywords", modality="audio",
-           size="12 command words x 96 voices: 768 train clips (64 voices) + 384 test clips (32 unseen voices)",
-           source="synthetic: Debian espeak-ng in 8 English accents x 12 voice variants, speed, pitch, shift and "
-                  "noise varied; generated once into the cache (transferkit.data.speech_corpus)",
-           licence="synthetic (espeak-ng, GPL-3.0 program; its output is not covered)")
+@_register("espeak-keywords", modality="audio", source=_ESPEAK, licence=_ESPEAK_LICENCE,
+           size="12 command words x 96 voices: 768 train clips (64 voices) + 384 test clips (32 unseen voices)")
 def load_espeak_keywords(noise: bool = True) -> tuple[TaskData, TaskData]:
-    """Keyword spotting: yes, no, up, down, left, right, on, off, stop, go, one, two; test voices unseen.
-
-    Args:
-        noise: add white noise at 10-40 dB SNR to each clip.
-    """
+    """Keyword spotting: yes, no, up, down, left, right, on, off, stop, go, one, two; test voices unseen."""
     from transferkit.data.speech_corpus import build_keywords
 
     return build_keywords(noise=noise)
 
 
-@_register("espeak-speakers", modality="audio",
-           size="96 voices: 768 train clips (8 words each) + 384 test clips (4 other words each)",
-           source="synthetic: the espeak-keywords clips labelled by voice (transferkit.data.speech_corpus)",
-           licence="synthetic (espeak-ng, GPL-3.0 program; its output is not covered)")
+@_register("espeak-speakers", modality="audio", source=_ESPEAK, licence=_ESPEAK_LICENCE,
+           size="96 voices: 768 train clips (8 words each) + 384 test clips (4 other words each)")
 def load_espeak_speakers(noise: bool = True, test_words: int = 4) -> tuple[TaskData, TaskData]:
-    """Speaker identification over 96 espeak-ng voices; the test clips are words each voice never said in training.
-
-    Args:
-        noise: add white noise at 10-40 dB SNR to each clip.
-        test_words: how many of the 12 words are held out for the test.
-    """
+    """Speaker identification over 96 espeak-ng voices; test clips are words a voice never said in training."""
     from transferkit.data.speech_corpus import build_speakers
 
     return build_speakers(noise=noise, test_words=test_words)
 
 
-@_register("alsa-channels", modality="audio",
-           size="8 channel names: 768 synthetic train clips (96 voices), 8 human test clips",
+@_register("alsa-channels", modality="audio", size="8 channel names: 768 synthetic train clips, 8 human test clips",
            source="train: espeak-ng voices; test: the human recordings of Debian alsa-utils (/usr/share/sounds/alsa)",
            licence="alsa-utils clips: GPL-2.0 (Debian alsa-utils)")
 def load_alsa_channels(noise: bool = True) -> tuple[TaskData, TaskData]:
-    """Which loudspeaker a clip names (Front Left, Rear Center, ...): synthetic voices to real human speech.
-
-    Args:
-        noise: add white noise at 10-40 dB SNR to each synthetic clip.
-    """
+    """Which loudspeaker a clip names (Front Left, Rear Center, ...): synthetic voices to real human speech."""
     from transferkit.data.speech_corpus import build_alsa_channels
 
     return build_alsa_channels(noise=noise)
