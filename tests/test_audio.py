@@ -206,7 +206,7 @@ def write_ctranslate2(model, path) -> None:
 def test_ctranslate2_whisper_maps_one_to_one_onto_transformers(tiny_whisper, tmp_path):
     from transformers import WhisperForConditionalGeneration
 
-    from transferkit.backbones.whisper import ctranslate2_to_transformers, read_ctranslate2
+    from transferkit.backbones.ctranslate2 import ctranslate2_to_transformers, read_ctranslate2
 
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper)
     write_ctranslate2(model, tmp_path / "model.bin")
@@ -222,7 +222,7 @@ def test_ctranslate2_whisper_maps_one_to_one_onto_transformers(tiny_whisper, tmp
 
 
 def test_ctranslate2_reader_refuses_other_models(tmp_path):
-    from transferkit.backbones.whisper import read_ctranslate2
+    from transferkit.backbones.ctranslate2 import read_ctranslate2
     from transferkit.errors import MissingWeightsError
 
     path = tmp_path / "model.bin"
@@ -472,3 +472,61 @@ def test_serve_answers_uploaded_and_base64_wavs(tmp_path):
         r = client.post("/predict", json={"texts": ["hello"]})
         assert r.status_code == 422 and "takes audio" in r.json()["detail"]
         assert client.get("/metadata").json()["modality"] == "audio"
+
+
+# ---------------------------------------------------------------- speech recognition
+
+def test_wer_and_cer_normalise_case_and_punctuation():
+    from transferkit.evaluation.metrics import higher_is_better
+    from transferkit.tasks import get_task
+
+    task = get_task("speech-recognition")
+    m = task.metrics(["front left", "rear center"], ["Front, left.", "We're center"])
+    assert m["wer"] == pytest.approx(1 / 4) and 0 < m["cer"] < 0.5
+    assert task.metrics(["a b c d"], [""])["wer"] == 1.0
+    counts = task.item_counts(["front left", "rear center"], ["Front, left.", "We're center"])
+    assert task.metric_from_counts(counts.sum(0)) == pytest.approx(m["wer"])
+    assert not higher_is_better("wer") and not higher_is_better("test_cer")
+
+
+def test_transcript_table_is_speech_recognition_data(tmp_path):
+    root = write_tones(tmp_path / "tones", n=2)
+    rows = "".join(f"{p.relative_to(tmp_path)},say {p.parent.name}\n" for p in sorted(root.rglob("*.wav")))
+    (tmp_path / "asr.csv").write_text("audio,transcript\n" + rows, encoding="utf-8")
+    data, _ = resolve_data(tmp_path / "asr.csv")
+    assert data.task == "speech-recognition" and data.modality == "audio" and list(data.targets)[0] == "say high"
+    (tmp_path / "asr.csv").write_text("audio,transcript\n" + rows + "tones/low/0.wav, \n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"asr.csv: line 6: the transcript in column 'transcript' is empty"):
+        resolve_data(tmp_path / "asr.csv")
+
+
+def test_decoder_batch_learns_the_transcript_after_the_prefix(tiny_whisper_asr, tmp_path):
+    from conftest import speech_pairs
+
+    from transferkit.tasks import get_task
+
+    bb = load_backbone(f"whisper:{tiny_whisper_asr}", decoder=True)
+    assert bb.feature_kinds == ("pooled", "sequence", "logits") and bb.preprocess.prefix == [50257, 50362]
+    data = speech_pairs(tmp_path / "clips")
+    batch = bb.preprocess(get_task("speech-recognition").training_items(data.items, data.targets))
+    tok = bb.tokenizer
+    for row, word in enumerate(["yes", "no"]):
+        labels = batch["labels"][row]
+        learned = labels[labels != -100].tolist()
+        assert learned == tok(" " + word, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        # each label is the decoder input one position on
+        n = len(learned) + 1
+        assert batch["decoder_input_ids"][row, 1:n].tolist() == [50362] + learned[:-1]
+    assert bb.forward_logits(batch).shape == (*batch["labels"].shape, 51864)
+
+
+def test_finetuned_decoder_learns_two_transcripts(tiny_whisper_asr, tmp_path):
+    from conftest import speech_pairs
+
+    data = speech_pairs(tmp_path / "clips")
+    bb = load_backbone(f"whisper:{tiny_whisper_asr}", decoder=True)
+    model, _ = make_strategy("finetune").fit(bb, data, None, Trainer(TrainConfig(
+        epochs=40, lr=1e-2, head_lr=1e-2, batch_size=2, progress=False, warmup=0.0, schedule="constant")))
+    assert list(predict_outputs(model, data)) == ["yes", "no"]
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": "finetune"}})
+    assert load(tmp_path / "b").predict(data.items) == ["yes", "no"]

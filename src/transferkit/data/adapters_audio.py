@@ -65,3 +65,59 @@ def from_audio_folder(path: str | os.PathLike) -> TaskData:
     targets = np.concatenate([np.full(len(files[d.name]), k, dtype=np.int64) for k, d in enumerate(classes)])
     return TaskData(items, targets, "audio", label_names=[d.name for d in classes], name=root.name,
                     source=str(root.resolve()))
+
+
+#: Column names taken as the transcript of a clip, in this order.
+TRANSCRIPT_COLUMNS = ("transcript", "sentence", "text")
+
+
+def is_transcript_table(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a CSV/TSV/JSONL table with an audio path column and a ``transcript`` column."""
+    from transferkit.data.adapters_tables import TABLE_SUFFIXES, audio_path_column, read_table
+
+    p = Path(path)
+    suffix = Path(p.stem).suffix.lower() if p.suffix == ".gz" else p.suffix.lower()
+    if not p.is_file() or suffix not in TABLE_SUFFIXES:
+        return False
+    try:
+        frame, _ = read_table(p)
+    except DataError:
+        return False
+    return "transcript" in frame.columns and audio_path_column(frame, ("transcript",)) is not None
+
+
+def read_transcript_table(path: str | os.PathLike, *, audio_column: str | None = None,
+                          transcript_column: str | None = None) -> TaskData:
+    """Speech-recognition data: a table of audio paths (relative to the table's folder) and their transcripts.
+
+    Args:
+        path: CSV, TSV or JSONL (optionally gzipped).
+        audio_column: the column of audio paths (default: ``audio``, ``path`` or ``file``).
+        transcript_column: the column of transcripts (default: ``transcript``, ``sentence`` or ``text``).
+
+    Raises:
+        DataError: a missing column (the columns present named), a missing or unreadable clip, an empty
+            transcript (file and line).
+    """
+    from transferkit.data.adapters_tables import _audio_items, audio_path_column, read_table
+
+    p = Path(path)
+    frame, lines = read_table(p)
+    locate = lambda i: f"{p}: line {lines[i]}"  # noqa: E731
+    present = ", ".join(map(str, frame.columns))
+    transcript_column = transcript_column or next((c for c in TRANSCRIPT_COLUMNS if c in frame.columns), None)
+    if transcript_column not in frame.columns:
+        raise DataError(f"{p}: no transcript column ({transcript_column or ', '.join(TRANSCRIPT_COLUMNS)}). "
+                        f"Columns present: {present}.")
+    audio_column = audio_column or audio_path_column(frame, (transcript_column,))
+    if audio_column not in frame.columns:
+        raise DataError(f"{p}: no column of audio paths ({audio_column or 'audio, path or file'}). "
+                        f"Columns present: {present}.")
+    items = _audio_items(frame[audio_column], audio_column, p.parent, locate)
+    transcripts = []
+    for i, t in enumerate(frame[transcript_column]):
+        if not isinstance(t, str) or not t.strip():
+            raise DataError(f"{locate(i)}: the transcript in column '{transcript_column}' is empty.")
+        transcripts.append(t.strip())
+    return TaskData(items, np.asarray(transcripts, dtype=object), "audio", task="speech-recognition", name=p.name,
+                    source=str(p))

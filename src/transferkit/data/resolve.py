@@ -19,7 +19,8 @@ import pandas as pd
 
 from transferkit.data.adapters import (align_labels, check_eval_labels, from_arrays, from_frame, from_hf_dataset,
                                        from_image_folder, from_table)
-from transferkit.data.adapters_audio import from_audio_folder, is_audio_folder
+from transferkit.data.adapters_audio import (from_audio_folder, is_audio_folder, is_transcript_table,
+                                             read_transcript_table)
 from transferkit.data.adapters_generation import is_generation_file, read_generation_file
 from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, is_span_jsonl, read_token_file
 from transferkit.data.builtin import DATASETS, load_dataset
@@ -45,6 +46,10 @@ def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
     # a CoNLL file, or JSONL records of text and entity spans (with another task: a clear refusal)
     if task == "token-classification" or is_conll(path) or (task is None and is_span_jsonl(path)):
         return read_token_file(path, task=task, **columns)
+    # audio clips with transcripts (by their columns, or when told)
+    if task == "speech-recognition" or (task is None and is_transcript_table(path)):
+        label = columns.get("label_column")
+        return read_transcript_table(path, transcript_column=None if label in (None, "label") else label)
     # prompt/completion pairs or chats (by their columns, or when told)
     if task == "text-generation" or (task is None and is_generation_file(path)):
         label = columns.get("label_column")
@@ -127,7 +132,9 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
         label_column: label column of a table or frame.
         feature_columns: numeric columns of a table or frame.
         task: ``"classification"`` (default), ``"multilabel"``, ``"regression"``, ``"text-generation"``
-            (prompt/completion CSV/TSV/JSONL or JSONL chats, also detected by their columns) or ``"token-classification"``
+            (prompt/completion CSV/TSV/JSONL or JSONL chats, also detected by their columns),
+            ``"speech-recognition"`` (a table of audio paths and a ``transcript`` column, also detected)
+            or ``"token-classification"``
             (CoNLL ``.conll``/``.iob``/``.bio``/``.txt`` or JSONL-span files, HF datasets with
             ``tokens``/``ner_tags`` columns; a ``.conll``/``.iob``/``.bio`` file is always token data).
         sensitive_column: a sensitive attribute (group) column, kept out of the

@@ -17,6 +17,7 @@ from transferkit.tasks.base import IGNORE_INDEX, Task
 from transferkit.tasks.heads import HEADS, build_head, describe_head, linear_head, rebuild_head, register_head
 from transferkit.tasks.labels import Classification, MultiLabel, Regression
 from transferkit.tasks.generation import TextGeneration
+from transferkit.tasks.speech_recognition import SpeechRecognition
 from transferkit.tasks.token_classification import TokenClassification
 
 TASKS: Registry[Task] = Registry("task")
@@ -48,7 +49,7 @@ def compute_metrics(task: str | Task, y_true: Any, outputs: Any, label_names: Se
     return get_task(task).metrics(y_true, outputs, label_names)
 
 
-for _task in (Classification, MultiLabel, Regression, TokenClassification, TextGeneration):
+for _task in (Classification, MultiLabel, Regression, TokenClassification, TextGeneration, SpeechRecognition):
     register_task(_task)
 
 
