@@ -530,3 +530,23 @@ def test_finetuned_decoder_learns_two_transcripts(tiny_whisper_asr, tmp_path):
     assert list(predict_outputs(model, data)) == ["yes", "no"]
     save_bundle(model, tmp_path / "b", {"strategy": {"name": "finetune"}})
     assert load(tmp_path / "b").predict(data.items) == ["yes", "no"]
+
+
+def test_cli_fit_speech_recognition_loads_the_decoder_then_predicts_text(tiny_whisper_asr, tmp_path):
+    from conftest import speech_pairs
+
+    data = speech_pairs(tmp_path / "clips")
+    table = tmp_path / "asr.csv"
+    table.write_text("audio,transcript\n" + "".join(f"{p},{t}\n" for p, t in zip(data.items, data.targets)),
+                     encoding="utf-8")
+    runner = CliRunner()
+    r = runner.invoke(app, ["fit", "--backbone", f"whisper:{tiny_whisper_asr}", "--strategy", "finetune",
+                            "--data", str(table), "--test-data", str(table), "--epochs", "1", "--out",
+                            str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["task"] == "speech-recognition" and manifest["backbone"]["options"]["decoder"] is True
+    assert 0 <= manifest["metrics"]["wer"] and "cer" in manifest["metrics"]
+    r = runner.invoke(app, ["predict", str(tmp_path / "b"), data.items[0], "--json"])
+    assert r.exit_code == 0, r.output
+    assert isinstance(json.loads(r.stdout.strip().splitlines()[-1])["prediction"], str)
