@@ -550,3 +550,17 @@ def test_cli_fit_speech_recognition_loads_the_decoder_then_predicts_text(tiny_wh
     r = runner.invoke(app, ["predict", str(tmp_path / "b"), data.items[0], "--json"])
     assert r.exit_code == 0, r.output
     assert isinstance(json.loads(r.stdout.strip().splitlines()[-1])["prediction"], str)
+    # served: a base64 WAV in, {"text": ...} out, the same transcript as predict
+    import base64
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from transferkit.export.serve import create_app
+
+    predictor = load(tmp_path / "b")
+    wav = base64.b64encode(open(data.items[0], "rb").read()).decode()
+    with TestClient(create_app(predictor)) as client:
+        r = client.post("/predict", json={"inputs": [wav]})
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"] == [{"text": predictor.predict([data.items[0]])[0]}]
