@@ -62,8 +62,9 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     return soxr.resample(wave, rate, target, quality="HQ").astype(np.float32)
 
 
-def _decode(source, where: str) -> tuple[np.ndarray, int]:
-    """``(samples [N, channels], rate)`` of a file or file-like object; DataError naming ``where``."""
+def _info(source, where: str):
+    """soundfile's header info of a file or file-like object (rewound); DataError naming ``where`` when it is
+    missing, not audio, has a sample rate of 0 or no samples."""
     sf = _soundfile()
     try:
         info = sf.info(source)
@@ -78,6 +79,13 @@ def _decode(source, where: str) -> tuple[np.ndarray, int]:
         raise DataError(f"Cannot read audio {where}: its sample rate is {info.samplerate} Hz.")
     if info.frames == 0 or info.channels == 0:
         raise DataError(f"Cannot read audio {where}: it holds no samples (an empty clip).")
+    return info
+
+
+def _decode(source, where: str) -> tuple[np.ndarray, int]:
+    """``(samples [N, channels], rate)`` of a file or file-like object; DataError naming ``where``."""
+    sf = _soundfile()
+    _info(source, where)
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
     except (RuntimeError, ValueError, OSError, EOFError) as exc:
@@ -108,29 +116,30 @@ def read_audio(item, sample_rate: int = SAMPLE_RATE, where: str | None = None) -
         >>> read_audio(np.zeros(800, dtype=np.float32)).shape
         (800,)
     """
+    is_path = isinstance(item, (str, os.PathLike))
+    where = where or (os.fspath(item) if is_path else "uploaded audio" if isinstance(item, (bytes, bytearray))
+                      else "audio item")
     if isinstance(item, dict):
         if "array" not in item or "sampling_rate" not in item:
-            raise DataError(f"{where or 'audio item'}: an audio dict needs 'array' and 'sampling_rate'; "
+            raise DataError(f"{where}: an audio dict needs 'array' and 'sampling_rate'; "
                             f"got keys {sorted(item)}.")
         rate = item["sampling_rate"]
         if not isinstance(rate, (int, np.integer)) or rate <= 0:
-            raise DataError(f"{where or 'audio item'}: its sampling_rate is {rate!r}; a positive int is needed.")
-        wave, rate = _as_wave(np.asarray(item["array"], dtype=np.float32), where or "audio item"), int(rate)
+            raise DataError(f"{where}: its sampling_rate is {rate!r}; a positive int is needed.")
+        wave, rate = _as_wave(np.asarray(item["array"], dtype=np.float32), where), int(rate)
     elif isinstance(item, np.ndarray):
-        wave, rate = _as_wave(item.astype(np.float32, copy=False), where or "audio item"), sample_rate
+        wave, rate = _as_wave(item.astype(np.float32, copy=False), where), sample_rate
     elif isinstance(item, (bytes, bytearray)):
-        data, rate = _decode(io.BytesIO(bytes(item)), where or "uploaded audio")
+        data, rate = _decode(io.BytesIO(bytes(item)), where)
         wave = data.mean(axis=1)
-    elif isinstance(item, (str, os.PathLike)):
-        path = os.fspath(item)
-        data, rate = _decode(path, where or path)
+    elif is_path:
+        data, rate = _decode(os.fspath(item), where)
         wave = data.mean(axis=1)
     else:
-        raise DataError(f"{where or 'audio item'} is a {type(item).__name__}; an audio item is a file path, "
+        raise DataError(f"{where} is a {type(item).__name__}; an audio item is a file path, "
                         f"file bytes, a 1-D array or an {{'array', 'sampling_rate'}} dict.")
     if not np.isfinite(wave).all():
-        raise DataError(f"Cannot read audio {where or item if isinstance(item, (str, os.PathLike)) else where}: "
-                        f"it holds NaN or inf samples.")
+        raise DataError(f"Cannot read audio {where}: it holds NaN or inf samples.")
     return resample(np.ascontiguousarray(wave, dtype=np.float32), rate, sample_rate)
 
 
@@ -150,19 +159,7 @@ def audio_info(path: str | os.PathLike) -> tuple[float, int]:
     What data adapters call on every file they list, so a bad file fails when the data is read,
     before any training.
     """
-    sf = _soundfile()
-    where = os.fspath(path)
-    try:
-        info = sf.info(where)
-    except FileNotFoundError:
-        raise DataError(f"Audio file not found: {where}") from None
-    except (RuntimeError, ValueError, OSError, EOFError) as exc:
-        raise DataError(f"Cannot read audio {where}: not a readable audio file ({_first_line(exc)}). "
-                        f"Supported: WAV, FLAC, OGG, MP3.") from None
-    if info.samplerate <= 0:
-        raise DataError(f"Cannot read audio {where}: its sample rate is {info.samplerate} Hz.")
-    if info.frames == 0 or info.channels == 0:
-        raise DataError(f"Cannot read audio {where}: it holds no samples (an empty clip).")
+    info = _info(os.fspath(path), os.fspath(path))
     return info.frames / info.samplerate, int(info.samplerate)
 
 
