@@ -106,8 +106,7 @@ def pts(x: float) -> str:
 
 def write_summary(results: dict, args) -> None:
     lines = ["# Speech transfer: Whisper tiny.en vs no-transfer baselines", "",
-             f"Command: `python benchmarks/speech.py --seeds {args.seeds} --per-class {args.per_class} "
-             f"--parts {args.parts}`  ", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared "
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work "
              f"(torch threads {torch.get_num_threads()}), no GPU; torch {torch.__version__}.", ""]
     titles = {"keywords": "Keyword spotting (12 words, unseen voices)",
               "alsa": "Real voices: espeak-ng training clips, the 8 human alsa-utils clips as the test",
@@ -115,15 +114,14 @@ def write_summary(results: dict, args) -> None:
     for part, res in results["parts"].items():
         summary = res["summary"]
         n_test = res["rows"][0]["n_test"]
-        lines += [f"## {titles[part]}", "",
-                  f"{args.per_class} training clips per class, {len(set(r['seed'] for r in res['rows']))} seeds "
+        lines += [f"## {titles[part]}", "", f"Command: `{res['command']}`", "",
+                  f"{res['per_class']} training clips per class, {len(set(r['seed'] for r in res['rows']))} seeds "
                   f"(a new draw each), {n_test} test clips; accuracy in %, mean [95% CI over seeds].", "",
-                  "| method | accuracy | per seed | fit + predict (s, mean) |", "| --- | --- | --- | --- |"]
+                  "| method | accuracy | per seed |", "| --- | --- | --- |"]
         for m, s in summary["per_method"].items():
             seeds = [r for r in res["rows"] if r["method"] == m]
             per_seed = ", ".join(pts(r["accuracy"]) for r in seeds)
-            secs = np.mean([r["seconds"] for r in seeds])
-            lines.append(f"| {m} | {pts(s['mean'])} [{pts(s['low'])}, {pts(s['high'])}] | {per_seed} | {secs:.0f} |")
+            lines.append(f"| {m} | {pts(s['mean'])} [{pts(s['low'])}, {pts(s['high'])}] | {per_seed} |")
         if summary["paired"]:
             lines += ["", "Paired differences (same draws, same test clips), points:", "",
                       "| difference | mean [95% CI] |", "| --- | --- |"]
@@ -141,6 +139,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=5)
     ap.add_argument("--parts", default="keywords,alsa")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--note", default="", help="a line added to the notes of summary.md (a cut, and why)")
     ap.add_argument("--quick", action="store_true", help="one seed, the 2 s window and the baselines, to /tmp")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
@@ -156,9 +155,18 @@ def main() -> None:
         "- The MFCC and CNN baselines see the same draws; the logistic regressions choose C by cross-validation "
         "on the training draw only.",
     ]
-    results = {"command": " ".join(sys.argv), "torch_threads": torch.get_num_threads(), "parts": {},
-               "notes": notes}
     json_path = OUT / "results.json"
+    results = {"torch_threads": torch.get_num_threads(), "parts": {}, "notes": notes}
+    if json_path.is_file() and not args.quick:  # parts run by an earlier command are kept
+        earlier = json.loads(json_path.read_text(encoding="utf-8"))
+        results["parts"] = {p: r for p, r in earlier.get("parts", {}).items() if p not in args.parts.split(",")}
+        for r in results["parts"].values():  # written before parts carried their own command
+            r.setdefault("command", "python " + earlier.get("command", "benchmarks/speech.py"))
+            r.setdefault("per_class", r["rows"][0]["n_train"] // (12 if r["rows"][0]["n_test"] == 384 else 8))
+        results["notes"] = earlier.get("notes", notes)
+    if args.note:
+        results["notes"] = [*results["notes"], f"- {args.note}"]
+    command = "python benchmarks/speech.py " + " ".join(f"'{a}'" if " " in a else a for a in sys.argv[1:])
     for part in [p for p in args.parts.split(",") if p]:
         train_all, test = load_dataset(PARTS[part])
         rows = []
@@ -168,7 +176,8 @@ def main() -> None:
                 row = run(method, train, test, seed)
                 rows.append(row)
                 print(json.dumps({"part": part, **row}), flush=True)
-                results["parts"][part] = {"rows": rows, "summary": summarize_part(rows, part)}
+                results["parts"][part] = {"rows": rows, "summary": summarize_part(rows, part), "command": command,
+                                          "per_class": args.per_class}
                 json_path.write_text(json.dumps(results, indent=2), encoding="utf-8")
                 write_summary(results, args)
     print((OUT / "summary.md").read_text(encoding="utf-8"))
