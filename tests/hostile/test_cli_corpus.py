@@ -425,6 +425,15 @@ def audio_table_with_a_missing_clip(tmp):
     return audio_fit(path), [str(path), "line 8", "audio file not found", str(root / "a" / "gone.wav")]
 
 
+@case
+def transcript_table_with_an_empty_transcript(tmp):
+    _audio_folder(tmp)
+    rows = '"clips/a/0.wav","yes"\n"clips/a/1.wav",""\n'
+    path = csv_file(tmp, rows, name="asr.csv", header="audio,transcript\n")
+    return ["fit", "--backbone", "whisper:tiny.en", "--strategy", "finetune", "--data", path], [
+        str(path), "line 3", "transcript in column 'transcript' is empty"]
+
+
 # -- malformed -o values and recipes ---------------------------------------------------------------------------
 
 @case
