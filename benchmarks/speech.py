@@ -92,16 +92,24 @@ def run(method: str, train, test, seed: int) -> dict:
 
 
 def summarize_part(rows: list[dict], part: str) -> dict:
-    by = {m: [r["accuracy"] for r in sorted(rows, key=lambda r: r["seed"]) if r["method"] == m] for m in METHODS}
-    by = {m: v for m, v in by.items() if v}
-    table = {m: dict(zip(("mean", "low", "high"), mean_ci(v))) for m, v in by.items()}
-    pairs = {f"{a} - {b}": dict(zip(("mean", "low", "high"), paired_difference(by[a], by[b])))
-             for a, b in PAIRS if a in by and b in by and len(by[a]) == len(by[b])}
+    acc = {m: {r["seed"]: r["accuracy"] for r in rows if r["method"] == m} for m in METHODS}
+    acc = {m: v for m, v in acc.items() if v}
+    table = {m: dict(zip(("mean", "low", "high"), mean_ci([v[k] for k in sorted(v)]))) for m, v in acc.items()}
+    pairs = {}
+    for a, b in PAIRS:
+        common = sorted(set(acc.get(a, {})) & set(acc.get(b, {})))
+        if common:  # paired over the seeds both ran
+            d = paired_difference([acc[a][k] for k in common], [acc[b][k] for k in common])
+            pairs[f"{a} - {b}"] = {**dict(zip(("mean", "low", "high"), d)), "n": len(common)}
     return {"part": part, "per_method": table, "paired": pairs}
 
 
 def pts(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.1f}"
+
+
+def signed(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:+.1f}"
 
 
 def write_summary(results: dict, args) -> None:
@@ -115,18 +123,18 @@ def write_summary(results: dict, args) -> None:
         summary = res["summary"]
         n_test = res["rows"][0]["n_test"]
         lines += [f"## {titles[part]}", "", f"Command: `{res['command']}`", "",
-                  f"{res['per_class']} training clips per class, {len(set(r['seed'] for r in res['rows']))} seeds "
-                  f"(a new draw each), {n_test} test clips; accuracy in %, mean [95% CI over seeds].", "",
-                  "| method | accuracy | per seed |", "| --- | --- | --- |"]
+                  f"{res['per_class']} training clips per class, a new draw per seed, {n_test} test clips; accuracy "
+                  f"in %, mean [95% CI over seeds] (n/a with one seed).", "",
+                  "| method | seeds | accuracy | per seed |", "| --- | --- | --- | --- |"]
         for m, s in summary["per_method"].items():
             seeds = [r for r in res["rows"] if r["method"] == m]
             per_seed = ", ".join(pts(r["accuracy"]) for r in seeds)
-            lines.append(f"| {m} | {pts(s['mean'])} [{pts(s['low'])}, {pts(s['high'])}] | {per_seed} |")
+            lines.append(f"| {m} | {len(seeds)} | {pts(s['mean'])} [{pts(s['low'])}, {pts(s['high'])}] | {per_seed} |")
         if summary["paired"]:
-            lines += ["", "Paired differences (same draws, same test clips), points:", "",
-                      "| difference | mean [95% CI] |", "| --- | --- |"]
+            lines += ["", "Paired differences (same draws, same test clips; the seeds both methods ran), points:", "",
+                      "| difference | seeds | mean [95% CI] |", "| --- | --- | --- |"]
             for name, d in summary["paired"].items():
-                lines.append(f"| {name} | {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] |")
+                lines.append(f"| {name} | {d['n']} | {signed(d['mean'])} [{signed(d['low'])}, {signed(d['high'])}] |")
         lines.append("")
     lines += ["## Notes", "", *results["notes"], ""]
     (OUT / "summary.md").write_text("\n".join(lines), encoding="utf-8")
@@ -140,6 +148,7 @@ def main() -> None:
     ap.add_argument("--parts", default="keywords,alsa")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--note", default="", help="a line added to the notes of summary.md (a cut, and why)")
+    ap.add_argument("--summarize-only", action="store_true", help="rewrite summary.md from results.json")
     ap.add_argument("--quick", action="store_true", help="one seed, the 2 s window and the baselines, to /tmp")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
@@ -166,6 +175,15 @@ def main() -> None:
         results["notes"] = earlier.get("notes", notes)
     if args.note:
         results["notes"] = [*results["notes"], f"- {args.note}"]
+    if args.summarize_only:  # rewrite summary.md from results.json (after a run was stopped), nothing runs
+        for part, res in earlier.get("parts", {}).items():
+            res.setdefault("command", "python " + earlier.get("command", "benchmarks/speech.py"))
+            res.setdefault("per_class", args.per_class)
+            res["summary"] = summarize_part(res["rows"], part)
+            results["parts"][part] = res
+        json_path.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_summary(results, args)
+        return print((OUT / "summary.md").read_text(encoding="utf-8"))
     command = "python benchmarks/speech.py " + " ".join(f"'{a}'" if " " in a else a for a in sys.argv[1:])
     for part in [p for p in args.parts.split(",") if p]:
         train_all, test = load_dataset(PARTS[part])
