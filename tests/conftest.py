@@ -230,3 +230,44 @@ def tiny_pyramid_backbone(size: int = 64):
 
     torch.manual_seed(0)
     return load_backbone("efficientnet-lite:0", pretrained=False, image_size=size)
+@pytest.fixture(scope="session")
+def tiny_whisper_asr(tmp_path_factory):
+    """A random Whisper (2 + 2 layers, 16 wide, a 1 s window) with an 8-token word-level tokenizer
+    (Whisper's special tokens, "yes", "no", "stop", "go"), saved as a transformers folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
+
+    vocab = {"<|endoftext|>": 0, "<|startoftranscript|>": 1, "<|notimestamps|>": 2, "<unk>": 3, "yes": 4, "no": 5,
+             "stop": 6, "go": 7}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>", unk_token="<unk>",
+                                        additional_special_tokens=["<|startoftranscript|>", "<|notimestamps|>"])
+    config = WhisperConfig(vocab_size=len(vocab), num_mel_bins=40, d_model=16, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                           decoder_ffn_dim=32, max_source_positions=50, max_target_positions=32, pad_token_id=0,
+                           bos_token_id=1, eos_token_id=0, decoder_start_token_id=1, suppress_tokens=None,
+                           begin_suppress_tokens=None)
+    path = tmp_path_factory.mktemp("tiny-whisper-asr")
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def speech_pairs(folder, n: int = 2):
+    """``n`` short tone clips written to ``folder`` and their transcripts ("yes", "no", ...): speech-recognition data."""
+    import soundfile as sf
+
+    from transferkit.data.dataset import TaskData
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["yes", "no", "stop", "go"][:n]
+    paths = []
+    for i, word in enumerate(words):
+        t = np.arange(8000) / 16000
+        sf.write(str(folder / f"{word}.wav"), (0.4 * np.sin(2 * np.pi * (300 + 700 * i) * t)).astype(np.float32),
+                 16000)
+        paths.append(str(folder / f"{word}.wav"))
+    return TaskData(paths, np.asarray(words, dtype=object), "audio", task="speech-recognition", name="tones-asr")

@@ -18,7 +18,8 @@ from transferkit.data import (DATASETS, TaskData, align_labels, check_classes_pr
                               from_arrays, from_frame, from_hf_dataset, from_image_folder, from_table,
                               list_datasets, load_dataset, resolve_data, sample_per_class, subsample,
                               train_val_split)
-from transferkit.data.builtin import DEBIAN_SECTIONS, FASHION_MNIST_DIR, find_debian_snapshot
+from transferkit.data.builtin import FASHION_MNIST_DIR
+from transferkit.data.debian import DEBIAN_SECTIONS, find_debian_snapshot
 from transferkit.data.cache import cached_path, extract_features, feature_cache_key
 from transferkit.errors import ConfigError, DataError, UnknownNameError
 
@@ -31,13 +32,14 @@ FULL_DEBIAN = Path("/work/shared/data/debian-packages.csv.gz")
 def test_registry_lists_every_builtin_with_provenance():
     names = {d["name"] for d in list_datasets()}
     assert names == set(DATASETS.names()) == {"fashion-mnist", "digits", "drug-reviews", "penguins", "debian-packages",
-                                                "pii-ner", "hironsan-ner", "debian-synopsis"}
+                                                "pii-ner", "hironsan-ner", "debian-synopsis", "espeak-keywords",
+                                                "espeak-speakers", "alsa-channels", "emoji-scenes"}
     for d in list_datasets():
         assert d["source"] and d["licence"] and d["size"] and d["description"]
 
 
 def test_unknown_dataset_name_lists_choices():
-    with pytest.raises(UnknownNameError, match="Did you mean 'digits'.*Available: debian-packages"):
+    with pytest.raises(UnknownNameError, match="Did you mean 'digits'.*Available: alsa-channels, debian-packages"):
         load_dataset("digit")
 
 

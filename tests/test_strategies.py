@@ -111,6 +111,8 @@ def test_strategy_trains_each_task_it_declares_and_refuses_the_others(name, task
         return _check_generation(strategy, request.getfixturevalue("tiny_llama"), tmp_path)
     if TASKS.get(task).feature_kind == "pyramid":
         return _check_dense(strategy, task, tmp_path)
+    if task == "speech-recognition":
+        return _check_speech(strategy, request.getfixturevalue("tiny_whisper_asr"), tmp_path)
     if task == "token-classification":  # word lists: a text backbone with a fast tokenizer
         data, backbone = _task_data(task, tiny_images), load_backbone(f"hf:{request.getfixturevalue('tiny_bert')}",
                                                                       max_length=16)
@@ -175,6 +177,23 @@ def _check_dense(strategy, task: str, tmp_path) -> None:
             np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-5)
         else:
             assert a.shape == (32, 32) and np.array_equal(a, b)
+def _check_speech(strategy, tiny_whisper_asr, tmp_path) -> None:
+    """Generative strategies train Whisper's decoder on transcripts; the others refuse, naming the task."""
+    from conftest import speech_pairs
+
+    data = speech_pairs(tmp_path / "clips")
+    backbone = load_backbone(f"whisper:{tiny_whisper_asr}", decoder=True)
+    declared = strategy.tasks is not None and "speech-recognition" in strategy.tasks
+    if not (strategy.generative and strategy.tasks is None) and not declared:
+        with pytest.raises(ConfigError, match="speech-recognition"):
+            strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
+        return
+    model, _ = strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
+    model.generation = {"max_new_tokens": 3}
+    out = predict_outputs(model, data)
+    assert out.shape == (2,) and all(isinstance(t, str) for t in out)
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": strategy.name}})
+    assert load(tmp_path / "b").predict(data.items) == list(out)
 
 
 def test_unknown_strategy_suggests_the_close_name():

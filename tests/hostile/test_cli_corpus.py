@@ -429,6 +429,86 @@ def yolo_class_out_of_range(tmp):
     (tmp / "y" / "classes.txt").write_text("cat\ndog\n", encoding="utf-8")
     path = tmp / "y" / "labels" / "a.txt"
     return dense_fit(tmp / "y"), [str(path), "line 2", "class 2", "0..1 (cat, dog)"]
+# -- hostile audio files ---------------------------------------------------------------------------------------
+
+def audio_fit(data, *extra):
+    """``fit`` of the MFCC + logistic-regression baseline on an audio folder: the cheapest audio run."""
+    return ["fit", "--backbone", "mfcc", "--strategy", "scratch", "--data", data, *extra]
+
+
+def _audio_folder(tmp, seconds: float = 0.2, rate: int = 8000):
+    """``tmp/clips/{a,b}/i.wav``: three short tones per class; returns the folder."""
+    import numpy as np
+    import soundfile as sf
+
+    root = tmp / "clips"
+    for k, label in enumerate(("a", "b")):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            t = np.arange(int(seconds * rate)) / rate
+            sf.write(str(root / label / f"{i}.wav"), 0.3 * np.sin(2 * np.pi * (300 + 900 * k + 50 * i) * t), rate)
+    return root
+
+
+def _audio_with_bad_file(tmp, content: bytes):
+    pytest.importorskip("soundfile")
+    root = _audio_folder(tmp)
+    (root / "a" / "bad.wav").write_bytes(content)
+    return audio_fit(root), ["Cannot read audio", str(root / "a" / "bad.wav")]
+
+
+@case
+def empty_wav_file(tmp):
+    return _audio_with_bad_file(tmp, b"")
+
+
+@case
+def text_file_named_wav(tmp):
+    argv, parts = _audio_with_bad_file(tmp, b"this is not a sound\n")
+    return argv, [*parts, "not a readable audio file", "WAV, FLAC, OGG, MP3"]
+
+
+@case
+def truncated_wav_header(tmp):
+    good = (_audio_folder(tmp / "src") / "a" / "0.wav").read_bytes()
+    return _audio_with_bad_file(tmp, good[:30])
+
+
+@case
+def wav_with_a_sample_rate_of_zero(tmp):
+    import struct
+
+    good = bytearray((_audio_folder(tmp / "src") / "a" / "0.wav").read_bytes())
+    good[24:28] = struct.pack("<I", 0)  # the fmt chunk's sample rate
+    return _audio_with_bad_file(tmp, bytes(good))
+
+
+@case
+def audio_clip_longer_than_the_window(tmp):
+    import numpy as np
+    import soundfile as sf
+
+    root = _audio_folder(tmp)
+    long = root / "b" / "long.wav"
+    sf.write(str(long), np.zeros(8000 * 31, dtype=np.float32), 8000)
+    return audio_fit(root), [str(long), "31.00 s, longer than the model's window of 30 s", "max_seconds"]
+
+
+@case
+def audio_table_with_a_missing_clip(tmp):
+    root = _audio_folder(tmp)
+    rows = "".join(f"clips/{c}/{i}.wav,{c}\n" for c in "ab" for i in range(3)) + "clips/a/gone.wav,a\n"
+    path = csv_file(tmp, rows, name="clips.csv", header="path,label\n")
+    return audio_fit(path), [str(path), "line 8", "audio file not found", str(root / "a" / "gone.wav")]
+
+
+@case
+def transcript_table_with_an_empty_transcript(tmp):
+    _audio_folder(tmp)
+    rows = '"clips/a/0.wav","yes"\n"clips/a/1.wav",""\n'
+    path = csv_file(tmp, rows, name="asr.csv", header="audio,transcript\n")
+    return ["fit", "--backbone", "whisper:tiny.en", "--strategy", "finetune", "--data", path], [
+        str(path), "line 3", "transcript in column 'transcript' is empty"]
 
 
 # -- malformed -o values and recipes ---------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class BackboneSource:
         options: the keyword options it takes; others are refused with a
             :class:`~transferkit.errors.ConfigError` naming these.
         examples: spec strings shown by ``transferkit list backbones``.
-        modality: ``"image"``, ``"text"``, ``"tabular"`` or ``"any"``.
+        modality: ``"image"``, ``"text"``, ``"tabular"``, ``"audio"`` or ``"any"``.
     """
 
     factory: Callable[..., Backbone]
@@ -179,6 +179,7 @@ def list_backbones() -> list[dict]:
 
 # The source modules register themselves on import; the registry above must exist first.
 from transferkit.backbones import (  # noqa: E402,F401
+    audio_baselines,
     causal_lm,
     clip,
     concat,
@@ -192,5 +193,6 @@ from transferkit.backbones import (  # noqa: E402,F401
     small_cnn,
     tfidf,
     timm_source,
+    whisper,
 )
 from transferkit.backbones.file_source import save_checkpoint  # noqa: E402

@@ -257,7 +257,7 @@ class Backbone(nn.Module):
 
     Attributes:
         spec: the spec string it was loaded from (``timm:resnet18``).
-        modality: ``"image"``, ``"text"`` or ``"tabular"``.
+        modality: ``"image"``, ``"text"``, ``"tabular"`` or ``"audio"``.
         feature_kinds: the kinds of features :meth:`features` gives (``pooled``, ``sequence``).
         num_features: width D of :meth:`forward_features`.
         preprocess: a :class:`Preprocess`.

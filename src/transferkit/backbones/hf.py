@@ -194,7 +194,8 @@ class HFBackbone(Backbone):
                  pretrained: bool):
         super().__init__()
         if getattr(model.config, "is_encoder_decoder", False):
-            raise ConfigError(f"{spec} is an encoder-decoder model; hf: takes encoders (BERT, RoBERTa, ...).")
+            raise ConfigError(f"{spec} is an encoder-decoder model; hf: takes encoders (BERT, RoBERTa, ...). "
+                              f"For Whisper use whisper:{spec.partition(':')[2]}.")
         self.spec, self.model, self.tokenizer, self.pooling = spec, model, tokenizer, pooling
         self.pretrained = pretrained
         self.num_features = _hidden_size(model.config, spec)

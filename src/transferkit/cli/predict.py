@@ -1,4 +1,4 @@
-"""``transferkit predict``: labels for image paths or texts."""
+"""``transferkit predict``: labels for image or audio paths, or texts."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 def predict_command(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `transferkit fit`."),
-    items: list[str] = typer.Argument(..., help="Image file paths (image models) or texts (text models)."),
+    items: list[str] = typer.Argument(..., help="Image or audio file paths (image, audio models) or texts (text models)."),
     top: int = typer.Option(1, help="Show the top K classes with probabilities."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, max=4096,

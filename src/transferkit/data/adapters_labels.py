@@ -220,6 +220,8 @@ def check_eval_labels(train: TaskData, evaluation: TaskData) -> None:
     if train.task != evaluation.task:
         raise DataError(f"Training data '{train.name}' is {train.task} but evaluation data "
                         f"'{evaluation.name}' is {evaluation.task}.")
+    if not train.task_spec.has_labels:  # targets are texts (transcripts, completions): no label set to compare
+        return
     seen = _used_labels(train)
     unseen = {k: c for k, c in _used_labels(evaluation).items() if k not in seen}
     if unseen:

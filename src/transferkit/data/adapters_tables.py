@@ -151,14 +151,17 @@ def read_table(path: str | os.PathLike) -> tuple[pd.DataFrame, list[int]]:
 
 def from_table(path: str | os.PathLike, *, text_column: str | None = None, label_column: str | None = "label",
                feature_columns: Sequence[str] | None = None, image_column: str | None = None,
+               audio_column: str | None = None,
                task: str = "classification", label_names: Sequence[str] | None = None,
                sensitive_column: str | None = None) -> TaskData:
     """Read a CSV, TSV or JSONL file (optionally gzipped).
 
     The inputs are the ``text_column`` (a text task), the ``feature_columns``
-    (tabular), or the ``image_column`` (image paths, relative to the file's
-    folder). With none given, a column named ``text`` makes a text task, and
-    otherwise every numeric column but the label makes a tabular one.
+    (tabular), the ``image_column`` (image paths, relative to the file's
+    folder) or the ``audio_column`` (audio paths, likewise). With none given, a
+    column named ``text`` makes a text task, a column named ``audio``, ``path``
+    or ``file`` whose cells end in an audio suffix (``.wav``, ``.flac``, ...) an
+    audio one, and otherwise every numeric column but the label makes a tabular one.
 
     Args:
         path: the file; ``.csv``, ``.tsv`` or ``.jsonl``, each optionally ``.gz``.
@@ -166,6 +169,7 @@ def from_table(path: str | os.PathLike, *, text_column: str | None = None, label
         label_column: column holding labels; ``None`` for unlabelled data.
         feature_columns: numeric columns (tabular).
         image_column: column holding image file paths.
+        audio_column: column holding audio file paths (each file's header is read now).
         task: ``"classification"``, ``"multilabel"`` (a JSON list or ``"a|b"``) or ``"regression"``.
         label_names: the class names, when they should not be inferred.
         sensitive_column: a sensitive attribute (sex, island, ...) for fairness
@@ -181,13 +185,15 @@ def from_table(path: str | os.PathLike, *, text_column: str | None = None, label
     p = Path(path)
     frame, lines = read_table(p)
     return _frame_to_taskdata(frame, text_column=text_column, label_column=label_column,
-                              feature_columns=feature_columns, image_column=image_column, task=task,
+                              feature_columns=feature_columns, image_column=image_column, audio_column=audio_column,
+                              task=task,
                               label_names=label_names, sensitive_column=sensitive_column, name=p.name, origin=str(p),
                               locate=lambda i: f"{p}: line {lines[i]}", base_dir=p.parent)
 
 
 def from_frame(df: pd.DataFrame, *, text_column: str | None = None, label_column: str | None = "label",
                feature_columns: Sequence[str] | None = None, image_column: str | None = None,
+               audio_column: str | None = None,
                task: str = "classification", label_names: Sequence[str] | None = None,
                name: str = "frame", sensitive_column: str | None = None) -> TaskData:
     """A pandas DataFrame, with the same column arguments and rules as :func:`from_table`.
@@ -198,7 +204,8 @@ def from_frame(df: pd.DataFrame, *, text_column: str | None = None, label_column
         raise DataError(f"from_frame expects a pandas DataFrame, got {type(df).__name__}.")
     index = df.index
     return _frame_to_taskdata(df.reset_index(drop=True), text_column=text_column, label_column=label_column,
-                              feature_columns=feature_columns, image_column=image_column, task=task,
+                              feature_columns=feature_columns, image_column=image_column, audio_column=audio_column,
+                              task=task,
                               label_names=label_names, sensitive_column=sensitive_column, name=name,
                               origin=f"DataFrame '{name}'",
                               locate=lambda i: f"DataFrame '{name}', row {index[i]}", base_dir=None)
@@ -221,6 +228,18 @@ def _looks_numeric(series: pd.Series) -> bool:
     """Every non-empty cell is a number (and there is at least one)."""
     filled = ~series.map(_is_missing).to_numpy(dtype=bool)
     return bool(filled.any()) and bool(np.isfinite(_to_numbers(series)[filled]).all())
+
+
+def audio_path_column(frame: pd.DataFrame, exclude: Sequence) -> str | None:
+    """A column named ``audio``, ``path`` or ``file`` whose filled cells all end in an audio suffix, or ``None``."""
+    from transferkit.backbones.audio import is_audio_path
+
+    for col in ("audio", "path", "file"):
+        if col in frame.columns and col not in exclude:
+            cells = [v for v in frame[col] if not _is_missing(v)]
+            if cells and all(is_audio_path(str(v).strip()) for v in cells):
+                return col
+    return None
 
 
 def _infer_inputs(frame: pd.DataFrame, label_column: str | None, origin: str,
@@ -275,6 +294,26 @@ def _image_items(series: pd.Series, column: str, base_dir: Path | None, locate: 
     return items
 
 
+def _audio_items(series: pd.Series, column: str, base_dir: Path | None, locate: Locate) -> list[str]:
+    from transferkit.backbones.audio import audio_info
+
+    items = []
+    for i, v in enumerate(series):
+        if _is_missing(v):
+            raise DataError(f"{locate(i)}: the audio path in column '{column}' is empty.")
+        p = Path(str(v).strip())
+        if base_dir is not None and not p.is_absolute():
+            p = base_dir / p
+        if not p.is_file():
+            raise DataError(f"{locate(i)}: audio file not found: {p}")
+        try:
+            audio_info(p)
+        except DataError as exc:
+            raise DataError(f"{locate(i)}: {exc}") from None
+        items.append(str(p))
+    return items
+
+
 def _sensitive_values(series: pd.Series, column: str, locate: Locate) -> np.ndarray:
     """The group of each row (strings; numbers as written), refusing empty cells by row."""
     values = []
@@ -297,19 +336,23 @@ def _check_sensitive_column(sensitive_column: str, label_column, text_column, im
 
 def _frame_to_taskdata(frame: pd.DataFrame, *, text_column, label_column, feature_columns, image_column, task,
                        label_names, name: str, origin: str, locate: Locate, base_dir: Path | None,
-                       sensitive_column: str | None = None) -> TaskData:
+                       sensitive_column: str | None = None, audio_column: str | None = None) -> TaskData:
     if task not in TASKS:
         raise DataError(f"Unknown task '{task}'. Available: {', '.join(TASKS.names())}.")
     if sensitive_column is not None and sensitive_column not in frame.columns:
         raise DataError(f"{origin}: no column '{sensitive_column}' for the sensitive attribute. "
                         f"Columns present: {', '.join(map(str, frame.columns))}.")
-    named = [label_column, text_column, image_column, sensitive_column, *(feature_columns or [])]
+    named = [label_column, text_column, image_column, audio_column, sensitive_column, *(feature_columns or [])]
     _require_columns(list(frame.columns), [c for c in named if c is not None], origin)
     if sensitive_column is not None:
         _check_sensitive_column(sensitive_column, label_column, text_column, image_column, feature_columns, origin)
-    if text_column is None and image_column is None and not feature_columns:
-        text_column, feature_columns = _infer_inputs(frame, label_column, origin, sensitive_column)
-    if image_column is not None:
+    if text_column is None and image_column is None and audio_column is None and not feature_columns:
+        audio_column = audio_path_column(frame, (label_column, sensitive_column))
+        if audio_column is None:
+            text_column, feature_columns = _infer_inputs(frame, label_column, origin, sensitive_column)
+    if audio_column is not None:
+        items, modality = _audio_items(frame[audio_column], audio_column, base_dir, locate), "audio"
+    elif image_column is not None:
         items, modality = _image_items(frame[image_column], image_column, base_dir, locate), "image"
     elif text_column is not None:
         items, modality = _text_items(frame[text_column], text_column, locate), "text"

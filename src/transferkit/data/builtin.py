@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import html
 import importlib.util
 import inspect
@@ -28,6 +27,8 @@ import pandas as pd
 
 from transferkit.data.adapters import encode_labels
 from transferkit.data.dataset import TaskData
+from transferkit.data.debian import (DEBIAN_SECTIONS, DEBIAN_TEST_PER_SECTION, debian_test_rank, debian_test_mask,
+                                     _debian_frame, debian_text, _check_sections)
 from transferkit.data.splits import stratified_indices
 from transferkit.errors import ConfigError, DataError
 from transferkit.registry import Registry
@@ -248,86 +249,6 @@ def load_penguins(seed: int = 0, label: str = "species", sensitive: str | None =
 
 # ---------------------------------------------------------------- Debian package descriptions
 
-DEBIAN_SECTIONS = ("games", "science", "sound", "graphics", "mail", "editors", "database", "video", "electronics",
-                   "hamradio", "math", "web", "fonts", "text")
-DEBIAN_TEST_PER_SECTION = 60
-DEBIAN_FULL_NAME = "debian-packages.csv.gz"
-DEBIAN_SUBSET = Path(__file__).parent / "resources" / "debian-packages-subset.csv.gz"
-DEBIAN_COLUMNS = ["package", "section", "synopsis", "description"]
-
-
-def find_debian_snapshot() -> Path | None:
-    """The full snapshot: ``$TRANSFERKIT_SHARED_DATA``, else ``../shared/data/`` from the current
-    directory, else ``../shared/data/`` beside the repository holding this package; ``None`` if absent."""
-    candidates = []
-    if os.environ.get("TRANSFERKIT_SHARED_DATA"):
-        candidates.append(Path(os.environ["TRANSFERKIT_SHARED_DATA"]) / DEBIAN_FULL_NAME)
-    candidates.append(Path.cwd().parent / "shared" / "data" / DEBIAN_FULL_NAME)
-    candidates.append(Path(__file__).resolve().parents[3].parent / "shared" / "data" / DEBIAN_FULL_NAME)
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def debian_test_rank(package: str) -> str:
-    """Sort key that picks test items: a stable hash of the package name, independent of the file read."""
-    return hashlib.sha256(f"transferkit-debian-test/{package}".encode()).hexdigest()
-
-
-def debian_test_mask(frame: pd.DataFrame, per_section: int = DEBIAN_TEST_PER_SECTION) -> np.ndarray:
-    """True for the ``per_section`` packages of each section with the smallest :func:`debian_test_rank`.
-
-    Any file holding those packages (the full snapshot or the shipped
-    subset) gives the same test split.
-    """
-    rank = frame["package"].map(debian_test_rank)
-    order = rank.groupby(frame["section"]).rank(method="first")
-    return (order <= per_section).to_numpy()
-
-
-@functools.lru_cache(maxsize=4)
-def _read_debian(path: str, mtime_ns: int) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, EOFError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"Cannot read the Debian package snapshot {path}: {exc}") from None
-    missing = [c for c in DEBIAN_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: no column(s) {', '.join(missing)}. Columns present: {', '.join(frame.columns)}.")
-    return frame[DEBIAN_COLUMNS].sort_values(["section", "package"], kind="stable").reset_index(drop=True)
-
-
-def _debian_frame(snapshot: str) -> tuple[pd.DataFrame, Path]:
-    choices = ("auto", "full", "subset")
-    if snapshot not in choices:
-        raise ConfigError(f"The 'snapshot' option of debian-packages must be one of {', '.join(choices)}. "
-                          f"Got {snapshot!r} instead.")
-    full = find_debian_snapshot() if snapshot != "subset" else None
-    if snapshot == "full" and full is None:
-        raise DataError(f"The full Debian snapshot {DEBIAN_FULL_NAME} was not found in $TRANSFERKIT_SHARED_DATA "
-                        f"or ../shared/data/. Set TRANSFERKIT_SHARED_DATA to its folder, or use snapshot='subset'.")
-    path = full or DEBIAN_SUBSET
-    if not path.is_file():
-        raise DataError(f"Debian package subset not found: {path} (the installed package is incomplete).")
-    return _read_debian(str(path), path.stat().st_mtime_ns), path
-
-
-def debian_text(synopsis: str, description: str, field: str = "both") -> str:
-    """The text of one package: ``"synopsis. description"``, or one of the two."""
-    if field == "synopsis":
-        return synopsis
-    if field == "description":
-        return description
-    return f"{synopsis.rstrip('. ')}. {description}"
-
-
-def _check_sections(frame: pd.DataFrame, sections: Sequence[str], path: Path) -> None:
-    counts = frame["section"].value_counts()
-    for s in sections:
-        if s not in counts:
-            raise DataError(f"Unknown Debian section '{s}' in {path.name}. Available: "
-                            f"{', '.join(sorted(counts.index))}.")
-        if counts[s] <= DEBIAN_TEST_PER_SECTION:
-            raise DataError(f"Debian section '{s}' has {counts[s]} packages in {path.name}; it needs more than "
-                            f"{DEBIAN_TEST_PER_SECTION} (that many go to the test set).")
 
 
 @_register("debian-packages", modality="text",
@@ -485,3 +406,35 @@ def load_emoji_scenes(n_train: int = 200, n_test: int = 100, size: int = 160, st
 
     return build_emoji_scenes(n_train, n_test, size=size, style=style, task=task, seed=seed, per_class=per_class,
                               max_objects=max_objects)
+# ---------------------------------------------------------------- speech: espeak-ng voices, alsa-utils clips
+# Generated once into the cache by espeak-ng (transferkit.data.speech_corpus); `noise`: white noise at 10-40 dB SNR.
+_ESPEAK = "synthetic: Debian espeak-ng, 8 English accents x 12 voice variants, speed, pitch, shift and noise varied"
+_ESPEAK_LICENCE = "synthetic (espeak-ng, GPL-3.0 program; its output is not covered)"
+
+
+@_register("espeak-keywords", modality="audio", source=_ESPEAK, licence=_ESPEAK_LICENCE,
+           size="12 command words x 96 voices: 768 train clips (64 voices) + 384 test clips (32 unseen voices)")
+def load_espeak_keywords(noise: bool = True) -> tuple[TaskData, TaskData]:
+    """Keyword spotting: yes, no, up, down, left, right, on, off, stop, go, one, two; test voices unseen."""
+    from transferkit.data.speech_corpus import build_keywords
+
+    return build_keywords(noise=noise)
+
+
+@_register("espeak-speakers", modality="audio", source=_ESPEAK, licence=_ESPEAK_LICENCE,
+           size="96 voices: 768 train clips (8 words each) + 384 test clips (4 other words each)")
+def load_espeak_speakers(noise: bool = True, test_words: int = 4) -> tuple[TaskData, TaskData]:
+    """Speaker identification over 96 espeak-ng voices; test clips are words a voice never said in training."""
+    from transferkit.data.speech_corpus import build_speakers
+
+    return build_speakers(noise=noise, test_words=test_words)
+
+
+@_register("alsa-channels", modality="audio", size="8 channel names: 768 synthetic train clips, 8 human test clips",
+           source="train: espeak-ng voices; test: the human recordings of Debian alsa-utils (/usr/share/sounds/alsa)",
+           licence="alsa-utils clips: GPL-2.0 (Debian alsa-utils)")
+def load_alsa_channels(noise: bool = True) -> tuple[TaskData, TaskData]:
+    """Which loudspeaker a clip names (Front Left, Rear Center, ...): synthetic voices to real human speech."""
+    from transferkit.data.speech_corpus import build_alsa_channels
+
+    return build_alsa_channels(noise=noise)

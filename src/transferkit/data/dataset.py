@@ -11,8 +11,8 @@ import numpy as np
 from transferkit.errors import DataError
 from transferkit.tasks import TASKS, Task, get_task
 
-Modality = Literal["image", "text", "tabular"]
-MODALITIES = ("image", "text", "tabular")
+Modality = Literal["image", "text", "tabular", "audio"]
+MODALITIES = ("image", "text", "tabular", "audio")
 
 
 def printable(text: str) -> str:
@@ -37,13 +37,14 @@ class TaskData:
     Attributes:
         items: the raw inputs. Images: a list of file paths, or a uint8 array
             ``[N, H, W]`` / ``[N, H, W, C]``. Text: a list of ``str``.
-            Tabular: a float32 array ``[N, F]``.
+            Tabular: a float32 array ``[N, F]``. Audio: a list of file paths (or 1-D
+            float arrays at the backbone's sample rate).
         targets: ``None`` when unlabelled. Classification: int64 ``[N]``
             indices into ``label_names``. Multi-label: float32 ``[N, C]`` of
             0/1. Regression: float32 ``[N]``. Detection: an object array of
             :func:`~transferkit.tasks.detection.box_target` dicts (boxes, labels,
             image size); segmentation: an object array of ``[H, W]`` class masks.
-        modality: ``"image"``, ``"text"`` or ``"tabular"``.
+        modality: ``"image"``, ``"text"``, ``"tabular"`` or ``"audio"``.
         task: the name of a registered task (:data:`transferkit.tasks.TASKS`):
             ``"classification"``, ``"multilabel"``, ``"regression"``, ...
         label_names: class names (classification and multi-label).
@@ -125,7 +126,7 @@ class TaskData:
                 import os
 
                 for it in self.items:
-                    if self.modality == "image" and isinstance(it, (str, os.PathLike)):
+                    if self.modality in ("image", "audio") and isinstance(it, (str, os.PathLike)):
                         try:
                             st = os.stat(it)
                             # a file name with bytes that are not UTF-8 holds lone surrogates (PEP 383)

@@ -1,9 +1,9 @@
 """Build the Debian package subset shipped in ``resources/`` from the full snapshot.
 
 The subset keeps, for each of the 14 topical sections, exactly the
-:data:`~transferkit.data.builtin.DEBIAN_TEST_PER_SECTION` test packages that
+:data:`~transferkit.data.debian.DEBIAN_TEST_PER_SECTION` test packages that
 the loader picks from the full snapshot (the smallest stable hashes of the
-package names, :func:`~transferkit.data.builtin.debian_test_mask`), plus a
+package names, :func:`~transferkit.data.debian.debian_test_mask`), plus a
 seeded random draw of up to ``TRAIN_PER_SECTION`` of the remaining packages.
 So ``load_dataset("debian-packages")`` gives the same test split from either
 file. The output is deterministic: the same input gives the same bytes
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from transferkit.data.builtin import (DEBIAN_COLUMNS, DEBIAN_SECTIONS, DEBIAN_SUBSET, debian_test_mask,
+from transferkit.data.debian import (DEBIAN_COLUMNS, DEBIAN_SECTIONS, DEBIAN_SUBSET, debian_test_mask,
                                       find_debian_snapshot)
 
 TRAIN_PER_SECTION = 240

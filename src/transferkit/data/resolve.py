@@ -20,6 +20,8 @@ import pandas as pd
 from transferkit.data.adapters import (align_labels, check_eval_labels, from_arrays, from_frame, from_hf_dataset,
                                        from_image_folder, from_table)
 from transferkit.data.adapters_dense import DENSE_TASKS, read_dense
+from transferkit.data.adapters_audio import (from_audio_folder, is_audio_folder, is_transcript_table,
+                                             read_transcript_table)
 from transferkit.data.adapters_generation import is_generation_file, read_generation_file
 from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, is_span_jsonl, read_token_file
 from transferkit.data.builtin import DATASETS, load_dataset
@@ -41,6 +43,11 @@ def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
                             f"JPEGImages/), a YOLO folder (images/, labels/, classes.txt) or, for segmentation, "
                             f"a folder of images/ and masks/ (PNG class indices).")
     if path.is_dir() and task != "token-classification":
+        if is_audio_folder(path):
+            if columns.get("sensitive_column") is not None:
+                raise ConfigError(f"{path} is an audio folder, which has no columns: a sensitive_column needs a "
+                                  f"table (CSV/TSV/JSONL with an audio column) or a DataFrame.")
+            return from_audio_folder(path)
         if columns.get("sensitive_column") is not None:
             raise ConfigError(f"{path} is an image folder, which has no columns: a sensitive_column needs a "
                               f"table (CSV/TSV/JSONL with an image_column or features) or a DataFrame.")
@@ -48,6 +55,10 @@ def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
     # a CoNLL file, or JSONL records of text and entity spans (with another task: a clear refusal)
     if task == "token-classification" or is_conll(path) or (task is None and is_span_jsonl(path)):
         return read_token_file(path, task=task, **columns)
+    # audio clips with transcripts (by their columns, or when told)
+    if task == "speech-recognition" or (task is None and is_transcript_table(path)):
+        label = columns.get("label_column")
+        return read_transcript_table(path, transcript_column=None if label in (None, "label") else label)
     # prompt/completion pairs or chats (by their columns, or when told)
     if task == "text-generation" or (task is None and is_generation_file(path)):
         label = columns.get("label_column")
@@ -121,7 +132,8 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
 
     Args:
         data: a built-in name (its train split; its test split becomes the
-            test data unless ``test_data`` is given), a folder (image folder),
+            test data unless ``test_data`` is given), a folder (image or audio folder: one
+            sub-folder per class),
             a table file, a TaskData, an ``(X, y)`` tuple, a DataFrame or a
             ``datasets.Dataset``.
         test_data: the same kinds, or ``None``. A built-in name gives its test split.
@@ -130,8 +142,9 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
         feature_columns: numeric columns of a table or frame.
         task: ``"classification"`` (default), ``"multilabel"``, ``"regression"``, ``"detection"`` or
             ``"segmentation"`` (COCO JSON, Pascal VOC, YOLO and image + mask folders, also detected by their
-            layout), ``"text-generation"``
-            (prompt/completion CSV/TSV/JSONL or JSONL chats, also detected by their columns) or ``"token-classification"``
+            layout), ``"text-generation"`` (prompt/completion CSV/TSV/JSONL or JSONL chats, also detected by
+            their columns), ``"speech-recognition"`` (a table of audio paths and a ``transcript`` column, also
+            detected) or ``"token-classification"``
             (CoNLL ``.conll``/``.iob``/``.bio``/``.txt`` or JSONL-span files, HF datasets with
             ``tokens``/``ner_tags`` columns; a ``.conll``/``.iob``/``.bio`` file is always token data).
         sensitive_column: a sensitive attribute (group) column, kept out of the

@@ -25,8 +25,9 @@ from sklearn import metrics as skm
 from transferkit.errors import DataError
 
 _LOWER_IS_BETTER = frozenset({"mse", "mae", "rmse", "log_loss", "loss", "error", "error_rate", "ece", "brier",
-                              "perplexity"})
-_FRACTION_WORDS = ("accuracy", "f1", "precision", "recall", "map", "auc", "ap", "rougel", "chrf", "match", "iou")
+                              "perplexity", "wer", "cer"})
+_FRACTION_WORDS = ("accuracy", "f1", "precision", "recall", "map", "auc", "ap", "rougel", "chrf", "match", "iou",
+                   "wer", "cer")
 
 
 def _strip_split(metric: str) -> str:

@@ -73,23 +73,30 @@ class ModelInputs:
     image_size: int | None = None
     interpolation: str = "bilinear"
     n_features: int | None = None
+    max_seconds: float | None = None
+    sample_rate: int = 16000
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "ModelInputs":
         pre = manifest.get("preprocess") or {}
         modality = manifest.get("modality") or pre.get("kind")
-        if modality not in ("image", "text", "tabular"):
-            raise ConfigError(f"Cannot serve a model of modality {modality!r}: the service takes image, text "
-                              "and tabular models.")
+        if modality not in ("image", "text", "tabular", "audio"):
+            raise ConfigError(f"Cannot serve a model of modality {modality!r}: the service takes image, text, "
+                              "tabular and audio models.")
         size = pre.get("size") if modality == "image" else None
         backbone = manifest.get("backbone")
         width = (backbone.get("options") or {}).get("in_features") if isinstance(backbone, dict) else None
+        audio = modality == "audio"
         return cls(modality, int(size) if size else None, pre.get("interpolation", "bilinear"),
-                   int(width) if modality == "tabular" and width else None)
+                   int(width) if modality == "tabular" and width else None,
+                   float(pre["max_seconds"]) if audio and pre.get("max_seconds") else None,
+                   int(pre.get("sample_rate") or 16000))
 
     def describe(self) -> str:
         if self.modality == "tabular":
             return f"rows of {self.n_features or 'N'} numbers"
+        if self.modality == "audio":
+            return "audio files (WAV, FLAC, OGG, MP3)"
         return f"{self.modality}s"
 
 
@@ -187,14 +194,35 @@ def decode_images(raws: Sequence[tuple[bytes, str]], spec: ModelInputs, limits: 
     return [image_from_bytes(raw, where, spec, limits.max_image_pixels) for raw, where in raws]
 
 
-def _base64_bytes(text: str, index: int) -> bytes:
+def _base64_bytes(text: str, index: int, expects: str = "image files (PNG, JPEG)") -> bytes:
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise RequestError(f"Item {index} is not valid base64 ({clip(exc, 100)}); this model expects image files "
-                           "(PNG, JPEG) encoded as base64, not texts.") from None
+        raise RequestError(f"Item {index} is not valid base64 ({clip(exc, 100)}); this model expects {expects} "
+                           "encoded as base64, not texts.") from None
+
+
+def decode_audio(raws: Sequence[tuple[bytes, str]], spec: ModelInputs) -> list[np.ndarray]:
+    """Audio files ``(bytes, where)`` to mono float32 samples at the model's rate; a bad or over-long clip is a
+    :class:`RequestError` naming it (422)."""
+    from transferkit.backbones.audio import read_audio
+    from transferkit.errors import DataError
+
+    waves = []
+    for raw, where in raws:
+        if not raw:
+            raise RequestError(f"{where} is empty; send an audio file (WAV, FLAC, OGG, MP3).")
+        try:
+            wave = read_audio(raw, spec.sample_rate, where)
+        except DataError as exc:
+            raise RequestError(f"{clip(exc, 300)} This model expects audio files.") from None
+        if spec.max_seconds is not None and len(wave) > spec.max_seconds * spec.sample_rate:
+            raise RequestError(f"{where} is {len(wave) / spec.sample_rate:.2f} s, longer than the model's window "
+                               f"of {spec.max_seconds:g} s; cut it into shorter clips.")
+        waves.append(wave)
+    return waves
 
 
 def decode_base64_image(text: str, index: int, spec: ModelInputs, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -223,6 +251,9 @@ def check_rows(rows: Sequence[Sequence[float]]) -> list[np.ndarray]:
 
 
 def _wrong_kind(key: str, spec: ModelInputs) -> str | None:
+    if spec.modality == "audio" and key != "inputs":
+        return (f"This model takes audio, not {key}: send base64-encoded audio files in 'inputs', or upload them "
+                "as multipart 'files'.")
     if spec.modality == "tabular" and key != "inputs":
         return f"This model takes {spec.describe()} in 'inputs', not {key}."
     if key == "texts" and spec.modality == "image":
@@ -244,6 +275,8 @@ def items_from_json(parsed, spec: ModelInputs, limits: RequestLimits) -> list:
         return check_texts(values)
     if spec.modality == "tabular":
         return check_rows(values)
+    if spec.modality == "audio":
+        return decode_audio([(_base64_bytes(v, i, "audio files"), f"Item {i}") for i, v in enumerate(values)], spec)
     return decode_images([(_base64_bytes(v, i), f"Item {i}") for i, v in enumerate(values)], spec, limits)
 
 
@@ -336,7 +369,7 @@ async def _multipart_items(request, spec: ModelInputs, limits: RequestLimits) ->
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
 
-    if spec.modality != "image":
+    if spec.modality not in ("image", "audio"):
         raise RequestError(f"This model takes {spec.describe()}, not uploaded files: send JSON "
                            "{\"inputs\": [...]}.")
     max_items = limits.max_items
@@ -351,7 +384,7 @@ async def _multipart_items(request, spec: ModelInputs, limits: RequestLimits) ->
         unknown = sorted(set(form.keys()) - {"files"})
         if unknown:
             raise RequestError(f"Unknown form field(s) {', '.join(repr(clip(k, 40)) for k in unknown[:3])}"
-                               f"{' and more' if len(unknown) > 3 else ''}: upload image files in 'files'.")
+                               f"{' and more' if len(unknown) > 3 else ''}: upload {spec.modality} files in 'files'.")
         uploads = form.getlist("files")
         check_count(len(uploads), max_items)
         raws = []
@@ -361,4 +394,6 @@ async def _multipart_items(request, spec: ModelInputs, limits: RequestLimits) ->
             raws.append((await up.read(), f"File {i} ({clip(up.filename, 60)!r})"))
     finally:
         await form.close()
+    if spec.modality == "audio":
+        return await in_worker_thread(decode_audio, raws, spec)
     return await in_worker_thread(decode_images, raws, spec, limits)

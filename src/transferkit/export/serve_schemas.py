@@ -33,8 +33,26 @@ def example_png_base64(size: int = 8) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def example_wav_base64(seconds: float = 0.25, rate: int = 16000) -> str:
+    """A short 440 Hz tone as a 16-bit WAV file, base64-encoded: the audio example of the schema."""
+    import wave
+
+    import numpy as np
+
+    samples = (0.3 * 32767 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate)).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def request_examples(spec: ModelInputs) -> list[dict]:
     """Requests that a model taking ``spec`` answers with 200 (the schema's ``examples``)."""
+    if spec.modality == "audio":
+        return [{"inputs": [example_wav_base64()]}]
     if spec.modality == "tabular":
         return [{"inputs": [[0.0] * (spec.n_features or 1)]}]
     if spec.modality == "image":
@@ -69,6 +87,9 @@ def request_model(spec: ModelInputs, limits: RequestLimits):
         inputs_type = items(row, f"Rows of {spec.n_features or 'N'} numbers, one per item (tabular models).")
     elif spec.modality == "image":
         inputs_type = items(str, "Base64-encoded image files, PNG or JPEG (a data:image/...;base64, URL works too).")
+    elif spec.modality == "audio":
+        inputs_type = items(str, "Base64-encoded audio files, WAV, FLAC, OGG or MP3 (a data:audio/...;base64, URL "
+                                 "works too), for audio models; any sample rate, mixed down to mono.")
     else:
         inputs_type = items(text, "Texts.")
 

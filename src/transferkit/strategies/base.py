@@ -260,7 +260,7 @@ class Strategy:
     name: ClassVar[str] = ""
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
     kind: ClassVar[str] = "transfer"
-    modalities: ClassVar[tuple[str, ...]] = ("image", "text", "tabular")
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text", "tabular", "audio")
     tasks: ClassVar[tuple[str, ...] | None] = None
     needs_target: ClassVar[bool] = False
     needs_sensitive: ClassVar[bool] = False
@@ -301,9 +301,11 @@ class Strategy:
                               f"{data.task}." + _dense_choices(data.task))
         if data.task_spec.feature_kind == "logits" and not self.generative and (
                 self.tasks is None or data.task not in self.tasks):
-            choices = ", ".join(n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), "generative", False))
+            choices = ", ".join(n for n in STRATEGIES.names() if (getattr(STRATEGIES.get(n), "generative", False)
+                                                                   and STRATEGIES.get(n).tasks is None)
+                                or data.task in (STRATEGIES.get(n).tasks or ()))
             raise ConfigError(f"Strategy '{self.name}' fits a new head on features; {data.task} trains the source "
-                              f"model's own output layer. Strategies for {data.task}: {choices}, zero-shot.")
+                              f"model's own output layer. Strategies for {data.task}: {choices}.")
         if data.modality not in self.modalities:
             raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.modalities)} data; "
                               f"'{data.name}' is {data.modality}.")

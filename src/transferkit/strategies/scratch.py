@@ -14,9 +14,13 @@ not a strawman:
   chosen by cross-validation.
 * ``crf`` (token classification): the ``crf`` strategy, a linear-chain CRF on
   hand-written word features (:mod:`transferkit.strategies.crf`).
-* ``auto``: ``small-cnn`` for images, ``tfidf`` for text, ``crf`` for per-word tags, ``same-arch``
-  for detection and segmentation (the same detector or segmenter, every weight random, a longer
-  schedule: :func:`dense_scratch_epochs`).
+* ``mfcc`` (audio): MFCC and delta statistics (80 numbers per clip) and logistic regression
+  with its C chosen by cross-validation.
+* ``audio-cnn`` (audio): a small CNN on log-mel spectrograms with SpecAugment, on the small-CNN
+  schedule.
+* ``auto``: ``small-cnn`` for images, ``tfidf`` for text, ``mfcc`` for audio, ``crf`` for per-word tags,
+  ``same-arch`` for detection and segmentation (the same detector or segmenter, every weight random, a
+  longer schedule: :func:`dense_scratch_epochs`).
 """
 from __future__ import annotations
 
@@ -34,14 +38,17 @@ from transferkit.strategies.base import TrainDefaults, TransferModel, register_s
 from transferkit.strategies.finetune import Finetune, FinetuneConfig, recalibrate_batchnorm
 from transferkit.strategies.linear_probe import fit_linear_head
 
-VARIANTS = ("auto", "small-cnn", "same-arch", "tfidf", "crf")
+VARIANTS = ("auto", "small-cnn", "same-arch", "tfidf", "crf", "mfcc", "audio-cnn")
+#: The modality each data-specific variant takes.
+VARIANT_MODALITY = {"small-cnn": "image", "tfidf": "text", "mfcc": "audio", "audio-cnn": "audio"}
 
 
 @dataclass
 class ScratchConfig(FinetuneConfig):
     variant: str = field(default="auto", metadata={"help": f"one of {', '.join(VARIANTS)}"})
     image_size: int | None = field(default=None, metadata={"help": "small-cnn input size (default: the data's own)"})
-    augment: bool = field(default=True, metadata={"help": "random shifts and flips for image baselines"})
+    augment: bool = field(default=True, metadata={
+        "help": "random shifts and flips for image baselines, SpecAugment for audio-cnn"})
     batchnorm: str = field(default="train", metadata={
         "help": "BatchNorm statistics in training: train (a model from scratch has none worth keeping), frozen, auto"})
 
@@ -78,12 +85,12 @@ def dense_scratch_epochs(n: int, batch_size: int) -> int:
 
 @register_strategy
 class Scratch(Finetune):
-    """Baselines without transfer: a small CNN, the same architecture at random init, TF-IDF + LR."""
+    """Baselines without transfer: a small CNN, the same architecture at random init, TF-IDF + LR, MFCC + LR."""
 
     name = "scratch"
     Config = ScratchConfig
     kind = "scratch"
-    modalities = ("image", "text")
+    modalities = ("image", "text", "audio")
     # its baselines pool one vector per item; per-word tags go to the CRF
     tasks = ("classification", "multilabel", "regression", "token-classification", "detection", "segmentation")
     dense = True  # same-arch: the detector or segmenter with every weight random
@@ -94,12 +101,12 @@ class Scratch(Finetune):
         per_token = data.task_spec.target_kind == "per-token"
         spatial = data.task_spec.spatial_targets
         if v == "auto":
-            return ("crf" if per_token else "same-arch" if spatial else "small-cnn" if data.modality == "image"
-                    else "tfidf")
+            return ("crf" if per_token else "same-arch" if spatial
+                    else {"image": "small-cnn", "audio": "mfcc"}.get(data.modality, "tfidf"))
         if spatial and v != "same-arch":
             raise ConfigError(f"Scratch variant '{v}' does not apply to {data.task} data '{data.name}': "
                               f"{data.task} trains from scratch with variant 'same-arch' (the same model, random init).")
-        if v == "small-cnn" and data.modality != "image" or v == "tfidf" and data.modality != "text":
+        if v in VARIANT_MODALITY and data.modality != VARIANT_MODALITY[v]:
             raise ConfigError(f"Scratch variant '{v}' does not apply to {data.modality} data '{data.name}'.")
         if (v == "crf") != per_token:
             raise ConfigError(f"Scratch variant '{v}' does not apply to {data.task} data '{data.name}'"
@@ -114,6 +121,8 @@ class Scratch(Finetune):
         variant = self.variant(train)
         if variant == "tfidf":
             return self._fit_tfidf(train, val, trainer)
+        if variant == "mfcc":
+            return self._fit_fixed(load_backbone("mfcc:"), train, val, trainer)
         if variant == "crf":
             from transferkit.strategies.crf import Crf
 
@@ -121,6 +130,8 @@ class Scratch(Finetune):
         if variant == "small-cnn":
             size = self.config.image_size or native_image_size(train)
             backbone = load_backbone(f"small-cnn:{size}")
+        elif variant == "audio-cnn":
+            backbone = load_backbone("audio-cnn:")
         else:
             if backbone is None:
                 raise ConfigError("Scratch variant 'same-arch' needs a backbone spec to copy the architecture of.")
@@ -137,10 +148,29 @@ class Scratch(Finetune):
     def _defaults(self, variant: str, n: int, batch_size: int, spatial: bool = False) -> TrainDefaults:
         if spatial:
             return TrainDefaults(epochs=dense_scratch_epochs(n, batch_size), lr=1e-3, head_lr=1e-3)
-        if variant == "small-cnn":
+        if variant in ("small-cnn", "audio-cnn"):
             e = small_data_epochs(n, batch_size)
             return TrainDefaults(epochs=e, lr=3e-3, head_lr=3e-3)
         return TrainDefaults(epochs=30, lr=1e-3, head_lr=1e-3)
+
+    def augment(self, inputs):
+        """SpecAugment on log-mel batches (``audio-cnn``) when ``augment`` is on; images as :class:`Finetune`."""
+        if isinstance(inputs, dict) and "input_features" in inputs:
+            if not self.config.augment:
+                return inputs
+            from transferkit.backbones.audio import spec_augment
+
+            return spec_augment(inputs)
+        return super().augment(inputs)
+
+    def _fit_fixed(self, backbone: Backbone, train: TaskData, val: TaskData | None, trainer):
+        """Logistic regression (C by cross-validation) on a parameter-free backbone's standardised features."""
+        from transferkit.data.cache import compute_features
+
+        X = compute_features(backbone, train)
+        vdata = (compute_features(backbone, val), val.targets) if val is not None and len(val) else None
+        head, info = fit_linear_head(train.task, X, train.targets, val=vdata, seed=trainer.config.seed)
+        return TransferModel(backbone, head, train.task, train.label_names).eval(), [{"epoch": 1, **info}]
 
     def _fit_tfidf(self, train: TaskData, val: TaskData | None, trainer):
         backbone = load_backbone("tfidf:")

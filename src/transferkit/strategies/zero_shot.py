@@ -170,6 +170,9 @@ class ZeroShot(Strategy):
         """Text data with a text backbone, or image data with an image-text backbone (``clip:``)."""
         if data.task not in self.tasks and data.task_spec.feature_kind == "pyramid":
             super().check_data(None, data)  # refuses, naming the strategies that train detection or segmentation
+        if data.task not in self.tasks:  # first: a task it never does is the clearest reason
+            raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.tasks)} tasks; "
+                              f"'{data.name}' is {data.task}.")
         has_text = backbone is not None and (backbone.modality == "text" or hasattr(backbone, "encode_text"))
         if backbone is not None and not has_text:
             raise ConfigError(f"zero-shot needs a backbone that embeds text: backbone '{backbone.spec}' has no text "
@@ -180,9 +183,6 @@ class ZeroShot(Strategy):
                 raise ConfigError(f"Backbone '{backbone.spec}' takes text input but data '{data.name}' is image.")
         else:
             super().check_data(backbone, data)
-        if data.task not in self.tasks:
-            raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.tasks)} tasks; "
-                              f"'{data.name}' is {data.task}.")
 
     def fit(self, backbone: Backbone, train: TaskData, val: TaskData | None,
             trainer) -> tuple[TransferModel, list[dict]]:

@@ -20,6 +20,7 @@ from transferkit.tasks import dense_heads  # noqa: F401  (registers the fcos and
 from transferkit.tasks.detection import Detection
 from transferkit.tasks.generation import TextGeneration
 from transferkit.tasks.segmentation import Segmentation
+from transferkit.tasks.speech_recognition import SpeechRecognition
 from transferkit.tasks.token_classification import TokenClassification
 
 TASKS: Registry[Task] = Registry("task")
@@ -52,7 +53,7 @@ def compute_metrics(task: str | Task, y_true: Any, outputs: Any, label_names: Se
 
 
 for _task in (Classification, MultiLabel, Regression, TokenClassification, TextGeneration, Detection,
-              Segmentation):
+              Segmentation, SpeechRecognition):
     register_task(_task)
 
 

@@ -14,6 +14,7 @@ from transferkit.tasks.base import Task, check_no_nan
 
 _TEXT_TAGS = "text-classification"
 _IMAGE_TAGS = "image-classification"
+_AUDIO_TAGS = "audio-classification"
 
 
 class Classification(Task):
@@ -23,7 +24,7 @@ class Classification(Task):
     primary_metric = "accuracy"
     target_kind = "class"
     single_label = True
-    pipeline_tags = {"image": _IMAGE_TAGS, "text": _TEXT_TAGS}
+    pipeline_tags = {"image": _IMAGE_TAGS, "text": _TEXT_TAGS, "audio": _AUDIO_TAGS}
     metric_names = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "log_loss")
 
     def check_targets(self, targets: Any, label_names: Sequence[str] | None, where: str) -> np.ndarray:

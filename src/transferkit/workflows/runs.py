@@ -39,7 +39,19 @@ def resolve_backbone(backbone: str | Backbone | None, strategy: Strategy, data: 
     if not strategy.needs_backbone(data):
         return None  # e.g. the small CNN and TF-IDF baselines
     opts = {k: v for k, v in options.items() if v is not None}
-    return load_backbone(backbone, **opts, **table_width(backbone, data))
+    return load_backbone(backbone, **{**decoder_option(backbone, data), **opts}, **table_width(backbone, data))
+
+
+def decoder_option(spec: str, data: TaskData) -> dict:
+    """``{"decoder": True}`` for a source with a ``decoder`` option (``whisper:``) when the task trains the
+    source model's own output (``logits`` features: ``speech-recognition``); else ``{}``."""
+    from transferkit.backbones import BACKBONE_SOURCES, split_spec
+
+    prefix, _ = split_spec(spec)
+    source = BACKBONE_SOURCES.get(prefix) if prefix in BACKBONE_SOURCES.names() else None
+    if data.task_spec.feature_kind == "logits" and "decoder" in getattr(source, "options", ()):
+        return {"decoder": True}
+    return {}
 
 
 def table_width(spec: str, data: TaskData) -> dict:
