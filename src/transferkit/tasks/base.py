@@ -218,3 +218,19 @@ def check_no_nan(values: np.ndarray, where: str) -> None:
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         row = int(np.argwhere(~np.isfinite(values))[0][0])
         raise DataError(f"{where}: target of row {row} is NaN or inf.")
+
+
+def check_text_targets(targets: Any, where: str, noun: str, need: str) -> np.ndarray:
+    """Targets that are texts (a completion, a transcript) as an object array; an empty or non-text one is refused,
+    naming ``where``, its row, the ``noun`` and what every item ``need``s."""
+    out = np.empty(len(targets), dtype=object)
+    for i, t in enumerate(targets):
+        if not isinstance(t, str) or not t.strip():
+            raise DataError(f"{where}: row {i + 1} has an empty or non-text {noun} ({t!r:.60}); {need}.")
+        out[i] = t
+    return out
+
+
+def text_target_bytes(targets: np.ndarray) -> bytes:
+    """Bytes that identify text targets (for data fingerprints)."""
+    return b"\x00".join(str(t).encode("utf-8", "surrogatepass") for t in targets)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.errors import ConfigError, DataError
-from transferkit.tasks.base import IGNORE_INDEX, Task
+from transferkit.tasks.base import IGNORE_INDEX, Task, check_text_targets, text_target_bytes
 
 #: Decoding settings used where a model has none of its own.
 DEFAULT_GENERATION = {"max_new_tokens": 64, "temperature": 0.0, "stop": []}
@@ -85,16 +85,10 @@ class TextGeneration(Task):
         return 0
 
     def check_targets(self, targets: Any, label_names: Sequence[str] | None, where: str) -> np.ndarray:
-        out = np.empty(len(targets), dtype=object)
-        for i, t in enumerate(targets):
-            if not isinstance(t, str) or not t.strip():
-                raise DataError(f"{where}: row {i + 1} has an empty or non-text completion ({t!r:.60}); every "
-                                f"prompt needs the text the model should learn to write.")
-            out[i] = t
-        return out
+        return check_text_targets(targets, where, "completion", "every prompt needs the text the model should learn to write")
 
     def target_bytes(self, targets: np.ndarray) -> bytes:
-        return b"\x00".join(str(t).encode("utf-8", "surrogatepass") for t in targets)
+        return text_target_bytes(targets)
 
     def training_items(self, items: Sequence, targets: np.ndarray) -> list[dict]:
         """Each prompt with its completion: the model reads both (teacher forcing), the loss the completion."""

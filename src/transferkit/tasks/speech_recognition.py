@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.errors import ConfigError, DataError
-from transferkit.tasks.base import IGNORE_INDEX, Task
+from transferkit.tasks.base import IGNORE_INDEX, Task, check_text_targets, text_target_bytes
 
 _PUNCTUATION = re.compile(r"[^\w\s']|_")
 
@@ -72,16 +72,10 @@ class SpeechRecognition(Task):
         return 0
 
     def check_targets(self, targets: Any, label_names: Sequence[str] | None, where: str) -> np.ndarray:
-        out = np.empty(len(targets), dtype=object)
-        for i, t in enumerate(targets):
-            if not isinstance(t, str) or not t.strip():
-                raise DataError(f"{where}: row {i + 1} has an empty or non-text transcript ({t!r:.60}); every "
-                                f"clip needs the words spoken in it.")
-            out[i] = t
-        return out
+        return check_text_targets(targets, where, "transcript", "every clip needs the words spoken in it")
 
     def target_bytes(self, targets: np.ndarray) -> bytes:
-        return b"\x00".join(str(t).encode("utf-8", "surrogatepass") for t in targets)
+        return text_target_bytes(targets)
 
     def training_items(self, items: Sequence, targets: np.ndarray) -> list[dict]:
         """Each clip with its transcript: the decoder reads the transcript (teacher forcing) and learns it."""

@@ -43,7 +43,7 @@ from transferkit.evaluation.metrics import is_fraction_metric
 from transferkit.strategies import make_strategy
 from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
-from transferkit.workflows.baselines import default_baselines, per_item_values
+from transferkit.workflows.baselines import baseline_config, default_baselines, per_item_values
 from transferkit.workflows.runs import train_and_score
 
 __all__ = ["AUTO", "AutoOptions", "AutoSearch", "Candidate", "auto_options", "parse_budget", "search",
@@ -348,8 +348,7 @@ def candidate_settings(cand: Candidate, config: TrainConfig, backbone_options: d
     """Training settings and backbone options of ``cand``: the user's for transfer, the baseline's own recipe
     for scratch (as in ``compare`` and ``--check-transfer``)."""
     if cand.is_scratch:
-        return TrainConfig(seed=config.seed, progress=False, batch_size=config.batch_size,
-                           mixed_precision=config.mixed_precision, cpu=config.cpu), {}
+        return baseline_config(config), {}
     return config, backbone_options
 
 

@@ -11,7 +11,7 @@ from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
 from transferkit.workflows.runs import Run, scored_split, train_and_score
 
-__all__ = ["check_transfer_against_scratch", "default_baselines", "per_item_values"]
+__all__ = ["baseline_config", "check_transfer_against_scratch", "default_baselines", "per_item_values"]
 
 _VERDICT_SENTENCES = {"positive transfer": "Transfer helped.",
                       "negative transfer": "Transfer hurt: the model trained from scratch was better.",
@@ -106,12 +106,17 @@ def _best_baseline(names: list[str], train: TaskData, val, test, config: TrainCo
     """Train each scratch variant with its own recipe; the best on ``metric`` and its run."""
     best = None
     for variant in names:
-        cfg = TrainConfig(seed=config.seed, progress=False, batch_size=config.batch_size,
-                          mixed_precision=config.mixed_precision, cpu=config.cpu)
+        cfg = baseline_config(config)
         base = train_and_score(None, make_strategy("scratch", {"variant": variant}), train, val, test, cfg, {})
         if best is None or _better(base.metrics.get(metric), best[1].metrics.get(metric), metric):
             best = (variant, base)
     return best
+
+
+def baseline_config(config: TrainConfig) -> TrainConfig:
+    """A scratch baseline's training settings: its own recipe, with the user's seed, batch size, precision, device."""
+    return TrainConfig(seed=config.seed, progress=False, batch_size=config.batch_size,
+                       mixed_precision=config.mixed_precision, cpu=config.cpu)
 
 
 def _prompted_baseline(run: Run, train: TaskData, val, test, config: TrainConfig) -> Run:

@@ -22,7 +22,7 @@ from transferkit.strategies import Strategy, make_strategy
 from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
 from transferkit.workflows.auto import AUTO, AutoOptions, auto_options, search_and_train
-from transferkit.workflows.baselines import default_baselines
+from transferkit.workflows.baselines import baseline_config, default_baselines
 from transferkit.workflows.engine import Engine, make_engine
 from transferkit.workflows.fit import prepare_data
 from transferkit.workflows.run_journal import run_journal
@@ -157,8 +157,7 @@ def _planned_runs(strategies, strategy_options: dict, baselines, config: TrainCo
     runs = [(s, auto_options(strategy_options.get(s)) if s == AUTO else make_strategy(s, strategy_options.get(s)),
              replace(config, seed=seed)) for s in strategies]  # auto's strategy: its search's winner, found in the run
     names = default_baselines(modality, task) if baselines == "auto" else list(baselines or [])
-    runs += [(f"scratch:{v}", make_strategy("scratch", {"variant": v}), TrainConfig(seed=seed, progress=False,
-              batch_size=config.batch_size, mixed_precision=config.mixed_precision, cpu=config.cpu))
+    runs += [(f"scratch:{v}", make_strategy("scratch", {"variant": v}), baseline_config(replace(config, seed=seed)))
              for v in names]
     return runs
 
