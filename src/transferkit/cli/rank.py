@@ -41,26 +41,31 @@ def rank_command(
     label_column: str = typer.Option("label", help="Table files: the label column."),
     seed: int = typer.Option(0, help="Seed of the label draw."),
     out: Optional[Path] = typer.Option(None, help="Also write rank.csv and rank.md here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory; start over when OUT.runs holds "
+                                                              "the finished runs of an interrupted rank."),
+    resume: bool = typer.Option(False, "--resume", help="Go on from an interrupted rank: the candidates recorded in OUT.runs are "
+                                                        "not scored again (same command and settings)."),
     config: Optional[Path] = CONFIG_OPTION,
     engine: str = ENGINE_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
     """Rank CANDIDATES for DATA by transferability scores of their frozen features, and recommend a strategy."""
     from transferkit.workflows.engine import check_engine
-    from transferkit.workflows.rank import rank, save_rank
+    from transferkit.workflows.rank import rank
 
     check_engine(engine, address)
     options = {k: v for k, v in {"text_column": text_column, "label_column": label_column}.items() if v}
     result = rank(parse_list(candidates), data, scores=parse_list(scores) or None, primary=primary,
                   labels_per_class=labels_per_class, max_items=max_items, budget_minutes=budget,
                   random_reference=random_reference, image_size=image_size, max_length=max_length,
-                  seed=seed, progress=True, data_options=options, engine=engine, address=address)
+                  seed=seed, progress=True, data_options=options, out=out, overwrite=overwrite, resume=resume,
+                  engine=engine, address=address)
     console.print(rank_table(result))
     console.print(f"[bold]recommendation:[/bold] {result.recommendation['reason']}")
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
-    if out is not None:
-        console.print(f"written: {save_rank(result, out) / 'rank.md'}")
+    if result.path is not None:
+        console.print(f"written: {result.path / 'rank.md'}")
 
 
 def _fmt(value) -> str:

@@ -6,7 +6,9 @@ the feature cache, so a second call is a cache read), computes the scores of
 compares each candidate with the same architecture at random initialisation:
 a pre-trained model that scores no better than random weights has nothing to
 transfer. A candidate that fails to load or to score gets an error row; the
-others are still ranked.
+others are still ranked. With ``out``, each candidate is recorded as it is
+scored, and an interrupted rank resumes without scoring it again
+(``resume=True``, ``--resume``; :mod:`transferkit.workflows.run_journal`).
 
 Example:
     >>> from transferkit import rank                                               # doctest: +SKIP
@@ -16,6 +18,7 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +33,10 @@ from transferkit.data.cache import extract_features
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, TransferkitError, unknown_name
 from transferkit.evaluation.transferability import DEFAULT_SCORES, REGRESSION_SCORES, SCORES, compute_score
+from transferkit.export.output_lock import atomic_dir, check_writable
 from transferkit.tasks import get_task
 from transferkit.workflows.engine import Engine, make_engine
+from transferkit.workflows.run_journal import RunJournal, map_runs, run_journal
 
 __all__ = ["RankResult", "rank", "recommend"]
 
@@ -61,6 +66,7 @@ class RankResult:
         primary: the score the table is sorted by.
         recommendation: ``backbone``, ``strategy`` and ``reason``.
         notes: warnings (every candidate near random, skipped candidates).
+        path: the folder ``rank.csv`` and ``rank.md`` were written to (``out``), else ``None``.
     """
 
     table: pd.DataFrame
@@ -68,6 +74,7 @@ class RankResult:
     recommendation: dict
     data: str
     notes: list[str] = field(default_factory=list)
+    path: Path | None = None
 
 
 def _check_scores(scores) -> list[str]:
@@ -130,7 +137,8 @@ def rank(candidates, data, *, scores=None, primary: str | None = None, labels_pe
          max_items: int | None = 2000,
          budget_minutes: float | None = None, random_reference: bool = True, image_size: int | None = None,
          max_length: int | None = None, batch_size: int = 64, seed: int = 0, progress: bool = False,
-         data_options: dict | None = None, engine: str | Engine = "local", address: str | None = None) -> RankResult:
+         data_options: dict | None = None, out: str | Path | None = None, overwrite: bool = False,
+         resume: bool = False, engine: str | Engine = "local", address: str | None = None) -> RankResult:
     """Rank backbone candidates for ``data`` by transferability scores of their frozen features.
 
     Args:
@@ -152,6 +160,14 @@ def rank(candidates, data, *, scores=None, primary: str | None = None, labels_pe
         random_reference: also score each candidate's architecture at random
             initialisation, and flag candidates that do no better.
         image_size, max_length: backbone input size.
+        out: write ``rank.csv`` and ``rank.md`` here (:func:`save_rank`), and record every finished run in
+            ``OUT.runs/`` as it finishes (:mod:`transferkit.workflows.run_journal`). A run is one candidate's
+            scores, or the random-init reference of one architecture (scored once for the candidates that
+            share it). Candidates skipped for time or that failed to load are not recorded.
+        overwrite: replace an existing ``out``; start over from a journal left in ``OUT.runs``.
+        resume: go on from an interrupted rank: the recorded runs are not scored again and the table is the
+            one an uninterrupted rank gives. Other settings (candidates, scores, data draw, ...) are refused,
+            naming them; ``budget_minutes`` and the engine may change.
         engine, address: ``"ray"`` scores the candidates as Ray tasks in parallel, on a local Ray or the
             cluster at ``address`` (:mod:`transferkit.workflows.engine`); the table is the local engine's.
 
@@ -171,25 +187,55 @@ def rank(candidates, data, *, scores=None, primary: str | None = None, labels_pe
     if not candidates:
         raise ConfigError("Give at least one candidate backbone spec.")
     engine = make_engine(engine, address)
+    if out is not None:
+        check_writable(out, overwrite)
     target = _target_data(data, labels_per_class, max_items, seed, data_options or {})
     bb_opts = {k: v for k, v in {"image_size": image_size, "max_length": max_length}.items() if v is not None}
-    start = time.time()
-    notes: list[str] = []
-    with engine:
-        jobs = [(spec, i, start, budget_minutes, target, names, bb_opts, batch_size, random_reference, seed)
-                for i, spec in enumerate(candidates)]
-        rows = engine.map(_score_candidate, jobs, on_result=lambda i, row: _say(row) if progress else None)
-        # The random-init reference of each architecture, once however many candidates share it.
-        archs = {repr(r["arch"]): r["arch"] for r in rows if "arch" in r}
-        refs = engine.map(_score_reference, [(a, target, names, bb_opts, batch_size, seed) for a in archs.values()])
+    settings = {"candidates": list(candidates), "data": data if isinstance(data, str) else None, "scores": names,
+                "primary": primary, "labels_per_class": labels_per_class, "max_items": max_items,
+                "random_reference": random_reference, "backbone_options": bb_opts, "batch_size": batch_size,
+                "seed": seed, "data_options": data_options or {}}
+    with engine, run_journal(out, settings, command="rank", resume=resume, overwrite=overwrite) as journal:
+        rows = _score_runs(engine, journal, candidates, target, names, bb_opts, batch_size, random_reference, seed,
+                           budget_minutes, progress)
+        result = _result(rows, target, names, primary, random_reference)
+        if out is not None:
+            result.path = save_rank(result, out, overwrite=overwrite)
+    return result
+
+
+def _score_runs(engine: Engine, journal: RunJournal, candidates, target: TaskData, names: list[str], bb_opts: dict,
+                batch_size: int, random_reference: bool, seed: int, budget_minutes: float | None,
+                progress: bool) -> list[dict]:
+    """Every candidate's row with its random-init reference: the runs in ``journal`` read back, the others scored."""
+    start, fingerprint = time.time(), target.fingerprint()
+    jobs = [(f"candidate/{i}/{spec}", fingerprint,
+             (spec, i, start, budget_minutes, target, names, bb_opts, batch_size, random_reference, seed))
+            for i, spec in enumerate(candidates)]
+    rows = map_runs(engine, _score_candidate, jobs, journal, on_row=_say if progress else None, done=_scored)
+    # The random-init reference of each architecture, once however many candidates share it.
+    archs = {json.dumps(r["arch"], sort_keys=True): r["arch"] for r in rows if "arch" in r}
+    refs = map_runs(engine, _score_reference, [(f"reference/{key}", fingerprint,
+                                                (arch, target, names, bb_opts, batch_size, seed))
+                                               for key, arch in archs.items()], journal, done=_scored)
     references = dict(zip(archs, refs))
     for i, row in enumerate(rows):
         if "arch" in row:
-            ref = references[repr(row.pop("arch"))]
+            ref = references[json.dumps(row.pop("arch"), sort_keys=True)]
             rows[i] = {"candidate": row["candidate"], "error": ref["error"]} if "failed" in ref else {
                 **row, "reference": ref}
-    table = pd.DataFrame(rows)
-    table = _finish_table(table, names, primary, random_reference)
+    return rows
+
+
+def _scored(row: dict) -> bool:
+    """Whether a candidate's or a reference's row holds scores (a skipped or failed load is tried again on resume)."""
+    return "features" in row
+
+
+def _result(rows: list[dict], target: TaskData, names: list[str], primary: str, random_reference: bool) -> RankResult:
+    """The table sorted by ``primary``, with its flags, notes and recommendation."""
+    notes: list[str] = []
+    table = _finish_table(pd.DataFrame(rows), names, primary, random_reference)
     if random_reference and table["flag"].str.contains("random").all() and len(table):
         notes.append(f"Every candidate scores near a randomly initialised network's {primary}: none of them "
                      "is likely to transfer; compare against a from-scratch baseline (transferkit compare).")
@@ -324,17 +370,20 @@ def _say(row: dict) -> None:
     Console(stderr=True).print(f"  [dim]{row['candidate']}: {msg}[/dim]", soft_wrap=True)
 
 
-def save_rank(result: RankResult, out: str | Path) -> Path:
-    """Write ``rank.csv`` and ``rank.md`` (table, recommendation, notes) into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.table.to_csv(out / "rank.csv", index=False)
-    shown = result.table[[c for c in result.table if not c.startswith("seconds:")]]
-    lines = [f"# Candidate ranking on {result.data}", "", _markdown(shown), "",
-             f"**Recommendation:** {result.recommendation['reason']}", ""]
-    lines += [f"- {n}" for n in result.notes]
-    (out / "rank.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
+def save_rank(result: RankResult, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``rank.csv`` and ``rank.md`` (table, recommendation, notes) to the folder ``out``, atomically.
+
+    Raises:
+        BundleError: ``out`` exists without ``overwrite``, or another run is writing it.
+    """
+    with atomic_dir(out, overwrite) as tmp:
+        result.table.to_csv(tmp / "rank.csv", index=False)
+        shown = result.table[[c for c in result.table if not c.startswith("seconds:")]]
+        lines = [f"# Candidate ranking on {result.data}", "", _markdown(shown), "",
+                 f"**Recommendation:** {result.recommendation['reason']}", ""]
+        lines += [f"- {n}" for n in result.notes]
+        (tmp / "rank.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Path(out)
 
 
 def _cell(value) -> str:

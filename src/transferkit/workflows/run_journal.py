@@ -1,4 +1,4 @@
-"""Resume at run granularity for workflows made of many runs (``compare``): a journal beside ``--out``.
+"""Resume at run granularity for workflows made of many runs: a journal beside ``--out``.
 
 ``compare(out="runs/c")`` records every finished run in ``runs/c.runs/runs.jsonl`` as it finishes,
 under the lock ``runs/c.runs.lock``, with the settings of the whole comparison in ``settings.json``.
@@ -7,13 +7,17 @@ trains the rest; the report is the one an uninterrupted comparison writes. A res
 differ is refused, naming them; a recorded run whose training data no longer has the same
 fingerprint is refused too. Without ``resume``, a journal left there is refused unless
 ``overwrite``. The journal is removed once the report is written.
+
+The same journal serves ``rank`` (a run: one candidate's scores, or one architecture's random-init
+reference), ``continual`` (one learner over one seed's whole stream) and ``multitask`` (one model
+trained: a seed's multi-task model, or one task alone); :func:`map_runs` is the loop they share.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from transferkit.errors import ConfigError
 from transferkit.export.output_lock import output_lock
 from transferkit.training.checkpoint import setting_differences
 
-__all__ = ["RunJournal", "journal_path", "run_journal"]
+__all__ = ["RunJournal", "journal_path", "map_runs", "run_journal"]
 
 JOURNAL_SUFFIX = ".runs"
 _README = """\
@@ -121,3 +125,37 @@ def run_journal(out: str | Path | None, settings: dict, *, command: str, resume:
         (folder / "README.txt").write_text(_README.format(command=command, out=out), encoding="utf-8")
         yield RunJournal(folder, rows)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def map_runs(engine, fn: Callable[..., dict], runs: Sequence[tuple[str, str, tuple]], journal: RunJournal, *,
+             on_row: Callable[[dict], None] | None = None,
+             done: Callable[[dict], bool] = lambda row: True) -> list[dict]:
+    """``[fn(*job) for key, fingerprint, job in runs]``: the runs recorded in ``journal`` read back, the rest run.
+
+    The runs not recorded go to ``engine`` (:mod:`transferkit.workflows.engine`); each is recorded in this
+    process as it finishes, before ``on_row`` sees it. A row for which ``done(row)`` is false did not do its
+    work (a candidate skipped for time, one that could not load) and is not recorded: a resume runs it again.
+    Every row is returned as the journal holds it (through JSON), so a resumed and an uninterrupted workflow
+    return the same rows.
+
+    Raises:
+        ConfigError: a recorded run whose training data has another fingerprint now (:meth:`RunJournal.get`).
+    """
+    rows = [journal.get(key, fingerprint) for key, fingerprint, _ in runs]
+    todo = [i for i, row in enumerate(rows) if row is None]
+    if on_row is not None:
+        for row in rows:
+            if row is not None:
+                on_row(row)
+
+    def finished(j: int, row: dict) -> None:  # in this process, as each run finishes: journal it first
+        key, fingerprint, _ = runs[todo[j]]
+        row = json.loads(json.dumps(row))
+        if done(row):
+            journal.record(key, fingerprint, row)
+        rows[todo[j]] = row
+        if on_row is not None:
+            on_row(row)
+
+    engine.map(fn, [runs[i][2] for i in todo], on_result=finished)
+    return rows
