@@ -35,29 +35,28 @@ def continual_command(
     batch_size: int = typer.Option(32, help="Batch size."),
     image_size: Optional[int] = typer.Option(None, help="Backbone input size in pixels."),
     out: Optional[Path] = typer.Option(None, help="Write continual.json, report.md and accuracy_matrices.png here."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder; start over when OUT.runs holds "
+                                                              "the finished runs of an interrupted continual."),
+    resume: bool = typer.Option(False, "--resume", help="Go on from an interrupted continual: the (seed, learner) runs recorded in "
+                                                        "OUT.runs are not trained again (same command and settings)."),
     config: Optional[Path] = CONFIG_OPTION,
     engine: str = ENGINE_OPTION,
     address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
     """Train each learner on the experiences in order and report the accuracy matrix, average accuracy,
     forgetting, backward and forward transfer."""
-    from transferkit.export.bundle import check_writable
-    from transferkit.workflows.continual import run_continual, save_continual
+    from transferkit.workflows.continual import run_continual
     from transferkit.workflows.engine import check_engine
 
     check_engine(engine, address)
-    if out is not None:
-        check_writable(out, overwrite)  # refuse before training, not after
     result = run_continual(data, backbone, split=split, permuted_tasks=permuted, scenario=scenario,
                            learners=parse_list(learners), options=parse_options(option),
                            labels_per_class=labels_per_class, test_per_class=test_per_class, seeds=seeds,
                            epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, progress=False,
-                           engine=engine, address=address)
+                           out=out, overwrite=overwrite, resume=resume, engine=engine, address=address)
     console.print(metrics_table(result))
     if out is not None:
-        path = save_continual(result, out, overwrite=overwrite)
-        console.print(f"written: {path / 'report.md'}, {path / 'accuracy_matrices.png'}, {path / 'continual.json'}")
+        console.print(f"written: {out / 'report.md'}, {out / 'accuracy_matrices.png'}, {out / 'continual.json'}")
 
 
 def metrics_table(result: dict) -> Table:

@@ -6,7 +6,9 @@ under fixed pixel permutations), trains every requested learner of
 :data:`~transferkit.strategies.continual.CONTINUAL` on it for every seed, and
 summarises the accuracy matrices (average accuracy, forgetting, backward and
 forward transfer, mean and 95% interval over seeds). :func:`save_continual`
-writes ``continual.json``, ``report.md`` and ``accuracy_matrices.png``.
+writes ``continual.json``, ``report.md`` and ``accuracy_matrices.png``. With
+``out``, each (seed, learner) run is recorded as it finishes, and an interrupted
+run resumes without training it again (``resume=True``, ``--resume``).
 
 Example:
     >>> r = run_continual("fashion-mnist", "small-cnn:14", split=2, learners=["naive", "replay"],  # doctest: +SKIP
@@ -29,7 +31,7 @@ from transferkit.data.streams import SCENARIOS, permuted, split_by_classes
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.continual import METRICS
 from transferkit.evaluation.stats import mean_ci
-from transferkit.export.bundle import atomic_dir
+from transferkit.export.bundle import atomic_dir, check_writable
 from transferkit.data.streams import Stream
 from transferkit.evaluation.continual import continual_metrics
 from transferkit.strategies.base import ItemDataset
@@ -37,6 +39,7 @@ from transferkit.strategies.continual import (CONTINUAL, ContinualLearner, Conti
                                               stream_backbone)
 from transferkit.training import TrainConfig, Trainer
 from transferkit.workflows.engine import Engine, make_engine
+from transferkit.workflows.run_journal import map_runs, run_journal
 
 __all__ = ["run_continual", "save_continual"]
 
@@ -70,7 +73,8 @@ def run_continual(data, backbone: str, *, split: int | None = None, permuted_tas
                   scenario: str | None = None, learners=("naive",), options: dict | None = None,
                   labels_per_class: int | None = 300, test_per_class: int | None = 200, seeds: int = 1,
                   epochs: int = 2, lr: float = 2e-3, batch_size: int = 32, image_size: int | None = None,
-                  progress: bool = False, engine: str | Engine = "local", address: str | None = None) -> dict:
+                  progress: bool = False, out: str | Path | None = None, overwrite: bool = False,
+                  resume: bool = False, engine: str | Engine = "local", address: str | None = None) -> dict:
     """Train each learner on the stream for ``seeds`` seeds; return the runs and their summary.
 
     Args:
@@ -86,6 +90,13 @@ def run_continual(data, backbone: str, *, split: int | None = None, permuted_tas
         seeds: independent runs (data draw, permutations, initialisation).
         epochs, lr, batch_size: the loop's settings for every experience.
         image_size: the backbone's input size.
+        out: write the report there (:func:`save_continual`), and record every finished run in ``OUT.runs/``
+            as it finishes (:mod:`transferkit.workflows.run_journal`). A run is one learner on one seed's
+            stream: the experiences of a stream train one model in order, so the unit is the whole learner
+            run, and a learner stopped in the middle of its stream trains again from the first experience.
+        overwrite: replace an existing ``out``; start over from a journal left in ``OUT.runs``.
+        resume: go on from an interrupted run: the recorded (seed, learner) runs are not trained again and the
+            result is an uninterrupted run's. Other settings (learners, seeds, epochs, ...) are refused, naming them.
         engine, address: ``"ray"`` trains each (seed, learner) run as a Ray task, in parallel, on a local Ray
             or the cluster at ``address`` (:mod:`transferkit.workflows.engine`); the runs are the local engine's.
 
@@ -103,11 +114,13 @@ def run_continual(data, backbone: str, *, split: int | None = None, permuted_tas
     if seeds < 1:
         raise ConfigError(f"The 'seeds' parameter must be an int in [1, inf). Got {seeds} instead.")
     per_learner = _learner_options(learners, dict(options or {}))
+    engine = make_engine(engine, address)
+    if out is not None:
+        check_writable(out, overwrite)  # refuse before training, not after
     full_train, full_test = resolve_data(data)
     if full_test is None:
         raise DataError(f"Continual runs test every experience: '{full_train.name}' has no test split. "
                         f"Give test data (a built-in data set has one).")
-    engine = make_engine(engine, address)
     flatten = backbone.startswith("mlp:")
     jobs, stream_name = [], None
     for seed in range(seeds):
@@ -117,10 +130,22 @@ def run_continual(data, backbone: str, *, split: int | None = None, permuted_tas
         stream_name = stream.name
         for name in learners:
             cfg = TrainConfig(epochs=epochs, lr=lr, head_lr=lr, batch_size=batch_size, seed=seed, progress=progress)
-            jobs.append((seed, backbone, stream, name, per_learner[name], cfg,
-                         {"image_size": image_size} if image_size else None))
-    with engine:
-        runs = engine.map(_run_learner, jobs)
+            jobs.append((f"{seed}/{name}", train.fingerprint(), (seed, backbone, stream, name, per_learner[name], cfg,
+                                                                 {"image_size": image_size} if image_size else None)))
+    settings = {"backbone": backbone, "learners": learners, "options": per_learner, "seeds": seeds, "epochs": epochs,
+                "lr": lr, "batch_size": batch_size, "labels_per_class": labels_per_class,
+                "test_per_class": test_per_class, "split": split, "permuted": permuted_tasks}
+    journaled = {**settings, "data": data if isinstance(data, str) else None, "scenario": scenario,
+                 "image_size": image_size}
+    with engine, run_journal(out, journaled, command="continual", resume=resume, overwrite=overwrite) as journal:
+        result = _summarize(map_runs(engine, _run_learner, jobs, journal), learners, stream_name, settings)
+        if out is not None:
+            save_continual(result, out, overwrite=overwrite)
+    return result
+
+
+def _summarize(runs: list[dict], learners: list[str], stream_name: str, settings: dict) -> dict:
+    """Per learner, each metric's mean and 95% interval over seeds, and the mean accuracy matrix."""
     summary, matrices = {}, {}
     for name in learners:
         mine = [r for r in runs if r["learner"] == name]
@@ -129,9 +154,7 @@ def run_continual(data, backbone: str, *, split: int | None = None, permuted_tas
         matrices[name] = np.mean([r["accuracy"] for r in mine], axis=0).tolist()
     return {"runs": runs, "summary": summary, "matrices": matrices,
             "stream": {"name": stream_name, "scenario": runs[0]["scenario"], "experiences": len(matrices[learners[0]])},
-            "settings": {"backbone": backbone, "learners": learners, "options": per_learner, "seeds": seeds,
-                         "epochs": epochs, "lr": lr, "batch_size": batch_size, "labels_per_class": labels_per_class,
-                         "test_per_class": test_per_class, "split": split, "permuted": permuted_tasks}}
+            "settings": settings}
 
 
 def _run_learner(seed: int, backbone, stream: Stream, learner: str, options: dict, config: TrainConfig,
