@@ -40,22 +40,23 @@ def multitask_command(
     single: bool = typer.Option(True, help="Also train each task alone with the same budget, to compare."),
     image_size: Optional[int] = typer.Option(None, help="Image backbones: input size in pixels."),
     out: Optional[Path] = typer.Option(None, help="Write multitask.json, report.md and bundles/TASK here."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder; start over when OUT.runs holds "
+                                                              "the finished runs of an interrupted multitask."),
+    resume: bool = typer.Option(False, "--resume", help="Go on from an interrupted multitask: the runs recorded in OUT.runs are not "
+                                                        "trained again (same command and settings)."),
     config: Optional[Path] = CONFIG_OPTION,
 ) -> None:
     """Train one model on every task (hard or soft sharing, fixed / uncertainty / PCGrad / GradNorm weighting)
     and each task alone; per-task metrics side by side, and one bundle per task."""
-    from transferkit.export.bundle import check_writable
-    from transferkit.workflows.multitask import report_rows, run_multitask, save_multitask
+    from transferkit.workflows.multitask import report_rows, run_multitask
 
-    if out is not None:
-        check_writable(out, overwrite)  # refuse before training, not after
     result = run_multitask(data, backbone, sharing=sharing, weighting=weighting,
                            weights=parse_options(weights) or None, soft_penalty=soft_penalty,
                            label_columns=parse_list(label_columns) or None, test_data=test_data,
                            feature_columns=parse_list(feature_columns) or None,
                            labels_per_class=labels_per_class, max_test=max_test, seeds=seeds, epochs=epochs, lr=lr,
-                           head_lr=head_lr, batch_size=batch_size, single=single, image_size=image_size)
+                           head_lr=head_lr, batch_size=batch_size, single=single, image_size=image_size, out=out,
+                           overwrite=overwrite, resume=resume)
     t = Table(title=f"{data}: {sharing}/{weighting} vs each task alone ({seeds} seed(s), %)")
     for col in ("task", "metric", "multi-task", "single-task", "difference"):
         t.add_column(col, justify="left" if col in ("task", "metric") else "right")
@@ -63,5 +64,4 @@ def multitask_command(
         t.add_row(*row)
     console.print(t)
     if out is not None:
-        path = save_multitask(result, out, overwrite=overwrite)
-        console.print(f"written: {path / 'report.md'}, {path / 'multitask.json'}, bundles in {path / 'bundles'}")
+        console.print(f"written: {out / 'report.md'}, {out / 'multitask.json'}, bundles in {out / 'bundles'}")

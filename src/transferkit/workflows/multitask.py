@@ -15,7 +15,10 @@ unless ``feature_columns`` says which).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +27,13 @@ import torch
 from transferkit.data.multitask import MultiTaskData, load_fashion_mnist_multitask, load_penguins_multitask
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.stats import mean_ci, paired_difference
-from transferkit.export.bundle import atomic_dir, save_bundle
+from transferkit.export.bundle import atomic_dir, check_writable, save_bundle
 from transferkit.backbones import load_backbone
 from transferkit.backbones.base import Backbone
 from transferkit.strategies.multi_task import MultiTask, MultiTaskModel, evaluate_multitask
 from transferkit.tasks import primary_metric
 from transferkit.training import TrainConfig, Trainer
+from transferkit.workflows.run_journal import RunJournal, run_journal
 
 __all__ = ["BUILTIN_MULTITASK", "load_multitask", "run_multitask", "save_multitask"]
 
@@ -87,36 +91,119 @@ def run_multitask(data, backbone: str, *, sharing: str = "hard", weighting: str 
                   soft_penalty: float = 1e-3, label_columns=None, test_data=None, feature_columns=None,
                   labels_per_class: int | None = None, per_class_task: str | None = None, max_test: int | None = None,
                   seeds: int = 1, epochs: int = 10, lr: float = 1e-3, head_lr: float | None = None, batch_size: int = 32,
-                  single: bool = True, image_size: int | None = None, progress: bool = False) -> dict:
+                  single: bool = True, image_size: int | None = None, progress: bool = False,
+                  out: str | Path | None = None, overwrite: bool = False, resume: bool = False) -> dict:
     """Multi-task training and (``single=True``) each task alone with the same budget, over ``seeds`` seeds.
+
+    With ``out``, the report and bundles are written there (:func:`save_multitask`) and every finished run is
+    recorded in ``OUT.runs/`` as it finishes (:mod:`transferkit.workflows.run_journal`). A run is one model
+    trained: a seed's multi-task model, or one task alone on a seed. The first seed's multi-task model, which
+    the bundles come from, is kept beside its record. After a crash or a kill, ``resume=True`` (``--resume``)
+    trains only the runs not recorded, and the result is an uninterrupted run's; other settings are refused,
+    naming them. ``overwrite`` replaces an existing ``out`` and starts over from a journal left there.
 
     Returns:
         ``{"runs": [...], "summary": {task: {...}}, "settings": ..., "models": [first seed's MultiTaskModel]}``.
     """
     if seeds < 1:
         raise ConfigError(f"The 'seeds' parameter must be an int in [1, inf). Got {seeds} instead.")
-    bb_options = {"image_size": image_size} if image_size else {}
-    runs, first_model = [], None
-    for seed in range(seeds):
-        train, test = _draw(data, seed, label_columns=label_columns, test_data=test_data,
-                            feature_columns=feature_columns, labels_per_class=labels_per_class,
-                            per_class_task=per_class_task, max_test=max_test)
-        cfg = TrainConfig(epochs=epochs, lr=lr, head_lr=head_lr or lr, batch_size=batch_size, seed=seed,
-                          progress=progress)
-        model, _ = fit_multitask(backbone, train, sharing=sharing, weighting=weighting, weights=weights,
-                                 soft_penalty=soft_penalty, train_config=cfg, **bb_options)
-        first_model = first_model or model
-        scores = evaluate_multitask(model, test)
-        for task, m in scores.items():
-            runs.append({"seed": seed, "task": task, "method": f"{sharing}/{weighting}", **_scalars(m)})
-        if single:
-            runs += _single_task_runs(backbone, train, test, seed, cfg, bb_options)
-    return {"runs": runs, "summary": _summary(runs, first_model.task_kinds, single=single, seeds=seeds),
-            "models": [first_model],
-            "settings": {"data": str(data), "backbone": backbone, "sharing": sharing, "weighting": weighting,
-                         "weights": weights, "soft_penalty": soft_penalty, "seeds": seeds, "epochs": epochs, "lr": lr,
-                         "head_lr": head_lr or lr, "batch_size": batch_size, "labels_per_class": labels_per_class,
-                         "max_test": max_test}}
+    if out is not None:
+        check_writable(out, overwrite)  # refuse before training, not after
+    settings = {"data": str(data), "backbone": backbone, "sharing": sharing, "weighting": weighting,
+                "weights": weights, "soft_penalty": soft_penalty, "seeds": seeds, "epochs": epochs, "lr": lr,
+                "head_lr": head_lr or lr, "batch_size": batch_size, "labels_per_class": labels_per_class,
+                "max_test": max_test}
+    journaled = {**settings, "data": str(data) if isinstance(data, (str, Path)) else None,
+                 "test_data": str(test_data) if isinstance(test_data, (str, Path)) else None,
+                 "label_columns": label_columns, "feature_columns": feature_columns, "per_class_task": per_class_task,
+                 "single": single, "image_size": image_size}
+    draw = dict(label_columns=label_columns, test_data=test_data, feature_columns=feature_columns,
+                labels_per_class=labels_per_class, per_class_task=per_class_task, max_test=max_test)
+    method = _Method(backbone, sharing, weighting, weights, soft_penalty, {"image_size": image_size} if image_size else {})
+    with run_journal(out, journaled, command="multitask", resume=resume, overwrite=overwrite) as journal:
+        runs, first_model = [], None
+        for seed in range(seeds):
+            train, test = _draw(data, seed, **draw)
+            cfg = TrainConfig(epochs=epochs, lr=lr, head_lr=head_lr or lr, batch_size=batch_size, seed=seed,
+                              progress=progress)
+            rows, model = _multi_task_run(method, journal, train, test, seed, cfg)
+            if seed == 0:
+                first_model = model
+            runs += rows
+            if single:
+                runs += _single_task_runs(method, journal, train, test, seed, cfg)
+        result = {"runs": runs, "summary": _summary(runs, first_model.task_kinds, single=single, seeds=seeds),
+                  "models": [first_model], "settings": settings}
+        if out is not None:
+            save_multitask(result, out, overwrite=overwrite)
+    return result
+
+
+@dataclass
+class _Method:
+    """What every model of :func:`run_multitask` is built from: the backbone and the multi-task settings."""
+
+    backbone: str
+    sharing: str
+    weighting: str
+    weights: dict | None
+    soft_penalty: float
+    backbone_options: dict
+
+    @property
+    def name(self) -> str:
+        return f"{self.sharing}/{self.weighting}"
+
+    def fit(self, data: MultiTaskData, cfg: TrainConfig) -> MultiTaskModel:
+        """The multi-task model trained on every task of ``data``."""
+        model, _ = fit_multitask(self.backbone, data, sharing=self.sharing, weighting=self.weighting,
+                                 weights=self.weights, soft_penalty=self.soft_penalty, train_config=cfg,
+                                 **self.backbone_options)
+        return model
+
+    def rebuild(self, data: MultiTaskData, cfg: TrainConfig, weights: Path) -> MultiTaskModel:
+        """The model :meth:`fit` trains, untrained, with the trained weights saved at ``weights`` loaded."""
+        from safetensors.torch import load_model
+
+        backbone = _backbone(self.backbone, data, cfg.seed, True, dict(self.backbone_options))
+        model = MultiTask(sharing=self.sharing, weighting=self.weighting, weights=self.weights,
+                          soft_penalty=self.soft_penalty).prepare(backbone, data)
+        load_model(model, weights)
+        return model
+
+
+#: The first seed's multi-task model in the journal: the bundles of a resumed run are made from it.
+KEPT_MODEL = "multitask-model.safetensors"
+
+
+def _multi_task_run(method: _Method, journal: RunJournal, train: MultiTaskData, test: MultiTaskData,
+                    seed: int, cfg: TrainConfig) -> tuple[list[dict], MultiTaskModel | None]:
+    """One seed's multi-task run: its rows (one per task) and, for the first seed, its model; recorded or trained."""
+    key, fingerprint = f"{seed}/{method.name}", _fingerprint(train)
+    recorded = journal.get(key, fingerprint)
+    kept = journal.folder / KEPT_MODEL if journal.folder is not None else None
+    if recorded is not None:
+        if seed > 0:
+            return recorded["runs"], None
+        if not kept.exists():
+            raise ConfigError(f"Cannot resume from {journal.folder}: run {key} is recorded but its model {kept.name} "
+                              "is missing. Rerun with overwrite=True (--overwrite) to start over.")
+        return recorded["runs"], method.rebuild(train, cfg, kept)
+    model = method.fit(train, cfg)
+    rows = [{"seed": seed, "task": task, "method": method.name, **_scalars(m)}
+            for task, m in evaluate_multitask(model, test).items()]
+    if seed == 0 and kept is not None:  # the model first, then its record: a recorded run always has its model
+        from safetensors.torch import save_model
+
+        save_model(model, str(kept.with_suffix(".tmp")))
+        os.replace(kept.with_suffix(".tmp"), kept)
+    journal.record(key, fingerprint, {"runs": rows})
+    return rows, model
+
+
+def _fingerprint(data: MultiTaskData) -> str:
+    """One fingerprint over the training data of every task."""
+    return hashlib.sha256("|".join(f"{t}:{d.fingerprint()}" for t, d in data.tasks.items()).encode()).hexdigest()[:16]
 
 
 def _draw(data, seed: int, *, label_columns, test_data, feature_columns, labels_per_class, per_class_task,
@@ -133,14 +220,20 @@ def _draw(data, seed: int, *, label_columns, test_data, feature_columns, labels_
     return train, test
 
 
-def _single_task_runs(backbone: str, train: MultiTaskData, test: MultiTaskData, seed: int, cfg: TrainConfig,
-                      bb_options: dict) -> list[dict]:
-    """Each task alone with the multi-task model's budget: one run row per task."""
+def _single_task_runs(method: _Method, journal: RunJournal, train: MultiTaskData, test: MultiTaskData,
+                      seed: int, cfg: TrainConfig) -> list[dict]:
+    """Each task alone with the multi-task model's budget: one run row per task, recorded or trained."""
     runs = []
     for task in train.names:
-        alone, _ = fit_multitask(backbone, train.select([task]), train_config=cfg, **bb_options)
-        m = evaluate_multitask(alone, test.select([task]))[task]
-        runs.append({"seed": seed, "task": task, "method": "single", **_scalars(m)})
+        alone = train.select([task])
+        key, fingerprint = f"{seed}/single/{task}", _fingerprint(alone)
+        recorded = journal.get(key, fingerprint)
+        if recorded is None:
+            model, _ = fit_multitask(method.backbone, alone, train_config=cfg, **method.backbone_options)
+            m = evaluate_multitask(model, test.select([task]))[task]
+            recorded = {"runs": [{"seed": seed, "task": task, "method": "single", **_scalars(m)}]}
+            journal.record(key, fingerprint, recorded)
+        runs += recorded["runs"]
     return runs
 
 
@@ -226,10 +319,15 @@ def fit_multitask(backbone: str | Backbone, data: MultiTaskData, *, sharing: str
         raise DataError(f"fit_multitask needs a MultiTaskData. Got {type(data).__name__}.")
     train_config = train_config or TrainConfig()
     if isinstance(backbone, str):
-        torch.manual_seed(train_config.seed)  # a backbone trained from scratch starts the same for the same seed
-        if data.modality == "tabular" and "in_features" not in backbone_options:
-            backbone_options["in_features"] = int(np.asarray(next(iter(data.tasks.values())).items).shape[1])
-        backbone = load_backbone(backbone, pretrained=pretrained, **backbone_options)
+        backbone = _backbone(backbone, data, train_config.seed, pretrained, backbone_options)
     strategy = MultiTask(sharing=sharing, weighting=weighting, weights=weights, soft_penalty=soft_penalty,
                          gradnorm_alpha=gradnorm_alpha, finetune=finetune)
     return strategy.fit(backbone, data, val, Trainer(train_config))
+
+
+def _backbone(spec: str, data: MultiTaskData, seed: int, pretrained: bool, options: dict) -> Backbone:
+    """Load ``spec`` seeded (a backbone trained from scratch starts the same for the same seed), sized for ``data``."""
+    torch.manual_seed(seed)
+    if data.modality == "tabular" and "in_features" not in options:
+        options["in_features"] = int(np.asarray(next(iter(data.tasks.values())).items).shape[1])
+    return load_backbone(spec, pretrained=pretrained, **options)
