@@ -88,7 +88,7 @@ def train_command(
     eval_episodes: int = typer.Option(5, help="Episodes per evaluation."),
     threshold: Optional[float] = typer.Option(None, help="Return counted as solved (default: the environment's)."),
     out: Path = typer.Option(..., help="Bundle folder to write (refused if it exists, unless --overwrite)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Train a source policy on ENV (or a randomised family of variants) and save it as a bundle."""
     res = _rl().train(env, algo, steps=steps, seed=seed, hyperparameters=_hp(hp),
@@ -113,7 +113,7 @@ def transfer_command(
     eval_episodes: int = typer.Option(5, help="Episodes per evaluation."),
     threshold: Optional[float] = typer.Option(None, help="Return counted as solved (default: the environment's)."),
     out: Path = typer.Option(..., help="Bundle folder to write (refused if it exists, unless --overwrite)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Adapt the SOURCE policy to the TARGET variant with a strategy; save the target policy as a bundle."""
     res = _rl().transfer(source, target, strategy, steps=steps, seed=seed, hyperparameters=_hp(hp),
@@ -149,7 +149,7 @@ def evaluate_command(
 def export_command(
     bundle: Path = typer.Argument(..., help="Policy bundle."),
     out: Path = typer.Option(..., help="Folder for policy.onnx and export.json (refused if it exists)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     opset: int = typer.Option(17, help="ONNX opset."),
 ) -> None:
     """Export the policy network to ONNX (observation -> action) and check it against the policy."""
@@ -178,7 +178,7 @@ def compare_command(
     l2sp_weight: float = typer.Option(0.1, help="l2-sp: weight alpha."),
     out: Optional[Path] = typer.Option(None, help="Folder for runs.csv, summary.csv, verdicts.csv, curves and "
                                                   "report.md with the learning-curve plot."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Run transfer strategies and scratch over seeds on each TARGET; print the transfer metrics and verdicts."""
     rl = _rl()
