@@ -60,6 +60,11 @@ def _net_arch(text: str | None) -> dict:
         raise ConfigError(f"--net-arch must be comma-separated layer widths like 64,64. Got {text!r}.") from None
 
 
+def _given(**options) -> dict:
+    """The options given on the command line: the others keep the library's defaults."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _print_run(res, what: str) -> None:
     m = res.metrics
     ttt = m["time_to_threshold"] if m["time_to_threshold"] is not None else f"not reached in {m['final_step']}"
@@ -108,7 +113,8 @@ def transfer_command(
     steps: int = typer.Option(20_000, help="Target environment steps."),
     seed: int = typer.Option(0, help="Seed."),
     hp: Optional[list[str]] = typer.Option(None, "--hp", help=HP_HELP + " Overrides the source's."),
-    l2sp_weight: float = typer.Option(0.1, help="l2-sp: weight alpha of the pull toward the source weights."),
+    l2sp_weight: Optional[float] = typer.Option(None, help="l2-sp: weight alpha of the pull toward the source "
+                                                "weights (default: the l2sp regularizer's)."),
     eval_every: int = typer.Option(2_000, help="Evaluate every this many environment steps."),
     eval_episodes: int = typer.Option(5, help="Episodes per evaluation."),
     threshold: Optional[float] = typer.Option(None, help="Return counted as solved (default: the environment's)."),
@@ -117,8 +123,8 @@ def transfer_command(
 ) -> None:
     """Adapt the SOURCE policy to the TARGET variant with a strategy; save the target policy as a bundle."""
     res = _rl().transfer(source, target, strategy, steps=steps, seed=seed, hyperparameters=_hp(hp),
-                         l2sp_weight=l2sp_weight, eval_every=eval_every, eval_episodes=eval_episodes,
-                         threshold=threshold, out=out, overwrite=overwrite)
+                         eval_every=eval_every, eval_episodes=eval_episodes, threshold=threshold, out=out,
+                         overwrite=overwrite, **_given(l2sp_weight=l2sp_weight))
     _print_run(res, f"{strategy} on {target}")
 
 
@@ -175,7 +181,7 @@ def compare_command(
     eval_episodes: int = typer.Option(5, help="Episodes per evaluation."),
     threshold: Optional[float] = typer.Option(None, help="Return counted as solved (default: the environment's)."),
     hp: Optional[list[str]] = typer.Option(None, "--hp", help=HP_HELP + " Applies to every run."),
-    l2sp_weight: float = typer.Option(0.1, help="l2-sp: weight alpha."),
+    l2sp_weight: Optional[float] = typer.Option(None, help="l2-sp: weight alpha (default: the l2sp regularizer's)."),
     out: Optional[Path] = typer.Option(None, help="Folder for runs.csv, summary.csv, verdicts.csv, curves and "
                                                   "report.md with the learning-curve plot."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
@@ -189,8 +195,7 @@ def compare_command(
         raise ConfigError("Name each source once: --source NAME=BUNDLE.")
     res = rl.compare_transfer(sources, target, parse_list(strategies), seeds=seeds, steps=steps,
                               eval_every=eval_every, eval_episodes=eval_episodes, threshold=threshold,
-                              hyperparameters=_hp(hp), l2sp_weight=l2sp_weight, out=out,
-                              overwrite=overwrite,
+                              hyperparameters=_hp(hp), out=out, overwrite=overwrite, **_given(l2sp_weight=l2sp_weight),
                               on_run=lambda r: console.print(f"  {r['experiment']} {r['strategy']} seed {r['seed']}: "
                                                              f"jumpstart {r['jumpstart']:.1f}, AUC {r['auc']:.1f} "
                                                              f"({r['seconds']:.0f} s)", highlight=False))
