@@ -116,6 +116,18 @@ def test_a_spent_budget_stops_after_the_first_rung(fake):
     assert found.winner.label == "lora on bb" and found.to_dict()["candidates"][0]["folds"] == 1
 
 
+def test_middle_layers_are_those_of_the_loaded_backbone():
+    """Counted on a weightless build (efficientnet-lite:) or, where a source cannot be built so (concat:), on the
+    full load: the same blocks as the loaded backbone's stack; none for a layer spec."""
+    from transferkit.backbones import load_backbone
+    from transferkit.backbones.layers import layer_aliases
+
+    for spec in ("efficientnet-lite:0", "concat:efficientnet-lite:0+small-cnn:"):
+        assert len(layer_aliases(load_backbone(spec, image_size=32))) == 7
+        assert auto_mod._middle_layers(spec, {"image_size": 32, "max_length": None}) == ["block3", "block5"]
+    assert auto_mod._middle_layers("efficientnet-lite:0@block3", {}) == []
+
+
 def test_too_few_labels_or_an_unsearched_task_are_refused(fake):
     fake()
     y = np.array([0, 0, 0, 1, 1, 2])

@@ -43,6 +43,22 @@ def test_every_command_has_an_example(name):
     assert f"transferkit {name}" in help_text(name).split("Usage:", 1)[1].split("\n", 2)[2]
 
 
+def _leaves(command, path=()):
+    """``(path, command)`` for every command that runs, inside groups (``rl train``) too."""
+    subs = getattr(command, "commands", None)
+    if subs is None:
+        return [(" ".join(path), command)]
+    return [leaf for name, sub in sorted(subs.items()) for leaf in _leaves(sub, (*path, name))]
+
+
+def test_overwrite_is_one_plain_flag_everywhere():
+    """``--overwrite`` and no ``--no-overwrite``, in every command that writes an output."""
+    found = {name: p for name, c in _leaves(typer.main.get_command(app)) for p in c.params if p.name == "overwrite"}
+    assert {"fit", "rl train", "rl transfer", "rl export", "rl compare"} <= set(found)
+    assert {name: (p.opts, p.secondary_opts) for name, p in found.items()} == {
+        name: (["--overwrite"], []) for name in found}
+
+
 def test_the_check_can_fail():
     """A name cut by Rich's ellipsis is caught."""
     assert "--check-transfer" in unreadable("│ --resume  --check-trans…  <bool> │", COMMANDS["fit"])

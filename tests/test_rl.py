@@ -211,6 +211,9 @@ def test_cli_transfer_evaluate_export(source, tmp_path):
     assert r.exit_code == 0, r.output
     manifest = json.loads((tgt / "manifest.json").read_text())
     assert manifest["transfer"]["strategy"] == "l2-sp" and manifest["env"]["params"] == {"length": 0.6}
+    from transferkit.strategies.regularizers import L2SP
+
+    assert manifest["transfer"]["l2sp_weight"] == L2SP.default_weight  # no --l2sp-weight: the regularizer's own
     assert manifest["curve"][0]["steps"] == 0 and manifest["curve"][-1]["steps"] >= 512
 
     r = runner.invoke(app, ["rl", "evaluate", str(tgt), "--episodes", "3", "--json"])

@@ -107,12 +107,10 @@ def _task_data(task: str, images):
 def test_strategy_trains_each_task_it_declares_and_refuses_the_others(name, task, tiny_images, tmp_path, request):
     """Conformance over strategies x tasks: a declared task trains and reloads; an undeclared one is refused."""
     strategy = make_strategy(name)
-    if task == "text-generation":
-        return _check_generation(strategy, request.getfixturevalue("tiny_llama"), tmp_path)
+    if task in ("text-generation", "speech-recognition"):
+        return _check_generative(strategy, task, request, tmp_path)
     if TASKS.get(task).feature_kind == "pyramid":
         return _check_dense(strategy, task, tmp_path)
-    if task == "speech-recognition":
-        return _check_speech(strategy, request.getfixturevalue("tiny_whisper_asr"), tmp_path)
     if task == "token-classification":  # word lists: a text backbone with a fast tokenizer
         data, backbone = _task_data(task, tiny_images), load_backbone(f"hf:{request.getfixturevalue('tiny_bert')}",
                                                                       max_length=16)
@@ -136,15 +134,25 @@ def test_strategy_trains_each_task_it_declares_and_refuses_the_others(name, task
     np.testing.assert_allclose(again, out, atol=1e-5)
 
 
-def _check_generation(strategy, tiny_llama, tmp_path) -> None:
-    """Generative strategies train a causal LM through its own output layer; the others refuse, naming the task."""
-    from transferkit.data.adapters_generation import from_pairs
+def _check_generative(strategy, task: str, request, tmp_path) -> None:
+    """Generative strategies train the backbone's own decoder (a causal LM's output layer for text-generation,
+    Whisper's decoder for speech-recognition) and reload it; the others refuse, naming the task."""
+    if task == "text-generation":
+        from transferkit.data.adapters_generation import from_pairs
 
-    data = from_pairs(["Colour of the sky?", "Colour of grass?"], ["blue", "green"])
-    backbone = load_backbone(f"causal:{tiny_llama}", max_length=64)  # SmolLM2's template adds a system turn
-    declared = strategy.tasks is not None and "text-generation" in strategy.tasks
+        data = from_pairs(["Colour of the sky?", "Colour of grass?"], ["blue", "green"])
+        # SmolLM2's template adds a system turn
+        backbone = load_backbone(f"causal:{request.getfixturevalue('tiny_llama')}", max_length=64)
+        inputs = [{"prompt": "Colour of the sky?"}, "Colour of grass?"]
+    else:
+        from conftest import speech_pairs
+
+        data = speech_pairs(tmp_path / "clips")
+        backbone = load_backbone(f"whisper:{request.getfixturevalue('tiny_whisper_asr')}", decoder=True)
+        inputs = data.items
+    declared = strategy.tasks is not None and task in strategy.tasks
     if not (strategy.generative and strategy.tasks is None) and not declared:
-        with pytest.raises(ConfigError, match="text-generation"):
+        with pytest.raises(ConfigError, match=task):
             strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
         return
     model, _ = strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
@@ -152,7 +160,7 @@ def _check_generation(strategy, tiny_llama, tmp_path) -> None:
     out = predict_outputs(model, data)
     assert out.shape == (2,) and all(isinstance(t, str) for t in out)
     save_bundle(model, tmp_path / "b", {"strategy": {"name": strategy.name}})
-    assert load(tmp_path / "b").predict([{"prompt": "Colour of the sky?"}, "Colour of grass?"]) == list(out)
+    assert load(tmp_path / "b").predict(inputs) == list(out)
 
 
 def _check_dense(strategy, task: str, tmp_path) -> None:
@@ -177,23 +185,6 @@ def _check_dense(strategy, task: str, tmp_path) -> None:
             np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-5)
         else:
             assert a.shape == (32, 32) and np.array_equal(a, b)
-def _check_speech(strategy, tiny_whisper_asr, tmp_path) -> None:
-    """Generative strategies train Whisper's decoder on transcripts; the others refuse, naming the task."""
-    from conftest import speech_pairs
-
-    data = speech_pairs(tmp_path / "clips")
-    backbone = load_backbone(f"whisper:{tiny_whisper_asr}", decoder=True)
-    declared = strategy.tasks is not None and "speech-recognition" in strategy.tasks
-    if not (strategy.generative and strategy.tasks is None) and not declared:
-        with pytest.raises(ConfigError, match="speech-recognition"):
-            strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
-        return
-    model, _ = strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
-    model.generation = {"max_new_tokens": 3}
-    out = predict_outputs(model, data)
-    assert out.shape == (2,) and all(isinstance(t, str) for t in out)
-    save_bundle(model, tmp_path / "b", {"strategy": {"name": strategy.name}})
-    assert load(tmp_path / "b").predict(data.items) == list(out)
 
 
 def test_unknown_strategy_suggests_the_close_name():

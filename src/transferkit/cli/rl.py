@@ -60,6 +60,11 @@ def _net_arch(text: str | None) -> dict:
         raise ConfigError(f"--net-arch must be comma-separated layer widths like 64,64. Got {text!r}.") from None
 
 
+def _given(**options) -> dict:
+    """The options given on the command line: the others keep the library's defaults."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _print_run(res, what: str) -> None:
     m = res.metrics
     ttt = m["time_to_threshold"] if m["time_to_threshold"] is not None else f"not reached in {m['final_step']}"
@@ -88,7 +93,7 @@ def train_command(
     eval_episodes: int = typer.Option(5, help="Episodes per evaluation."),
     threshold: Optional[float] = typer.Option(None, help="Return counted as solved (default: the environment's)."),
     out: Path = typer.Option(..., help="Bundle folder to write (refused if it exists, unless --overwrite)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Train a source policy on ENV (or a randomised family of variants) and save it as a bundle."""
     res = _rl().train(env, algo, steps=steps, seed=seed, hyperparameters=_hp(hp),
@@ -108,17 +113,18 @@ def transfer_command(
     steps: int = typer.Option(20_000, help="Target environment steps."),
     seed: int = typer.Option(0, help="Seed."),
     hp: Optional[list[str]] = typer.Option(None, "--hp", help=HP_HELP + " Overrides the source's."),
-    l2sp_weight: float = typer.Option(0.1, help="l2-sp: weight alpha of the pull toward the source weights."),
+    l2sp_weight: Optional[float] = typer.Option(None, help="l2-sp: weight alpha of the pull toward the source "
+                                                "weights (default: the l2sp regularizer's)."),
     eval_every: int = typer.Option(2_000, help="Evaluate every this many environment steps."),
     eval_episodes: int = typer.Option(5, help="Episodes per evaluation."),
     threshold: Optional[float] = typer.Option(None, help="Return counted as solved (default: the environment's)."),
     out: Path = typer.Option(..., help="Bundle folder to write (refused if it exists, unless --overwrite)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Adapt the SOURCE policy to the TARGET variant with a strategy; save the target policy as a bundle."""
     res = _rl().transfer(source, target, strategy, steps=steps, seed=seed, hyperparameters=_hp(hp),
-                         l2sp_weight=l2sp_weight, eval_every=eval_every, eval_episodes=eval_episodes,
-                         threshold=threshold, out=out, overwrite=overwrite)
+                         eval_every=eval_every, eval_episodes=eval_episodes, threshold=threshold, out=out,
+                         overwrite=overwrite, **_given(l2sp_weight=l2sp_weight))
     _print_run(res, f"{strategy} on {target}")
 
 
@@ -149,7 +155,7 @@ def evaluate_command(
 def export_command(
     bundle: Path = typer.Argument(..., help="Policy bundle."),
     out: Path = typer.Option(..., help="Folder for policy.onnx and export.json (refused if it exists)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     opset: int = typer.Option(17, help="ONNX opset."),
 ) -> None:
     """Export the policy network to ONNX (observation -> action) and check it against the policy."""
@@ -175,10 +181,10 @@ def compare_command(
     eval_episodes: int = typer.Option(5, help="Episodes per evaluation."),
     threshold: Optional[float] = typer.Option(None, help="Return counted as solved (default: the environment's)."),
     hp: Optional[list[str]] = typer.Option(None, "--hp", help=HP_HELP + " Applies to every run."),
-    l2sp_weight: float = typer.Option(0.1, help="l2-sp: weight alpha."),
+    l2sp_weight: Optional[float] = typer.Option(None, help="l2-sp: weight alpha (default: the l2sp regularizer's)."),
     out: Optional[Path] = typer.Option(None, help="Folder for runs.csv, summary.csv, verdicts.csv, curves and "
                                                   "report.md with the learning-curve plot."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
 ) -> None:
     """Run transfer strategies and scratch over seeds on each TARGET; print the transfer metrics and verdicts."""
     rl = _rl()
@@ -189,8 +195,7 @@ def compare_command(
         raise ConfigError("Name each source once: --source NAME=BUNDLE.")
     res = rl.compare_transfer(sources, target, parse_list(strategies), seeds=seeds, steps=steps,
                               eval_every=eval_every, eval_episodes=eval_episodes, threshold=threshold,
-                              hyperparameters=_hp(hp), l2sp_weight=l2sp_weight, out=out,
-                              overwrite=overwrite,
+                              hyperparameters=_hp(hp), out=out, overwrite=overwrite, **_given(l2sp_weight=l2sp_weight),
                               on_run=lambda r: console.print(f"  {r['experiment']} {r['strategy']} seed {r['seed']}: "
                                                              f"jumpstart {r['jumpstart']:.1f}, AUC {r['auc']:.1f} "
                                                              f"({r['seconds']:.0f} s)", highlight=False))

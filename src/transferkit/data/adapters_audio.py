@@ -13,13 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from transferkit.backbones.audio import AUDIO_EXTENSIONS, audio_info
+from transferkit.data.class_folders import class_dirs, read_class_folders
 from transferkit.data.dataset import TaskData
 from transferkit.errors import DataError
-
-
-def _class_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*")
-                  if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS and not f.name.startswith("."))
 
 
 def is_audio_folder(path: str | os.PathLike) -> bool:
@@ -29,7 +25,7 @@ def is_audio_folder(path: str | os.PathLike) -> bool:
     root = Path(path)
     if not root.is_dir():
         return False
-    suffixes = {f.suffix.lower() for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+    suffixes = {f.suffix.lower() for d in class_dirs(root)
                 for f in d.rglob("*") if f.is_file() and not f.name.startswith(".")}
     return bool(suffixes & set(AUDIO_EXTENSIONS)) and not suffixes & set(IMAGE_EXTENSIONS)
 
@@ -50,21 +46,10 @@ def from_audio_folder(path: str | os.PathLike) -> TaskData:
         DataError: the folder is missing or has no class folders, a class folder holds no audio
             (named), a file is not readable audio (named).
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"Audio folder not found: {root}" if not root.exists() else f"{root} is not a folder.")
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root} has no class sub-folders. Expected one folder per class, e.g. {root}/yes/1.wav.")
-    files = {d.name: _class_files(d) for d in classes}
-    empty = [str(d) for d in classes if not files[d.name]]
-    if empty:
-        raise DataError(f"Class folder(s) with no audio ({', '.join(AUDIO_EXTENSIONS)}): {', '.join(empty)}.")
-    items = [str(f) for d in classes for f in files[d.name]]
+    root, items, targets, label_names = read_class_folders(path, AUDIO_EXTENSIONS, kind="Audio", contents="audio",
+                                                           example="yes/1.wav")
     check_audio_files(items)
-    targets = np.concatenate([np.full(len(files[d.name]), k, dtype=np.int64) for k, d in enumerate(classes)])
-    return TaskData(items, targets, "audio", label_names=[d.name for d in classes], name=root.name,
-                    source=str(root.resolve()))
+    return TaskData(items, targets, "audio", label_names=label_names, name=root.name, source=str(root.resolve()))
 
 
 #: Column names taken as the transcript of a clip, in this order.

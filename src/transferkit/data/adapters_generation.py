@@ -33,6 +33,7 @@ from transferkit.backbones.causal_lm import CHAT_ROLES
 from transferkit.data.adapters_tables import read_table
 from transferkit.data.dataset import TaskData
 from transferkit.errors import DataError
+from transferkit.tasks.generation import check_prompt
 
 TASK = "text-generation"
 
@@ -85,15 +86,7 @@ def from_pairs(prompts: Sequence, completions: Sequence[str] | None, *, name: st
         DataError: an empty prompt or completion, named by ``locate(i)`` (default: ``row i + 1``).
     """
     locate = locate or (lambda i: f"{name}: row {i + 1}")
-    items = []
-    for i, p in enumerate(prompts):
-        if isinstance(p, dict) and "messages" in p:
-            items.append({"messages": p["messages"]})
-            continue
-        text = p.get("prompt") if isinstance(p, dict) else p
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{locate(i)}: empty or non-text prompt ({text!r:.60}).")
-        items.append({"prompt": text})
+    items = [check_prompt(p, locate(i)) for i, p in enumerate(prompts)]
     if completions is not None:
         for i, c in enumerate(completions):
             if not isinstance(c, str) or not c.strip():

@@ -3,19 +3,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-
+from transferkit.data.class_folders import read_class_folders
 from transferkit.data.dataset import TaskData
 from transferkit.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-
-
-def _class_images(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*")
-                  if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
 
 
 def _verify_images(paths: Sequence[str]) -> None:
@@ -48,19 +41,8 @@ def from_image_folder(path: str | os.PathLike, *, verify: bool = False) -> TaskD
         DataError: the folder is missing, has no class folders, a class
             folder holds no image (named), or (``verify``) an image is corrupt.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"Image folder not found: {root}" if not root.exists() else f"{root} is not a folder.")
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root} has no class sub-folders. Expected one folder per class, e.g. {root}/cat/1.jpg.")
-    files = {d.name: _class_images(d) for d in classes}
-    empty = [str(d) for d in classes if not files[d.name]]
-    if empty:
-        raise DataError(f"Class folder(s) with no images ({', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}.")
-    items = [str(f) for d in classes for f in files[d.name]]
-    targets = np.concatenate([np.full(len(files[d.name]), k, dtype=np.int64) for k, d in enumerate(classes)])
+    root, items, targets, label_names = read_class_folders(path, IMAGE_EXTENSIONS, kind="Image", contents="images",
+                                                           example="cat/1.jpg")
     if verify:
         _verify_images(items)
-    return TaskData(items, targets, "image", label_names=[d.name for d in classes], name=root.name,
-                    source=str(root.resolve()))
+    return TaskData(items, targets, "image", label_names=label_names, name=root.name, source=str(root.resolve()))

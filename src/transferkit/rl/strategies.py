@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError, unknown_name
+from transferkit.strategies.regularizers import L2SP
 
 STRATEGIES = ("finetune", "frozen-features", "l2-sp", "scratch")
-#: Default L2-SP weight alpha for policies (the supervised default, 0.1, is for a summed penalty next to a
+#: Default L2-SP weight alpha for policies: the supervised regularizer's own (set for a summed penalty next to a
 #: cross-entropy; a policy-gradient loss is about as large, so the same value is kept).
-L2SP_WEIGHT = 0.1
+L2SP_WEIGHT = L2SP.default_weight
 
 
 @dataclass
@@ -150,8 +151,6 @@ class PolicyView(nn.Module):
 
 
 def _l2sp_hooks(model, weight: float) -> list:
-    from transferkit.strategies.regularizers import L2SP
-
     names = {id(p): n for n, p in model.policy.named_parameters()}
     hooks = []
     for optimizer in _optimizers(model.policy):

@@ -55,17 +55,21 @@ def check_generation(settings: dict, where: str = "generation") -> dict:
     return {"max_new_tokens": n, "temperature": float(temperature), "stop": list(stop)}
 
 
-def _check_item(item: Any, where: str) -> dict:
-    if isinstance(item, str):
-        if not item.strip():
-            raise DataError(f"{where}: empty prompt.")
-        return {"prompt": item}
-    if isinstance(item, dict) and (isinstance(item.get("prompt"), str) or "messages" in item):
-        if isinstance(item.get("prompt"), str) and not item["prompt"].strip():
-            raise DataError(f"{where}: empty prompt.")
-        return {k: item[k] for k in ("prompt", "messages") if k in item}
-    raise DataError(f"{where}: a prompt must be a string or a dict with 'prompt' or 'messages'; "
-                    f"got {type(item).__name__} {item!r:.80}.")
+def check_prompt(item: Any, where: str) -> dict:
+    """One generation item as ``{"prompt": text}`` or ``{"messages": turns}`` (the turns are checked where they
+    are read: a file's chat records, the backbone's chat template).
+
+    Raises:
+        DataError: an empty or non-text prompt, or an item that is neither a string nor a dict with ``prompt``
+            or ``messages``, named by ``where``.
+    """
+    if isinstance(item, dict) and "messages" in item:
+        return {"messages": item["messages"]}
+    text = item.get("prompt") if isinstance(item, dict) else item
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: empty or non-text prompt ({item!r:.60}); a prompt is a non-empty string or a "
+                        f"dict with 'prompt' or 'messages'.")
+    return {"prompt": text}
 
 
 class TextGeneration(Task):
@@ -92,7 +96,7 @@ class TextGeneration(Task):
 
     def training_items(self, items: Sequence, targets: np.ndarray) -> list[dict]:
         """Each prompt with its completion: the model reads both (teacher forcing), the loss the completion."""
-        return [{**_check_item(it, f"item {i}"), "completion": str(t)}
+        return [{**check_prompt(it, f"item {i}"), "completion": str(t)}
                 for i, (it, t) in enumerate(zip(items, targets))]
 
     def collate_targets(self, targets: np.ndarray, inputs: Any) -> torch.Tensor:
@@ -149,7 +153,7 @@ class TextGeneration(Task):
 
     def prepare_items(self, items: Sequence) -> list[dict]:
         """Strings become ``{"prompt": ...}``; dicts with ``prompt`` or ``messages`` pass through."""
-        return [_check_item(it, f"item {i}") for i, it in enumerate(items)]
+        return [check_prompt(it, f"item {i}") for i, it in enumerate(items)]
 
     def decode(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None) -> list:
         return [str(t) for t in outputs]

@@ -304,16 +304,27 @@ def _candidates(specs: list[str], train: TaskData, opts: AutoOptions, backbone_o
 
 
 def _middle_layers(spec: str, backbone_options: dict) -> list[str]:
-    """``blockN`` at half and three quarters of the model's main stack (none for a layer spec or a flat model)."""
+    """``blockN`` at half and three quarters of the model's main stack (none for a layer spec or a flat model).
+
+    Only the architecture is needed to count the stack: it is built without weights on the meta device (no file
+    read, no memory, no initialisation); a source that cannot be built that way is loaded in full.
+    """
+    import torch
+
     from transferkit.backbones import load_backbone
     from transferkit.backbones.layers import layer_aliases, split_layer
 
     if split_layer(spec.partition(":")[2])[1] is not None:
         return []
+    options = {k: v for k, v in backbone_options.items() if v is not None}
     try:
-        bb = load_backbone(spec, **{k: v for k, v in backbone_options.items() if v is not None})
-    except Exception:  # a spec that does not load is named when its own candidates run
-        return []
+        with torch.device("meta"):
+            bb = load_backbone(spec, **{**options, "pretrained": False})
+    except Exception:  # a source that needs real tensors to be built (sentence: loads its weights, concat: sums widths)
+        try:
+            bb = load_backbone(spec, **options)
+        except Exception:  # a spec that does not load is named when its own candidates run
+            return []
     n = len(layer_aliases(bb))
     if n < 4:
         return []
