@@ -91,6 +91,9 @@ def check_manifest(path: Path, manifest) -> dict:
     for key, value in head.items():
         if key.endswith("_features") and not (_is_int(value) and value >= 1):
             raise _field(mf, f"head.{key}", value, "a positive int")
+    scale = head.get("input_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < float("inf")):
+        raise _field(mf, "head.input_scale", scale, "a positive finite number")
     if not isinstance(manifest.get("task"), str):
         raise _field(mf, "task", manifest.get("task"), "a task name (string)")
     labels = manifest.get("label_names")

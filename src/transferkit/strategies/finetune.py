@@ -20,6 +20,7 @@ the same options work on CNNs, vision transformers and BERT-style encoders.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -34,9 +35,10 @@ from transferkit.strategies import regularizers
 from transferkit.strategies.augment import (POLICIES, ImageAugment, mix_batch, random_shift_flip,  # noqa: F401
                                             resolve_policy, soft_target_cross_entropy)
 from transferkit.strategies.base import (StepContext, Strategy, StrategyConfig, TrainDefaults, TransferModel,
-                                         frozen_batchnorm_to_eval, register_strategy)
+                                         frozen_batchnorm_to_eval, is_normalized_head, register_strategy)
 from transferkit.strategies.head_init import HEAD_INITS, init_head_from_probe, wants_probe_head
 from transferkit.strategies.regularizers import REGULARIZERS
+from transferkit.tasks.heads import with_input_scale
 
 
 @dataclass
@@ -56,6 +58,10 @@ class FinetuneConfig(StrategyConfig):
     batchnorm: str = field(default="auto", metadata={
         "help": "BatchNorm statistics in training: frozen (keep the pre-trained ones), train (update from target "
                 "batches), auto (frozen for a pre-trained backbone, else train)"})
+    feature_scale: str = field(default="auto", metadata={
+        "help": "auto: a new linear head on a pre-trained backbone multiplies its features by a fixed number that "
+                "brings them to a root-mean-square of 1, measured on up to 64 training items (sentence encoders' "
+                "unit vectors, intermediate layers' large activations); none: raw features"})
     head_init: str = field(default="random", metadata={
         "help": "random (a new head), or probe: fit the head on the frozen features first (LP-FT)"})
     regularizer: str | None = field(default=None, metadata={
@@ -74,6 +80,7 @@ class FinetuneConfig(StrategyConfig):
         "cutmix": [Interval("number", 0, None)],
         "mix_prob": [Interval("number", 0, 1)],
         "batchnorm": [Options("auto", "frozen", "train")],
+        "feature_scale": [Options("auto", "none")],
         "head_init": [Options(*HEAD_INITS)],
     }
 
@@ -83,6 +90,33 @@ class FinetuneConfig(StrategyConfig):
         if self.freeze and self.train_only:
             raise ConfigError(f"{owner}: give 'freeze' or 'train_only', not both.")
         regularizers.validate_fields(owner, self.regularizer, self.regularizer_weight, self.regularizer_options)
+
+
+#: Items whose features set the head's input scale (``feature_scale=auto``): enough for a stable mean.
+SCALE_ITEMS = 64
+
+
+def feature_scale_of(backbone, data: TaskData, items: int = SCALE_ITEMS) -> float:
+    """The number that brings ``backbone``'s features of the first ``items`` training items (in eval mode) to a
+    root-mean-square of 1, rounded to 3 significant digits (1.0 where they are all zero or not finite).
+
+    A new head's learning rate is tuned for features near unit scale; a sentence encoder's unit vectors
+    (components near 0.05 for 384 dimensions) left a fine-tuned head learning only the class prior in the
+    schedule the loop gives, and an intermediate CNN block's activations (near 7) make it jump.
+    """
+    kind = data.task_spec.feature_kind
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            batch = backbone.preprocess([data.items[i] for i in range(min(items, len(data)))])
+            feats = backbone.features(batch, kind).float()
+    finally:
+        backbone.train(was_training)
+    rms = float(feats.pow(2).mean().sqrt()) if feats.numel() else 0.0
+    if not math.isfinite(rms) or rms <= 0:
+        return 1.0
+    return float(f"{1.0 / rms:.3g}")
 
 
 def recalibrate_batchnorm(model: TransferModel, data: TaskData, batch_size: int = 64) -> None:
@@ -149,6 +183,7 @@ class Finetune(Strategy):
     def prepare(self, backbone, data: TaskData) -> TransferModel:
         self._check_mixing(data)
         model = super().prepare(backbone, data)
+        self._scale_features(model, data)
         self.head_init_ = None
         if wants_probe_head(self.config.head_init, model, data):  # before any adapter or regularizer snapshot
             self.head_init_ = init_head_from_probe(model, data, seed=torch.initial_seed() % 2**31)
@@ -175,6 +210,14 @@ class Finetune(Strategy):
                 out.append({"params": params, "lr": lr * self.config.lr_decay ** (len(groups) - 1 - i), "name": f"group{i}"})
         head = [p for p in model.head.parameters() if p.requires_grad]
         return out + [{"params": head, "lr": head_lr, "name": "head"}]
+
+    def _scale_features(self, model: TransferModel, data: TaskData) -> None:
+        """``feature_scale=auto``: give a new linear head on a pre-trained backbone a fixed input scale."""
+        if (self.config.feature_scale != "auto" or self.kind == "scratch" or not model.backbone.pretrained
+                or getattr(model.head, "head_kind", None) != "linear" or is_normalized_head(model.head)
+                or not len(data)):
+            return
+        model.head = with_input_scale(model.head, feature_scale_of(model.backbone, data))
 
     def _check_mixing(self, data: TaskData) -> None:
         """Mixup/cutmix mix images and one-hot labels; named policies act on images only."""

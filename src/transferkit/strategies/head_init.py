@@ -28,6 +28,7 @@ from torch import nn
 
 from transferkit.data.dataset import TaskData
 from transferkit.strategies.base import TransferModel, is_normalized_head
+from transferkit.tasks.heads import head_input_scale
 from transferkit.tasks import get_task
 
 HEAD_INITS = ("random", "probe")
@@ -56,7 +57,7 @@ def init_head_from_probe(model: TransferModel, data: TaskData, *, seed: int = 0,
     from transferkit.strategies.linear_probe import fit_linear_head
 
     was_training = model.backbone.training
-    X = extract_features(model.backbone, data, batch_size=batch_size)
+    X = extract_features(model.backbone, data, batch_size=batch_size) * head_input_scale(model.head)
     model.backbone.train(was_training)
     fitted, info = fit_linear_head(data.task, X, data.targets, seed=seed)
     target = _last_linear(model.head)

@@ -73,17 +73,41 @@ class L2Normalize(nn.Module):
         return F.normalize(x, dim=-1)
 
 
-def linear_head(in_features: int, out_features: int, dropout: float = 0.0, normalize: bool = False) -> nn.Module:
-    """Optional dropout, optional L2 normalisation, then one linear layer.
+class FeatureScale(nn.Module):
+    """Multiply features by a fixed number (not trained; the manifest records it as the head's ``input_scale``).
+
+    Backbones give features on scales a thousand times apart (a sentence encoder's unit vectors have
+    components near 0.05, an intermediate CNN block's near 7), while a head's learning rate assumes one
+    scale: a fine-tuned head starts from features brought to a root-mean-square of 1 instead
+    (:func:`transferkit.strategies.finetune.feature_scale_of`).
+    """
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, x):
+        return x * self.scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:g}"
+
+
+def linear_head(in_features: int, out_features: int, dropout: float = 0.0, normalize: bool = False,
+                input_scale: float = 1.0) -> nn.Module:
+    """Optional dropout, optional L2 normalisation or a fixed input scale, then one linear layer.
 
     ``normalize=True`` makes logits ``W @ (x / |x|) + b``: with unit-length rows of ``W``
     (prototypes, label-description embeddings) scaled by a temperature, a cosine classifier.
     ``nn.Linear`` acts on the last axis, so the same head classifies pooled features
-    ``[B, D]`` and every token of a sequence ``[B, T, D]``.
+    ``[B, D]`` and every token of a sequence ``[B, T, D]``. ``input_scale`` multiplies the features
+    first (:class:`FeatureScale`).
     """
     layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
     if normalize:
         layers.append(L2Normalize())
+    elif input_scale != 1.0:
+        layers.append(FeatureScale(input_scale))
     layers.append(nn.Linear(in_features, out_features))
     head = nn.Sequential(*layers)
     head.head_kind = "linear"
@@ -95,24 +119,41 @@ def is_normalized_head(head: nn.Module) -> bool:
     return any(isinstance(m, L2Normalize) for m in head.modules())
 
 
+def head_input_scale(head: nn.Module) -> float:
+    """The fixed number a :func:`linear_head` multiplies its features by (1 without a :class:`FeatureScale`)."""
+    return next((m.scale for m in head.modules() if isinstance(m, FeatureScale)), 1.0)
+
+
+def with_input_scale(head: nn.Module, scale: float) -> nn.Module:
+    """The :func:`linear_head` ``head`` with a :class:`FeatureScale` of ``scale`` before its linear layer
+    (the same layer objects, so its initialisation is kept)."""
+    layers = [m for m in head if not isinstance(m, FeatureScale)]
+    out = nn.Sequential(*layers[:-1], *([FeatureScale(scale)] if scale != 1.0 else []), layers[-1])
+    out.head_kind = getattr(head, "head_kind", "linear")
+    return out
+
+
 def _describe_linear(head: nn.Module) -> dict:
     last = head[-1]
     dropout = next((float(m.p) for m in head if isinstance(m, nn.Dropout)), 0.0)
-    return {"in_features": last.in_features, "out_features": last.out_features, "dropout": dropout,
-            "normalize": is_normalized_head(head)}
+    out = {"in_features": last.in_features, "out_features": last.out_features, "dropout": dropout,
+           "normalize": is_normalized_head(head)}
+    scale = head_input_scale(head)
+    return {**out, "input_scale": scale} if scale != 1.0 else out
 
 
-def _build_linear(in_features: int, out_features: int, *, dropout: float = 0.0, normalize: bool = False) -> nn.Module:
-    return linear_head(in_features, out_features, dropout, normalize)
+def _build_linear(in_features: int, out_features: int, *, dropout: float = 0.0, normalize: bool = False,
+                  input_scale: float = 1.0) -> nn.Module:
+    return linear_head(in_features, out_features, dropout, normalize, input_scale)
 
 
 def _rebuild_linear(h: dict) -> nn.Module:
     return linear_head(int(h["in_features"]), int(h["out_features"]), float(h.get("dropout") or 0.0),
-                       bool(h.get("normalize")))
+                       bool(h.get("normalize")), float(h.get("input_scale", 1.0)))
 
 
 register_head("linear", _build_linear, _describe_linear, _rebuild_linear,
-              help="optional dropout and L2 normalisation, then nn.Linear (pooled or per-token features)")
+              help="optional dropout, L2 normalisation or a fixed input scale, then nn.Linear (pooled or per-token features)")
 
 
 class SourceOutput(nn.Identity):
