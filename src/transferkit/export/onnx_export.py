@@ -2,12 +2,14 @@
 
 ``export_bundle(bundle, out)`` writes::
 
-    out/model.onnx         preprocessed input -> logits; dynamic batch (and sequence) axes
+    out/model.onnx         preprocessed input -> logits (detection: boxes and scores before NMS); dynamic batch
+                           (and sequence) axes
     out/model.int8.onnx    quantize=True: onnxruntime's dynamic int8 quantisation
     out/model.pt           format="torchscript" instead of model.onnx
     out/preprocess.json    how raw items become the model's input (size, mean/std, layout; tokenizer)
     out/tokenizer/         text: the tokenizer files; the tokenizer stays outside the graph
-    out/labels.json        task, label names, and what turns logits into outputs
+    out/labels.json        task, label names, and what turns the graph's outputs into predictions (detection:
+                           the score threshold, top-k and NMS settings, run outside the graph)
     out/manifest.json      the bundle's manifest, copied
     out/export.json        format, exporter, opset, inputs and outputs, file sizes, parity with PyTorch
 
@@ -20,7 +22,8 @@ shapes. Opsets below 18, which it cannot write, and models that
 (``dynamo=False``), and ``export.json`` says which one ran.
 
 Every export is compared with the PyTorch model before it is moved into place
-(:func:`check_parity`); like :func:`~transferkit.export.bundle.save_bundle`, it
+(:func:`check_parity`; for detection also the boxes, labels and scores after NMS,
+:func:`check_prediction_parity`); like :func:`~transferkit.export.bundle.save_bundle`, it
 is written under the output's lock to a sibling ``OUT.partial-PID`` folder and
 renamed as the last step (:func:`~transferkit.export.output_lock.atomic_dir`),
 so a failure leaves nothing behind and a second writer is refused. onnx, onnxruntime and onnxscript (the
@@ -74,6 +77,7 @@ from transferkit.export.onnx_runtime import (
     OnnxPredictor,
     _require,
     check_parity,
+    check_prediction_parity,
     load_preprocess,
     logits_to_outputs,
     quantization_accuracy,
@@ -81,14 +85,14 @@ from transferkit.export.onnx_runtime import (
     sample_items,
 )
 from transferkit.strategies.base import TransferModel
-from transferkit.tasks import TASKS, describe_head, get_task
+from transferkit.tasks import TASKS, get_task
 
 __all__ = [
     "DYNAMO_MIN_OPSET", "EXPORT", "EXPORTABLE", "EXTERNAL_DATA_BYTES", "FORMATS", "IMAGE_INPUT", "LABELS",
     "MIN_OPSET", "OUTPUT", "PARITY_INPUTS", "PARITY_TOLERANCE", "PREPROCESS", "QUANTIZED", "QUANTIZED_OPS",
     "SAMPLE_TEXTS", "TEXT_INPUTS", "TOKENIZER_DIR", "TORCHSCRIPT_MAX_OPSET", "ExportError", "OnnxPredictor",
-    "check_exportable", "check_parity", "example_inputs", "export_bundle", "load_preprocess", "logits_to_outputs",
-    "quantization_accuracy", "read_export", "sample_items",
+    "check_exportable", "check_parity", "check_prediction_parity", "example_inputs", "export_bundle",
+    "load_preprocess", "logits_to_outputs", "quantization_accuracy", "read_export", "sample_items",
 ]
 
 PARITY_TOLERANCE = 1e-4
@@ -121,7 +125,8 @@ def export_bundle(bundle: str | Path, out: str | Path, *, format: str = "onnx", 
     Raises:
         BundleError: ``bundle`` is not a complete bundle, or ``out`` exists without ``overwrite``.
         ConfigError: a bad option, or a backbone that cannot be exported (TF-IDF).
-        ExportError: the exporter failed, or the parity check found a difference above 1e-4.
+        ExportError: the exporter failed, or the parity check found a difference above 1e-4 (for detection: or
+            other boxes, labels or scores after NMS).
     """
     _check_options(format, quantize, opset)
     if format == "onnx":
@@ -182,12 +187,14 @@ def check_exportable(manifest: dict) -> None:
 def _write_export(model: TransferModel, manifest: dict, bundle: Path, tmp: Path, format: str, quantize: bool,
                   opset: int | None) -> None:
     example = example_inputs(model.backbone.preprocess)
-    _write_sidecars(model, manifest, tmp, list(example))
+    _write_sidecars(model, manifest, tmp, example)
     path = tmp / FORMATS[format]
     _drop_source_heads(model)
     graph = (_ImageGraph(model) if list(example) == [IMAGE_INPUT] else _TextGraph(model)).eval()
+    outputs = [o["name"] for o in model.task_spec.export_outputs(model)]
     if format == "onnx":
-        exporter = _export_onnx(graph, example, path, opset, _weight_bytes(model), manifest["backbone"]["spec"])
+        exporter = _export_onnx(graph, example, path, opset, _weight_bytes(model), manifest["backbone"]["spec"],
+                                outputs)
         opset = _read_opset(path)
     else:
         exporter = _export_torchscript(graph, example, path)
@@ -203,6 +210,16 @@ def _write_export(model: TransferModel, manifest: dict, bundle: Path, tmp: Path,
             f"by up to {diff:.3g} (tolerance {PARITY_TOLERANCE:.0e}) on {PARITY_INPUTS} deterministic inputs at "
             f"batch sizes {PARITY_INPUTS} and 1. The exporter ({exporter}) mistranslated an operation or fixed a "
             "shape; nothing was written. Try the other format or another --opset.")
+    predictions = check_prediction_parity(tmp, model, tolerance=PARITY_TOLERANCE)
+    if predictions is not None:
+        info["parity"]["predictions"] = predictions
+        if not predictions["equal"]:
+            raise ExportError(
+                f"The {format} export of {info['backbone']} computes the graph's outputs within {diff:.3g} of PyTorch, "
+                f"but its {model.task} predictions after the postprocessing outside the graph differ: "
+                f"{predictions['summary']}. "
+                "Scores within float error of each other can change which boxes NMS keeps, as in an untrained "
+                "detector whose scores are all alike; nothing was written.")
     if quantize:
         _quantize(path, tmp / QUANTIZED, external=(tmp / f"{path.name}.data").exists())
         info["quantized"] = True
@@ -215,26 +232,34 @@ def _write_export(model: TransferModel, manifest: dict, bundle: Path, tmp: Path,
     _write_json(tmp / EXPORT, info)
 
 
-def _write_sidecars(model: TransferModel, manifest: dict, tmp: Path, names: list[str]) -> None:
+def _write_sidecars(model: TransferModel, manifest: dict, tmp: Path, example: dict[str, torch.Tensor]) -> None:
     """``preprocess.json`` (and ``tokenizer/``), ``labels.json`` and the manifest's copy."""
     preprocess = model.backbone.preprocess
-    _write_json(tmp / PREPROCESS, _preprocess_config(preprocess, names))
+    _write_json(tmp / PREPROCESS, _preprocess_config(preprocess, list(example)))
     if isinstance(preprocess, TextPreprocess):
         preprocess.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-    _write_json(tmp / LABELS, {"task": model.task, "label_names": model.label_names, "outputs": OUTPUT,
-                               "postprocess": model.task_spec.export_postprocess()})
+    task = model.task_spec
+    names = [o["name"] for o in task.export_outputs(model)]
+    labels = {"task": model.task, "label_names": model.label_names, "outputs": names[0] if len(names) == 1 else names,
+              "postprocess": task.export_postprocess()}
+    batch = example[IMAGE_INPUT] if list(example) == [IMAGE_INPUT] else dict(example)
+    options = task.export_postprocess_options(model, batch)
+    if options:
+        labels["postprocess_options"] = options
+    _write_json(tmp / LABELS, labels)
     _write_json(tmp / MANIFEST, manifest)
 
 
 class _ImageGraph(nn.Module):
-    """What is exported for images: ``pixel_values [batch, 3, H, W]`` -> logits (softmax stays outside)."""
+    """What is exported for images: ``pixel_values [batch, 3, H, W]`` -> logits (softmax stays outside), or what
+    the task's :meth:`~transferkit.tasks.Task.export_forward` returns (detection: boxes and scores before NMS)."""
 
     def __init__(self, model: TransferModel):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values)
+    def forward(self, pixel_values: torch.Tensor):
+        return self.model.task_spec.export_forward(self.model(pixel_values))
 
 
 class _TextGraph(nn.Module):
@@ -252,7 +277,7 @@ class _TextGraph(nn.Module):
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
-        return self.model(batch)
+        return self.model.task_spec.export_forward(self.model(batch))
 
 
 def example_inputs(preprocess: Preprocess) -> dict[str, torch.Tensor]:
@@ -272,11 +297,11 @@ def example_inputs(preprocess: Preprocess) -> dict[str, torch.Tensor]:
 
 
 def _export_onnx(graph: nn.Module, example: dict, path: Path, opset: int | None, weight_bytes: int,
-                 spec: str) -> str:
+                 spec: str, outputs: list[str]) -> str:
     """Export with torch.export (opset >= 18), else the TorchScript-based exporter; return which ran."""
     names, args = list(example), tuple(example.values())
     axes = {n: {0: "batch"} if n == IMAGE_INPUT else {0: "batch", 1: "sequence"} for n in names}
-    common = {"input_names": names, "output_names": [OUTPUT], "opset_version": opset, "verbose": False}
+    common = {"input_names": names, "output_names": outputs, "opset_version": opset, "verbose": False}
     reason = f"opset {opset} < {DYNAMO_MIN_OPSET}"
     if opset is None or opset >= DYNAMO_MIN_OPSET:
         try:
@@ -298,8 +323,8 @@ def _export_onnx(graph: nn.Module, example: dict, path: Path, opset: int | None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter": chosen on purpose here
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the parity check runs other shapes
-            torch.onnx.export(graph, args, str(path), dynamo=False, dynamic_axes={**axes, OUTPUT: {0: "batch"}},
-                              **common)
+            torch.onnx.export(graph, args, str(path), dynamo=False,
+                              dynamic_axes={**axes, **{o: {0: "batch"} for o in outputs}}, **common)
     except Exception as exc:
         raise ExportError(f"Neither ONNX exporter could export {spec} ({reason}; TorchScript-based: "
                           f"{type(exc).__name__}: {exc}).") from exc
@@ -382,17 +407,9 @@ def _export_info(model: TransferModel, manifest: dict, bundle: Path, format: str
                "dtype": str(t.dtype).removeprefix("torch.")} for n, t in example.items()]
     versions = library_versions(("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "timm"))
     return {"format": format, "file": FORMATS[format], "exporter": exporter, "opset": opset, "inputs": inputs,
-            "outputs": [{"name": OUTPUT, "shape": _output_shape(model), "dtype": "float32",
-                         "meaning": f"logits; outputs = {model.task_spec.export_postprocess()}(logits) "
-                                    f"({model.task}, see labels.json)"}],
+            "outputs": model.task_spec.export_outputs(model),
             "quantized": False, "backbone": manifest["backbone"]["spec"], "task": model.task,
             "bundle": str(bundle.resolve()), "versions": versions}
-
-
-def _output_shape(model: TransferModel) -> list:
-    """The logits' shape: ``[batch, outputs]``, or ``[batch, classes, height, width]`` on a feature pyramid."""
-    width = describe_head(model.head).get("out_features")
-    return ["batch", width, "height", "width"] if model.task_spec.feature_kind == "pyramid" else ["batch", width]
 
 
 def _write_json(path: Path, obj: dict) -> None:

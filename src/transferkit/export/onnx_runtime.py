@@ -5,8 +5,10 @@ what reads it:
 
 * :func:`read_export` and :func:`load_preprocess`: ``export.json`` and the
   library's own preprocessing rebuilt from ``preprocess.json``, offline.
-* :func:`check_parity`: the exported model's logits against the PyTorch
-  model's, on deterministic inputs (:func:`sample_items`).
+* :func:`check_parity`: the exported model's outputs (logits) against the PyTorch
+  model's, on deterministic inputs (:func:`sample_items`); :func:`check_prediction_parity`:
+  the final predictions of both paths, for a task whose graph stops before a data-dependent
+  selection (detection: thresholding and NMS run outside the graph).
 * :class:`OnnxPredictor`: an ONNX export run by onnxruntime, with the
   interface of :class:`~transferkit.export.bundle.Predictor`.
 * :func:`quantization_accuracy`: what int8 quantisation costs on labelled data.
@@ -33,6 +35,7 @@ from transferkit.backbones.base import ImagePreprocess, Preprocess, TextPreproce
 from transferkit.errors import BundleError, ConfigError
 from transferkit.export.bundle import MANIFEST, outputs_to_predictions, rebuild_model
 from transferkit.strategies.base import TransferModel
+from transferkit.tasks import get_task
 
 #: Format -> model file name.
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -111,12 +114,13 @@ def load_preprocess(export_dir: str | Path) -> Preprocess:
 
 def check_parity(export_dir: str | Path, model: TransferModel | None = None, n: int = PARITY_INPUTS, *,
                  file: str | None = None) -> float:
-    """Max abs difference between the exported model's logits and the PyTorch model's.
+    """Max abs difference between the exported model's outputs (logits) and the PyTorch model's.
 
     The ``n`` inputs are deterministic raw items (random images at the input
     size, texts of different lengths) through the export's own preprocessing,
     run as one batch of ``n`` and as a batch of 1, so a batch size or sequence
-    length fixed into the graph shows up as a difference.
+    length fixed into the graph shows up as a difference. A graph with several
+    outputs (detection: boxes and scores) is compared on all of them.
 
     Args:
         export_dir: a directory written by :func:`export_bundle`.
@@ -125,8 +129,39 @@ def check_parity(export_dir: str | Path, model: TransferModel | None = None, n: 
         file: the model file to check (default the export's own; ``"model.int8.onnx"``).
 
     Returns:
-        The max abs difference over all logits.
+        The max abs difference over all outputs.
     """
+    diffs = [0.0]
+    for expected, got, _ in _both_paths(export_dir, model, n, file, predictions=False):
+        diffs += [float(np.abs(g - e).max(initial=0.0)) for e, g in zip(expected, got)]
+    return float(np.max(diffs))  # NaN stays NaN
+
+
+def check_prediction_parity(export_dir: str | Path, model: TransferModel | None = None, n: int = PARITY_INPUTS, *,
+                            file: str | None = None, tolerance: float = 1e-4) -> dict | None:
+    """The final predictions of the export (graph, then the task's postprocessing outside it) against PyTorch's.
+
+    For tasks whose graph stops before a data-dependent selection
+    (:attr:`~transferkit.tasks.Task.export_compares_predictions`: detection, whose thresholding and NMS run
+    outside the graph); ``None`` for the others, whose predictions follow from the outputs
+    :func:`check_parity` compares. Inputs and batches as in :func:`check_parity`.
+
+    Returns:
+        The task's summary (:meth:`~transferkit.tasks.Task.compare_outputs`, with ``equal``) over both batches.
+    """
+    export_dir = Path(export_dir)
+    task = get_task(read_export(export_dir)["task"])
+    if not task.export_compares_predictions:
+        return None
+    pairs = [(e, g) for _, _, (e, g) in _both_paths(export_dir, model, n, file, predictions=True)]
+    expected = task.concat([e for e, _ in pairs], 0)
+    actual = task.concat([g for _, g in pairs], 0)
+    return {**task.compare_outputs(expected, actual, tolerance), "tolerance": tolerance}
+
+
+def _both_paths(export_dir: str | Path, model: TransferModel | None, n: int, file: str | None, predictions: bool):
+    """Per batch (``n`` sample items, then the first alone): the graph's outputs from PyTorch and from the export,
+    and with ``predictions`` the task's final outputs of both paths."""
     export_dir = Path(export_dir)
     info = read_export(export_dir)
     if model is None:
@@ -135,11 +170,13 @@ def check_parity(export_dir: str | Path, model: TransferModel | None = None, n: 
                               "is gone; pass model= (transferkit.export.bundle.rebuild_model(BUNDLE)).")
         model = rebuild_model(info["bundle"])
     run = _runner(export_dir / (file or info["file"]), info)
-    names = [i["name"] for i in info["inputs"]]
+    names, outputs = [i["name"] for i in info["inputs"]], output_names(info)
+    options = _read_json(export_dir / LABELS).get("postprocess_options") or {}
     preprocess = load_preprocess(export_dir)
+    task = model.task_spec
     items = sample_items(preprocess, n)
     device = next(model.parameters()).device
-    was_training, diff = model.training, 0.0
+    was_training = model.training
     model.eval()
     try:
         for batch in (items, items[:1]):
@@ -147,29 +184,50 @@ def check_parity(export_dir: str | Path, model: TransferModel | None = None, n: 
             with torch.no_grad():
                 on_device = ({k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict)
                              else inputs.to(device))
-                expected = model(on_device).float().cpu().numpy()
-            diff = max(diff, float(np.abs(run(_feed(inputs, names)) - expected).max()))
+                raw = model(on_device)
+                expected = [t.float().cpu().numpy() for t in _as_tuple(task.export_forward(raw))]
+                got = run(_feed(inputs, names))
+                final = ((task.postprocess(raw, on_device),
+                          task.apply_export_postprocess(graph_outputs(got, outputs), inputs, options))
+                         if predictions else None)
+            yield expected, got, final
     finally:
         model.train(was_training)
-    return diff
 
 
-def _runner(path: Path, info: dict) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """A function from named numpy inputs to logits, for an ONNX file or a TorchScript module."""
+def _as_tuple(outputs) -> tuple:
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+
+def output_names(info: dict) -> list[str]:
+    """The graph's output names from ``export.json``, in order."""
+    return [o["name"] for o in info.get("outputs") or [{"name": OUTPUT}]]
+
+
+def graph_outputs(arrays: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
+    """What :meth:`~transferkit.tasks.Task.apply_export_postprocess` takes: the one output (logits), or
+    ``{name: array}`` for a graph with several."""
+    return arrays[0] if len(names) == 1 else dict(zip(names, arrays))
+
+
+def _runner(path: Path, info: dict) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """A function from named numpy inputs to the graph's outputs (in order), for an ONNX file or a TorchScript
+    module."""
+    outputs = output_names(info)
     if info["format"] == "onnx":
         ort = _require("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        return lambda feed: session.run([OUTPUT], feed)[0]
+        return lambda feed: session.run(outputs, feed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*deprecated")
         module = torch.jit.load(str(path), map_location="cpu")
     names = [i["name"] for i in info["inputs"]]
 
-    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
-            return module(*(torch.from_numpy(feed[n]) for n in names)).numpy()
+            return [t.numpy() for t in _as_tuple(module(*(torch.from_numpy(feed[n]) for n in names)))]
 
     return run
 
@@ -184,12 +242,12 @@ def _feed(inputs: torch.Tensor | dict[str, torch.Tensor], names: Sequence[str]) 
     return {n: inputs[n].detach().cpu().numpy().astype(np.int64, copy=False) for n in names}
 
 
-def logits_to_outputs(logits: np.ndarray, task: str, inputs=None) -> np.ndarray:
-    """The task's postprocessing of an exported graph's logits (``inputs``: the preprocessed batch), as
+def logits_to_outputs(logits: np.ndarray | dict[str, np.ndarray], task: str, inputs=None,
+                      options: dict | None = None) -> np.ndarray:
+    """The task's postprocessing of an exported graph's logits (``{name: array}`` for a graph with several outputs;
+    ``inputs``: the preprocessed batch; ``options``: ``labels.json``'s ``postprocess_options``), as
     ``TransferModel`` does it."""
-    from transferkit.tasks import get_task
-
-    return get_task(task).apply_export_postprocess(logits, inputs)
+    return get_task(task).apply_export_postprocess(logits, inputs, options)
 
 
 class OnnxPredictor:
@@ -231,22 +289,25 @@ class OnnxPredictor:
         self.manifest = _read_json(self.path / MANIFEST)
         labels = _read_json(self.path / LABELS)
         self.label_names, self.task = labels.get("label_names"), labels["task"]
+        self.postprocess_options = labels.get("postprocess_options") or {}
+        self.output_names = output_names(self.export)
         self.preprocess = load_preprocess(self.path)
         self.session = ort.InferenceSession(str(file), sess_options=session_options,
                                             providers=list(providers or ["CPUExecutionProvider"]))
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def outputs(self, items: Sequence, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities [N, C] (classification, multi-label) or values [N] (regression)."""
+        """Class probabilities [N, C] (classification, multi-label), values [N] (regression), or what the task's
+        postprocessing gives (detection: boxes, scores and labels per image, after NMS run outside the graph)."""
         from transferkit.data.batches import run_batches
-        from transferkit.tasks import get_task
 
         task = get_task(self.task)
         items = task.prepare_items(items if isinstance(items, np.ndarray) else list(items))
-        run = lambda batch: self.session.run([OUTPUT], _feed(batch, self.input_names))[0]  # noqa: E731
+        run = lambda batch: graph_outputs(  # noqa: E731
+            self.session.run(self.output_names, _feed(batch, self.input_names)), self.output_names)
         load = lambda idx: self.preprocess(items[idx[0]:idx[-1] + 1])  # noqa: E731
-        parts = [task.apply_export_postprocess(logits, inputs) for _, inputs, logits in run_batches(
-            run, load, len(items), batch_size=batch_size, device="cpu")]
+        parts = [task.apply_export_postprocess(out, inputs, self.postprocess_options) for _, inputs, out in
+                 run_batches(run, load, len(items), batch_size=batch_size, device="cpu")]
         return task.concat(parts, len(self.label_names or []))
 
     predict_proba = outputs
@@ -275,7 +336,6 @@ def quantization_accuracy(export_dir: str | Path, data, *, max_items: int | None
     """
     from transferkit.data import align_to_label_names, resolve_data, subsample
     from transferkit.errors import DataError
-    from transferkit.tasks import get_task
 
     path = Path(export_dir)
     if not (path / QUANTIZED).is_file():

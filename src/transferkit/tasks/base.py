@@ -19,8 +19,9 @@ it instead of branching on its name:
   :meth:`Task.records` what ``serve`` answers;
 * evaluation: :meth:`Task.metrics`, :attr:`Task.primary_metric` (its direction
   from :func:`transferkit.evaluation.metrics.higher_is_better`);
-* shipping: :meth:`Task.export_postprocess` names the graph's last operation,
-  :meth:`Task.pipeline_tag` the Hugging Face Hub tag.
+* shipping: :meth:`Task.export_forward` and :meth:`Task.export_outputs` say what an exported graph
+  returns, :meth:`Task.export_postprocess` names what its consumer applies next and
+  :meth:`Task.apply_export_postprocess` applies it; :meth:`Task.pipeline_tag` gives the Hugging Face Hub tag.
 
 Capabilities are declared, not tested by name: :attr:`Task.single_label` (one
 class per item: stratified splits, labels per class, confusion matrices),
@@ -196,13 +197,45 @@ class Task:
         return None
 
     # -- shipping --------------------------------------------------------------
+    #: The exported graph stops before a data-dependent selection (detection's NMS): an export's parity check
+    #: then also compares the final predictions of both paths (:meth:`compare_outputs`).
+    export_compares_predictions: ClassVar[bool] = False
+
     def export_postprocess(self) -> str:
         """The operation the exported graph's consumer applies to the logits: softmax, sigmoid, identity."""
         return "identity"
 
-    def apply_export_postprocess(self, logits: np.ndarray, inputs: Any = None) -> np.ndarray:
-        """:meth:`postprocess` on numpy logits of an exported graph (``inputs``: the preprocessed batch)."""
-        return self.postprocess(torch.from_numpy(np.asarray(logits, dtype=np.float32)), inputs)
+    def export_forward(self, outputs: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """What an exported graph returns for the model's raw outputs (the model's outputs by default: logits)."""
+        return outputs
+
+    def export_outputs(self, model: nn.Module) -> list[dict]:
+        """The exported graph's outputs in order, as ``export.json`` lists them: ``name``, ``shape``, ``dtype``,
+        ``meaning``. By default one ``logits`` output, ``[batch, outputs]`` (``[batch, classes, height, width]``
+        on a feature pyramid)."""
+        from transferkit.tasks.heads import describe_head
+
+        width = describe_head(model.head).get("out_features")
+        shape = ["batch", width, "height", "width"] if self.feature_kind == "pyramid" else ["batch", width]
+        return [{"name": "logits", "shape": shape, "dtype": "float32",
+                 "meaning": f"logits; outputs = {self.export_postprocess()}(logits) ({self.name}, see labels.json)"}]
+
+    def export_postprocess_options(self, model: nn.Module, inputs: Any) -> dict:
+        """Settings :meth:`apply_export_postprocess` needs beside the graph's outputs (none by default), written to
+        ``labels.json``; ``inputs`` is an example batch of the model's input."""
+        return {}
+
+    def apply_export_postprocess(self, outputs: Any, inputs: Any = None, options: dict | None = None) -> np.ndarray:
+        """:meth:`postprocess` on an exported graph's numpy outputs: the logits, or ``{name: array}`` when the
+        graph has several outputs (``inputs``: the preprocessed batch; ``options``: from
+        :meth:`export_postprocess_options`)."""
+        return self.postprocess(torch.from_numpy(np.asarray(outputs, dtype=np.float32)), inputs)
+
+    def compare_outputs(self, expected: np.ndarray, actual: np.ndarray, tolerance: float) -> dict:
+        """How far an export's final predictions are from PyTorch's (tasks with
+        :attr:`export_compares_predictions`): a dict with ``equal`` (within ``tolerance``) and ``summary`` (a line
+        for people), and what the task measured."""
+        raise NotImplementedError
 
     def pipeline_tag(self, modality: str) -> str | None:
         return self.pipeline_tags.get(modality)

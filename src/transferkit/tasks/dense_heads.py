@@ -10,7 +10,8 @@ levels. The only glue written here is :class:`PyramidNeck`, which plays the part
   generator (one point per location), loss (``FCOS.compute_loss``: centre sampling, focal loss, GIoU)
   and post-processing (``FCOS.postprocess_detections``: score threshold, top-k, batched NMS). FCOS is
   the default over RetinaNet: one location instead of nine anchors per position, so its head costs
-  a ninth on CPU at the same width.
+  a ninth on CPU at the same width. An exported detector stops at :meth:`DetectionOutputs.decoded`
+  (every location's box and scores); :func:`select_detections` is the same selection outside a graph.
 * ``fpn-seg``: the semantic-segmentation branch of Panoptic FPN (Kirillov et al., CVPR 2019,
   https://arxiv.org/abs/1901.02446): each FPN level is upsampled to the finest kept level, summed,
   then a 3x3 conv and a 1x1 classifier; logits are upsampled to the input size.
@@ -77,23 +78,29 @@ class DetectionOutputs:
 
     Training and prediction stay explicit (not torchvision's mode-dependent return): :meth:`loss` is the
     detector's loss against targets, :meth:`detections` its post-processed boxes, both from the same
-    forward pass.
+    forward pass; :meth:`decoded` is what an exported graph returns (boxes and scores before NMS).
 
     Attributes:
         head_outputs: ``cls_logits [B, L, C]``, ``bbox_regression [B, L, 4]``, ``bbox_ctrness [B, L, 1]``
             over the ``L`` locations of all levels.
-        anchors: per image, the ``[L, 4]`` anchor boxes (one per location, as large as its stride).
+        location_anchors: the ``[L, 4]`` anchor boxes (one per location, as large as its stride), the same
+            for every image of the batch (they depend on the input size only).
         num_anchors_per_level: locations per level (to split ``L``).
         image_size: ``(H, W)`` of the model input the boxes are in.
     """
 
-    def __init__(self, head: "FCOSHead", head_outputs: dict, anchors: list, num_anchors_per_level: list[int],
-                 image_size: tuple[int, int]):
-        self.head, self.head_outputs, self.anchors = head, head_outputs, anchors
+    def __init__(self, head: "FCOSHead", head_outputs: dict, location_anchors: torch.Tensor,
+                 num_anchors_per_level: list[int], image_size: tuple[int, int]):
+        self.head, self.head_outputs, self.location_anchors = head, head_outputs, location_anchors
         self.num_anchors_per_level, self.image_size = num_anchors_per_level, image_size
 
     def __len__(self) -> int:
-        return len(self.anchors)
+        return len(self.head_outputs["cls_logits"])
+
+    @property
+    def anchors(self) -> list[torch.Tensor]:
+        """Per image, the ``[L, 4]`` anchors, as torchvision's FCOS loss and post-processing take them."""
+        return [self.location_anchors] * len(self)
 
     def loss(self, targets: list[dict]) -> torch.Tensor:
         """FCOS's loss (focal classification + GIoU box regression + centre-ness BCE) against ``targets``:
@@ -109,7 +116,63 @@ class DetectionOutputs:
         n = self.num_anchors_per_level
         split = {k: list(v.float().split(n, dim=1)) for k, v in self.head_outputs.items()}
         anchors = [list(a.split(n)) for a in self.anchors]
-        return self.head.detector.postprocess_detections(split, anchors, [self.image_size] * len(self.anchors))
+        return self.head.detector.postprocess_detections(split, anchors, [self.image_size] * len(self))
+
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every location's box and class scores before thresholding and NMS: ``boxes [B, L, 4]`` (xyxy in input
+        pixels, clipped to the input) and ``scores [B, L, C]`` (``sqrt(sigmoid(class) * sigmoid(centre-ness))``).
+
+        The same arithmetic as torchvision's ``FCOS.postprocess_detections`` on every location instead of the
+        selected ones; :func:`select_detections` does the rest (what an exported graph leaves outside).
+        """
+        from torchvision.ops import clip_boxes_to_image
+
+        out = {k: v.float() for k, v in self.head_outputs.items()}
+        boxes = self.head.detector.box_coder.decode(out["bbox_regression"], self.location_anchors)
+        scores = torch.sqrt(torch.sigmoid(out["cls_logits"]) * torch.sigmoid(out["bbox_ctrness"]))
+        return clip_boxes_to_image(boxes, self.image_size), scores
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, locations_per_level: Sequence[int], *,
+                      score_thresh: float, topk_candidates: int, nms_thresh: float,
+                      detections_per_img: int) -> list[dict[str, torch.Tensor]]:
+    """torchvision FCOS's selection on decoded boxes and scores (:meth:`DetectionOutputs.decoded`).
+
+    Per image and per level: the (location, class) pairs scoring above ``score_thresh``, the best
+    ``topk_candidates`` of them; then class-wise NMS over all levels (``torchvision.ops.batched_nms``:
+    a box overlapping a better one of its class by IoU > ``nms_thresh`` goes) and the best
+    ``detections_per_img``: the steps of ``FCOS.postprocess_detections`` in its order, so on the same
+    decoded outputs it keeps the same boxes and labels (scores can differ by float rounding: sigmoid runs
+    over other shapes there).
+
+    Args:
+        boxes: ``[B, L, 4]`` xyxy boxes; scores: ``[B, L, C]``; locations_per_level: splits ``L``, finest first.
+
+    Returns:
+        Per image ``{"boxes": [k, 4], "scores": [k], "labels": [k]}``, best first.
+    """
+    from torchvision.ops import batched_nms
+
+    levels = [int(n) for n in locations_per_level]
+    if sum(levels) != boxes.shape[1] or scores.shape[:2] != boxes.shape[:2]:
+        raise ValueError(f"boxes {tuple(boxes.shape)} and scores {tuple(scores.shape)} do not have the "
+                         f"{sum(levels)} locations of the levels {levels}")
+    out = []
+    for image_boxes, image_scores in zip(boxes, scores):
+        num_classes = image_scores.shape[-1]
+        picked_boxes, picked_scores, picked_labels = [], [], []
+        for level_boxes, level_scores in zip(image_boxes.split(levels), image_scores.split(levels)):
+            flat = level_scores.flatten()
+            keep = flat > score_thresh
+            top, order = flat[keep].topk(min(int(topk_candidates), int(keep.sum())))
+            idx = torch.where(keep)[0][order]
+            picked_boxes.append(level_boxes[torch.div(idx, num_classes, rounding_mode="floor")])
+            picked_scores.append(top)
+            picked_labels.append(idx % num_classes)
+        b, s, labels = torch.cat(picked_boxes), torch.cat(picked_scores), torch.cat(picked_labels)
+        kept = batched_nms(b, s, labels, nms_thresh)[:detections_per_img]
+        out.append({"boxes": b[kept], "scores": s[kept], "labels": labels[kept]})
+    return out
 
 
 class FCOSHead(nn.Module):
@@ -153,9 +216,10 @@ class FCOSHead(nn.Module):
         size = (int(first.shape[-2]) * self.input_stride, int(first.shape[-1]) * self.input_stride)
         features = self.neck(pyramid)
         head_outputs = self.detector.head(features)
-        # the anchor generator reads only the images' shape: a zero-stride view costs no memory
-        images = ImageList(first.new_zeros(()).expand(len(first), 3, *size), [size] * len(first))
-        anchors = self.detector.anchor_generator(images, features)
+        # anchors depend on the input size only: made for one image (the anchor generator reads only its
+        # shape, and a zero-stride view costs no memory), so the batch size stays symbolic in an export
+        image = ImageList(first.new_zeros(()).expand(1, 3, *size), [size])
+        anchors = self.detector.anchor_generator(image, features)[0]
         return DetectionOutputs(self, head_outputs, anchors, [f.shape[-2] * f.shape[-1] for f in features], size)
 
 

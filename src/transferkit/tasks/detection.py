@@ -123,6 +123,16 @@ def _object_array(rows: list) -> np.ndarray:
     return out
 
 
+def _rows(detections: list[dict], image_size: tuple[int, int]) -> np.ndarray:
+    """Detections in input pixels -> per image ``boxes`` as fractions of the input (clamped to it), ``scores``,
+    ``labels``."""
+    h, w = image_size
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    return _object_array([{"boxes": (d["boxes"].float().cpu() / scale).clamp(0, 1).numpy(),
+                           "scores": d["scores"].float().cpu().numpy(),
+                           "labels": d["labels"].long().cpu().numpy()} for d in detections])
+
+
 class Detection(Task):
     """Boxes and classes of objects per image: torchvision FCOS on a feature pyramid, COCO mAP@.5."""
 
@@ -133,10 +143,7 @@ class Detection(Task):
     target_kind = "boxes"
     spatial_targets = True
     pipeline_tags = {"image": "object-detection"}
-    exportable = False
-    export_note = ("the detector's output is boxes after FCOS decoding and non-maximum suppression, which is not "
-                   "a fixed-shape tensor graph (exporting the raw head outputs, with decoding and NMS outside, is "
-                   "not written).")
+    export_compares_predictions = True
     metric_names = ("map_50", "map", "map_75", "mar_100", "ap_<class>")
 
     # -- targets ---------------------------------------------------------------
@@ -197,11 +204,7 @@ class Detection(Task):
     # -- outputs ---------------------------------------------------------------
     def postprocess(self, outputs: Any, inputs: Any = None) -> np.ndarray:
         """Per image: ``boxes`` ``[k, 4]`` as fractions of the image's width and height, ``scores``, ``labels``."""
-        h, w = outputs.image_size
-        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-        return _object_array([{"boxes": (d["boxes"].float().cpu() / scale).clamp(0, 1).numpy(),
-                               "scores": d["scores"].float().cpu().numpy(),
-                               "labels": d["labels"].long().cpu().numpy()} for d in outputs.detections()])
+        return _rows(outputs.detections(), outputs.image_size)
 
     def concat(self, parts: list[np.ndarray], num_outputs: int) -> np.ndarray:
         return _object_array([row for part in parts for row in part])
@@ -260,3 +263,90 @@ class Detection(Task):
             if ap >= 0:
                 out[f"ap_{names[c] if c < len(names) else c}"] = float(ap)
         return out
+
+    # -- shipping --------------------------------------------------------------
+    # The exported graph stops at every location's decoded box and class scores: torchvision's selection
+    # (score threshold, top-k per level, batched NMS) has data-dependent shapes that torch.export cannot
+    # capture, and the TorchScript-based exporter unrolls its loop over images (fixing the batch size), so it
+    # runs outside the graph (select_detections), with torchvision's own batched_nms.
+    def export_postprocess(self) -> str:
+        """``fcos-nms``: score threshold, top-k per level and class-wise NMS, outside the graph."""
+        return "fcos-nms"
+
+    def export_forward(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``boxes [B, L, 4]`` as fractions of the input and ``scores [B, L, C]``, before thresholding and NMS
+        (``DetectionOutputs.decoded``). Fractions keep the parity check's absolute tolerance meaningful at any input
+        size (in pixels, float error grows with the coarsest stride), and IoU, hence NMS, does not change."""
+        boxes, scores = outputs.decoded()
+        h, w = outputs.image_size
+        return boxes / boxes.new_tensor([w, h, w, h]), scores
+
+    def export_outputs(self, model: torch.nn.Module) -> list[dict]:
+        """``boxes [batch, locations, 4]`` and ``scores [batch, locations, classes]``."""
+        classes = len(model.label_names or []) or model.head.num_classes
+        return [{"name": "boxes", "shape": ["batch", "locations", 4], "dtype": "float32",
+                 "meaning": "every location's box, x1, y1, x2, y2 as fractions of the input's width and height "
+                            "(clipped to 0..1), before thresholding and NMS; locations = sum(locations_per_level) "
+                            "in labels.json"},
+                {"name": "scores", "shape": ["batch", "locations", classes], "dtype": "float32",
+                 "meaning": "every location's score per class, sqrt(sigmoid(class logit) * sigmoid(centre-ness)); "
+                            "detections = fcos-nms(boxes, scores) with labels.json's postprocess_options"}]
+
+    def export_postprocess_options(self, model: torch.nn.Module, inputs: Any) -> dict:
+        """The detector's own selection settings, the locations per pyramid level and the input size."""
+        with torch.no_grad():
+            raw = model(inputs)
+        detector = raw.head.detector
+        return {"score_thresh": float(detector.score_thresh), "topk_candidates": int(detector.topk_candidates),
+                "nms_thresh": float(detector.nms_thresh), "detections_per_img": int(detector.detections_per_img),
+                "locations_per_level": [int(n) for n in raw.num_anchors_per_level],
+                "input_size": [int(v) for v in raw.image_size],
+                "steps": "per image and per level (locations_per_level splits the locations, finest level first): "
+                         "the (location, class) pairs scoring above score_thresh, the best topk_candidates of them; "
+                         "then over all levels class-wise NMS (torchvision.ops.batched_nms, IoU > nms_thresh "
+                         "suppressed) and the best detections_per_img. Boxes are fractions of the input: multiply "
+                         "by the image's own width and height."}
+
+    def apply_export_postprocess(self, outputs: Any, inputs: Any = None, options: dict | None = None) -> np.ndarray:
+        """Thresholding, top-k and NMS on the graph's ``{"boxes", "scores"}`` (:func:`select_detections`)."""
+        from transferkit.errors import BundleError
+        from transferkit.tasks.dense_heads import select_detections
+
+        keys = ("score_thresh", "topk_candidates", "nms_thresh", "detections_per_img", "locations_per_level")
+        if not isinstance(outputs, dict) or not {"boxes", "scores"} <= set(outputs):
+            raise BundleError("A detection export's graph must return boxes and scores; re-export the bundle.")
+        missing = [k for k in keys if k not in (options or {})]
+        if missing:
+            raise BundleError(f"labels.json of this detection export lacks postprocess_options {', '.join(missing)}; "
+                              "re-export the bundle (transferkit export).")
+        boxes, scores = (torch.from_numpy(np.asarray(outputs[k], dtype=np.float32)) for k in ("boxes", "scores"))
+        detections = select_detections(boxes, scores, options["locations_per_level"],
+                                       **{k: options[k] for k in keys[:4]})
+        return _rows(detections, (1, 1))  # the boxes are fractions of the input already
+
+    def compare_outputs(self, expected: np.ndarray, actual: np.ndarray, tolerance: float) -> dict:
+        """Per image the same number of detections, each PyTorch detection matched by an exported one of the same
+        class whose box (fractions of the image) and score lie within ``tolerance``. Matching ignores order:
+        scores within float error of each other may come out in either order."""
+        counts, matched, box_diff, score_diff = [], 0, 0.0, 0.0
+        for a, b in zip(expected, actual):
+            counts.append((len(a["scores"]), len(b["scores"])))
+            free = np.ones(len(b["scores"]), dtype=bool)
+            for box, score, label in zip(a["boxes"], a["scores"], a["labels"]):
+                cand = np.flatnonzero(free & (b["labels"] == label))
+                if not len(cand):
+                    continue
+                d_box = np.abs(b["boxes"][cand] - box).max(1)
+                d_score = np.abs(b["scores"][cand] - score)
+                best = int(np.argmin(np.maximum(d_box, d_score)))
+                if max(d_box[best], d_score[best]) <= tolerance:
+                    free[cand[best]] = False
+                    matched += 1
+                    box_diff, score_diff = max(box_diff, float(d_box[best])), max(score_diff, float(d_score[best]))
+        total = sum(c[0] for c in counts)
+        same = len(expected) == len(actual) and all(x == y for x, y in counts)
+        return {"images": len(expected), "detections": total, "matched": matched, "same_count": same,
+                "max_box_diff": box_diff, "max_score_diff": score_diff, "equal": same and matched == total,
+                "summary": f"{matched} of {total} detections on {len(expected)} images matched within {tolerance:.0e} "
+                           f"(boxes within {box_diff:.1e} of the image size, scores within {score_diff:.1e})"
+                           + ("" if same else f"; detections per image (PyTorch, export): {counts}")}

@@ -126,9 +126,6 @@ class Segmentation(Task):
         """Per image: the predicted class of every input pixel, ``[H, W]`` uint8."""
         return _object_array(list(outputs.float().argmax(1).to(torch.uint8).cpu().numpy()))
 
-    def apply_export_postprocess(self, logits: np.ndarray, inputs: Any = None) -> np.ndarray:
-        return self.postprocess(torch.from_numpy(np.asarray(logits, dtype=np.float32)), inputs)
-
     def concat(self, parts: list[np.ndarray], num_outputs: int) -> np.ndarray:
         return _object_array([row for part in parts for row in part])
 
