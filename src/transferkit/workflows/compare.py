@@ -113,6 +113,9 @@ def _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_opt
             exp = experiment or (data if isinstance(data, str) else data_name(train))
             if test is None:
                 notes.append("No test split: metrics are on the validation split.")
+            if not get_task(train.task).single_label:
+                notes.append(f"The labels column counts training items ({_per_class(train)}), not labels per class: "
+                             f"a {train.task} item has no single class.")
             notes.append(f"{lpc or 'all'} labels per class: " + (
                 f"{len(val)} of {len(train) + len(val)} labelled items held out for validation (early stopping, "
                 "checkpoint choice); every run trains on the rest." if val is not None else
