@@ -245,6 +245,9 @@ class AudioPreprocess(Preprocess):
             feats = torch.full((len(waves), self.n_mels, max(p.shape[-1] for p in parts)), math.log(1e-6))
             for b, part in enumerate(parts):
                 feats[b, :, :part.shape[-1]] = part
+            # a clip of L samples has L // 160 frames of its own: ceil(L / 160) would mark a padding frame as audio
+            # whenever a longer clip shares the batch
+            frames_per_item = [part.shape[-1] for part in parts]
         mask = torch.zeros(len(waves), feats.shape[-1], dtype=torch.long)
         for b, n in enumerate(frames_per_item):
             mask[b, :n] = 1
