@@ -115,7 +115,8 @@ def test_weights_are_read_weights_only(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real_load(*a, **k))
     bb = load_backbone("resemblyzer:")
     assert bb.pretrained and calls == [{"map_location": "cpu", "weights_only": True}]
-    torch.testing.assert_close(bb.linear.weight, real_load(path, map_location="cpu", weights_only=True)["model_state"]["linear.weight"])
+    state = real_load(path, map_location="cpu", weights_only=True)["model_state"]
+    torch.testing.assert_close(bb.linear.weight, state["linear.weight"])
     # a checkpoint path names the same weights; a pickle holding code is refused, never run
     assert torch.equal(load_backbone(f"resemblyzer:{path}").lstm.weight_hh_l2, bb.lstm.weight_hh_l2)
     evil = tmp_path / "evil.pt"

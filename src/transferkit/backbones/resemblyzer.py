@@ -208,8 +208,8 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MissingWeightsError(f"{path} cannot be read as tensors with torch.load(weights_only=True): {first[:200]}. "
-                                  "transferkit never unpickles code.") from None
+        raise MissingWeightsError(f"{path} cannot be read as tensors with torch.load(weights_only=True): "
+                                  f"{first[:200]}. transferkit never unpickles code.") from None
     state = checkpoint.get("model_state", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise MissingWeightsError(f"{path} holds a {type(checkpoint).__name__}, not resemblyzer's "
