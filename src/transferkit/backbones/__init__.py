@@ -190,6 +190,7 @@ from transferkit.backbones import (  # noqa: E402,F401
     mlp,
     nli,
     peft_source,
+    resemblyzer,
     small_cnn,
     tfidf,
     timm_source,

@@ -207,8 +207,9 @@ class AudioPreprocess(Preprocess):
 
     def __init__(self, n_mels: int = 80, features: str = "whisper", max_seconds: float = 30.0,
                  sample_rate: int = SAMPLE_RATE):
-        if features not in FEATURE_KINDS:
-            raise ConfigError(f"The 'features' parameter of AudioPreprocess must be one of {', '.join(FEATURE_KINDS)}. "
+        if features not in (*FEATURE_KINDS, *_FEATURE_CLASSES):
+            kinds = ", ".join((*FEATURE_KINDS, *_FEATURE_CLASSES))
+            raise ConfigError(f"The 'features' parameter of AudioPreprocess must be one of {kinds}. "
                               f"Got {features!r} instead.")
         self.n_mels, self.features = int(n_mels), features
         self.max_seconds, self.sample_rate = float(max_seconds), int(sample_rate)
@@ -244,6 +245,9 @@ class AudioPreprocess(Preprocess):
             feats = torch.full((len(waves), self.n_mels, max(p.shape[-1] for p in parts)), math.log(1e-6))
             for b, part in enumerate(parts):
                 feats[b, :, :part.shape[-1]] = part
+            # a clip of L samples has L // 160 frames of its own: ceil(L / 160) would mark a padding frame as audio
+            # whenever a longer clip shares the batch
+            frames_per_item = [part.shape[-1] for part in parts]
         mask = torch.zeros(len(waves), feats.shape[-1], dtype=torch.long)
         for b, n in enumerate(frames_per_item):
             mask[b, :n] = 1
@@ -257,6 +261,26 @@ class AudioPreprocess(Preprocess):
     def config(self) -> dict:
         return {"kind": self.kind, "n_mels": self.n_mels, "features": self.features,
                 "max_seconds": self.max_seconds, "sample_rate": self.sample_rate}
+
+
+#: Features computed by a subclass of :class:`AudioPreprocess` (``resemblyzer-mel``) -> that subclass.
+_FEATURE_CLASSES: dict[str, type[AudioPreprocess]] = {}
+
+
+def register_features(name: str, cls: type[AudioPreprocess]) -> None:
+    """Declare that ``cls`` computes the features named ``name`` (what :func:`preprocess_from_config` rebuilds)."""
+    _FEATURE_CLASSES[name] = cls
+
+
+def preprocess_from_config(config: dict) -> AudioPreprocess:
+    """The audio preprocessing an :meth:`AudioPreprocess.config` describes (what an ONNX export rebuilds).
+
+    Example:
+        >>> preprocess_from_config(AudioPreprocess(n_mels=40, features="log-mel").config()).n_mels
+        40
+    """
+    cls = _FEATURE_CLASSES.get(config.get("features"), AudioPreprocess)
+    return cls(**{k: config[k] for k in ("n_mels", "features", "max_seconds", "sample_rate") if k in config})
 
 
 def is_audio_path(value) -> bool:

@@ -6,7 +6,7 @@
                            (and sequence) axes
     out/model.int8.onnx    quantize=True: onnxruntime's dynamic int8 quantisation
     out/model.pt           format="torchscript" instead of model.onnx
-    out/preprocess.json    how raw items become the model's input (size, mean/std, layout; tokenizer)
+    out/preprocess.json    how raw items become the model's input (size, mean/std, layout; tokenizer; audio features)
     out/tokenizer/         text: the tokenizer files; the tokenizer stays outside the graph
     out/labels.json        task, label names, and what turns the graph's outputs into predictions (detection:
                            the score threshold, top-k and NMS settings, run outside the graph)
@@ -28,6 +28,12 @@ is written under the output's lock to a sibling ``OUT.partial-PID`` folder and
 renamed as the last step (:func:`~transferkit.export.output_lock.atomic_dir`),
 so a failure leaves nothing behind and a second writer is refused. onnx, onnxruntime and onnxscript (the
 ``export`` extra) are imported inside the functions that use them.
+
+Audio classifiers export from their features on: the graph takes ``input_features``
+``[batch, n_mels, frames]`` and ``frame_mask`` ``[batch, frames]``; decoding, resampling and the
+(log-)mel spectrogram stay outside it, in the library's own preprocessing, which
+``preprocess.json`` rebuilds (:class:`OnnxPredictor` runs it). The frames axis is symbolic, but
+for Whisper, which reads a fixed window.
 
 
 Reading, running and checking an export (:func:`read_export`,
@@ -51,6 +57,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from transferkit.backbones.audio import HOP, AudioPreprocess
 from transferkit.backbones.base import Backbone, ImagePreprocess, Preprocess, TextPreprocess
 from transferkit.errors import ConfigError, TransferkitError, check_range
 from transferkit.export.bundle import (
@@ -63,6 +70,7 @@ from transferkit.export.bundle import (
     rebuild_model,
 )
 from transferkit.export.onnx_runtime import (
+    AUDIO_INPUTS,
     EXPORT,
     FORMATS,
     IMAGE_INPUT,
@@ -88,10 +96,10 @@ from transferkit.strategies.base import TransferModel
 from transferkit.tasks import TASKS, get_task
 
 __all__ = [
-    "DYNAMO_MIN_OPSET", "EXPORT", "EXPORTABLE", "EXTERNAL_DATA_BYTES", "FORMATS", "IMAGE_INPUT", "LABELS",
-    "MIN_OPSET", "OUTPUT", "PARITY_INPUTS", "PARITY_TOLERANCE", "PREPROCESS", "QUANTIZED", "QUANTIZED_OPS",
+    "AUDIO_INPUTS", "DYNAMO_MIN_OPSET", "EXPORT", "EXPORTABLE", "EXTERNAL_DATA_BYTES", "FORMATS", "IMAGE_INPUT",
+    "LABELS", "MIN_OPSET", "OUTPUT", "PARITY_INPUTS", "PARITY_TOLERANCE", "PREPROCESS", "QUANTIZED", "QUANTIZED_OPS",
     "SAMPLE_TEXTS", "TEXT_INPUTS", "TOKENIZER_DIR", "TORCHSCRIPT_MAX_OPSET", "ExportError", "OnnxPredictor",
-    "check_exportable", "check_parity", "check_prediction_parity", "example_inputs", "export_bundle",
+    "check_exportable", "check_parity", "check_prediction_parity", "example_inputs", "export_bundle", "input_axes",
     "load_preprocess", "logits_to_outputs", "quantization_accuracy", "read_export", "sample_items",
 ]
 
@@ -99,8 +107,9 @@ PARITY_TOLERANCE = 1e-4
 MIN_OPSET, DYNAMO_MIN_OPSET, TORCHSCRIPT_MAX_OPSET = 13, 18, 20
 #: Above this many bytes of weights the ONNX file keeps them in ``model.onnx.data`` (protobuf's 2 GB limit).
 EXTERNAL_DATA_BYTES = 1_500_000_000
-EXPORTABLE = ("image backbones (efficientnet-lite:, timm:, torchvision:, small-cnn:) and transformer text "
-              "encoders (hf:, sentence:), also as file: checkpoints and SPEC@LAYER")
+EXPORTABLE = ("image backbones (efficientnet-lite:, timm:, torchvision:, small-cnn:), transformer text "
+              "encoders (hf:, sentence:) and audio classifiers (whisper: encoder, resemblyzer:, mfcc:, audio-cnn:), "
+              "also as file: checkpoints and SPEC@LAYER")
 
 
 class ExportError(TransferkitError, RuntimeError):
@@ -173,7 +182,7 @@ def check_exportable(manifest: dict) -> None:
     if task is not None and not task.exportable:
         raise ConfigError(f"{task.name} bundles cannot be exported to ONNX or TorchScript yet: {task.export_note} "
                           f"Serve the bundle itself (transferkit serve), which runs the PyTorch model.")
-    if kind in ("image", "text"):
+    if kind in ("image", "text", "audio"):
         return
     why = ("it is scikit-learn's TF-IDF on sparse term counts, which has no ONNX or TorchScript graph"
            if kind == "tfidf" else f"its preprocessing '{kind}' has no exporter")
@@ -190,7 +199,8 @@ def _write_export(model: TransferModel, manifest: dict, bundle: Path, tmp: Path,
     _write_sidecars(model, manifest, tmp, example)
     path = tmp / FORMATS[format]
     _drop_source_heads(model)
-    graph = (_ImageGraph(model) if list(example) == [IMAGE_INPUT] else _TextGraph(model)).eval()
+    graph = (_ImageGraph(model) if list(example) == [IMAGE_INPUT] else _AudioGraph(model)
+             if list(example) == list(AUDIO_INPUTS) else _TextGraph(model)).eval()
     outputs = [o["name"] for o in model.task_spec.export_outputs(model)]
     if format == "onnx":
         exporter = _export_onnx(graph, example, path, opset, _weight_bytes(model), manifest["backbone"]["spec"],
@@ -280,10 +290,24 @@ class _TextGraph(nn.Module):
         return self.model.task_spec.export_forward(self.model(batch))
 
 
+class _AudioGraph(nn.Module):
+    """What is exported for audio: (log-)mel frames and their mask -> logits; decoding and features stay outside."""
+
+    def __init__(self, model: TransferModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        return self.model({"input_features": input_features, "frame_mask": frame_mask})
+
+
 def example_inputs(preprocess: Preprocess) -> dict[str, torch.Tensor]:
     """A batch of two preprocessed items to export with, keyed by input name, in graph order."""
     if isinstance(preprocess, ImagePreprocess):
         return {IMAGE_INPUT: preprocess(sample_items(preprocess, 2))}
+    if isinstance(preprocess, AudioPreprocess):
+        batch = preprocess(sample_items(preprocess, 2))
+        return {n: batch[n] for n in AUDIO_INPUTS}
     if isinstance(preprocess, TextPreprocess):
         batch = preprocess(["an example sentence to export", "a second, longer example sentence for the graph"])
         missing = [n for n in TEXT_INPUTS[:2] if n not in batch]
@@ -296,11 +320,22 @@ def example_inputs(preprocess: Preprocess) -> dict[str, torch.Tensor]:
 
 
 
+def input_axes(preprocess: Preprocess, names: list[str]) -> dict[str, dict[int, str]]:
+    """The symbolic axes of each input: the batch, a text's tokens, a clip's frames (not Whisper's fixed window)."""
+    if isinstance(preprocess, ImagePreprocess):
+        return {n: {0: "batch"} for n in names}
+    if isinstance(preprocess, AudioPreprocess):
+        fixed = preprocess.features == "whisper"  # every clip is padded to the window the encoder was built for
+        return {"input_features": {0: "batch", **({} if fixed else {2: "frames"})},
+                "frame_mask": {0: "batch", **({} if fixed else {1: "frames"})}}
+    return {n: {0: "batch", 1: "sequence"} for n in names}
+
+
 def _export_onnx(graph: nn.Module, example: dict, path: Path, opset: int | None, weight_bytes: int,
                  spec: str, outputs: list[str]) -> str:
     """Export with torch.export (opset >= 18), else the TorchScript-based exporter; return which ran."""
     names, args = list(example), tuple(example.values())
-    axes = {n: {0: "batch"} if n == IMAGE_INPUT else {0: "batch", 1: "sequence"} for n in names}
+    axes = input_axes(graph.model.backbone.preprocess, names)
     common = {"input_names": names, "output_names": outputs, "opset_version": opset, "verbose": False}
     reason = f"opset {opset} < {DYNAMO_MIN_OPSET}"
     if opset is None or opset >= DYNAMO_MIN_OPSET:
@@ -396,6 +431,14 @@ def _preprocess_config(preprocess: Preprocess, names: list[str]) -> dict:
                 "interpolation": preprocess.interpolation, "channel_order": "RGB", "layout": "NCHW",
                 "value_range": [0.0, 1.0], "mean": preprocess.mean, "std": preprocess.std,
                 "normalize": "x = (pixel / 255 - mean[c]) / std[c]; grey images are replicated to 3 channels"}
+    if isinstance(preprocess, AudioPreprocess):
+        frames = int(preprocess.max_samples // HOP) if preprocess.features == "whisper" else "frames"
+        return {**preprocess.config(), "inputs": names, "input_shape": [["batch", preprocess.n_mels, frames],
+                                                                         ["batch", frames]],
+                "dtype": ["float32", "int64"], "outside_the_graph": (
+                    "decode (soundfile), mix down to mono, resample to sample_rate (soxr), refuse clips over "
+                    "max_seconds, then the features named by 'features' (transferkit.backbones.audio: "
+                    "AudioPreprocess.from_waves; transferkit.export.load_preprocess rebuilds it from this file)")}
     return {"kind": "text", "inputs": names, "input_shape": ["batch", "sequence"], "dtype": "int64",
             "tokenizer": TOKENIZER_DIR, "tokenizer_class": type(preprocess.tokenizer).__name__,
             "max_length": preprocess.max_length, "padding": "longest", "truncation": True}
@@ -403,7 +446,8 @@ def _preprocess_config(preprocess: Preprocess, names: list[str]) -> dict:
 
 def _export_info(model: TransferModel, manifest: dict, bundle: Path, format: str, exporter: str,
                  opset: int | None, example: dict) -> dict:
-    inputs = [{"name": n, "shape": ["batch", *t.shape[1:]] if n == IMAGE_INPUT else ["batch", "sequence"],
+    axes = input_axes(model.backbone.preprocess, list(example))
+    inputs = [{"name": n, "shape": [axes[n].get(i, int(d)) for i, d in enumerate(t.shape)],
                "dtype": str(t.dtype).removeprefix("torch.")} for n, t in example.items()]
     versions = library_versions(("torch", "onnx", "onnxruntime", "onnxscript", "transformers", "timm"))
     return {"format": format, "file": FORMATS[format], "exporter": exporter, "opset": opset, "inputs": inputs,

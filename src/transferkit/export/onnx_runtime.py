@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferkit.backbones.audio import AudioPreprocess, preprocess_from_config
 from transferkit.backbones.base import ImagePreprocess, Preprocess, TextPreprocess
 from transferkit.errors import BundleError, ConfigError
 from transferkit.export.bundle import MANIFEST, outputs_to_predictions, rebuild_model
@@ -45,6 +46,8 @@ TOKENIZER_DIR = "tokenizer"
 PARITY_INPUTS = 4
 IMAGE_INPUT = "pixel_values"
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: An audio graph's inputs: (log-)mel frames ``[batch, n_mels, frames]`` and the mask of frames ``[batch, frames]``.
+AUDIO_INPUTS = ("input_features", "frame_mask")
 OUTPUT = "logits"
 #: Parity inputs for text models: lengths from a few tokens to past the usual max_length.
 SAMPLE_TEXTS = ("ok", "transfer learning adapts a pre-trained model to a small labelled data set",
@@ -60,10 +63,19 @@ def _require(module: str) -> Any:
 
 
 def sample_items(preprocess: Preprocess, n: int) -> list:
-    """``n`` deterministic raw items: random RGB uint8 images at the input size, or texts of varied length."""
+    """``n`` deterministic raw items: random RGB uint8 images at the input size, texts of varied length, or
+    clips of varied length (tones with noise, at most the model's window)."""
+    rng = np.random.default_rng(0)
     if isinstance(preprocess, ImagePreprocess):
-        rng = np.random.default_rng(0)
         return [rng.integers(0, 256, (preprocess.size, preprocess.size, 3), dtype=np.uint8) for _ in range(n)]
+    if isinstance(preprocess, AudioPreprocess):
+        rate, longest = preprocess.sample_rate, min(preprocess.max_seconds, 3.0)
+        clips = []
+        for i in range(n):
+            t = np.arange(int(rate * longest * (0.3 + 0.7 * ((i * 0.37) % 1.0)))) / rate
+            clips.append((0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t) + 0.05 * rng.standard_normal(len(t)))
+                         .astype(np.float32))
+        return clips
     return [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(n)]
 
 
@@ -108,8 +120,10 @@ def load_preprocess(export_dir: str | Path) -> Preprocess:
         tokenizer = AutoTokenizer.from_pretrained(str(export_dir / cfg.get("tokenizer", TOKENIZER_DIR)),
                                                   trust_remote_code=False)
         return TextPreprocess(tokenizer, cfg["max_length"])
+    if cfg.get("kind") == "audio":
+        return preprocess_from_config(cfg)
     raise BundleError(f"{export_dir / PREPROCESS}: unknown preprocessing kind {cfg.get('kind')!r}; "
-                      "expected 'image' or 'text'.")
+                      "expected 'image', 'text' or 'audio'.")
 
 
 def check_parity(export_dir: str | Path, model: TransferModel | None = None, n: int = PARITY_INPUTS, *,
@@ -117,7 +131,7 @@ def check_parity(export_dir: str | Path, model: TransferModel | None = None, n: 
     """Max abs difference between the exported model's outputs (logits) and the PyTorch model's.
 
     The ``n`` inputs are deterministic raw items (random images at the input
-    size, texts of different lengths) through the export's own preprocessing,
+    size, texts or clips of different lengths) through the export's own preprocessing,
     run as one batch of ``n`` and as a batch of 1, so a batch size or sequence
     length fixed into the graph shows up as a difference. A graph with several
     outputs (detection: boxes and scores) is compared on all of them.
@@ -239,7 +253,8 @@ def _feed(inputs: torch.Tensor | dict[str, torch.Tensor], names: Sequence[str]) 
     missing = [n for n in names if n not in inputs]
     if missing:
         raise BundleError(f"The tokenizer made no {', '.join(missing)}, which the exported model takes.")
-    return {n: inputs[n].detach().cpu().numpy().astype(np.int64, copy=False) for n in names}
+    return {n: inputs[n].detach().cpu().numpy().astype(np.float32 if inputs[n].is_floating_point() else np.int64,
+                                                         copy=False) for n in names}
 
 
 def logits_to_outputs(logits: np.ndarray | dict[str, np.ndarray], task: str, inputs=None,
@@ -255,7 +270,8 @@ class OnnxPredictor:
 
     Raw items go through the library's own preprocessing rebuilt from
     ``preprocess.json`` (and the saved tokenizer), so outputs match the bundle's
-    PyTorch predictor.
+    PyTorch predictor. For audio that is decoding, resampling and the (log-)mel
+    features, computed with PyTorch outside the graph.
 
     Args:
         export_dir: a directory written by :func:`export_bundle` with ``format="onnx"``.

@@ -67,6 +67,9 @@ class SpeechRecognition(Task):
     target_kind = "text"
     pipeline_tags = {"audio": "automatic-speech-recognition"}
     metric_names = ("wer", "cer")
+    exportable = False
+    export_note = ("its outputs are transcripts from greedy decoding, a loop over Whisper's decoder, not one graph "
+                   "(audio classifiers export).")
 
     def num_outputs(self, label_names: Sequence[str] | None) -> int:
         return 0
