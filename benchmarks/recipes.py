@@ -10,8 +10,11 @@ validation split (the same epochs on all labels, as benchmarks/peft.py does). Ca
 
   - ``finetune (batchnorm=train, head_init=random)``: the first default, BatchNorm statistics updated
     from target batches;
-  - ``finetune (feature_scale=none)``: the default before the head's input scale;
-  - ``finetune``, ``lora``: today's defaults; ``finetune (head_init=probe)``: LP-FT;
+  - ``finetune``, ``lora``: today's defaults (``feature_scale=auto`` leaves Lite0's features raw: they
+    are not unit-length);
+  - ``... (feature_scale=rms)``: the head's features brought to a root-mean-square of 1 on any backbone,
+    the rule ``auto`` narrowed after this benchmark; ``finetune (head_init=probe, feature_scale=rms)``:
+    LP-FT with it;
   - ``scratch``: the small CNN from scratch, the strongest baseline without transfer.
 
 * ``drug``: MiniLM (``sentence:all-MiniLM-L6-v2``, max length 64) on the 600 drug reviews (3
@@ -24,6 +27,8 @@ validation split (the same epochs on all labels, as benchmarks/peft.py does). Ca
 * ``debian``: MiniLM on the 14 Debian sections, 32 labels per class, 60 test items per section, where
   LoRA was 8 points below full fine-tuning. Rows: ``finetune``, ``lora`` and both with
   ``feature_scale=none``.
+
+MiniLM's sentence embeddings are unit-length, so ``feature_scale=auto`` multiplies them by sqrt(384).
 
 Results go to ``benchmarks/results/recipes/CASE/`` (``runs.csv``, ``summary.md``); accuracy in %, mean
 +- half-width of the 95% Student-t interval over seeds, and the paired gain of each row over the
@@ -56,15 +61,16 @@ TRAINER = "Trainer (full, defaults)"
 OLD_BN = "finetune (batchnorm=train, head_init=random)"
 CASES = {
     "fmnist": {
-        "backbone": "efficientnet-lite:0", "options": {"image_size": 32}, "reference": OLD_BN,
+        "backbone": "efficientnet-lite:0", "options": {"image_size": 32}, "reference": "finetune",
         # the Fashion-MNIST settings of benchmarks/peft.py: 120 and 192 optimizer steps at batch 32
         "draws": [{"data": "fashion-mnist", "labels_per_class": n, "epochs": e, "max_test": 1000}
                   for n, e in ((10, 30), (100, 6))],
         "methods": {OLD_BN: ("finetune", {"batchnorm": "train", "head_init": "random", "feature_scale": "none"}),
-                    "finetune (feature_scale=none)": ("finetune", {"feature_scale": "none"}),
-                    "finetune": ("finetune", {}), "finetune (head_init=probe)": ("finetune", {"head_init": "probe"}),
-                    "lora (feature_scale=none)": ("lora", {"feature_scale": "none"}),
-                    "lora": ("lora", {}), "scratch": ("scratch", {})}},
+                    "finetune": ("finetune", {}), "finetune (feature_scale=rms)": ("finetune", {"feature_scale": "rms"}),
+                    "finetune (head_init=probe, feature_scale=rms)": ("finetune", {"head_init": "probe",
+                                                                                   "feature_scale": "rms"}),
+                    "lora": ("lora", {}), "lora (feature_scale=rms)": ("lora", {"feature_scale": "rms"}),
+                    "scratch": ("scratch", {})}},
     "drug": {
         "backbone": MINILM, "options": {"max_length": 64}, "reference": "finetune (feature_scale=none)",
         "draws": [{"data": "drug-reviews", "labels_per_class": None, "epochs": None, "max_test": None}],

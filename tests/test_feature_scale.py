@@ -1,6 +1,6 @@
-"""``feature_scale=auto``: a new linear head on a pre-trained backbone sees its features at a root-mean-square
-of 1 (benchmarks/recipes.py: MiniLM's unit-length sentence embeddings left the fine-tuned head learning only
-the class prior on the drug reviews)."""
+"""``feature_scale``: a new linear head on a pre-trained backbone sees unit-length embeddings (``auto``), or any
+features (``rms``), at a root-mean-square of 1 (benchmarks/recipes.py: MiniLM's unit-length sentence embeddings
+left the fine-tuned head learning only the class prior on the drug reviews)."""
 from __future__ import annotations
 
 import json
@@ -32,15 +32,25 @@ def texts():
 def _rms(backbone, data, scale: float) -> float:
     backbone.eval()
     with torch.no_grad():
-        f = backbone.forward_features(backbone.preprocess(list(data.items[:64])))
+        f = backbone.forward_features(backbone.preprocess([data.items[i] for i in range(min(64, len(data)))]))
     return float((f * scale).pow(2).mean().sqrt())
 
 
 def test_a_sentence_encoder_gets_the_scale_that_brings_its_features_to_unit_rms(minilm, texts):
     train, _ = texts
     scale = feature_scale_of(minilm, train)
-    assert scale > 10  # unit-length 384-d vectors: components near 1 / sqrt(384)
+    assert scale == pytest.approx(384 ** 0.5, rel=1e-2)  # unit-length 384-d vectors: components near 1 / sqrt(384)
     assert abs(_rms(minilm, train, scale) - 1.0) < 0.01
+    assert feature_scale_of(minilm, train, "rms") == scale
+    assert feature_scale_of(minilm, train, "none") == 1.0
+
+
+def test_auto_leaves_features_that_are_not_unit_length_raw_and_rms_scales_them():
+    train, _, _ = tk.prepare_data("digits", labels_per_class=3, val_fraction=0.0, seed=0)
+    lite = load_backbone("efficientnet-lite:0", image_size=32)
+    assert feature_scale_of(lite, train) == 1.0
+    scale = feature_scale_of(lite, train, "rms")
+    assert scale != 1.0 and abs(_rms(lite, train, scale) - 1.0) < 0.01
 
 
 @pytest.mark.parametrize("strategy, options, scaled", [
@@ -66,7 +76,7 @@ def test_a_random_backbone_and_the_scratch_baseline_keep_raw_features(texts):
 def test_the_scale_keeps_the_head_initialisation():
     train, _, _ = tk.prepare_data("digits", labels_per_class=3, val_fraction=0.0, seed=0)
     heads = []
-    for scale in ("auto", "none"):
+    for scale in ("rms", "none"):
         torch.manual_seed(0)
         model = make_strategy("finetune", {"feature_scale": scale}).prepare(
             load_backbone("efficientnet-lite:0", image_size=32), train)

@@ -20,7 +20,6 @@ the same options work on CNNs, vision transformers and BERT-style encoders.
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -39,6 +38,9 @@ from transferkit.strategies.base import (StepContext, Strategy, StrategyConfig, 
 from transferkit.strategies.head_init import HEAD_INITS, init_head_from_probe, wants_probe_head
 from transferkit.strategies.regularizers import REGULARIZERS
 from transferkit.tasks.heads import with_input_scale
+
+#: ``feature_scale`` values: see :func:`feature_scale_of`.
+FEATURE_SCALES = ("auto", "rms", "none")
 
 
 @dataclass
@@ -59,9 +61,10 @@ class FinetuneConfig(StrategyConfig):
         "help": "BatchNorm statistics in training: frozen (keep the pre-trained ones), train (update from target "
                 "batches), auto (frozen for a pre-trained backbone, else train)"})
     feature_scale: str = field(default="auto", metadata={
-        "help": "auto: a new linear head on a pre-trained backbone multiplies its features by a fixed number that "
-                "brings them to a root-mean-square of 1, measured on up to 64 training items (sentence encoders' "
-                "unit vectors, intermediate layers' large activations); none: raw features"})
+        "help": "what a new linear head on a pre-trained backbone multiplies its features by: auto (unit-length "
+                "embeddings, as sentence encoders give, by sqrt(width), which brings them to a root-mean-square "
+                "of 1; other features stay raw), rms (any features, to a root-mean-square of 1 on up to 64 "
+                "training items), none"})
     head_init: str = field(default="random", metadata={
         "help": "random (a new head), or probe: fit the head on the frozen features first (LP-FT)"})
     regularizer: str | None = field(default=None, metadata={
@@ -80,7 +83,7 @@ class FinetuneConfig(StrategyConfig):
         "cutmix": [Interval("number", 0, None)],
         "mix_prob": [Interval("number", 0, 1)],
         "batchnorm": [Options("auto", "frozen", "train")],
-        "feature_scale": [Options("auto", "none")],
+        "feature_scale": [Options(*FEATURE_SCALES)],
         "head_init": [Options(*HEAD_INITS)],
     }
 
@@ -92,18 +95,29 @@ class FinetuneConfig(StrategyConfig):
         regularizers.validate_fields(owner, self.regularizer, self.regularizer_weight, self.regularizer_options)
 
 
-#: Items whose features set the head's input scale (``feature_scale=auto``): enough for a stable mean.
+#: Items whose features set the head's input scale: enough for a stable mean.
 SCALE_ITEMS = 64
+#: Features whose mean length is within this of 1 are unit-length embeddings (``feature_scale=auto``).
+UNIT_LENGTH_TOLERANCE = 0.01
 
 
-def feature_scale_of(backbone, data: TaskData, items: int = SCALE_ITEMS) -> float:
-    """The number that brings ``backbone``'s features of the first ``items`` training items (in eval mode) to a
-    root-mean-square of 1, rounded to 3 significant digits (1.0 where they are all zero or not finite).
+def feature_scale_of(backbone, data: TaskData, mode: str = "auto", items: int = SCALE_ITEMS) -> float:
+    """The fixed number a new head multiplies ``backbone``'s features by, from the first ``items`` training
+    items (in eval mode), rounded to 3 significant digits.
 
-    A new head's learning rate is tuned for features near unit scale; a sentence encoder's unit vectors
-    (components near 0.05 for 384 dimensions) left a fine-tuned head learning only the class prior in the
-    schedule the loop gives, and an intermediate CNN block's activations (near 7) make it jump.
+    * ``rms``: the number that brings the features to a root-mean-square of 1;
+    * ``auto``: the same for unit-length embeddings (their mean length within 1%), which makes it
+      ``sqrt(width)``; 1 for other features;
+    * ``none``: 1.
+
+    A sentence encoder's unit vectors (components near 0.05 for 384 dimensions) left a fine-tuned head at
+    the loop's head learning rate learning only the class prior on the drug reviews. Scaling every backbone's
+    features (``rms``) did not help EfficientNet-Lite0, whose features the default learning rates were tuned
+    on: -1.5 points [-4.9, +1.9] on Fashion-MNIST at 10 labels per class, 3 seeds
+    (benchmarks/results/recipes/fmnist), so ``auto`` scales only unit-length embeddings.
     """
+    if mode == "none":
+        return 1.0
     kind = data.task_spec.feature_kind
     was_training = backbone.training
     backbone.eval()
@@ -113,10 +127,12 @@ def feature_scale_of(backbone, data: TaskData, items: int = SCALE_ITEMS) -> floa
             feats = backbone.features(batch, kind).float()
     finally:
         backbone.train(was_training)
-    rms = float(feats.pow(2).mean().sqrt()) if feats.numel() else 0.0
-    if not math.isfinite(rms) or rms <= 0:
+    if not feats.numel() or not torch.isfinite(feats).all():
         return 1.0
-    return float(f"{1.0 / rms:.3g}")
+    if mode == "auto" and abs(float(feats.norm(dim=-1).mean()) - 1.0) > UNIT_LENGTH_TOLERANCE:
+        return 1.0
+    rms = float(feats.pow(2).mean().sqrt())
+    return float(f"{1.0 / rms:.3g}") if rms > 0 else 1.0
 
 
 def recalibrate_batchnorm(model: TransferModel, data: TaskData, batch_size: int = 64) -> None:
@@ -212,12 +228,12 @@ class Finetune(Strategy):
         return out + [{"params": head, "lr": head_lr, "name": "head"}]
 
     def _scale_features(self, model: TransferModel, data: TaskData) -> None:
-        """``feature_scale=auto``: give a new linear head on a pre-trained backbone a fixed input scale."""
-        if (self.config.feature_scale != "auto" or self.kind == "scratch" or not model.backbone.pretrained
+        """``feature_scale``: give a new linear head on a pre-trained backbone a fixed input scale."""
+        if (self.config.feature_scale == "none" or self.kind == "scratch" or not model.backbone.pretrained
                 or getattr(model.head, "head_kind", None) != "linear" or is_normalized_head(model.head)
                 or not len(data)):
             return
-        model.head = with_input_scale(model.head, feature_scale_of(model.backbone, data))
+        model.head = with_input_scale(model.head, feature_scale_of(model.backbone, data, self.config.feature_scale))
 
     def _check_mixing(self, data: TaskData) -> None:
         """Mixup/cutmix mix images and one-hot labels; named policies act on images only."""
