@@ -26,7 +26,7 @@ validation split (the same epochs on all labels, as benchmarks/peft.py does). Ca
 
 * ``debian``: MiniLM on the 14 Debian sections, 32 labels per class, 60 test items per section, where
   LoRA was 8 points below full fine-tuning. Rows: ``finetune``, ``lora`` and both with
-  ``feature_scale=none``.
+  ``feature_scale=none`` (the rows before the scale, measured by benchmarks/peft.py on the same draws).
 
 MiniLM's sentence embeddings are unit-length, so ``feature_scale=auto`` multiplies them by sqrt(384).
 
@@ -72,13 +72,18 @@ CASES = {
                     "lora": ("lora", {}), "lora (feature_scale=rms)": ("lora", {"feature_scale": "rms"}),
                     "scratch": ("scratch", {})}},
     "drug": {
-        "backbone": MINILM, "options": {"max_length": 64}, "reference": "finetune (feature_scale=none)",
+        "backbone": MINILM, "options": {"max_length": 64}, "reference": TRAINER,
         "draws": [{"data": "drug-reviews", "labels_per_class": None, "epochs": None, "max_test": None}],
+        "note": (f"`{TRAINER}`: `AutoModelForSequenceClassification` (BERT's pooler on the first token, a new "
+                 "classifier) on the same MiniLM weights, trained by `transformers.Trainer` with every default "
+                 "(learning rate 5e-5, 3 epochs, batch 8, linear decay, no warm-up, no weight decay), truncated "
+                 "at the same 64 tokens. The other rows use transferkit's defaults: 20 epochs at batch 32, "
+                 "learning rate 1e-4 for the encoder and 1e-3 for the head, cosine with 10% warm-up."),
         "methods": {"finetune": ("finetune", {}), TRAINER: (None, {}),
                     "finetune (feature_scale=none)": ("finetune", {"feature_scale": "none"}),
                     "lora": ("lora", {})}},
     "debian": {
-        "backbone": MINILM, "options": {"max_length": 64}, "reference": "finetune (feature_scale=none)",
+        "backbone": MINILM, "options": {"max_length": 64}, "reference": "finetune",
         "draws": [{"data": "debian-packages", "labels_per_class": 32, "epochs": None, "max_test": None}],
         "methods": {"finetune": ("finetune", {}), "lora": ("lora", {}),
                     "finetune (feature_scale=none)": ("finetune", {"feature_scale": "none"}),
@@ -161,14 +166,17 @@ def summarize(case: str, runs: pd.DataFrame) -> str:
 
     spec = CASES[case]
     opts = ", ".join(f"{k} {v}" for k, v in spec["options"].items())
+    fixed = [f"{d['epochs']} epochs at {d['labels_per_class']}/class" for d in spec["draws"] if d["epochs"]]
+    epochs = ("the transfer rows train " + " and ".join(fixed) + " (scratch: its own schedule)" if fixed
+              else "every row at its default epochs")
     lines = [f"# Default recipes side by side: {case}", "",
              f"`python benchmarks/recipes.py --case {case} --seeds {runs.seed.nunique()}`; {spec['backbone']} "
-             f"({opts}), batch 32, no validation split, the loop's default epochs unless a row says otherwise, "
-             "1 thread per run on a 2-core CPU machine. Accuracy and balanced accuracy in %, mean ± 95% CI over "
+             f"({opts}), batch 32, no validation split, {epochs}, 1 thread per run on a 2-core CPU machine. Accuracy and balanced accuracy in %, mean ± 95% CI over "
              f"seeds; gain: accuracy paired by seed against `{spec['reference']}`. `s / run` is wall time (load, "
-             "train, predict), measured with two runs sharing the 2 cores.", ""]
+             "train, predict), measured while other runs shared the 2 cores (up to five at once).", ""]
+    lines += [spec["note"], ""] if spec.get("note") else []
     for (data, n), group in runs.groupby(["data", "labels_per_class"], sort=False):
-        lines += [f"## {data}, {n} labels per class", "",
+        lines += [f"## {data}, " + ("all labels" if n == "all" else f"{n} labels per class"), "",
                   "| method | accuracy | balanced accuracy | gain vs reference (pts) | seeds | s / run |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         base = group[group.method == spec["reference"]].set_index("seed").accuracy
@@ -186,6 +194,12 @@ def summarize(case: str, runs: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _record(path: Path, row: dict) -> None:
+    """Add ``row`` to ``runs.csv`` as it is now on disk (another invocation may be adding other runs)."""
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    pd.concat([old, pd.DataFrame([row])], ignore_index=True).to_csv(path, index=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=sorted(CASES), default="fmnist")
@@ -197,17 +211,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "runs.csv"
     done = pd.read_csv(path) if path.exists() else pd.DataFrame()
-    rows = done.to_dict("records")
-    have = {(r["data"], str(r["labels_per_class"]), r["method"], r["seed"]) for r in rows}
+    have = {(r["data"], str(r["labels_per_class"]), r["method"], r["seed"]) for r in done.to_dict("records")}
     methods = args.methods.split(";") if args.methods else list(CASES[args.case]["methods"])
     todo = [(args.case, d, m, s) for d in CASES[args.case]["draws"] for s in range(args.seeds) for m in methods
             if (d["data"], str(d["labels_per_class"] or "all"), m, s) not in have]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for row in pool.map(run, *zip(*todo)) if todo else []:
-            rows.append(row)
             print(row, flush=True)
-            pd.DataFrame(rows).to_csv(path, index=False)
-    runs = pd.DataFrame(rows)
+            _record(path, row)
+    runs = pd.read_csv(path)
     (out / "summary.md").write_text(summarize(args.case, runs) + "\n", encoding="utf-8")
     print(summarize(args.case, runs))
 
