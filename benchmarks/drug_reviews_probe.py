@@ -7,7 +7,12 @@
 JSON keys are TrainConfig fields, plus ``strategy`` (default finetune) and ``options`` (the strategy's).
 Prints accuracy and balanced accuracy on the 379 test reviews (all 600 training reviews, no validation split).
 """
-import sys, time, json, torch, numpy as np
+import sys
+from pathlib import Path
+
+# benchmarks/peft.py would shadow the peft package that sentence-transformers imports
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import time, json, torch, numpy as np  # noqa: E402
 import transferkit as tk
 from transferkit.backbones import load_backbone
 from transferkit.strategies import make_strategy
