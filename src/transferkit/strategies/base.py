@@ -130,8 +130,12 @@ class TransferModel(nn.Module):
         return self.task_spec.postprocess(outputs, inputs)
 
 
-def task_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str, label_smoothing: float = 0.0) -> torch.Tensor:
-    """The loss of ``task`` (cross-entropy, binary cross-entropy per label, MSE, ...)."""
+def task_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str, label_smoothing: float = 0.0,
+              class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of ``task`` (cross-entropy, binary cross-entropy per label, MSE, ...); ``class_weight`` (single-label
+    classification only: strategies refuse it for other tasks) weights each class's share of the loss."""
+    if class_weight is not None:
+        return get_task(task).loss(outputs, targets, label_smoothing=label_smoothing, class_weight=class_weight)
     return get_task(task).loss(outputs, targets, label_smoothing=label_smoothing)
 
 
@@ -346,7 +350,8 @@ class Strategy:
         """One training step's losses: at least ``{"loss": ...}``; ``ctx`` says where training is."""
         task = batch["task"]
         outputs = model(batch["inputs"])
-        loss = task_loss(outputs, batch["targets"], task, getattr(self.config, "label_smoothing", 0.0))
+        loss = task_loss(outputs, batch["targets"], task, getattr(self.config, "label_smoothing", 0.0),
+                         getattr(self, "class_weight_", None))
         return {"loss": loss}
 
     def on_epoch_start(self, model: TransferModel, epoch: int, epochs: int) -> None:

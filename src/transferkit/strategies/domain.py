@@ -319,7 +319,8 @@ class DomainAdaptation(TargetDomain, Finetune):
         return logits[:ns], logits[ns:], captured[0][:ns], captured[0][ns:]
 
     def source_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        return task_loss(logits, batch["targets"], batch["task"], self.config.label_smoothing)
+        return task_loss(logits, batch["targets"], batch["task"], self.config.label_smoothing,
+                         getattr(self, "class_weight_", None))
 
 
 def domain_discriminator(in_features: int, hidden: int) -> nn.Sequential:

@@ -111,6 +111,8 @@ class Reweighing(_GroupAware):
         per_item = F.cross_entropy(outputs.float(), batch["targets"].long(), reduction="none",
                                    label_smoothing=self.config.label_smoothing)
         w = batch["weights"].to(per_item.dtype)
+        if getattr(self, "class_weight_", None) is not None:  # class_weight=balanced on top of the group weights
+            w = w * self.class_weight_.to(per_item.device, per_item.dtype)[batch["targets"].long()]
         return {"loss": (w * per_item).mean(), "unweighted_loss": per_item.mean().detach()}
 
 
@@ -214,7 +216,8 @@ class AdversarialDebiasing(_GroupAware):
             logits = model(batch["inputs"])
         finally:
             hook.remove()
-        cls = task_loss(logits, batch["targets"], batch["task"], self.config.label_smoothing)
+        cls = task_loss(logits, batch["targets"], batch["task"], self.config.label_smoothing,
+                        getattr(self, "class_weight_", None))
         lam = batch.get("adversary_weight", self.config.weight)
         adv = self.adversary_
         if next(adv.parameters()).device != captured[0].device:

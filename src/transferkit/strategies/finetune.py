@@ -23,6 +23,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,6 +40,8 @@ from transferkit.strategies.head_init import HEAD_INITS, init_head_from_probe, w
 from transferkit.strategies.regularizers import REGULARIZERS
 from transferkit.tasks.heads import with_input_scale
 
+#: ``class_weight`` values: see :func:`balanced_class_weights`.
+CLASS_WEIGHTS = ("none", "balanced")
 #: ``feature_scale`` values: see :func:`feature_scale_of`.
 FEATURE_SCALES = ("auto", "rms", "none")
 
@@ -65,6 +68,9 @@ class FinetuneConfig(StrategyConfig):
                 "embeddings, as sentence encoders give, by sqrt(width), which brings them to a root-mean-square "
                 "of 1; other features stay raw), rms (any features, to a root-mean-square of 1 on up to 64 "
                 "training items), none"})
+    class_weight: str = field(default="none", metadata={
+        "help": "single-label classification: balanced (each class's loss weighted by n / (classes x its count), "
+                "scikit-learn's rule, so a rare class counts as much as a common one) or none"})
     head_init: str = field(default="random", metadata={
         "help": "random (a new head), or probe: fit the head on the frozen features first (LP-FT)"})
     regularizer: str | None = field(default=None, metadata={
@@ -84,6 +90,7 @@ class FinetuneConfig(StrategyConfig):
         "mix_prob": [Interval("number", 0, 1)],
         "batchnorm": [Options("auto", "frozen", "train")],
         "feature_scale": [Options(*FEATURE_SCALES)],
+        "class_weight": [Options(*CLASS_WEIGHTS)],
         "head_init": [Options(*HEAD_INITS)],
     }
 
@@ -93,6 +100,31 @@ class FinetuneConfig(StrategyConfig):
         if self.freeze and self.train_only:
             raise ConfigError(f"{owner}: give 'freeze' or 'train_only', not both.")
         regularizers.validate_fields(owner, self.regularizer, self.regularizer_weight, self.regularizer_options)
+
+
+def balanced_class_weights(targets, num_classes: int) -> torch.Tensor:
+    """``n / (classes x count)`` per class (scikit-learn's ``balanced``); a class with no item gets weight 0.
+
+    Example:
+        >>> balanced_class_weights([0, 0, 0, 1], 2).tolist()
+        [0.6666666865348587, 2.0]
+    """
+    counts = np.bincount(np.asarray(targets, dtype=int), minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def class_weights_for(mode: str, data: TaskData) -> torch.Tensor | None:
+    """The ``class_weight`` option's weights for ``data`` (``None`` for ``none``); refused for tasks without one class
+    per item, naming the task."""
+    if mode == "none":
+        return None
+    if not data.task_spec.single_label:
+        raise ConfigError(f"class_weight={mode!r} weights the classes of single-label classification; "
+                          f"'{data.name}' is {data.task}. Set class_weight=none.")
+    return balanced_class_weights(data.targets, max(data.num_outputs, 1))
 
 
 #: Items whose features set the head's input scale: enough for a stable mean.
@@ -198,6 +230,7 @@ class Finetune(Strategy):
 
     def prepare(self, backbone, data: TaskData) -> TransferModel:
         self._check_mixing(data)
+        self.class_weight_ = class_weights_for(self.config.class_weight, data)
         model = super().prepare(backbone, data)
         self._scale_features(model, data)
         self.head_init_ = None
@@ -293,6 +326,9 @@ class Finetune(Strategy):
             return super().step(model, batch)
         outputs = model(batch["inputs"])
         soft = mixed.soft_targets(outputs.shape[-1], self.config.label_smoothing)
+        weight = getattr(self, "class_weight_", None)
+        if weight is not None:  # each item's soft targets weighted class by class
+            soft = soft * weight.to(soft.device, soft.dtype)
         return {"loss": soft_target_cross_entropy(outputs, soft)}
 
     def on_train_end(self, model: TransferModel, data: TaskData) -> None:

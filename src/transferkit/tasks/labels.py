@@ -36,8 +36,12 @@ class Classification(Task):
     def stratify(self, targets: np.ndarray | None) -> np.ndarray | None:
         return None if targets is None else np.asarray(targets)
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
-        return F.cross_entropy(outputs, targets.long(), label_smoothing=label_smoothing)
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0,
+             class_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy; ``class_weight`` (one weight per class) gives a weighted mean over the batch."""
+        weight = None if class_weight is None else class_weight.to(outputs.device, torch.float32)
+        return F.cross_entropy(outputs.float() if weight is not None else outputs, targets.long(), weight=weight,
+                               label_smoothing=label_smoothing)
 
     def postprocess(self, outputs: torch.Tensor, inputs: Any = None) -> np.ndarray:
         return outputs.float().softmax(-1).cpu().numpy()
