@@ -384,7 +384,8 @@ def test_cli_exports_a_detector_to_onnx_with_nms_outside_the_graph(tmp_path):
     info = json.loads((tmp_path / "onnx" / "export.json").read_text())
     labels = json.loads((tmp_path / "onnx" / "labels.json").read_text())
     assert [o["name"] for o in info["outputs"]] == ["boxes", "scores"] and labels["outputs"] == ["boxes", "scores"]
-    assert labels["postprocess"] == "fcos-nms" and labels["postprocess_options"]["nms_thresh"] == 0.6
+    assert labels["postprocess"] == "detection-nms" and labels["postprocess_options"]["nms_thresh"] == 0.6
+    assert labels["postprocess_options"]["detector"] == "fcos"
     assert sum(labels["postprocess_options"]["locations_per_level"]) == 23  # 4x4 + 2x2 + 1 + 1 + 1 at 32 px
     parity = info["parity"]
     assert parity["max_abs_diff"] <= 1e-4 and parity["predictions"]["equal"] and parity["predictions"]["detections"] > 0

@@ -22,7 +22,7 @@ from transferkit.strategies import Strategy, make_strategy
 from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
 from transferkit.workflows.auto import AUTO, AutoOptions, auto_options, search_and_train
-from transferkit.workflows.baselines import baseline_config, default_baselines
+from transferkit.workflows.baselines import baseline_config, default_baselines, scratch_head_options
 from transferkit.workflows.engine import Engine, make_engine
 from transferkit.workflows.fit import prepare_data
 from transferkit.workflows.run_journal import run_journal
@@ -120,8 +120,12 @@ def _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_opt
                 f"{len(val)} of {len(train) + len(val)} labelled items held out for validation (early stopping, "
                 "checkpoint choice); every run trains on the rest." if val is not None else
                 "no validation split: every strategy and baseline trains on all labels with its fixed schedule."))
-            for label, strat, cfg in _planned_runs(strategies, strategy_options, baselines, config, seed,
-                                                   train.modality, train.task):
+            planned = _planned_runs(strategies, strategy_options, baselines, config, seed, train.modality, train.task)
+            heads = {s.chosen_head() for _, s, _ in planned if isinstance(s, Strategy)} - {None}
+            if heads:
+                notes.append(f"Every {train.task} model here, the scratch baselines included, is the "
+                             f"{', '.join(sorted(heads))} head (strategy option detector).")
+            for label, strat, cfg in planned:
                 key, fingerprint = f"{lpc}/{seed}/{label}", train.fingerprint()
                 rows.append(journal.get(key, fingerprint))
                 if rows[-1] is None:
@@ -160,8 +164,9 @@ def _planned_runs(strategies, strategy_options: dict, baselines, config: TrainCo
     runs = [(s, auto_options(strategy_options.get(s)) if s == AUTO else make_strategy(s, strategy_options.get(s)),
              replace(config, seed=seed)) for s in strategies]  # auto's strategy: its search's winner, found in the run
     names = default_baselines(modality, task) if baselines == "auto" else list(baselines or [])
-    runs += [(f"scratch:{v}", make_strategy("scratch", {"variant": v}), baseline_config(replace(config, seed=seed)))
-             for v in names]
+    head = scratch_head_options([strategy for _, strategy, _ in runs], task)  # same-arch: the same detector
+    runs += [(f"scratch:{v}", make_strategy("scratch", {"variant": v, **head}),
+              baseline_config(replace(config, seed=seed))) for v in names]
     return runs
 
 
