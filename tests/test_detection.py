@@ -453,9 +453,11 @@ def test_compare_on_emoji_scenes_scores_map_50_per_strategy_and_writes_the_verdi
     verdict = result.verdicts.iloc[0]
     assert (verdict["strategy"], verdict["baseline"]) == ("finetune", "scratch:same-arch")
     assert verdict["verdict"] in ("positive transfer", "negative transfer", "no clear gain")
-    assert any("counts training items (16)" in n for n in result.notes)
+    assert any("counts the training images drawn (16)" in n for n in result.notes)
+    assert set(result.summary["labels_unit"]) == {"images"} and set(result.verdicts["labels_unit"]) == {"images"}
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert "map_50" in report and "scratch:same-arch" in report and verdict["verdict"] in report
+    assert "| 16 images |" in report and "/ class" not in report  # the labels column says what was drawn
     assert {"runs.csv", "summary.csv", "verdicts.csv", "report.html"} <= {p.name for p in (tmp_path / "cmp").iterdir()}
 
 

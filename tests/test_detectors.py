@@ -1,5 +1,5 @@
 """RetinaNet and Faster R-CNN beside FCOS: the ``detector`` option, training under every dense strategy, bundles,
-export (RetinaNet with NMS outside the graph; Faster R-CNN refused) and compare's scratch baseline.
+export (RetinaNet with NMS outside the graph; Faster R-CNN refused), compare's scratch baseline and labels column.
 
 EfficientNet-Lite0's architecture at random init (a real pyramid, strides 2-32) at 32 px, one or two epochs of
 three images: these check the plumbing, not what the detectors learn.
@@ -167,3 +167,21 @@ def test_compare_gives_the_scratch_baseline_the_strategies_detector():
         _planned_runs(["finetune", "lora"], {"finetune": {"detector": "faster-rcnn"}}, "auto", config, 0, "image",
                       "detection")
 
+
+def test_compare_tables_say_images_drawn_for_detection_and_labels_per_class_otherwise():
+    import pandas as pd
+
+    from transferkit.reports.compare_report import format_table
+    from transferkit.workflows.compare import _with_labels_unit, labels_unit
+
+    assert labels_unit(box_scenes(3, size=32)) == "images"
+    assert labels_unit(box_scenes(3, size=32, task="segmentation")) == "images"
+    runs = pd.DataFrame([{"experiment": "scenes", "labels_per_class": 16, "labels_unit": "images", "strategy": s,
+                          "kind": k, "seed": 0, "map_50": v}
+                         for s, k, v in [("finetune", "transfer", 0.4), ("scratch:same-arch", "scratch", 0.1)]]
+                        + [{"experiment": "fmnist", "labels_per_class": 10, "labels_unit": "class",
+                            "strategy": "finetune", "kind": "transfer", "seed": 0, "map_50": 0.5}])
+    from transferkit.evaluation import summarize
+
+    table = format_table(_with_labels_unit(summarize(runs, "map_50"), runs), None, "map_50")
+    assert "| 16 images |" in table and "| 10 / class |" in table and "16 / class" not in table

@@ -48,6 +48,7 @@ def compare_command(
     """Compare STRATEGIES against from-scratch baselines over SEEDS; print mean ± 95% CI and verdicts."""
     from transferkit.api import compare
     from transferkit.cli.tables import compare_table
+    from transferkit.reports.plots import lpc_label
 
     per_strategy: dict[str, dict] = {}
     for key, value in parse_options(option).items():
@@ -65,6 +66,7 @@ def compare_command(
                      batch_size=batch_size, text_column=text_column, label_column=label_column, engine=engine, address=address)
     console.print(compare_table(result))
     for _, v in result.verdicts.iterrows():
-        console.print(f"[bold]{v['strategy']}[/bold] @ {v['labels_per_class']}/class: {v['explanation']}")
+        console.print(f"[bold]{v['strategy']}[/bold] @ {lpc_label(v['labels_per_class'], v.get('labels_unit'))}: "
+                      f"{v['explanation']}")
     if result.path:
         console.print(f"report: {result.path / 'report.html'}")

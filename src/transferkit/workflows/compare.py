@@ -114,8 +114,8 @@ def _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_opt
             if test is None:
                 notes.append("No test split: metrics are on the validation split.")
             if not get_task(train.task).single_label:
-                notes.append(f"The labels column counts training items ({_per_class(train)}), not labels per class: "
-                             f"a {train.task} item has no single class.")
+                notes.append(f"The labels column counts the training {labels_unit(train)} drawn ({_per_class(train)}), "
+                             f"not labels per class: a {train.task} item has no single class.")
             notes.append(f"{lpc or 'all'} labels per class: " + (
                 f"{len(val)} of {len(train) + len(val)} labelled items held out for validation (early stopping, "
                 "checkpoint choice); every run trains on the rest." if val is not None else
@@ -173,7 +173,8 @@ def _planned_runs(strategies, strategy_options: dict, baselines, config: TrainCo
 def _row(experiment: str, lpc, train: TaskData, label: str, strategy: Strategy | None, seed: int, run: Run) -> dict:
     """One row of the runs table: the run's keys, its training time and its scalar metrics."""
     return {"experiment": experiment, "labels_per_class": lpc if lpc is not None else _per_class(train),
-            "strategy": label, "kind": strategy.kind if strategy is not None else "transfer", "seed": seed,
+            "labels_unit": labels_unit(train), "strategy": label,
+            "kind": strategy.kind if strategy is not None else "transfer", "seed": seed,
             "seconds": round(run.seconds, 2),
             **{k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}}
 
@@ -181,8 +182,8 @@ def _row(experiment: str, lpc, train: TaskData, label: str, strategy: Strategy |
 def _summarize(rows: list[dict], metric: str, notes: list[str], out, *, title: str) -> CompareResult:
     """Summary and verdicts over seeds on ``metric``; with ``out``, the compare report written there."""
     runs_df = pd.DataFrame(rows)
-    summary = summarize(runs_df, metric)
-    verdicts = transfer_verdicts(runs_df, metric, higher_is_better(metric))
+    summary = _with_labels_unit(summarize(runs_df, metric), runs_df)
+    verdicts = _with_labels_unit(transfer_verdicts(runs_df, metric, higher_is_better(metric)), runs_df)
     result = CompareResult(runs_df, summary, verdicts, metric, notes=sorted(set(notes)))
     if out is not None and is_main_process():
         from transferkit.reports import write_compare_report
@@ -192,6 +193,27 @@ def _summarize(rows: list[dict], metric: str, notes: list[str], out, *, title: s
                              title=title, notes=result.notes)
         result.path = Path(out)
     return result
+
+
+def labels_unit(data: TaskData) -> str:
+    """What the ``labels_per_class`` column counts for ``data``: ``"class"`` (labels per class) for single-label
+    tasks; else the training items drawn, named after the modality (``"images"``: detection, segmentation)."""
+    if get_task(data.task).single_label:
+        return "class"
+    return {"image": "images", "text": "texts", "audio": "clips"}.get(data.modality, "items")
+
+
+def _with_labels_unit(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (summary or verdicts) with the runs' ``labels_unit`` of its (experiment, labels_per_class), after
+    ``labels_per_class``; runs recorded before the column existed count labels per class."""
+    if frame.empty or "labels_unit" not in runs.columns or "labels_per_class" not in frame.columns:
+        return frame
+    units = {(e, lpc): u for e, lpc, u in zip(runs["experiment"], runs["labels_per_class"], runs["labels_unit"])
+             if isinstance(u, str)}
+    frame = frame.copy()
+    frame.insert(frame.columns.get_loc("labels_per_class") + 1, "labels_unit",
+                 [units.get((e, lpc), "class") for e, lpc in zip(frame["experiment"], frame["labels_per_class"])])
+    return frame
 
 
 def _per_class(data: TaskData) -> int:
@@ -216,6 +238,9 @@ def data_name(data: TaskData) -> str:
 def _print_run(row: dict, metric: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"  [dim]{row['experiment']} n/class={row['labels_per_class']} seed={row['seed']} "
+    from transferkit.reports.plots import lpc_label
+
+    budget = lpc_label(row["labels_per_class"], row.get("labels_unit")).replace(" / ", "/")
+    Console(stderr=True).print(f"  [dim]{row['experiment']} {budget} seed={row['seed']} "
                                f"{row['strategy']}: {metric}={row.get(metric, float('nan')):.3f} ({row['seconds']:.1f}s)[/dim]",
                                soft_wrap=True)
