@@ -23,7 +23,9 @@ def compare_command(
     seeds: int = typer.Option(3, help="Seeds (data draws) per strategy."),
     labels_per_class: Optional[str] = typer.Option(None, help="N or N1,N2,... labelled examples per class."),
     baselines: str = typer.Option("auto", help="Scratch baselines: auto, none, or variants (small-cnn,same-arch,tfidf,crf)."),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="STRATEGY.KEY=VALUE option for one strategy (repeatable)."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="STRATEGY.KEY=VALUE option for one strategy (repeatable), e.g. "
+                                                                          "finetune.detector=retinanet (the scratch baseline "
+                                                                          "then trains the same detector)."),
     test_data: Optional[str] = typer.Option(None, help="Evaluation data (default: the built-in test split)."),
     max_test: Optional[int] = typer.Option(None, help="Evaluate on a fixed stratified subset of this many test items."),
     val_fraction: Optional[float] = typer.Option(
