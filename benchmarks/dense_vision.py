@@ -94,7 +94,7 @@ def run_one(job: dict, pool, test, args) -> dict:
 def jobs(args) -> list[dict]:
     if args.part == "detectors":
         return [{"task": "detection", "n": args.detector_size, "seed": seed, "arm": arm}
-                for seed in range(args.seeds) for arm in DETECTOR_ARMS]
+                for seed in range(args.seeds) for arm in DETECTOR_ARMS if arm.split("/")[0] in args.detectors]
     parts = ["detection", "segmentation"] if args.part == "both" else [args.part]
     out = []
     for task in parts:
@@ -116,6 +116,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default="10,50", help="training scenes per run (detection)")
     parser.add_argument("--seg-sizes", default="50", help="training scenes per run (segmentation)")
     parser.add_argument("--detector-size", type=int, default=50, help="training scenes per run (--part detectors)")
+    parser.add_argument("--detectors", default=",".join(DETECTORS), help="--part detectors: which detectors")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps of the transfer arms (scratch: 2x)")
@@ -129,6 +130,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in str(args.sizes).split(",")]
     args.seg_sizes = [int(s) for s in str(args.seg_sizes).split(",")]
+    args.detectors = [d for d in str(args.detectors).split(",") if d]
+    if not set(args.detectors) <= set(DETECTORS):
+        parser.error(f"--detectors {','.join(args.detectors)}: choose among {', '.join(DETECTORS)}")
     args.out = args.out or (OUT / "detectors" if args.part == "detectors" else OUT)
     summarize = write_detector_summary if args.part == "detectors" else write_summary
 
@@ -314,7 +318,9 @@ def write_detector_summary(runs: list[dict], args) -> None:
     text = [
         "# Dense vision: FCOS, RetinaNet and Faster R-CNN on ImageNet EfficientNet-Lite0, fine-tuned and from scratch",
         "", f"`python benchmarks/dense_vision.py --part detectors --detector-size {n} --seeds {args.seeds} "
-        f"--steps {args.steps} --image-size {args.image_size} --n-test {args.n_test} --threads {args.threads}`", "",
+        f"--steps {args.steps} --image-size {args.image_size} --n-test {args.n_test} --threads {args.threads}"
+        + ("" if set(args.detectors) == set(DETECTORS) else f" --detectors {','.join(args.detectors)}")
+        + (f" --out {args.out}" if args.out != OUT / "detectors" else "") + "`", "",
         f"Data as in `../summary.md`: `emoji-scenes` (seed 0), {n} training scenes drawn per seed from a pool of "
         f"{s['pool']} (the same draw for every arm and detector), {s['n_test']} test scenes at {s['image_size']} px, "
         "9 classes.", "",
@@ -329,7 +335,9 @@ def write_detector_summary(runs: list[dict], args) -> None:
         "seconds with other jobs on the same 2 cores: compare them within this table only.", "",
         *table, "", *diffs, "",
         f"Cuts forced by the CPU (2 cores shared with other workers, {s['threads']} thread per run): one training-set "
-        f"size ({n}), {s['image_size']} px images, {s['base_steps']} optimizer steps (scratch "
+        f"size ({n}), "
+        + "".join(f"{d} not run here, " for d in DETECTORS if d not in args.detectors) +
+        f"{s['image_size']} px images, {s['base_steps']} optimizer steps (scratch "
         f"{2 * s['base_steps']}), 64-channel FPN and heads, a {s['n_test']}-scene test set: every arm is far from "
         "converged, so these are early-training figures. Not cut: the same draw, augmentation, batch size and "
         "schedule for every detector.",
