@@ -1,6 +1,6 @@
 """Detection (and segmentation) transfer on CPU: ImageNet EfficientNet-Lite0 frozen, fine-tuned, or from scratch.
 
-    python benchmarks/dense_vision.py [--sizes 10,50] [--seeds 3] [--part detection|segmentation|both]
+    python benchmarks/dense_vision.py [--sizes 10,50] [--seeds 3] [--part detection|segmentation|both|detectors]
 
 Data: the built-in ``emoji-scenes`` (36 emoji, 4 per Unicode group, pasted on crops of the photos inside
 scikit-learn and scikit-image; 9 classes; exact boxes and masks), built once with seed 0: a pool of
@@ -18,6 +18,11 @@ Every arm sees the same augmentation (flip, zoom, shift with the boxes) and batc
 fixed per arm, not per epoch, so 10 and 50 images get the same compute. mAP@.5 (primary) and mAP@[.5:.95]
 on the test set, mean and 95% Student-t interval over seeds, and the paired (same seed, same draw)
 differences transfer minus scratch.
+
+``--part detectors`` compares the detectors instead, at one training-set size (``--detector-size``, 50):
+``fcos``, ``retinanet`` and ``faster-rcnn`` (the strategies' ``detector`` option), each fine-tuned (the
+``finetune`` arm above) and from scratch (the ``scratch`` arm, the same detector), on the same draws, into
+``benchmarks/results/dense_vision/detectors/``.
 
 Writes ``benchmarks/results/dense_vision/{runs.jsonl,summary.md,summary.json}``; runs already in
 ``runs.jsonl`` are kept (delete it to start over), so the script resumes where it stopped.
@@ -41,6 +46,10 @@ ARMS = {  # arm -> (strategy, options, steps factor, lr, head lr)
     "finetune": ("finetune", {}, 1, 2e-4, 1e-3),
     "scratch": ("scratch", {"variant": "same-arch"}, 2, 1e-3, 1e-3),
 }
+DETECTORS = ("fcos", "retinanet", "faster-rcnn")
+#: ``--part detectors``: "<detector>/<arm>" -> the arm's settings with the detector option
+DETECTOR_ARMS = {f"{d}/{arm}": (ARMS[arm][0], {**ARMS[arm][1], "detector": d}, *ARMS[arm][2:])
+                 for d in DETECTORS for arm in ("finetune", "scratch")}
 PRIMARY = {"detection": "map_50", "segmentation": "mean_iou"}
 SECONDARY = {"detection": "map", "segmentation": "pixel_accuracy"}
 
@@ -60,7 +69,7 @@ def run_one(job: dict, pool, test, args) -> dict:
     from transferkit.strategies.base import predict_outputs
     from transferkit.training import TrainConfig, Trainer
 
-    strategy, options, factor, lr, head_lr = ARMS[job["arm"]]
+    strategy, options, factor, lr, head_lr = {**ARMS, **DETECTOR_ARMS}[job["arm"]]
     draw = np.sort(np.random.default_rng(job["seed"]).permutation(len(pool))[:job["n"]])
     train = pool.subset(draw, name=f"{pool.name}[{job['n']}]")
     steps = args.steps * factor
@@ -73,14 +82,19 @@ def run_one(job: dict, pool, test, args) -> dict:
     start = time.perf_counter()
     model, history = make_strategy(strategy, options).fit(backbone, train, None, Trainer(config))
     seconds = time.perf_counter() - start
+    start = time.perf_counter()
     outputs = predict_outputs(model, test, batch_size=16)
+    predict_seconds = time.perf_counter() - start
     metrics = test.task_spec.metrics(test.targets, outputs, test.label_names)
     return {**job, "strategy": strategy, "options": options, "epochs": epochs, "steps": epochs * per_epoch,
-            "train_seconds": round(seconds, 1), "final_loss": round(float(history[-1]["train_loss"]), 4),
+            "train_seconds": round(seconds, 1), "predict_seconds": round(predict_seconds, 2), "final_loss": round(float(history[-1]["train_loss"]), 4),
             **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("n", "objects")}}
 
 
 def jobs(args) -> list[dict]:
+    if args.part == "detectors":
+        return [{"task": "detection", "n": args.detector_size, "seed": seed, "arm": arm}
+                for seed in range(args.seeds) for arm in DETECTOR_ARMS if arm.split("/")[0] in args.detectors]
     parts = ["detection", "segmentation"] if args.part == "both" else [args.part]
     out = []
     for task in parts:
@@ -98,9 +112,11 @@ def _key(job: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", default="detection", choices=["detection", "segmentation", "both"])
+    parser.add_argument("--part", default="detection", choices=["detection", "segmentation", "both", "detectors"])
     parser.add_argument("--sizes", default="10,50", help="training scenes per run (detection)")
     parser.add_argument("--seg-sizes", default="50", help="training scenes per run (segmentation)")
+    parser.add_argument("--detector-size", type=int, default=50, help="training scenes per run (--part detectors)")
+    parser.add_argument("--detectors", default=",".join(DETECTORS), help="--part detectors: which detectors")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps of the transfer arms (scratch: 2x)")
@@ -108,11 +124,17 @@ def main(argv=None) -> None:
     parser.add_argument("--pool", type=int, default=200, help="training scenes drawn from")
     parser.add_argument("--n-test", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=OUT, help="results folder")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/dense_vision, "
+                                                                 "its detectors/ subfolder for --part detectors)")
     parser.add_argument("--summary-only", action="store_true", help="rewrite summary.md/json from runs.jsonl")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in str(args.sizes).split(",")]
     args.seg_sizes = [int(s) for s in str(args.seg_sizes).split(",")]
+    args.detectors = [d for d in str(args.detectors).split(",") if d]
+    if not set(args.detectors) <= set(DETECTORS):
+        parser.error(f"--detectors {','.join(args.detectors)}: choose among {', '.join(DETECTORS)}")
+    args.out = args.out or (OUT / "detectors" if args.part == "detectors" else OUT)
+    summarize = write_detector_summary if args.part == "detectors" else write_summary
 
     import torch
 
@@ -122,7 +144,7 @@ def main(argv=None) -> None:
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
     done = {_key(r) for r in runs}
     if args.summary_only:
-        return write_summary(runs, args)
+        return summarize(runs, args)
     data = {}
     for job in jobs(args):
         if _key(job) in done:
@@ -138,8 +160,8 @@ def main(argv=None) -> None:
             f.write(json.dumps(row) + "\n")
         print(f"{_key(job)}: {PRIMARY[job['task']]} {row[PRIMARY[job['task']]]:.3f} in {row['train_seconds']}s",
               flush=True)
-        write_summary(runs, args)
-    write_summary(runs, args)
+        summarize(runs, args)
+    summarize(runs, args)
 
 
 def _ci(values) -> tuple[float, float, float]:
@@ -238,6 +260,87 @@ def write_summary(runs: list[dict], args) -> None:
         f"optimizer steps (scratch: {2 * (s.get('base_steps') or 0)}) rather than a schedule run to convergence, "
         f"and a test set of {s.get('n_test')} scenes. The comparison itself is not cut: the same detector, data "
         "draw, augmentation and batch size in every arm.",
+    ]
+    (args.out / "summary.md").write_text("\n".join(text) + "\n")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def _paired(rows: list[dict], arm_a: str, arm_b: str, metric: str):
+    """(mean, low, high, seeds) of ``arm_a - arm_b`` paired by seed, or ``None`` without a common seed."""
+    from transferkit.evaluation.stats import paired_difference
+
+    a = {r["seed"]: r[metric] for r in rows if r["arm"] == arm_a}
+    b = {r["seed"]: r[metric] for r in rows if r["arm"] == arm_b}
+    seeds = sorted(set(a) & set(b))
+    return (*paired_difference([a[k] for k in seeds], [b[k] for k in seeds]), len(seeds)) if seeds else None
+
+
+def write_detector_summary(runs: list[dict], args) -> None:
+    """``--part detectors``: each detector fine-tuned and from scratch, and the paired differences."""
+    import numpy as np
+
+    rows = [r for r in runs if r["arm"] in DETECTOR_ARMS]
+    if not rows:
+        return
+    s = rows[-1]["settings"]
+    n, metric, second = rows[0]["n"], PRIMARY["detection"], SECONDARY["detection"]
+    summary = {"backbone": BACKBONE, "n": n, "settings": s, "arms": {a: {"strategy": st, "options": o,
+               "steps_factor": f, "lr": lr, "head_lr": hl} for a, (st, o, f, lr, hl) in DETECTOR_ARMS.items()},
+               "machine": platform.processor() or platform.machine(), "means": {}, "paired": {}}
+    table = [f"### {metric} (and {second}) on {s['n_test']} test scenes after training on {n}, mean ± 95% CI "
+             "half-width over seeds (points)", "",
+             f"| detector | arm | seeds | {metric} | {second} | steps | train s/run | predict s ({s['n_test']} scenes) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for arm in DETECTOR_ARMS:
+        rs = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        m, sec = [r[metric] for r in rs], [r[second] for r in rs]
+        detector, kind = arm.split("/")
+        table.append(f"| {detector} | {kind} | {len(rs)} | {_fmt(*_ci(m))} | {_fmt(*_ci(sec))} | {rs[0]['steps']} | "
+                     f"{np.mean([r['train_seconds'] for r in rs]):.0f} | "
+                     f"{np.mean([r['predict_seconds'] for r in rs]):.1f} |")
+        summary["means"].setdefault(detector, {})[kind] = {"mean": round(100 * float(np.mean(m)), 1),
+                                                           "values": m, "seeds": len(rs)}
+    diffs = [f"#### Paired by seed (same draw; {metric}, points, 95% CI)", "", "| difference | seeds | mean [CI] |",
+             "| --- | --- | --- |"]
+    pairs = [(f"{d}/finetune", f"{d}/scratch") for d in DETECTORS] + [
+        (f"{d}/finetune", "fcos/finetune") for d in DETECTORS[1:]] + [(f"{d}/scratch", "fcos/scratch")
+                                                                      for d in DETECTORS[1:]]
+    for a, b in pairs:
+        d = _paired(rows, a, b, metric)
+        if d is None:
+            continue
+        diffs.append(f"| {a} - {b} | {d[3]} | {_fmt_diff(*d[:3])} |")
+        summary["paired"][f"{a.replace('/', '_')}_minus_{b.replace('/', '_')}"] = {
+            "mean": round(100 * float(d[0]), 1), "low": round(100 * float(d[1]), 1),
+            "high": round(100 * float(d[2]), 1), "seeds": d[3]}
+    text = [
+        "# Dense vision: FCOS, RetinaNet and Faster R-CNN on ImageNet EfficientNet-Lite0, fine-tuned and from scratch",
+        "", f"`python benchmarks/dense_vision.py --part detectors --detector-size {n} --seeds {args.seeds} "
+        f"--steps {args.steps} --image-size {args.image_size} --n-test {args.n_test} --threads {args.threads}"
+        + ("" if set(args.detectors) == set(DETECTORS) else f" --detectors {','.join(args.detectors)}")
+        + (f" --out {args.out}" if args.out != OUT / "detectors" else "") + "`", "",
+        f"Data as in `../summary.md`: `emoji-scenes` (seed 0), {n} training scenes drawn per seed from a pool of "
+        f"{s['pool']} (the same draw for every arm and detector), {s['n_test']} test scenes at {s['image_size']} px, "
+        "9 classes.", "",
+        f"Model: `{BACKBONE}` (packaged ImageNet weights) + torchvision FPN (64 channels) + the detector chosen with "
+        "the strategies' `detector` option: `fcos` (2 conv layers per tower, P3-P7), `retinanet` (torchvision's "
+        "head, 4 conv layers per tower with GroupNorm, 9 anchors per location, P3-P7), `faster-rcnn` (RPN with the "
+        "same anchors, RoIAlign on P3-P5, a 256-wide two-layer box head, 500/250 proposals per image in "
+        "training/prediction). finetune: every weight trains, backbone lr 2e-4, FPN and detector 1e-3, BatchNorm "
+        f"statistics frozen, about {s['base_steps']} optimizer steps; scratch: the same detector from random weights, "
+        f"1e-3 everywhere, BatchNorm trained and re-estimated, about {2 * s['base_steps']} steps. Batch size "
+        f"{s['batch_size']}, AdamW, cosine schedule with warm-up, flip/zoom/shift with the boxes. Times are wall "
+        "seconds with other jobs on the same 2 cores: compare them within this table only.", "",
+        *table, "", *diffs, "",
+        f"Cuts forced by the CPU (2 cores shared with other workers, {s['threads']} thread per run): one training-set "
+        f"size ({n}), "
+        + "".join(f"{d} not run here, " for d in DETECTORS if d not in args.detectors) +
+        f"{s['image_size']} px images, {s['base_steps']} optimizer steps (scratch "
+        f"{2 * s['base_steps']}), 64-channel FPN and heads, a {s['n_test']}-scene test set: every arm is far from "
+        "converged, so these are early-training figures. Not cut: the same draw, augmentation, batch size and "
+        "schedule for every detector.",
     ]
     (args.out / "summary.md").write_text("\n".join(text) + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -384,7 +384,8 @@ def test_cli_exports_a_detector_to_onnx_with_nms_outside_the_graph(tmp_path):
     info = json.loads((tmp_path / "onnx" / "export.json").read_text())
     labels = json.loads((tmp_path / "onnx" / "labels.json").read_text())
     assert [o["name"] for o in info["outputs"]] == ["boxes", "scores"] and labels["outputs"] == ["boxes", "scores"]
-    assert labels["postprocess"] == "fcos-nms" and labels["postprocess_options"]["nms_thresh"] == 0.6
+    assert labels["postprocess"] == "detection-nms" and labels["postprocess_options"]["nms_thresh"] == 0.6
+    assert labels["postprocess_options"]["detector"] == "fcos"
     assert sum(labels["postprocess_options"]["locations_per_level"]) == 23  # 4x4 + 2x2 + 1 + 1 + 1 at 32 px
     parity = info["parity"]
     assert parity["max_abs_diff"] <= 1e-4 and parity["predictions"]["equal"] and parity["predictions"]["detections"] > 0
@@ -452,9 +453,11 @@ def test_compare_on_emoji_scenes_scores_map_50_per_strategy_and_writes_the_verdi
     verdict = result.verdicts.iloc[0]
     assert (verdict["strategy"], verdict["baseline"]) == ("finetune", "scratch:same-arch")
     assert verdict["verdict"] in ("positive transfer", "negative transfer", "no clear gain")
-    assert any("counts training items (16)" in n for n in result.notes)
+    assert any("counts the training images drawn (16)" in n for n in result.notes)
+    assert set(result.summary["labels_unit"]) == {"images"} and set(result.verdicts["labels_unit"]) == {"images"}
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert "map_50" in report and "scratch:same-arch" in report and verdict["verdict"] in report
+    assert "| 16 images |" in report and "/ class" not in report  # the labels column says what was drawn
     assert {"runs.csv", "summary.csv", "verdicts.csv", "report.html"} <= {p.name for p in (tmp_path / "cmp").iterdir()}
 
 

@@ -23,7 +23,9 @@ def compare_command(
     seeds: int = typer.Option(3, help="Seeds (data draws) per strategy."),
     labels_per_class: Optional[str] = typer.Option(None, help="N or N1,N2,... labelled examples per class."),
     baselines: str = typer.Option("auto", help="Scratch baselines: auto, none, or variants (small-cnn,same-arch,tfidf,crf)."),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="STRATEGY.KEY=VALUE option for one strategy (repeatable)."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="STRATEGY.KEY=VALUE option for one strategy (repeatable), e.g. "
+                                                                          "finetune.detector=retinanet (the scratch baseline "
+                                                                          "then trains the same detector)."),
     test_data: Optional[str] = typer.Option(None, help="Evaluation data (default: the built-in test split)."),
     max_test: Optional[int] = typer.Option(None, help="Evaluate on a fixed stratified subset of this many test items."),
     val_fraction: Optional[float] = typer.Option(
@@ -48,6 +50,7 @@ def compare_command(
     """Compare STRATEGIES against from-scratch baselines over SEEDS; print mean ± 95% CI and verdicts."""
     from transferkit.api import compare
     from transferkit.cli.tables import compare_table
+    from transferkit.reports.plots import lpc_label
 
     per_strategy: dict[str, dict] = {}
     for key, value in parse_options(option).items():
@@ -65,6 +68,7 @@ def compare_command(
                      batch_size=batch_size, text_column=text_column, label_column=label_column, engine=engine, address=address)
     console.print(compare_table(result))
     for _, v in result.verdicts.iterrows():
-        console.print(f"[bold]{v['strategy']}[/bold] @ {v['labels_per_class']}/class: {v['explanation']}")
+        console.print(f"[bold]{v['strategy']}[/bold] @ {lpc_label(v['labels_per_class'], v.get('labels_unit'))}: "
+                      f"{v['explanation']}")
     if result.path:
         console.print(f"report: {result.path / 'report.html'}")

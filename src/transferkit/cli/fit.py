@@ -42,6 +42,8 @@ def register(app: typer.Typer) -> None:
         '    --data debian-packages --strategy lora -o rank=8 --out runs/lora',
         'transferkit fit --backbone efficientnet-lite:0,efficientnet-lite:1 \\',
         '    --data fashion-mnist --labels-per-class 10 --strategy auto --budget 10m --out runs/auto',
+        'transferkit fit --backbone efficientnet-lite:0 --data coco.json --strategy finetune \\',
+        '    -o detector=retinanet --image-size 128 --out runs/det   # fcos (default), retinanet, faster-rcnn',
         'transferkit fit --config recipe.yaml --out runs/x'))(fit_command)
 
 
@@ -54,7 +56,8 @@ def fit_command(
                                                       "cross-validation on the training labels."),
     budget: Optional[str] = typer.Option(None, help="With --strategy auto: time for the search, e.g. 10m, 90s "
                                                     "(default 10m)."),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Strategy option KEY=VALUE (repeatable), e.g. -o train_last=2."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Strategy option KEY=VALUE (repeatable), e.g. -o train_last=2; "
+                                                                          "on detection data, -o detector=fcos|retinanet|faster-rcnn."),
     # DataOptions
     labels_per_class: Optional[int] = group_option(DataOptions, "labels_per_class"),
     test_data: Optional[str] = group_option(DataOptions, "test_data"),

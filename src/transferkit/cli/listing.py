@@ -47,8 +47,10 @@ def list_command(what: What = typer.Argument(What.strategies,
 
         t = Table("task", "what", "primary metric", "metrics", "features", "head", title="tasks")
         for task in list_tasks():
+            heads = task["head"] + (f" (or {', '.join(h for h in task['heads'] if h != task['head'])}: "
+                                    "-o detector=...)" if len(task["heads"]) > 1 else "")
             t.add_row(task["name"], task["help"], task["primary_metric"], ", ".join(task["metrics"]),
-                      task["features"], task["head"])
+                      task["features"], heads)
     elif what is What.scores:
         from transferkit.evaluation.transferability import SCORES
 

@@ -35,8 +35,10 @@ def compare_table(result) -> Table:
     percent = result.metric in ("accuracy", "balanced_accuracy", "macro_f1", "micro_f1", "mAP")
     t = Table(title=f"{result.metric} ({'%, ' if percent else ''}mean ± 95% CI over seeds; "
                     f"gain vs the strongest scratch baseline)")
-    for col in ("experiment", "n/class", "strategy", result.metric, "gain", "verdict"):
-        t.add_column(col, justify="right" if col in (result.metric, "gain", "n/class") else "left",
+    from transferkit.reports.plots import lpc_label
+
+    for col in ("experiment", "labels", "strategy", result.metric, "gain", "verdict"):
+        t.add_column(col, justify="right" if col in (result.metric, "gain", "labels") else "left",
                      no_wrap=col in ("strategy", result.metric, "gain"))
     v = result.verdicts.set_index(["experiment", "labels_per_class", "strategy"]) if len(result.verdicts) else None
     for _, r in result.summary.sort_values(["experiment", "labels_per_class", "kind", "mean"],
@@ -48,6 +50,6 @@ def compare_table(result) -> Table:
             gain = _pct(row["gain"], row["gain_low"], row["gain_high"], percent)
             gain = ("+" if row["gain"] >= 0 else "") + gain
             verdict = row["verdict"]
-        t.add_row(str(r["experiment"]), str(r["labels_per_class"]), r["strategy"],
+        t.add_row(str(r["experiment"]), lpc_label(r["labels_per_class"], r.get("labels_unit")), r["strategy"],
                   _pct(r["mean"], r["ci_low"], r["ci_high"], percent), gain, verdict)
     return t

@@ -182,6 +182,10 @@ def check_exportable(manifest: dict) -> None:
     if task is not None and not task.exportable:
         raise ConfigError(f"{task.name} bundles cannot be exported to ONNX or TorchScript yet: {task.export_note} "
                           f"Serve the bundle itself (transferkit serve), which runs the PyTorch model.")
+    refusal = task.export_refusal(manifest.get("head") or {}) if task is not None else None
+    if refusal:
+        raise ConfigError(f"This {task.name} bundle cannot be exported to ONNX or TorchScript: {refusal} Serve the "
+                          f"bundle itself (transferkit serve), which runs the PyTorch model.")
     if kind in ("image", "text", "audio"):
         return
     why = ("it is scikit-learn's TF-IDF on sparse term counts, which has no ONNX or TorchScript graph"

@@ -75,7 +75,8 @@ def _summary_rows(summary: pd.DataFrame, verdicts: pd.DataFrame | None, percent:
         v = found.get(key)
         gain = format_gain(v.gain, v.gain_low, v.gain_high, percent) if v is not None else (
             "baseline" if key in baselines else "—")
-        rows.append([str(r.get("experiment", "")), lpc_label(r.get("labels_per_class")), str(r.get("strategy", "")),
+        rows.append([str(r.get("experiment", "")), lpc_label(r.get("labels_per_class"), r.get("labels_unit")),
+                     str(r.get("strategy", "")),
                      str(r.get("kind", "")), str(r.get("n", "")),
                      format_mean_ci(r["mean"], r["ci_low"], r["ci_high"], percent), gain,
                      v.verdict if v is not None else ""])
@@ -109,7 +110,7 @@ def format_table(summary: pd.DataFrame, verdicts: pd.DataFrame | None, metric: s
 
 def _verdict_block(verdicts: pd.DataFrame, percent: bool) -> Block:
     headers = ("experiment", "labels", "strategy", "baseline", "gain [CI]", "verdict", "explanation")
-    rows = [(r.experiment, lpc_label(r.labels_per_class), r.strategy, r.baseline,
+    rows = [(r.experiment, lpc_label(r.labels_per_class, getattr(r, "labels_unit", None)), r.strategy, r.baseline,
              format_gain(r.gain, r.gain_low, r.gain_high, percent), f"**{r.verdict}**", r.explanation)
             for r in verdicts.itertuples(index=False)]
     return _table(headers, rows)

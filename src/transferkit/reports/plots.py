@@ -204,10 +204,25 @@ def _experiments(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(str(name), group) for name, group in summary.groupby("experiment", sort=False, dropna=False)]
 
 
-def lpc_label(value) -> str:
-    """Display text of a ``labels_per_class`` value: ``"10 / class"``, or ``"all labels"`` when missing."""
+def lpc_label(value, unit=None) -> str:
+    """Display text of a ``labels_per_class`` value: ``"10 / class"``, or ``"all labels"`` when missing.
+
+    ``unit`` is the runs table's ``labels_unit``: ``"class"`` (or missing) for labels per class; another word
+    (``"images"``, ``"items"``) where the value counts the training items drawn (detection, segmentation,
+    multi-label: an item has no single class), shown as ``"16 images"``.
+    """
     number = _as_float(value)
-    return "all labels" if not np.isfinite(number) or number <= 0 else f"{number:g} / class"
+    if not np.isfinite(number) or number <= 0:
+        return "all labels"
+    return f"{number:g} / class" if not isinstance(unit, str) or unit in ("", "class") else f"{number:g} {unit}"
+
+
+def _lpc_unit(group: pd.DataFrame, lpc) -> str | None:
+    """The ``labels_unit`` of ``group``'s rows at ``lpc`` (``None`` where the table has none)."""
+    if "labels_unit" not in group.columns or lpc is None:
+        return None
+    units = group.loc[group["labels_per_class"].apply(lambda v: _same(v, lpc)), "labels_unit"].dropna()
+    return str(units.iloc[0]) if len(units) else None
 
 
 def _scale(metric: str) -> tuple[float, str]:
@@ -243,7 +258,7 @@ def _bar_panel(ax, group: pd.DataFrame, metric: str, colors: dict) -> None:
         bars = ax.bar(xs, means, width * 0.95, yerr=errs, capsize=3, color=colors[strategy], label=label)
         if annotate:
             ax.bar_label(bars, fmt="%.1f" if scale == 100.0 else "%.3g", fontsize="x-small", padding=2)
-    ax.set_xticks(range(len(lpcs)), [lpc_label(v) if v is not None else "" for v in lpcs])
+    ax.set_xticks(range(len(lpcs)), [lpc_label(v, _lpc_unit(group, v)) if v is not None else "" for v in lpcs])
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(strategies), 3),

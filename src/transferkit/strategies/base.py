@@ -285,6 +285,11 @@ class Strategy:
                 "needs_sensitive": cls.needs_sensitive, "min_backbones": cls.min_backbones,
                 "generative": cls.generative, "dense": cls.dense}
 
+    @classmethod
+    def describe_options(cls) -> list[tuple[str, Any, str]]:
+        """``(name, default, help)`` of the options that apply to this strategy (``transferkit list strategies``)."""
+        return cls.Config.describe()
+
     def __init__(self, config: StrategyConfig | dict | None = None, **options: Any):
         if isinstance(config, StrategyConfig):
             if options:
@@ -326,11 +331,20 @@ class Strategy:
         return True
 
     def prepare(self, backbone: Backbone, data: TaskData) -> TransferModel:
-        """Build the model to train: by default the backbone with a new linear head."""
+        """Build the model to train: by default the backbone with a new head, the task's (:meth:`head_options`)."""
         task = data.task_spec
         head = task.make_head(backbone.feature_spec(task.feature_kind), max(data.num_outputs, 1),
-                              dropout=getattr(self.config, "dropout", 0.0))
+                              dropout=getattr(self.config, "dropout", 0.0), **self.head_options(data))
         return TransferModel(backbone, head, data.task, data.label_names)
+
+    def chosen_head(self) -> str | None:
+        """The head the user chose among the task's :attr:`~transferkit.tasks.Task.heads` (a detector);
+        ``None``: the task's default."""
+        return None
+
+    def head_options(self, data: TaskData) -> dict:
+        """Keywords of the task's ``make_head`` beyond the feature spec: ``{"head": name}`` for a chosen head."""
+        return {}
 
     def train_dataset(self, model: TransferModel, data: TaskData) -> ItemDataset:
         return ItemDataset(data, model.backbone.preprocess, augment=True)

@@ -34,10 +34,12 @@ from transferkit.errors import ConfigError
 from transferkit.strategies import regularizers
 from transferkit.strategies.augment import (POLICIES, ImageAugment, mix_batch, random_shift_flip,  # noqa: F401
                                             resolve_policy, soft_target_cross_entropy)
-from transferkit.strategies.base import (StepContext, Strategy, StrategyConfig, TrainDefaults, TransferModel,
-                                         frozen_batchnorm_to_eval, is_normalized_head, register_strategy)
+from transferkit.strategies.base import (STRATEGIES, StepContext, Strategy, StrategyConfig, TrainDefaults,
+                                         TransferModel, frozen_batchnorm_to_eval, is_normalized_head,
+                                         register_strategy)
 from transferkit.strategies.head_init import HEAD_INITS, init_head_from_probe, wants_probe_head
 from transferkit.strategies.regularizers import REGULARIZERS
+from transferkit.tasks.detection import DETECTORS
 from transferkit.tasks.heads import with_input_scale
 
 #: ``class_weight`` values: see :func:`balanced_class_weights`.
@@ -79,6 +81,9 @@ class FinetuneConfig(StrategyConfig):
         "help": "weight of the penalty (None: the regularizer's default)"})
     regularizer_options: dict = field(default_factory=dict, metadata={
         "help": "the regularizer's options, e.g. {temperature: 2} for lwf (transferkit.strategies.regularizers)"})
+    detector: str | None = field(default=None, metadata={
+        "help": f"detection data: the detector on the backbone's pyramid, one of {', '.join(DETECTORS)} "
+                f"(None: {DETECTORS[0]}); other tasks refuse it"})
 
     _parameter_constraints = {
         "train_last": [Interval("int", 0, None), NONE],
@@ -92,6 +97,7 @@ class FinetuneConfig(StrategyConfig):
         "feature_scale": [Options(*FEATURE_SCALES)],
         "class_weight": [Options(*CLASS_WEIGHTS)],
         "head_init": [Options(*HEAD_INITS)],
+        "detector": [Options(*DETECTORS), NONE],
     }
 
     def validate(self) -> None:
@@ -208,7 +214,31 @@ class Finetune(Strategy):
         super().__init__(config, **options)
         if self.config.regularizer is not None:
             regularizers.check_allowed(self, self.config.regularizer)
+        if self.config.detector is not None and not self.dense:
+            raise ConfigError(f"Strategy '{self.name}' does not train detectors, so its 'detector' option must stay "
+                              f"unset (got {self.config.detector!r}). Strategies that train detection: "
+                              f"{', '.join(n for n in STRATEGIES.names() if STRATEGIES.get(n).dense)}.")
         self.regularizer_ = None
+
+    @classmethod
+    def describe_options(cls) -> list[tuple]:
+        """The options, without ``detector`` for strategies that train no head on a pyramid (its config's base is
+        shared with them)."""
+        return [row for row in super().describe_options() if cls.dense or row[0] != "detector"]
+
+    def chosen_head(self) -> str | None:
+        """The ``detector`` option (``None``: the task's default head)."""
+        return self.config.detector
+
+    def head_options(self, data: TaskData) -> dict:
+        """``{"head": detector}`` where the option is set; refused for a task that offers no such choice."""
+        c, task = self.config, data.task_spec
+        if c.detector is None:
+            return {}
+        if c.detector not in task.heads:
+            raise ConfigError(f"The 'detector' option ({c.detector!r}) chooses the detector of detection data; "
+                              f"'{data.name}' is {data.task} data, whose head is {task.head}. Leave detector unset.")
+        return {"head": c.detector}
 
     def _frozen_names(self, model: TransferModel) -> set[str]:
         c, bb = self.config, model.backbone

@@ -17,6 +17,7 @@ from transferkit.tasks.base import IGNORE_INDEX, Task
 from transferkit.tasks.heads import HEADS, build_head, describe_head, linear_head, rebuild_head, register_head
 from transferkit.tasks.labels import Classification, MultiLabel, Regression
 from transferkit.tasks import dense_heads  # noqa: F401  (registers the fcos and fpn-seg heads)
+from transferkit.tasks import detectors  # noqa: F401  (registers the retinanet and faster-rcnn heads)
 from transferkit.tasks.detection import Detection
 from transferkit.tasks.generation import TextGeneration
 from transferkit.tasks.segmentation import Segmentation

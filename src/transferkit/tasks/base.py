@@ -53,6 +53,7 @@ class Task:
         primary_metric: the metric that ranks models and decides verdicts.
         feature_kind: ``"pooled"`` (one vector per item) or ``"sequence"`` (a vector per token/frame).
         head: the name of the default head in :data:`transferkit.tasks.heads.HEADS`.
+        heads: the heads a user may choose between (:meth:`make_head`'s ``head``); empty: only ``head``.
         single_label: one class per item (stratification, ``labels_per_class``).
         target_kind: how targets are encoded (``class``, ``multi-hot``, ``value``, ...).
         has_labels: outputs are named by ``label_names``.
@@ -64,6 +65,9 @@ class Task:
     primary_metric: ClassVar[str] = ""
     feature_kind: ClassVar[str] = "pooled"
     head: ClassVar[str] = "linear"
+    #: heads a user may choose instead of :attr:`head` (detection's ``detector`` option), the default first;
+    #: empty: :attr:`head` only
+    heads: ClassVar[tuple[str, ...]] = ()
     single_label: ClassVar[bool] = False
     has_labels: ClassVar[bool] = True
     pipeline_tags: ClassVar[dict[str, str]] = {}
@@ -113,15 +117,33 @@ class Task:
         return None
 
     # -- model -----------------------------------------------------------------
-    def make_head(self, spec: FeatureSpec, num_outputs: int, *, dropout: float = 0.0, **options: Any) -> nn.Module:
-        """The task's default head from the head registry, on features shaped as ``spec`` says.
+    def make_head(self, spec: FeatureSpec, num_outputs: int, *, dropout: float = 0.0, head: str | None = None,
+                  **options: Any) -> nn.Module:
+        """The task's head from the head registry, on features shaped as ``spec`` says: ``head`` (one of
+        :attr:`heads`), or the default :attr:`head`.
 
         The default reads ``spec.dim`` (pooled or sequence features); a task on a
         feature pyramid overrides this to pass the channels and strides.
         """
         from transferkit.tasks.heads import build_head
 
-        return build_head(self.head, spec.dim, num_outputs, dropout=dropout, **options)
+        return build_head(self.choose_head(head), spec.dim, num_outputs, dropout=dropout, **options)
+
+    def choose_head(self, head: str | None) -> str:
+        """``head`` if the task offers it (:attr:`heads`), the default :attr:`head` for ``None``; else a
+        :class:`~transferkit.errors.ConfigError` naming the choices."""
+        from transferkit.errors import ConfigError
+
+        if head is None or head == self.head:
+            return self.head
+        if head not in self.heads:
+            offered = f"one of {', '.join(self.heads)}" if self.heads else f"only its '{self.head}' head"
+            raise ConfigError(f"Unknown head {head!r} for {self.name}: it offers {offered}.")
+        return head
+
+    def export_refusal(self, head: dict) -> str | None:
+        """Why a model with this head (its manifest description) cannot be exported as one graph; ``None``: it can."""
+        return None
 
     def configure_model(self, model: nn.Module, data: Any) -> None:
         """Settings a new model takes from its training data, before training (none by default; a generative
@@ -243,7 +265,8 @@ class Task:
     def describe(self) -> dict:
         """For ``transferkit list tasks``."""
         return {"name": self.name, "primary_metric": self.primary_metric, "metrics": list(self.metric_names),
-                "features": self.feature_kind, "head": self.head, "targets": self.target_kind}
+                "features": self.feature_kind, "head": self.head, "heads": list(self.heads) or [self.head],
+                "targets": self.target_kind}
 
 
 def check_no_nan(values: np.ndarray, where: str) -> None:

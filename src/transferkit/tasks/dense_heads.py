@@ -1,5 +1,8 @@
 """Heads on a feature pyramid: ``fcos`` (object detection) and ``fpn-seg`` (semantic segmentation).
 
+The other detectors (``retinanet``, ``faster-rcnn``) are in :mod:`transferkit.tasks.detectors`, on the same
+:class:`PyramidNeck` and :class:`DetectionOutputs` contract.
+
 Both read a backbone's pyramid (``FeatureSpec(kind="pyramid", channels, strides)``, finest level
 first) through torchvision's :class:`~torchvision.ops.FeaturePyramidNetwork` on its last three
 levels. The only glue written here is :class:`PyramidNeck`, which plays the part of torchvision's
@@ -60,8 +63,13 @@ class PyramidNeck(nn.Module):
                                          if extra else None)
 
     def forward(self, pyramid: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return list(self.named(pyramid).values())
+
+    def named(self, pyramid: Sequence[torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+        """The FPN maps by name (``"0"``, ``"1"``, ... finest first, then ``"p6"``, ``"p7"``), as torchvision's
+        region proposal network and RoI pooling take them."""
         maps = OrderedDict((str(k), pyramid[i].contiguous()) for k, i in enumerate(self.keep))
-        return list(self.fpn(maps).values())
+        return self.fpn(maps)
 
 
 class _NeckChannels(nn.Module):
@@ -74,7 +82,8 @@ class _NeckChannels(nn.Module):
 
 
 class DetectionOutputs:
-    """What the ``fcos`` head returns: the raw per-location outputs and what the loss and decoding need.
+    """What the ``fcos`` head returns: the raw per-location outputs and what the loss and decoding need
+    (``retinanet``'s :class:`~transferkit.tasks.detectors.AnchorOutputs` changes the loss and the scores).
 
     Training and prediction stay explicit (not torchvision's mode-dependent return): :meth:`loss` is the
     detector's loss against targets, :meth:`detections` its post-processed boxes, both from the same
@@ -99,7 +108,8 @@ class DetectionOutputs:
 
     @property
     def anchors(self) -> list[torch.Tensor]:
-        """Per image, the ``[L, 4]`` anchors, as torchvision's FCOS loss and post-processing take them."""
+        """Per image, the ``[L, 4]`` anchors, as torchvision's FCOS (and RetinaNet) loss and post-processing take
+        them."""
         return [self.location_anchors] * len(self)
 
     def loss(self, targets: list[dict]) -> torch.Tensor:
@@ -186,6 +196,9 @@ class FCOSHead(nn.Module):
         score_thresh, nms_thresh, detections_per_img, topk_candidates: torchvision FCOS's post-processing.
     """
 
+    #: what an exported graph's ``scores`` output is (``export.json``)
+    score_meaning = "sqrt(sigmoid(class logit) * sigmoid(centre-ness))"
+
     def __init__(self, channels: Sequence[int], strides: Sequence[int], num_classes: int, *, fpn_channels: int = 64,
                  num_convs: int = 2, score_thresh: float = 0.05, nms_thresh: float = 0.6, detections_per_img: int = 100,
                  topk_candidates: int = 1000):
@@ -210,17 +223,33 @@ class FCOSHead(nn.Module):
         self.num_classes = int(num_classes)
 
     def forward(self, pyramid: Sequence[torch.Tensor]) -> DetectionOutputs:
-        from torchvision.models.detection.image_list import ImageList
-
-        first = pyramid[0]
-        size = (int(first.shape[-2]) * self.input_stride, int(first.shape[-1]) * self.input_stride)
+        size = input_size(pyramid, self.input_stride)
         features = self.neck(pyramid)
         head_outputs = self.detector.head(features)
-        # anchors depend on the input size only: made for one image (the anchor generator reads only its
-        # shape, and a zero-stride view costs no memory), so the batch size stays symbolic in an export
-        image = ImageList(first.new_zeros(()).expand(1, 3, *size), [size])
-        anchors = self.detector.anchor_generator(image, features)[0]
+        anchors = image_anchors(self.detector.anchor_generator, features, size)
         return DetectionOutputs(self, head_outputs, anchors, [f.shape[-2] * f.shape[-1] for f in features], size)
+
+
+def input_size(pyramid: Sequence[torch.Tensor], stride: int) -> tuple[int, int]:
+    """``(H, W)`` of the model input, from the finest pyramid level and its stride."""
+    first = pyramid[0]
+    return int(first.shape[-2]) * stride, int(first.shape[-1]) * stride
+
+
+def image_list(like: torch.Tensor, size: tuple[int, int], batch: int = 1):
+    """A torchvision ``ImageList`` of ``batch`` images of ``size`` that holds no pixels: the anchor generator and
+    the region proposal network read only its shape, and a zero-stride view costs no memory."""
+    from torchvision.models.detection.image_list import ImageList
+
+    return ImageList(like.new_zeros(()).expand(batch, 3, *size), [size] * batch)
+
+
+def image_anchors(anchor_generator, features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """The ``[L, 4]`` anchors of one image of ``size`` (xyxy input pixels, every level, finest first).
+
+    Anchors depend on the input size only: made for one image, so the batch size stays symbolic in an export.
+    """
+    return anchor_generator(image_list(features[0], size), list(features))[0]
 
 
 class FPNSegmentationHead(nn.Module):
@@ -260,9 +289,13 @@ def _pyramid_args(in_features) -> tuple[list[int], list[int]]:
     return list(channels), list(strides)
 
 
-def _build_fcos(in_features, out_features: int, *, dropout: float = 0.0, **options) -> nn.Module:
-    channels, strides = _pyramid_args(in_features)
-    return FCOSHead(channels, strides, out_features, **options)
+def pyramid_builder(cls):
+    """``build(in_features, out_features, *, dropout, **options)`` of a detector class on a pyramid (no dropout)."""
+    def build(in_features, out_features: int, *, dropout: float = 0.0, **options) -> nn.Module:
+        channels, strides = _pyramid_args(in_features)
+        return cls(channels, strides, out_features, **options)
+
+    return build
 
 
 def _build_fpn_seg(in_features, out_features: int, *, dropout: float = 0.0, **options) -> nn.Module:
@@ -270,7 +303,8 @@ def _build_fpn_seg(in_features, out_features: int, *, dropout: float = 0.0, **op
     return FPNSegmentationHead(channels, strides, out_features, dropout=dropout, **options)
 
 
-def _rebuild(cls):
+def rebuild_from(cls):
+    """``rebuild(description) -> head`` of a head class on a pyramid, from its manifest entry."""
     def rebuild(h: dict) -> nn.Module:
         options = {k: v for k, v in h.items() if k not in ("kind", "channels", "strides", "num_classes", "out_features")}
         return cls(h["channels"], h["strides"], int(h["num_classes"]), **options)
@@ -278,9 +312,13 @@ def _rebuild(cls):
     return rebuild
 
 
-register_head("fcos", _build_fcos, lambda head: {**head.options, "out_features": head.num_classes},
-              _rebuild(FCOSHead),
+def describe_detector(head: nn.Module) -> dict:
+    """A detector's manifest entry: its options (channels, strides, classes, widths, selection settings)."""
+    return {**head.options, "out_features": head.num_classes}
+
+
+register_head("fcos", pyramid_builder(FCOSHead), describe_detector, rebuild_from(FCOSHead),
               help="object detection: torchvision FPN + FCOS head, loss and NMS on a backbone's feature pyramid")
 register_head("fpn-seg", _build_fpn_seg, lambda head: {**head.options, "out_features": head.options["num_classes"]},
-              _rebuild(FPNSegmentationHead),
+              rebuild_from(FPNSegmentationHead),
               help="semantic segmentation: torchvision FPN + Panoptic FPN's semantic branch on a feature pyramid")

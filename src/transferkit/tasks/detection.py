@@ -6,8 +6,10 @@ own pixels), ``labels`` ``[n]`` (indices into ``label_names``, no background cla
 :meth:`Detection.collate_targets` scales the boxes the same way, and predictions come back in each
 image's own pixels (:meth:`Detection.decode` reads the image's size from the item).
 
-The model is torchvision's FCOS over torchvision's FPN on the backbone's feature pyramid (the ``fcos``
-head, :mod:`transferkit.tasks.dense_heads`). Training batches are augmented with boxes following the
+The model is a torchvision detector over torchvision's FPN on the backbone's feature pyramid: FCOS by default
+(the ``fcos`` head, :mod:`transferkit.tasks.dense_heads`), or RetinaNet or Faster R-CNN (``retinanet``,
+``faster-rcnn``: :mod:`transferkit.tasks.detectors`), chosen with the strategies' ``detector`` option
+(:data:`DETECTORS`). Training batches are augmented with boxes following the
 image (torchvision transforms v2 on ``tv_tensors.BoundingBoxes``): a horizontal flip and a mild zoom and
 shift, after which boxes cut below 2 px are dropped.
 
@@ -34,6 +36,10 @@ MIN_BOX_SIDE = 2.0
 #: ``predict`` and ``serve`` leave out objects scoring under this; evaluation scores every detection (COCO's
 #: mAP needs the low-scoring ones, down to the head's own 0.05 threshold).
 SHOW_SCORE = 0.3
+#: The detectors (heads) detection offers, the default first: the fine-tuning strategies' ``detector`` option.
+DETECTORS = ("fcos", "retinanet", "faster-rcnn")
+#: Those whose graph exports (stopping before the selection, which runs outside it: :func:`select_detections`).
+EXPORTABLE_DETECTORS = ("fcos", "retinanet")
 
 
 def box_target(boxes: Any, labels: Any, size: tuple[int, int]) -> dict:
@@ -134,12 +140,13 @@ def _rows(detections: list[dict], image_size: tuple[int, int]) -> np.ndarray:
 
 
 class Detection(Task):
-    """Boxes and classes of objects per image: torchvision FCOS on a feature pyramid, COCO mAP@.5."""
+    """Boxes and classes of objects per image: FCOS, RetinaNet or Faster R-CNN on a feature pyramid; COCO mAP@.5."""
 
     name = "detection"
     primary_metric = "map_50"
     feature_kind = "pyramid"
-    head = "fcos"
+    head = DETECTORS[0]
+    heads = DETECTORS
     target_kind = "boxes"
     spatial_targets = True
     pipeline_tags = {"image": "object-detection"}
@@ -193,10 +200,13 @@ class Detection(Task):
         return images, boxes
 
     # -- model -----------------------------------------------------------------
-    def make_head(self, spec, num_outputs: int, *, dropout: float = 0.0, **options: Any) -> torch.nn.Module:
+    def make_head(self, spec, num_outputs: int, *, dropout: float = 0.0, head: str | None = None,
+                  **options: Any) -> torch.nn.Module:
+        """The detector ``head`` (one of :data:`DETECTORS`; default ``fcos``) on the pyramid's channels and strides."""
         from transferkit.tasks.heads import build_head
 
-        return build_head(self.head, (spec.channels, spec.strides), num_outputs, dropout=dropout, **options)
+        return build_head(self.choose_head(head), (spec.channels, spec.strides), num_outputs, dropout=dropout,
+                          **options)
 
     def loss(self, outputs: Any, targets: Any, *, label_smoothing: float = 0.0) -> torch.Tensor:
         return outputs.loss(targets)
@@ -265,13 +275,24 @@ class Detection(Task):
         return out
 
     # -- shipping --------------------------------------------------------------
-    # The exported graph stops at every location's decoded box and class scores: torchvision's selection
-    # (score threshold, top-k per level, batched NMS) has data-dependent shapes that torch.export cannot
-    # capture, and the TorchScript-based exporter unrolls its loop over images (fixing the batch size), so it
-    # runs outside the graph (select_detections), with torchvision's own batched_nms.
+    # The exported graph stops at every location's (FCOS) or anchor's (RetinaNet) decoded box and class scores:
+    # torchvision's selection (score threshold, top-k per level, batched NMS) has data-dependent shapes that
+    # torch.export cannot capture, and the TorchScript-based exporter unrolls its loop over images (fixing the
+    # batch size), so it runs outside the graph (select_detections), with torchvision's own batched_nms. Faster
+    # R-CNN runs NMS on its proposals between its two stages, so no graph stops before a selection: refused.
     def export_postprocess(self) -> str:
-        """``fcos-nms``: score threshold, top-k per level and class-wise NMS, outside the graph."""
-        return "fcos-nms"
+        """``detection-nms``: score threshold, top-k per level and class-wise NMS, outside the graph (the same
+        steps for FCOS and RetinaNet)."""
+        return "detection-nms"
+
+    def export_refusal(self, head: dict) -> str | None:
+        """Faster R-CNN: NMS on its proposals runs between its two stages, inside what would be the graph."""
+        kind = head.get("kind") or self.head
+        if kind in EXPORTABLE_DETECTORS:
+            return None
+        return (f"the {kind} detector runs NMS on its region proposals before its second stage, so its graph cannot "
+                f"stop before a data-dependent selection. Detectors that export: {', '.join(EXPORTABLE_DETECTORS)} "
+                f"(fit with -o detector={EXPORTABLE_DETECTORS[0]}).")
 
     def export_forward(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``boxes [B, L, 4]`` as fractions of the input and ``scores [B, L, C]``, before thresholding and NMS
@@ -282,22 +303,26 @@ class Detection(Task):
         return boxes / boxes.new_tensor([w, h, w, h]), scores
 
     def export_outputs(self, model: torch.nn.Module) -> list[dict]:
-        """``boxes [batch, locations, 4]`` and ``scores [batch, locations, classes]``."""
+        """``boxes [batch, locations, 4]`` and ``scores [batch, locations, classes]`` (RetinaNet: a location per
+        anchor)."""
         classes = len(model.label_names or []) or model.head.num_classes
         return [{"name": "boxes", "shape": ["batch", "locations", 4], "dtype": "float32",
                  "meaning": "every location's box, x1, y1, x2, y2 as fractions of the input's width and height "
                             "(clipped to 0..1), before thresholding and NMS; locations = sum(locations_per_level) "
-                            "in labels.json"},
+                            "in labels.json (RetinaNet: one per anchor)"},
                 {"name": "scores", "shape": ["batch", "locations", classes], "dtype": "float32",
-                 "meaning": "every location's score per class, sqrt(sigmoid(class logit) * sigmoid(centre-ness)); "
-                            "detections = fcos-nms(boxes, scores) with labels.json's postprocess_options"}]
+                 "meaning": f"every location's score per class, {model.head.score_meaning}; "
+                            "detections = detection-nms(boxes, scores) with labels.json's postprocess_options"}]
 
     def export_postprocess_options(self, model: torch.nn.Module, inputs: Any) -> dict:
         """The detector's own selection settings, the locations per pyramid level and the input size."""
+        from transferkit.tasks.heads import describe_head
+
         with torch.no_grad():
             raw = model(inputs)
         detector = raw.head.detector
-        return {"score_thresh": float(detector.score_thresh), "topk_candidates": int(detector.topk_candidates),
+        return {"detector": describe_head(model.head)["kind"],
+                "score_thresh": float(detector.score_thresh), "topk_candidates": int(detector.topk_candidates),
                 "nms_thresh": float(detector.nms_thresh), "detections_per_img": int(detector.detections_per_img),
                 "locations_per_level": [int(n) for n in raw.num_anchors_per_level],
                 "input_size": [int(v) for v in raw.image_size],

@@ -11,7 +11,8 @@ from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
 from transferkit.workflows.runs import Run, scored_split, train_and_score
 
-__all__ = ["baseline_config", "check_transfer_against_scratch", "default_baselines", "per_item_values"]
+__all__ = ["baseline_config", "check_transfer_against_scratch", "default_baselines", "per_item_values",
+           "scratch_head_options"]
 
 _VERDICT_SENTENCES = {"positive transfer": "Transfer helped.",
                       "negative transfer": "Transfer hurt: the model trained from scratch was better.",
@@ -41,6 +42,28 @@ def default_baselines(modality: str, task: str | None = None) -> list[str]:
     if task is not None and get_task(task).target_kind == "text":
         return []  # no model trained from scratch writes text from a few hundred pairs: compare with zero-shot
     return {"image": ["small-cnn", "same-arch"], "text": ["tfidf"]}.get(modality, [])
+
+
+def scratch_head_options(strategies, task: str | None) -> dict:
+    """Options that give a scratch baseline the head the transfer ``strategies`` chose (a detector), so that
+    ``same-arch`` is the same model from random weights: ``{"detector": name}``, or ``{}`` for the task's default.
+
+    Raises:
+        ConfigError: the strategies chose different heads (one scratch baseline serves them all).
+    """
+    from transferkit.errors import ConfigError
+
+    if task is None or not get_task(task).heads:
+        return {}
+    spec = get_task(task)
+    chosen = {s.name: s.chosen_head() or spec.head for s in strategies if isinstance(s, Strategy) and s.dense}
+    if len(set(chosen.values())) > 1:
+        named = ", ".join(f"{name}: {head}" for name, head in chosen.items())
+        raise ConfigError(f"The strategies train different {task} heads ({named}); compare trains one scratch "
+                          f"baseline (the same model from random weights) for all of them. Give every strategy the "
+                          f"same detector, or run one compare per detector.")
+    head = next(iter(chosen.values()), spec.head)
+    return {} if head == spec.head else {"detector": head}
 
 
 def check_transfer_against_scratch(run: Run, strategy: Strategy, train: TaskData, val, test,

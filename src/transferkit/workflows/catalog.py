@@ -32,7 +32,7 @@ def list_strategies() -> list[dict]:
         >>> "lora" in [s["name"] for s in list_strategies()]
         True
     """
-    rows = [{"name": e.name, "kind": e.obj.kind, "help": e.help, "options": e.obj.Config.describe(),
+    rows = [{"name": e.name, "kind": e.obj.kind, "help": e.help, "options": e.obj.describe_options(),
              "tags": e.obj.tags()} for e in STRATEGIES]
     rows.append(_auto_row())
     rows += [{"name": e.name, "kind": "continual", "help": e.help, "options": e.obj.Config.describe(),

@@ -22,7 +22,7 @@ from transferkit.strategies import Strategy, make_strategy
 from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
 from transferkit.workflows.auto import AUTO, AutoOptions, auto_options, search_and_train
-from transferkit.workflows.baselines import baseline_config, default_baselines
+from transferkit.workflows.baselines import baseline_config, default_baselines, scratch_head_options
 from transferkit.workflows.engine import Engine, make_engine
 from transferkit.workflows.fit import prepare_data
 from transferkit.workflows.run_journal import run_journal
@@ -114,14 +114,18 @@ def _run_all(backbone, data, strategies, seeds, budgets, baselines, strategy_opt
             if test is None:
                 notes.append("No test split: metrics are on the validation split.")
             if not get_task(train.task).single_label:
-                notes.append(f"The labels column counts training items ({_per_class(train)}), not labels per class: "
-                             f"a {train.task} item has no single class.")
+                notes.append(f"The labels column counts the training {labels_unit(train)} drawn ({_per_class(train)}), "
+                             f"not labels per class: a {train.task} item has no single class.")
             notes.append(f"{lpc or 'all'} labels per class: " + (
                 f"{len(val)} of {len(train) + len(val)} labelled items held out for validation (early stopping, "
                 "checkpoint choice); every run trains on the rest." if val is not None else
                 "no validation split: every strategy and baseline trains on all labels with its fixed schedule."))
-            for label, strat, cfg in _planned_runs(strategies, strategy_options, baselines, config, seed,
-                                                   train.modality, train.task):
+            planned = _planned_runs(strategies, strategy_options, baselines, config, seed, train.modality, train.task)
+            heads = {s.chosen_head() for _, s, _ in planned if isinstance(s, Strategy)} - {None}
+            if heads:
+                notes.append(f"Every {train.task} model here, the scratch baselines included, is the "
+                             f"{', '.join(sorted(heads))} head (strategy option detector).")
+            for label, strat, cfg in planned:
                 key, fingerprint = f"{lpc}/{seed}/{label}", train.fingerprint()
                 rows.append(journal.get(key, fingerprint))
                 if rows[-1] is None:
@@ -160,15 +164,17 @@ def _planned_runs(strategies, strategy_options: dict, baselines, config: TrainCo
     runs = [(s, auto_options(strategy_options.get(s)) if s == AUTO else make_strategy(s, strategy_options.get(s)),
              replace(config, seed=seed)) for s in strategies]  # auto's strategy: its search's winner, found in the run
     names = default_baselines(modality, task) if baselines == "auto" else list(baselines or [])
-    runs += [(f"scratch:{v}", make_strategy("scratch", {"variant": v}), baseline_config(replace(config, seed=seed)))
-             for v in names]
+    head = scratch_head_options([strategy for _, strategy, _ in runs], task)  # same-arch: the same detector
+    runs += [(f"scratch:{v}", make_strategy("scratch", {"variant": v, **head}),
+              baseline_config(replace(config, seed=seed))) for v in names]
     return runs
 
 
 def _row(experiment: str, lpc, train: TaskData, label: str, strategy: Strategy | None, seed: int, run: Run) -> dict:
     """One row of the runs table: the run's keys, its training time and its scalar metrics."""
     return {"experiment": experiment, "labels_per_class": lpc if lpc is not None else _per_class(train),
-            "strategy": label, "kind": strategy.kind if strategy is not None else "transfer", "seed": seed,
+            "labels_unit": labels_unit(train), "strategy": label,
+            "kind": strategy.kind if strategy is not None else "transfer", "seed": seed,
             "seconds": round(run.seconds, 2),
             **{k: v for k, v in run.metrics.items() if isinstance(v, (int, float))}}
 
@@ -176,8 +182,8 @@ def _row(experiment: str, lpc, train: TaskData, label: str, strategy: Strategy |
 def _summarize(rows: list[dict], metric: str, notes: list[str], out, *, title: str) -> CompareResult:
     """Summary and verdicts over seeds on ``metric``; with ``out``, the compare report written there."""
     runs_df = pd.DataFrame(rows)
-    summary = summarize(runs_df, metric)
-    verdicts = transfer_verdicts(runs_df, metric, higher_is_better(metric))
+    summary = _with_labels_unit(summarize(runs_df, metric), runs_df)
+    verdicts = _with_labels_unit(transfer_verdicts(runs_df, metric, higher_is_better(metric)), runs_df)
     result = CompareResult(runs_df, summary, verdicts, metric, notes=sorted(set(notes)))
     if out is not None and is_main_process():
         from transferkit.reports import write_compare_report
@@ -187,6 +193,27 @@ def _summarize(rows: list[dict], metric: str, notes: list[str], out, *, title: s
                              title=title, notes=result.notes)
         result.path = Path(out)
     return result
+
+
+def labels_unit(data: TaskData) -> str:
+    """What the ``labels_per_class`` column counts for ``data``: ``"class"`` (labels per class) for single-label
+    tasks; else the training items drawn, named after the modality (``"images"``: detection, segmentation)."""
+    if get_task(data.task).single_label:
+        return "class"
+    return {"image": "images", "text": "texts", "audio": "clips"}.get(data.modality, "items")
+
+
+def _with_labels_unit(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (summary or verdicts) with the runs' ``labels_unit`` of its (experiment, labels_per_class), after
+    ``labels_per_class``; runs recorded before the column existed count labels per class."""
+    if frame.empty or "labels_unit" not in runs.columns or "labels_per_class" not in frame.columns:
+        return frame
+    units = {(e, lpc): u for e, lpc, u in zip(runs["experiment"], runs["labels_per_class"], runs["labels_unit"])
+             if isinstance(u, str)}
+    frame = frame.copy()
+    frame.insert(frame.columns.get_loc("labels_per_class") + 1, "labels_unit",
+                 [units.get((e, lpc), "class") for e, lpc in zip(frame["experiment"], frame["labels_per_class"])])
+    return frame
 
 
 def _per_class(data: TaskData) -> int:
@@ -211,6 +238,9 @@ def data_name(data: TaskData) -> str:
 def _print_run(row: dict, metric: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"  [dim]{row['experiment']} n/class={row['labels_per_class']} seed={row['seed']} "
+    from transferkit.reports.plots import lpc_label
+
+    budget = lpc_label(row["labels_per_class"], row.get("labels_unit")).replace(" / ", "/")
+    Console(stderr=True).print(f"  [dim]{row['experiment']} {budget} seed={row['seed']} "
                                f"{row['strategy']}: {metric}={row.get(metric, float('nan')):.3f} ({row['seconds']:.1f}s)[/dim]",
                                soft_wrap=True)
