@@ -4,9 +4,10 @@ Issue "Recipes that win": auto must find the best transfer (or say scratch) with
 only, and never fall far below the best fixed choice picked in hindsight on the test set. Per seed
 (one labelled draw, no validation split, as the tiny-data protocol trains), side by side:
 
-* every fixed candidate of auto's space, each trained on all the labels with its default recipe and
-  scored on the test set: linear probes on the final features and on ``@block3``/``@block5`` (Lite0)
-  or ``@block3``/``@block4`` (MiniLM), LoRA, full fine-tuning, and the scratch baseline (the small
+* every fixed candidate of auto's space (its own candidate list, so the two never drift apart),
+  each trained on all the labels with its default recipe and scored on the test set: per backbone,
+  linear probes on the final features and on the intermediate layers (for images at the given
+  size, twice and four times it), LoRA and full fine-tuning, and the scratch baseline (the small
   CNN for images, TF-IDF + logistic regression for text);
 * ``auto`` with its defaults (3-fold cross-validation on the training labels, successive halving,
   10 min budget), its winner refit on all the labels; its time includes the search.
@@ -16,7 +17,7 @@ best fixed choice in hindsight (the best mean over seeds, paired by seed), auto 
 baseline (paired by seed), how often auto picked each recipe, and the time of auto vs training
 every fixed candidate once.
 
-    python benchmarks/auto.py --case fmnist --seeds 5 --folds 3 --folds 5
+    python benchmarks/auto.py --case fmnist --seeds 5
     python benchmarks/auto.py --case debian --seeds 3
 """
 from __future__ import annotations
@@ -35,20 +36,18 @@ import pandas as pd
 
 OUT = Path(__file__).parent / "results" / "auto"
 CASES = {
-    "fmnist": {"data": "fashion-mnist", "backbone": "efficientnet-lite:0", "labels_per_class": 10, "max_test": 1000,
-               "bb": {"image_size": 32}, "layers": ("block3", "block5"), "scratch": "small-cnn"},
+    "fmnist": {"data": "fashion-mnist", "backbone": "efficientnet-lite:0,efficientnet-lite:1,efficientnet-lite:2",
+               "labels_per_class": 10, "max_test": 1000, "bb": {"image_size": 32}, "scratch": "small-cnn"},
     "debian": {"data": "debian-packages", "backbone": "sentence:all-MiniLM-L6-v2", "labels_per_class": 8,
-               "max_test": 840, "bb": {}, "layers": ("block3", "block4"), "scratch": "tfidf"},
+               "max_test": 840, "bb": {}, "scratch": "tfidf"},
 }
 
 
-def fixed_choices(case: dict) -> dict[str, tuple[str | None, str, dict]]:
-    b = case["backbone"]
-    out = {f"linear-probe on {b}": (b, "linear-probe", {})}
-    out.update({f"linear-probe on {b}@{layer}": (f"{b}@{layer}", "linear-probe", {}) for layer in case["layers"]})
-    out.update({f"lora on {b}": (b, "lora", {}), f"finetune on {b}": (b, "finetune", {}),
-                f"scratch:{case['scratch']}": (None, "scratch", {"variant": case["scratch"]})})
-    return out
+def fixed_choices(case: dict, train) -> list:
+    """Auto's own candidates (:class:`~transferkit.workflows.auto.Candidate`), in its order."""
+    from transferkit.workflows.auto import AutoOptions, _candidates, _specs
+
+    return _candidates(_specs(case["backbone"]), train, AutoOptions(), case["bb"])
 
 
 def run_seed(name: str, case: dict, seed: int, done: set[str], autos: dict[str, dict]) -> list[dict]:
@@ -58,19 +57,21 @@ def run_seed(name: str, case: dict, seed: int, done: set[str], autos: dict[str, 
     import transferkit as tk
     from transferkit.strategies import make_strategy
     from transferkit.training import TrainConfig
-    from transferkit.workflows.auto import search_and_train
+    from transferkit.workflows.auto import candidate_settings, search_and_train
     from transferkit.workflows.runs import train_and_score
 
     torch.set_num_threads(1)
     train, _, test = tk.prepare_data(case["data"], labels_per_class=case["labels_per_class"], val_fraction=0.0,
                                      seed=seed, max_test=case["max_test"])
     rows = []
-    for label, (backbone, strategy, options) in fixed_choices(case).items():
+    for cand in fixed_choices(case, train):
+        label = cand.label
         if label in done:
             continue
-        cfg = TrainConfig(seed=seed, progress=False)
-        run = train_and_score(backbone, make_strategy(strategy, options or None), train, None, test, cfg,
-                              {} if backbone is None else case["bb"])
+        # the settings auto trains its winner with: the baseline's own recipe for scratch
+        cfg, bb_options = candidate_settings(cand, TrainConfig(seed=seed, progress=False), case["bb"])
+        run = train_and_score(cand.backbone, make_strategy(cand.strategy, cand.options or None), train, None, test,
+                              cfg, bb_options)
         rows.append({"case": name, "seed": seed, "method": label, "accuracy": 100 * run.metrics["accuracy"],
                      "seconds": run.seconds, "choice": ""})
         print(f"{name} seed {seed} {label}: {rows[-1]['accuracy']:.1f} ({run.seconds:.0f}s)", flush=True)

@@ -118,14 +118,35 @@ def test_a_spent_budget_stops_after_the_first_rung(fake):
 
 def test_middle_layers_are_those_of_the_loaded_backbone():
     """Counted on a weightless build (efficientnet-lite:) or, where a source cannot be built so (concat:), on the
-    full load: the same blocks as the loaded backbone's stack; none for a layer spec."""
+    full load: the blocks from a third of the loaded backbone's stack to the one before its last; none for a layer
+    spec."""
     from transferkit.backbones import load_backbone
     from transferkit.backbones.layers import layer_aliases
 
     for spec in ("efficientnet-lite:0", "concat:efficientnet-lite:0+small-cnn:"):
         assert len(layer_aliases(load_backbone(spec, image_size=32))) == 7
-        assert auto_mod._middle_layers(spec, {"image_size": 32, "max_length": None}) == ["block3", "block5"]
+        assert auto_mod._middle_layers(spec, {"image_size": 32, "max_length": None}) == [
+            "block2", "block3", "block4", "block5"]
     assert auto_mod._middle_layers("efficientnet-lite:0@block3", {}) == []
+
+
+def test_probe_sizes_double_the_given_size_up_to_the_native_one():
+    """Images given below the model's native size (Lite0: 224) are probed again at 2x and 4x; none above it, none
+    without a given size, none for text; explicit sizes replace the rule and bad ones are refused."""
+    from transferkit.workflows.auto import AutoOptions
+
+    images = _data()
+    images.modality = "image"
+    built = auto_mod._architecture("efficientnet-lite:0", {"image_size": 32})
+    sizes = auto_mod._probe_sizes
+    assert sizes("efficientnet-lite:0", built, images, AutoOptions(), {"image_size": 32}) == [64, 128]
+    assert sizes("efficientnet-lite:0", built, images, AutoOptions(), {"image_size": 96}) == [192]
+    assert sizes("efficientnet-lite:0", built, images, AutoOptions(), {"image_size": None}) == []
+    assert sizes("efficientnet-lite:0", built, images, auto_options({"sizes": "48, 32"}), {"image_size": 32}) == [48]
+    assert sizes("efficientnet-lite:0", built, _data(), AutoOptions(), {"image_size": 32}) == []
+    for bad in ("big", "4", [32, 0]):
+        with pytest.raises(ConfigError, match="sizes must be auto or image sizes"):
+            auto_options({"sizes": bad})
 
 
 def test_too_few_labels_or_an_unsearched_task_are_refused(fake):
@@ -160,13 +181,16 @@ def test_fit_auto_trains_the_winner_and_records_the_search(auto_fit):
     result, out = auto_fit
     record = result.manifest["auto"]
     labels = [c["candidate"] for c in record["candidates"]]
-    assert labels == ["linear-probe on efficientnet-lite:0", "linear-probe on efficientnet-lite:0@block3",
-                      "linear-probe on efficientnet-lite:0@block5", "scratch:small-cnn"]
+    probes = ["efficientnet-lite:0", *(f"efficientnet-lite:0@block{i}" for i in range(2, 6))]
+    assert labels == ([f"linear-probe on {p}" for p in probes]  # at the given 32 px, then at 64 and 128 px
+                      + [f"linear-probe on {p} at {size} px" for size in (64, 128) for p in probes]
+                      + ["scratch:small-cnn"])
     win = next(c for c in record["candidates"] if c["status"] == "winner")
     assert win["folds"] == 3 and record["winner"] == win["candidate"]
     # the bundle is the winner's recipe trained on all the labels, and it reloads
     assert result.manifest["strategy"]["name"] == win["strategy"]
     assert result.manifest["backbone_spec"] == win["backbone"]
+    assert result.manifest["backbone"]["options"]["image_size"] == win["backbone_options"].get("image_size", 32)
     assert result.manifest["data"]["n_train"] == 40
     reloaded = tk.load(out)
     assert reloaded.manifest["auto"]["winner"] == record["winner"]
@@ -180,7 +204,7 @@ def test_compare_auto_matches_the_fixed_choice_it_picks():
     # one candidate only: auto must pick it and, trained on the same draw, score exactly as the fixed run
     result = tk.compare("efficientnet-lite:0", "digits", ["auto", "linear-probe"], seeds=1, labels_per_class=4,
                         image_size=32, max_test=60, baselines=[], progress=False,
-                        strategy_options={"auto": {"strategies": "linear-probe", "layers": False,
+                        strategy_options={"auto": {"strategies": "linear-probe", "layers": False, "sizes": "32",
                                                    "baselines": "none"}})
     runs = result.runs.set_index("strategy")
     assert runs.loc["auto", "choice"] == "linear-probe on efficientnet-lite:0"

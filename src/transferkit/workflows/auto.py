@@ -2,10 +2,13 @@
 
 The search space is small and explained. For every backbone given:
 
-* a linear probe on the final features and on two intermediate layers (``SPEC@blockN`` at
-  half and three quarters of the model's main stack: early layers often transfer better to
-  targets far from the source, see :mod:`transferkit.backbones.layers`);
-* full fine-tuning and LoRA on the final model, with their default recipes;
+* a linear probe on the final features and on every intermediate layer from a third of the
+  model's main stack to the one before its last (``SPEC@blockN``: early layers often transfer
+  better to targets far from the source, see :mod:`transferkit.backbones.layers`);
+* for images given at a size below the model's native one, those probes again at twice and four
+  times the size (up to the native size): small images upsampled often probe better, and frozen
+  candidates are nearly free;
+* full fine-tuning and LoRA on the final model at the given size, with their default recipes;
 
 and the strongest scratch baseline a practitioner would train without transfer
 (:func:`~transferkit.workflows.baselines.default_baselines`: a small CNN for images, TF-IDF +
@@ -90,7 +93,10 @@ class AutoOptions:
     Attributes:
         budget: time for the search (``10m``, ``90s``; ``none`` for no limit). The first rung always runs.
         folds: cross-validation folds (fewer when a class has fewer labelled items).
-        layers: also probe two intermediate layers of each backbone.
+        layers: also probe the intermediate layers of each backbone (from a third of the stack to the one
+            before its last).
+        sizes: image sizes of the probes (``auto``: the given size, twice and four times it up to the model's
+            native size; or sizes in pixels).
         strategies: the transfer strategies tried on the final features.
         baselines: scratch variants (``auto``: the modality's strongest, as in ``--check-transfer``; ``none``).
     """
@@ -98,6 +104,7 @@ class AutoOptions:
     budget: float | None = 600.0
     folds: int = 3
     layers: bool = True
+    sizes: tuple[int, ...] | str = "auto"
     strategies: tuple[str, ...] = AUTO_STRATEGIES
     baselines: tuple[str, ...] | str = "auto"
 
@@ -105,7 +112,7 @@ class AutoOptions:
 def auto_options(options: dict | None) -> AutoOptions:
     """Validate ``auto``'s options; an unknown key is refused, naming the valid ones."""
     options = dict(options or {})
-    valid = ("budget", "folds", "layers", "strategies", "baselines")
+    valid = ("budget", "folds", "layers", "sizes", "strategies", "baselines")
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ConfigError(f"Unknown option(s) of strategy 'auto': {', '.join(unknown)}. Valid: {', '.join(valid)}.")
@@ -127,6 +134,8 @@ def auto_options(options: dict | None) -> AutoOptions:
         if not isinstance(value, bool):
             raise ConfigError(f"layers must be true or false. Got {options['layers']!r} instead.")
         out = replace(out, layers=value)
+    if "sizes" in options:
+        out = replace(out, sizes=_sizes_option(options["sizes"]))
     for key in ("strategies", "baselines"):
         if key in options:
             value = options[key]
@@ -144,6 +153,23 @@ def auto_options(options: dict | None) -> AutoOptions:
     return out
 
 
+def _sizes_option(value) -> tuple[int, ...] | str:
+    """``auto``, or image sizes in pixels (``32,64`` or a list)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    names = value.split(",") if isinstance(value, str) else (list(value) if isinstance(value, (list, tuple)) else [value])
+    sizes = []
+    for name in names:
+        try:
+            size = int(str(name).strip())
+        except ValueError:
+            size = 0
+        if size < 8:
+            raise ConfigError(f"sizes must be auto or image sizes in pixels (8 or more), like 32,64. Got {value!r} instead.")
+        sizes.append(size)
+    return tuple(dict.fromkeys(sizes))
+
+
 @dataclass
 class Candidate:
     """One recipe the search tries, and what it scored on each fold it ran."""
@@ -151,6 +177,7 @@ class Candidate:
     backbone: str | None
     strategy: str
     options: dict = field(default_factory=dict)
+    backbone_options: dict = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
     status: str = "pending"
@@ -160,7 +187,8 @@ class Candidate:
     def label(self) -> str:
         if self.strategy == "scratch":
             return f"scratch:{self.options['variant']}"
-        return f"{self.strategy} on {self.backbone}"
+        size = self.backbone_options.get("image_size")
+        return f"{self.strategy} on {self.backbone}" + (f" at {size} px" if size else "")
 
     @property
     def is_scratch(self) -> bool:
@@ -179,7 +207,7 @@ class Candidate:
         values = [self.scores[k] for k in sorted(self.scores)]
         mean, low, high = mean_ci(values) if len(values) > 1 else (self.mean(), float("nan"), float("nan"))
         return {"candidate": self.label, "backbone": self.backbone, "strategy": self.strategy,
-                "options": self.options, "folds": len(values), "fold_scores": values, "metric": metric,
+                "options": self.options, "backbone_options": self.backbone_options, "folds": len(values), "fold_scores": values, "metric": metric,
                 "mean": mean, "low": low, "high": high, "seconds": round(self.seconds, 2), "status": self.status}
 
 
@@ -199,7 +227,8 @@ class AutoSearch:
     def to_dict(self) -> dict:
         """The manifest's ``auto`` entry."""
         return {"winner": self.winner.label, "backbone": self.winner.backbone, "strategy": self.winner.strategy,
-                "strategy_options": self.winner.options, "metric": self.metric, "folds": self.folds,
+                "strategy_options": self.winner.options, "backbone_options": self.winner.backbone_options,
+                "metric": self.metric, "folds": self.folds,
                 "seconds": round(self.seconds, 2), "budget_seconds": self.budget, "reason": self.reason,
                 "verdict": self.verdict, "candidates": [c.to_dict(self.metric) for c in self.candidates],
                 "protocol": f"{self.folds}-fold cross-validation on the training labels only, successive halving "
@@ -295,40 +324,72 @@ def _candidates(specs: list[str], train: TaskData, opts: AutoOptions, backbone_o
     for spec in specs:
         for name in opts.strategies:
             out.append(Candidate(spec, name))
-        if opts.layers and "linear-probe" in opts.strategies:
-            out += [Candidate(f"{spec}@{layer}", "linear-probe") for layer in _middle_layers(spec, backbone_options)]
+        if "linear-probe" not in opts.strategies:
+            continue
+        built = _architecture(spec, backbone_options)
+        probes = [spec] + ([f"{spec}@{layer}" for layer in _probe_layers(built)] if opts.layers else [])
+        out += [Candidate(p, "linear-probe") for p in probes[1:]]
+        for size in _probe_sizes(spec, built, train, opts, backbone_options):
+            out += [Candidate(p, "linear-probe", backbone_options={"image_size": size}) for p in probes]
     names = (default_baselines(train.modality, train.task)[:1] if opts.baselines == "auto"
              else list(opts.baselines))
     out += [Candidate(None, "scratch", {"variant": v}) for v in names]
     return out
 
 
-def _middle_layers(spec: str, backbone_options: dict) -> list[str]:
-    """``blockN`` at half and three quarters of the model's main stack (none for a layer spec or a flat model).
-
-    Only the architecture is needed to count the stack: it is built without weights on the meta device (no file
-    read, no memory, no initialisation); a source that cannot be built that way is loaded in full.
-    """
+def _architecture(spec: str, backbone_options: dict):
+    """``spec`` built without weights on the meta device (no file read, no memory, no initialisation); a source
+    that cannot be built that way is loaded in full; ``None`` for a spec that does not load (its own candidates
+    name the error when they run)."""
     import torch
 
     from transferkit.backbones import load_backbone
-    from transferkit.backbones.layers import layer_aliases, split_layer
 
-    if split_layer(spec.partition(":")[2])[1] is not None:
-        return []
     options = {k: v for k, v in backbone_options.items() if v is not None}
     try:
         with torch.device("meta"):
-            bb = load_backbone(spec, **{**options, "pretrained": False})
+            return load_backbone(spec, **{**options, "pretrained": False})
     except Exception:  # a source that needs real tensors to be built (sentence: loads its weights, concat: sums widths)
         try:
-            bb = load_backbone(spec, **options)
-        except Exception:  # a spec that does not load is named when its own candidates run
-            return []
-    n = len(layer_aliases(bb))
+            return load_backbone(spec, **options)
+        except Exception:
+            return None
+
+
+def _probe_layers(backbone) -> list[str]:
+    """``blockN`` from a third of the model's main stack to the one before its last (none for a layer spec or a
+    model with fewer than 4 blocks)."""
+    from transferkit.backbones.layers import LayerBackbone, layer_aliases
+
+    if backbone is None or isinstance(backbone, LayerBackbone):
+        return []
+    n = len(layer_aliases(backbone))
     if n < 4:
         return []
-    return [f"block{i}" for i in sorted({n // 2, (3 * n) // 4}) if i < n - 1]
+    return [f"block{i}" for i in range(n // 3, n - 1)]
+
+
+def _middle_layers(spec: str, backbone_options: dict) -> list[str]:
+    """The intermediate layers auto probes for ``spec`` (see :func:`_probe_layers`)."""
+    from transferkit.backbones.layers import split_layer
+
+    if split_layer(spec.partition(":")[2])[1] is not None:
+        return []
+    return _probe_layers(_architecture(spec, backbone_options))
+
+
+def _probe_sizes(spec: str, built, train: TaskData, opts: AutoOptions, backbone_options: dict) -> list[int]:
+    """Image sizes, other than the given one, at which the probes run again (images only)."""
+    if built is None or train.modality != "image" or getattr(built, "modality", None) != "image":
+        return []
+    given = backbone_options.get("image_size")
+    if opts.sizes != "auto":
+        return [s for s in opts.sizes if s != given]
+    if given is None:  # the source's native size: nothing larger to try
+        return []
+    native = _architecture(spec, {**backbone_options, "image_size": None})
+    limit = getattr(getattr(native, "preprocess", None), "size", None)
+    return [s for s in (2 * given, 4 * given) if limit is not None and s <= limit]
 
 
 def _evaluate(cand: Candidate, fold: int, train: TaskData, fit_idx, held_idx, config: TrainConfig,
@@ -360,7 +421,7 @@ def candidate_settings(cand: Candidate, config: TrainConfig, backbone_options: d
     for scratch (as in ``compare`` and ``--check-transfer``)."""
     if cand.is_scratch:
         return baseline_config(config), {}
-    return config, backbone_options
+    return config, {**backbone_options, **cand.backbone_options}
 
 
 def _halve(alive: list[Candidate], metric: str) -> list[Candidate]:

@@ -49,11 +49,15 @@ def _auto_row() -> dict:
     from transferkit.workflows.auto import AUTO_STRATEGIES
 
     return {"name": "auto", "kind": "search",
-            "help": "Cross-validate probes (final and intermediate layers), LoRA, fine-tuning and the scratch "
-                    "baseline on the training labels with successive halving; train the winner on all of them.",
+            "help": "Cross-validate probes (final and intermediate layers; small images also at 2x and 4x their "
+                    "size), LoRA, fine-tuning and the scratch baseline on the training labels with successive "
+                    "halving; train the winner on all of them.",
             "options": [("budget", "10m", "time for the search (90s, 10m, 1h, none); the first rung always runs"),
                         ("folds", 3, "cross-validation folds"),
-                        ("layers", True, "also probe two intermediate layers of each backbone"),
+                        ("layers", True, "also probe the intermediate layers of each backbone (from a third of "
+                                         "the stack to the one before its last)"),
+                        ("sizes", "auto", "image sizes of the probes (auto: the given size, 2x and 4x it up to "
+                                          "the model's native size; or e.g. 32,64)"),
                         ("strategies", ",".join(AUTO_STRATEGIES), "transfer strategies tried on the final features"),
                         ("baselines", "auto", "scratch variants (auto: the modality's strongest; none)")],
             "tags": {"tasks": ["classification", "regression"]}}

@@ -174,7 +174,7 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
                   "drop_path": drop_path}
     searched = None
     if auto is not None:  # the search reads the training split only; its winner is trained below like any strategy
-        backbone, strat, opts, searched = _auto_search(backbone, train_set, opts, bb_options, auto)
+        backbone, strat, opts, bb_options, searched = _auto_search(backbone, train_set, opts, bb_options, auto)
     domain_entry = _attach_target(strat, train_set, opts.domain, opts.data)
     settings = run_settings(backbone, strat, opts, train_set, val, test, bb_options, domain_entry,
                             distributed_state().num_processes)
@@ -214,14 +214,17 @@ def _auto_options(strategy, strategy_options: dict | None, opts: FitOptions):
 
 
 def _auto_search(backbone, train: TaskData, opts: FitOptions, bb_options: dict, auto):
-    """Run the search; the winner's backbone spec, strategy, options (its training recipe) and the record."""
+    """Run the search; the winner's backbone spec, strategy, options (its training recipe), backbone options (its
+    image size) and the record."""
     from transferkit.workflows.auto import candidate_settings, search
 
     found = search(backbone, train, opts.train, bb_options, auto, progress=opts.train.progress)
     win = found.winner
-    cfg, _ = candidate_settings(win, opts.train, bb_options)
+    cfg, win_options = candidate_settings(win, opts.train, bb_options)
     opts = replace(opts, train=cfg, lr_auto=opts.lr_auto and not win.is_scratch)  # the finder tunes transfer only
-    return win.backbone, resolve_strategy(win.strategy, win.options or None), opts, found
+    if not win.is_scratch:
+        bb_options = win_options
+    return win.backbone, resolve_strategy(win.strategy, win.options or None), opts, bb_options, found
 
 
 def _prepare(data, opts: FitOptions) -> tuple[TaskData, TaskData | None, TaskData | None]:
