@@ -371,10 +371,6 @@ def _probe_layers(backbone) -> list[str]:
 
 def _middle_layers(spec: str, backbone_options: dict) -> list[str]:
     """The intermediate layers auto probes for ``spec`` (see :func:`_probe_layers`)."""
-    from transferkit.backbones.layers import split_layer
-
-    if split_layer(spec.partition(":")[2])[1] is not None:
-        return []
     return _probe_layers(_architecture(spec, backbone_options))
 
 
