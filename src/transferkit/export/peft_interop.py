@@ -113,7 +113,8 @@ def export_peft_adapter(bundle: str | Path, out: str | Path, *, overwrite: bool 
         slot = backbone, "model"  # prompt tuning on a causal LM: PEFT's CAUSAL_LM model is the backbone's model
     if slot is None or adapter["strategy"] == "adapter":
         raise ConfigError(f"PEFT export needs a PEFT method (lora, ia3, prompt-tuning, prefix-tuning) on a "
-                          f"transformers encoder (hf:, sentence:), or prompt-tuning on a causal LM; this bundle has {adapter['strategy']!r} on "
+                          f"transformers encoder (hf:, sentence:), or prompt-tuning on a causal LM; this bundle "
+                          f"has {adapter['strategy']!r} on "
                           f"'{backbone.spec}'. Use `transferkit merge` and ONNX export instead.")
     owner, attr = slot
     inner = getattr(owner, attr)

@@ -259,8 +259,10 @@ class PromptTuningConfig(PromptConfig):
 
 @register_strategy
 class PromptTuning(_PromptLearning):
-    """Soft prompt: trainable virtual tokens prepended to the input of a text transformer or a causal language
-    model (Hugging Face PEFT); on a causal LM it trains for text-generation through the model's own output layer.
+    """Soft prompt: trainable virtual tokens before the input of a text encoder or a causal LM (Hugging Face PEFT).
+
+    On a causal LM (``causal:``) it trains for text-generation through the model's own output layer, and the
+    virtual tokens lead generation too.
 
     The virtual tokens start as real token embeddings (random vectors sit far off the embedding scale):
     by default those of a short task-neutral text, PEFT's ``TEXT`` init (``init="text"``), or of random
@@ -311,10 +313,10 @@ class PrefixConfig(PromptConfig):
 
 #: Why prefix-tuning refuses causal LMs (measured with PEFT 0.21.2 and transformers 5.25 on a tiny Llama).
 PREFIX_CAUSAL_REFUSAL = (
-    "prefix-tuning is not available for text-generation or on causal language models: PEFT passes the trained prefix to generate as "
-    "past_key_values, which this transformers version ignores in favour of its own cache, so generation would not "
-    "use what training learnt (the generations equal the untrained model's). Use prompt-tuning (virtual tokens "
-    "before the input), lora or ia3.")
+    "prefix-tuning is not available for text-generation or on causal language models: PEFT passes the trained "
+    "prefix to generate as past_key_values, which this transformers version ignores in favour of its own cache, so "
+    "generation would not use what training learnt (with a non-zero prefix in place, the generations equalled the "
+    "base model's). Use prompt-tuning (virtual tokens before the input), lora or ia3.")
 
 
 @register_strategy
@@ -323,10 +325,11 @@ class PrefixTuning(_PromptLearning):
 
     name = "prefix-tuning"
     Config = PrefixConfig
+    generative = False  # text encoders only: on a causal LM its prefix would not reach generation (see check_data)
     defaults = TrainDefaults(epochs=20, lr=1e-2, head_lr=1e-3)
 
     def check_data(self, backbone: Backbone | None, data: TaskData) -> None:
-        if (backbone is not None and _is_causal_lm(backbone)) or data.task_spec.feature_kind == "logits":
+        if backbone is not None and _is_causal_lm(backbone):
             raise ConfigError(PREFIX_CAUSAL_REFUSAL)
         super().check_data(backbone, data)
 
