@@ -203,7 +203,7 @@ def _is_causal_lm(backbone: Backbone) -> bool:
 
 #: prompt-tuning's default initial text (task-neutral: an instruction to answer, which fits any prompt/completion data).
 PROMPT_INIT_TEXT = "Read the input and write the answer."
-PROMPT_INITS = ("text", "sample-vocab")
+PROMPT_INITS = ("auto", "text", "sample-vocab")
 
 
 @dataclass
@@ -243,9 +243,10 @@ class _PromptLearning(ParameterEfficient):
 
 @dataclass
 class PromptTuningConfig(PromptConfig):
-    init: str = field(default="text", metadata={
-        "help": "initial virtual tokens: text (the embeddings of init_text's tokens, repeated to length) or "
-                "sample-vocab (embeddings of random vocabulary tokens)"})
+    init: str = field(default="auto", metadata={
+        "help": "initial virtual tokens: text (the embeddings of init_text's tokens, repeated to length), "
+                "sample-vocab (embeddings of random vocabulary tokens), or auto: text on causal LMs, sample-vocab "
+                "on text encoders"})
     init_text: str = field(default=PROMPT_INIT_TEXT, metadata={"help": "the text init='text' starts from"})
 
     _parameter_constraints = {**PromptConfig._parameter_constraints, "init": [Options(*PROMPT_INITS)]}
@@ -265,9 +266,12 @@ class PromptTuning(_PromptLearning):
     virtual tokens lead generation too.
 
     The virtual tokens start as real token embeddings (random vectors sit far off the embedding scale):
-    by default those of a short task-neutral text, PEFT's ``TEXT`` init (``init="text"``), or of random
-    vocabulary tokens, PEFT's ``SAMPLE_VOCAB`` (``init="sample-vocab"``). The values are written when
-    training starts, from the backbone's own tokenizer; a bundle's replay only rebuilds the shape.
+    those of a short task-neutral text, PEFT's ``TEXT`` init (``init="text"``, the default on causal LMs:
+    on SmolLM2 and 32 Debian synopses it ended 3 epochs at a training loss of 3.13 and a held-out
+    perplexity of 35.8, against 3.25 and 36.8 for sample-vocab, one seed: a small margin), or of random
+    vocabulary tokens, PEFT's ``SAMPLE_VOCAB`` (``init="sample-vocab"``, the default on text encoders, as
+    their benchmark ran). The values are written when training starts, from the backbone's own tokenizer;
+    a bundle's replay only rebuilds the shape.
     """
 
     name = "prompt-tuning"
@@ -284,7 +288,10 @@ class PromptTuning(_PromptLearning):
 
     def prepare(self, backbone: Backbone, data: TaskData) -> TransferModel:
         model = super().prepare(backbone, data)
-        init_virtual_tokens(backbone, self.config.init, self.config.init_text)
+        init = self.config.init
+        if init == "auto":
+            init = "text" if _is_causal_lm(backbone) else "sample-vocab"
+        init_virtual_tokens(backbone, init, self.config.init_text)
         return model
 
 
