@@ -4,6 +4,7 @@
                                          [--test 50] [--steps 25]
     python benchmarks/text_generation.py --timing    # LoRA vs full time per step, interleaved in one process
     python benchmarks/text_generation.py --memory    # training memory: LoRA, LoRA + checkpointing, full
+    python benchmarks/text_generation.py --init-probe  # prompt-tuning: text vs sample-vocab init, 32 pairs
 
 Data: the built-in ``debian-synopsis`` (a package's long description -> the one-line synopsis its
 maintainer wrote); test packages are ``debian-packages``' held-out ones, never trained on. For each
@@ -135,6 +136,30 @@ def timing(repeats: int = 2, steps: int = 3) -> dict:
     tokens = int(batch["inputs"]["attention_mask"].sum())
     return {"batch": BATCH, "tokens": tokens, **{f"{m}_s_per_step": float(np.median(t)) for m, t in times.items()},
             "ratio": float(np.median(times["lora"]) / np.median(times["finetune"]))}
+
+
+def init_probe(seeds: int = 2, size: int = 32, epochs: int = 3, n_test: int = 24) -> list[dict]:
+    """prompt-tuning's two inits (PEFT's TEXT from the default task-neutral text, SAMPLE_VOCAB) at a tiny budget:
+    the training loss of each epoch and the held-out perplexity of the reference synopses (teacher-forced)."""
+    import torch
+
+    from transferkit.backbones import load_backbone
+    from transferkit.strategies import make_strategy
+    from transferkit.training import TrainConfig, Trainer
+
+    torch.set_num_threads(2)
+    rows = []
+    for seed in range(seeds):
+        train, test = _data(seed, size, n_test)
+        for init in ("text", "sample-vocab"):
+            model, history = make_strategy("prompt-tuning", {"init": init}).fit(
+                load_backbone(BACKBONE), train, None,
+                Trainer(TrainConfig(seed=seed, epochs=epochs, batch_size=BATCH, progress=False)))
+            ppl = test.task_spec.model_metrics(model, test)["perplexity"]
+            rows.append({"init": init, "seed": seed, "pairs": size, "epochs": epochs,
+                         "train_loss": [round(h["train_loss"], 4) for h in history], "test_perplexity": ppl})
+            print(rows[-1], flush=True)
+    return rows
 
 
 MEMORY_SETTINGS = {"lora": ("lora", {}), "lora+checkpointing": ("lora", {"gradient_checkpointing": True}),
@@ -314,7 +339,10 @@ def main() -> None:
     parser.add_argument("--timing", action="store_true", help="only the interleaved time-per-step comparison")
     parser.add_argument("--memory", action="store_true", help="only the training-memory probe (one process each)")
     parser.add_argument("--memory-one", help=argparse.SUPPRESS)
+    parser.add_argument("--init-probe", action="store_true", help="only prompt-tuning's text vs sample-vocab init")
     args = parser.parse_args()
+    if args.init_probe:
+        return write_json("prompt_init.json", init_probe())
     if args.memory_one:
         print("RESULT " + json.dumps(memory_one(args.memory_one)), flush=True)
         return

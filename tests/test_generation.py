@@ -161,10 +161,90 @@ def test_zero_shot_prompts_the_model_without_training(causal):
     assert all(torch.equal(before[k], v) for k, v in causal.state_dict().items())
 
 
-@pytest.mark.parametrize("strategy", ["linear-probe", "prompt-tuning", "scratch"])
+@pytest.mark.parametrize("strategy", ["linear-probe", "scratch"])
 def test_strategies_that_fit_a_new_head_refuse_generation(causal, strategy):
     with pytest.raises(ConfigError, match="text-generation"):
         make_strategy(strategy).check_data(causal, from_pairs(PROMPTS, ANSWERS))
+
+
+# ---------------------------------------------------------------- prompt tuning (PEFT's CAUSAL_LM model)
+
+VIRTUAL = "backbone.model.prompt_encoder.default.embedding.weight"
+
+
+def _greedy_by_forward(backbone, prompt: str, n: int) -> str:
+    """Greedy decoding by the training forward (no cache, no padding): what generation must agree with."""
+    batch = backbone.preprocess([{"prompt": prompt}])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    new = []
+    with torch.no_grad():
+        for _ in range(n):
+            token = backbone.forward_logits({"input_ids": ids, "attention_mask": mask})[:, -1].argmax(-1, keepdim=True)
+            if int(token) == backbone.tokenizer.eos_token_id:
+                break
+            new.append(int(token))
+            ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+    return backbone.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_prompt_tuning_trains_only_virtual_tokens_and_its_bundle_generates_the_same(causal, tmp_path):
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from transferkit.export.peft_interop import export_peft_adapter
+
+    base = {k: v.clone() for k, v in causal.model.state_dict().items()}
+    torch.manual_seed(0)
+    model, history = _fit(causal, "prompt-tuning", from_pairs(PROMPTS, ANSWERS), epochs=30, lr=3e-2,
+                          num_virtual_tokens=8)
+    assert history[-1]["train_loss"] < 0.85 * history[0]["train_loss"]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [VIRTUAL]
+    after = model.backbone.model.get_base_model().state_dict()
+    assert all(torch.equal(after[k], v) for k, v in base.items())  # the base model did not move
+    model.generation = {"max_new_tokens": 4}
+    out = list(predict_outputs(model, from_pairs(PROMPTS, ANSWERS)))
+    # a left-padded batch generates what each prompt alone does, and what the training forward predicts
+    assert out == [_greedy_by_forward(model.backbone, p, 4) for p in PROMPTS]
+    path = save_bundle(model, tmp_path / "bundle", {})
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["adapter"]["adapter_only"] and manifest["adapter"]["strategy"] == "prompt-tuning"
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        assert list(f.keys()) == [VIRTUAL]
+    assert not list(path.rglob("*.bin")) and not list(path.rglob("*.pt"))
+    predictor = tk.load(path)
+    assert predictor.predict(PROMPTS) == out
+    # virtual tokens are no weight update: merge refuses, both ways, before loading anything
+    for hf in (False, True):
+        with pytest.raises(ConfigError, match="virtual tokens, not weight updates"):
+            tk.merge_bundle(path, tmp_path / f"merged-{hf}", hf=hf)
+    # PEFT interop: PEFT's own loader on the plain base model (cache off: see CausalLMBackbone.with_virtual_tokens)
+    folder = export_peft_adapter(path, tmp_path / "peft")
+    lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(causal.spec.split(":", 1)[1]), str(folder))
+    batch = model.backbone.preprocess([{"prompt": PROMPTS[0]}])
+    new = lm.generate(**batch, max_new_tokens=4, do_sample=False, use_cache=False,
+                      pad_token_id=causal.tokenizer.pad_token_id)
+    assert causal.tokenizer.decode(new[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip() == out[0]
+
+
+def test_prompt_tuning_starts_from_the_init_text(causal):
+    strategy = make_strategy("prompt-tuning", {"num_virtual_tokens": 5, "init_text": "Colour of"})
+    model = strategy.prepare(causal, from_pairs(PROMPTS, ANSWERS))
+    ids = causal.tokenizer("Colour of", add_special_tokens=False)["input_ids"]
+    expected = causal.model.word_embeddings.weight[(ids * 5)[:5]]
+    assert torch.equal(dict(model.named_parameters())[VIRTUAL], expected)
+    batch = causal.preprocess(TASK.training_items([{"prompt": "Hi?"}], np.array(["yes"], object)))
+    # the virtual tokens' positions are dropped: position t still scores token t + 1 of the batch
+    assert model.backbone.forward_logits(batch).shape[:2] == batch["input_ids"].shape
+    hidden, _ = model.backbone.forward_sequence(batch)
+    assert hidden.shape[:2] == batch["input_ids"].shape
+    with pytest.raises(ConfigError, match="'init' parameter"):
+        make_strategy("prompt-tuning", {"init": "vocab"})
+
+
+def test_prefix_tuning_refuses_causal_lms_and_says_why(causal):
+    with pytest.raises(ConfigError, match="prefix-tuning is not available for text-generation.*past_key_values"):
+        make_strategy("prefix-tuning").check_data(causal, from_pairs(PROMPTS, ANSWERS))
 
 
 def test_encoders_refuse_generation(tiny_bert):

@@ -151,6 +151,10 @@ def _check_generative(strategy, task: str, request, tmp_path) -> None:
         backbone = load_backbone(f"whisper:{request.getfixturevalue('tiny_whisper_asr')}", decoder=True)
         inputs = data.items
     declared = strategy.tasks is not None and task in strategy.tasks
+    if strategy.generative and data.modality not in strategy.modalities:  # prompt-tuning generates text only
+        with pytest.raises(ConfigError, match=f"supports .* data; '{data.name}' is {data.modality}"):
+            strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))
+        return
     if not (strategy.generative and strategy.tasks is None) and not declared:
         with pytest.raises(ConfigError, match=task):
             strategy.fit(backbone, data, None, Trainer(TrainConfig(epochs=1, progress=False)))

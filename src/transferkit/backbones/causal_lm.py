@@ -43,7 +43,9 @@ from transferkit.backbones.base import Backbone, FeatureSpec, TextPreprocess
 from transferkit.backbones.hf import (
     _from_files_dir,
     _hidden_size,
+    is_peft_wrapper,
     load_from_sources,
+    skip_virtual_tokens,
     text_preprocess,
     transformer_groups,
 )
@@ -325,16 +327,47 @@ class CausalLMBackbone(Backbone):
         """The output layer (hidden state -> vocabulary logits); tied to the input embeddings in SmolLM2."""
         return self.model.get_output_embeddings()
 
+    @property
+    def prompt_tuned(self) -> bool:
+        """Whether ``.model`` is a PEFT prompt-tuning wrapper (``prompt-tuning`` on a causal LM): trained virtual
+        token embeddings go before every input."""
+        return is_peft_wrapper(self.model) and self.model.active_peft_config.peft_type == "PROMPT_TUNING"
+
+    def with_virtual_tokens(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``inputs_embeds`` and ``attention_mask`` of ``batch`` with the wrapper's virtual tokens in front (what
+        PEFT's forward builds), for the base model's own forward and ``generate``.
+
+        The base model then derives positions from the mask, so a left-padded prompt sees its virtual tokens at
+        positions ``0..n-1`` and its first token at ``n``, as in training (right-padded). PEFT's ``generate`` drops
+        ``position_ids`` and counts the padding between the two (huggingface/peft#1093): batched and single
+        generations would differ.
+        """
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        embeds = self.model.word_embeddings(ids)
+        prompts = self.model.get_prompt(batch_size=ids.shape[0]).to(embeds.dtype)
+        mask = torch.ones_like(ids) if mask is None else mask
+        return {"inputs_embeds": torch.cat((prompts, embeds), dim=1),
+                "attention_mask": torch.cat((mask.new_ones(ids.shape[0], prompts.shape[1]), mask), dim=1)}
+
     def forward_sequence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The decoder's last hidden state ``[B, T, D]`` (after its final norm) and the attention mask."""
+        """The decoder's last hidden state ``[B, T, D]`` (after its final norm) and the attention mask
+        (virtual tokens of prompt tuning run first and are dropped from the output)."""
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+        if self.prompt_tuned:
+            hidden = self.model.get_base_model().base_model(**self.with_virtual_tokens(batch)).last_hidden_state
+            return skip_virtual_tokens(hidden, batch), batch.get("attention_mask")
         decoder = self.model.base_model  # the stack below the LM head: no [B, T, vocab] logits are computed
         return decoder(**inputs).last_hidden_state, batch.get("attention_mask")
 
     def forward_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Next-token logits ``[B, T, V]`` of the model's own output layer (position t scores token t + 1)."""
+        """Next-token logits ``[B, T, V]`` of the model's own output layer (position t scores token t + 1).
+
+        Under prompt tuning PEFT's forward prepends the virtual tokens (and ones to the mask); their
+        positions are dropped, so position t still scores token t + 1 of the batch and the task's
+        completion-only labels line up unchanged.
+        """
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
-        return self.model(**inputs, use_cache=False).logits
+        return skip_virtual_tokens(self.model(**inputs, use_cache=False).logits, batch)
 
     def feature_spec(self, kind: str = "pooled") -> FeatureSpec:
         self.check_feature_kind(kind)
@@ -342,6 +375,7 @@ class CausalLMBackbone(Backbone):
             return FeatureSpec(kind, dim=int(self.lm_head.weight.shape[0]))
         return FeatureSpec(kind, dim=self.num_features)
 
+    @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 64, temperature: float = 0.0,
                  stop: Sequence[str] = ()) -> list[str]:
         """Continue each left-padded prompt of ``batch``; the new text of each row (stop strings cut off).
@@ -352,11 +386,13 @@ class CausalLMBackbone(Backbone):
         ids, mask = batch["input_ids"], batch.get("attention_mask")
         sample = temperature > 0
         options = {"do_sample": sample, "temperature": temperature if sample else None, "top_p": None,
-                   "top_k": None}
-        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=int(max_new_tokens),
-                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                                  **options)
-        texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+                   "top_k": None, "max_new_tokens": int(max_new_tokens), "pad_token_id": self.tokenizer.pad_token_id,
+                   "eos_token_id": self.tokenizer.eos_token_id}
+        if self.prompt_tuned:  # from embeddings: the output holds the new tokens only
+            new = self.model.get_base_model().generate(**self.with_virtual_tokens(batch), **options)
+        else:
+            new = self.model.generate(input_ids=ids, attention_mask=mask, **options)[:, ids.shape[1]:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [cut_at_stop(t, stop).strip() for t in texts]
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -36,7 +36,7 @@ def merge_bundle(bundle: str | Path, out: str | Path, *, overwrite: bool = False
         >>> tk.merge_bundle("runs/debian-lora", "runs/debian-merged")   # doctest: +SKIP
         PosixPath('runs/debian-merged')
     """
-    from transferkit.strategies.parameter_efficient import merge_adapter
+    from transferkit.strategies.parameter_efficient import check_mergeable, merge_adapter
 
     bundle = Path(bundle)
     out = check_writable(out, overwrite)
@@ -47,6 +47,7 @@ def merge_bundle(bundle: str | Path, out: str | Path, *, overwrite: bool = False
         done = " (already merged)" if manifest.get("merged_from") else ""
         raise ConfigError(f"{bundle} holds no adapter{done}; merge applies to bundles of lora, ia3 and conv "
                           f"adapters (strategy here: {manifest.get('strategy', {}).get('name')!r}).")
+    check_mergeable(manifest["adapter"]["strategy"])  # before loading the base model
     model = merge_adapter(rebuild_model(bundle, manifest))
     if hf:
         return _write_hf_folder(model, out, overwrite)
@@ -108,9 +109,12 @@ def export_peft_adapter(bundle: str | Path, out: str | Path, *, overwrite: bool 
     model = rebuild_model(bundle, manifest)
     backbone = model.backbone
     slot = backbone.transformer_slot()
+    if slot is None and hasattr(getattr(backbone, "model", None), "active_peft_config"):
+        slot = backbone, "model"  # prompt tuning on a causal LM: PEFT's CAUSAL_LM model is the backbone's model
     if slot is None or adapter["strategy"] == "adapter":
         raise ConfigError(f"PEFT export needs a PEFT method (lora, ia3, prompt-tuning, prefix-tuning) on a "
-                          f"transformers encoder (hf:, sentence:); this bundle has {adapter['strategy']!r} on "
+                          f"transformers encoder (hf:, sentence:), or prompt-tuning on a causal LM; this bundle "
+                          f"has {adapter['strategy']!r} on "
                           f"'{backbone.spec}'. Use `transferkit merge` and ONNX export instead.")
     owner, attr = slot
     inner = getattr(owner, attr)
@@ -145,8 +149,10 @@ def _relative(name: str, prefix: str) -> str:
     return name[len(prefix):] if name.startswith(prefix) else name
 
 
-def _pooling(manifest: dict) -> str:
+def _pooling(manifest: dict) -> str | None:
     spec = manifest["backbone"]["spec"]
+    if manifest.get("task") == "text-generation":
+        return None  # a language model generates: nothing is pooled
     if spec.startswith("sentence:"):
         return "the sentence-transformers model's own pooling (mean over tokens, then L2 normalisation for MiniLM)"
     return manifest["backbone"].get("options", {}).get("pooling", "mean")
