@@ -469,7 +469,11 @@ def test_sentences_for_speech_recognition_hold_out_sentences_and_words():
     assert words[0] & words[1] <= function  # only function words are shared
     assert all(7 <= len(t.split()) <= 12 and t.endswith(".") for t in train + unseen)
     assert "A old" not in " ".join(train + unseen) and "a angry" not in " ".join(train + unseen)
-    with pytest.raises(DataError, match="'words' parameter of make_sentences"):
+    other = sc.make_sentences(30, words="other")
+    assert len(set(other)) == 30 and not set(other) & set(train)
+    with pytest.raises(DataError, match="30 sentences outside the grammar; 31 were asked for"):
+        sc.make_sentences(31, words="other")
+    with pytest.raises(DataError, match="'words' parameter of make_sentences must be 'train', 'unseen' or 'other'"):
         sc.make_sentences(1, words="all")
 
 

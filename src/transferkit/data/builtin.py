@@ -431,7 +431,8 @@ def load_espeak_speakers(noise: bool = True, test_words: int = 4) -> tuple[TaskD
 
 
 @_register("espeak-sentences", modality="audio", task="speech-recognition", source=_ESPEAK, licence=_ESPEAK_LICENCE,
-           size="150 train + 40 test sentences (7-10 words) in one voice; the test sentences never occur in training")
+           size="150 train + 40 test sentences (7-10 words) in one voice; the test sentences never occur in training "
+                "(test_words=other: 30 everyday sentences outside the grammar)")
 def load_espeak_sentences(voice: str = "fr-fr", n_train: int = 150, n_test: int = 40, test_words: str = "train",
                           noise: bool = False) -> tuple[TaskData, TaskData]:
     """Speech recognition: English grammar sentences read by one espeak-ng voice (default fr-fr: a French accent)."""

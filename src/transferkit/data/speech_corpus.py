@@ -17,7 +17,8 @@ Sentences for speech recognition (:func:`build_sentences`) come from a small Eng
 spoken in one espeak-ng voice each. Every word list is cut in two halves: training sentences use
 the first half only; the test sentences are new sentences, either of the same half (``seen`` words
 in new combinations) or of the other half only (``unseen``: no content word of the test occurs in
-training).
+training); 30 hand-written everyday sentences outside the grammar (:data:`OTHER_SENTENCES`) test
+what an adapted model keeps.
 """
 from __future__ import annotations
 
@@ -169,6 +170,42 @@ SENTENCE_TEMPLATES = (
 )
 
 
+#: Everyday English outside the grammar (questions, requests, other words and word orders), written for this
+#: corpus: what a model adapted to the grammar's sentences still has to transcribe (``test_words="other"``).
+OTHER_SENTENCES = (
+    "Could you tell me where the nearest pharmacy is?",
+    "I think it is going to rain later this afternoon.",
+    "Please remember to switch off the lights when you leave.",
+    "The meeting has been moved to Thursday morning.",
+    "She has been learning to play the piano for three years.",
+    "We need more milk, bread and some coffee.",
+    "How long does it take to get to the airport?",
+    "My phone battery died in the middle of the call.",
+    "They are planning a trip to the mountains next month.",
+    "Do not forget to water the plants while I am away.",
+    "The train was delayed because of the snow.",
+    "He wrote a long email to his manager about the project.",
+    "Can I pay with a credit card?",
+    "The museum is closed on public holidays.",
+    "It was the best concert I have ever seen.",
+    "Our neighbors adopted a puppy last week.",
+    "Turn left at the second traffic light.",
+    "The soup needs a little more salt.",
+    "I would like to book a table for four people.",
+    "The weather was perfect for a walk on the beach.",
+    "Scientists discovered a new species of frog in the forest.",
+    "Why is the printer not working again?",
+    "The children laughed at the funny movie.",
+    "Please send me the report before Friday.",
+    "This computer is much faster than my old one.",
+    "We watched the sunset from the top of the tower.",
+    "Her favorite color has always been purple.",
+    "The store opens at nine and closes at six.",
+    "Somebody left an umbrella on the bus.",
+    "Learning a new language takes patience and practice.",
+)
+
+
 def _half(words: Sequence[str], half: int) -> tuple[str, ...]:
     return tuple(words[half::2])
 
@@ -178,7 +215,8 @@ def make_sentences(n: int, *, words: str = "train", seed: int = 0, exclude: Sequ
 
     Args:
         n: how many.
-        words: ``train`` (the first half of every word list) or ``unseen`` (the other half).
+        words: ``train`` (the first half of every word list), ``unseen`` (the other half) or ``other``
+            (:data:`OTHER_SENTENCES`, everyday English outside the grammar, in their order; ``seed`` unused).
         seed: the draw.
         exclude: sentences not to make (the training sentences, for a test set of ``train`` words).
 
@@ -187,8 +225,13 @@ def make_sentences(n: int, *, words: str = "train", seed: int = 0, exclude: Sequ
         ...                                     "After", "At", "Every")
         True
     """
+    if words == "other":
+        if n > len(OTHER_SENTENCES):
+            raise DataError(f"There are {len(OTHER_SENTENCES)} sentences outside the grammar; {n} were asked for.")
+        return list(OTHER_SENTENCES[:n])
     if words not in ("train", "unseen"):
-        raise DataError(f"The 'words' parameter of make_sentences must be 'train' or 'unseen'. Got {words!r} instead.")
+        raise DataError(f"The 'words' parameter of make_sentences must be 'train', 'unseen' or 'other'. "
+                        f"Got {words!r} instead.")
     lists = {k: _half(v, 0 if words == "train" else 1) for k, v in SENTENCE_WORDS.items()}
     rng, out, seen = _rng("sentences", words, str(seed)), [], set(exclude)
     for _ in range(100 * n + 1000):
@@ -221,8 +264,8 @@ def build_sentences(voice: str = "fr-fr", n_train: int = 150, n_test: int = 40, 
         voice: an espeak-ng voice (``fr-fr`` reads English by French rules: an accent Whisper tiny.en
             transcribes badly; ``en-us`` one it reads well).
         n_train: training sentences (the first half of every word list).
-        n_test: test sentences: new sentences of the training words (``test_words="train"``) or of the other
-            half of every word list (``"unseen"``).
+        n_test: test sentences: new sentences of the training words (``test_words="train"``), of the other
+            half of every word list (``"unseen"``), or everyday sentences outside the grammar (``"other"``, 30).
         noise: white noise at 10-40 dB SNR on every clip.
     """
     train_texts = make_sentences(n_train, words="train")
