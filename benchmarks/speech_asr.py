@@ -218,9 +218,11 @@ NOTES = [
 ]
 
 
-def merge(json_path: Path, others_paths: list[Path], others: list[str]) -> str:
-    """Add the seeds of other runs of the same settings (and the same before-scores) to ``json_path``."""
+def merge(json_path: Path, others_paths: list[Path], others: list[str], notes: list[str] = ()) -> str:
+    """Add the seeds of other runs of the same settings (and the same before-scores) to ``json_path``, and
+    ``notes`` to its notes."""
     res = json.loads(json_path.read_text(encoding="utf-8"))
+    res["notes"] += [f"- {n}" for n in notes]
     for path in others_paths:
         other = json.loads(path.read_text(encoding="utf-8"))
         if other["settings"] != res["settings"] or other["before"]["scores"] != res["before"]["scores"]:
@@ -270,7 +272,7 @@ def main() -> None:
         if res["settings"] != settings:
             raise SystemExit(f"--resume: {json_path} was run with other settings: {res['settings']}")
     if args.merge:
-        return print(merge(json_path, [Path(m) for m in args.merge], others))
+        return print(merge(json_path, [Path(m) for m in args.merge], others, args.note))
     pool, tests, forgetting = test_sets(args.voice, others, args.pool, args.n_test)
     if res is None:
         scores, transcripts, secs = before(draw(pool, args.n_train, 0), tests)
