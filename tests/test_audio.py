@@ -17,7 +17,8 @@ import torch
 from typer.testing import CliRunner
 
 from transferkit.backbones import load_backbone
-from transferkit.backbones.audio import AudioPreprocess, add_noise, audio_info, read_audio, spec_augment
+from transferkit.backbones.audio import (AudioPreprocess, WaveAugment, add_noise, audio_info, pitch_shift, read_audio,
+                                        spec_augment, speed_perturb)
 from transferkit.cli.main import app
 from transferkit.data import resolve_data
 from transferkit.errors import ConfigError, DataError
@@ -142,6 +143,68 @@ def test_noise_and_spec_augment():
     assert out["input_features"].shape == batch["input_features"].shape
     assert not torch.equal(out["input_features"], batch["input_features"])
     assert torch.equal(out["frame_mask"], batch["frame_mask"])
+
+
+def dominant_hz(wave: np.ndarray, rate: int = RATE) -> float:
+    spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    return float(np.fft.rfftfreq(len(wave), 1 / rate)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_scales_length_and_pitch_by_the_factor(factor):
+    wave = tone(440.0, 1.0).ravel()
+    out = speed_perturb(wave, factor)
+    assert abs(len(out) - RATE / factor) <= 1
+    assert abs(dominant_hz(out) - 440.0 * factor) < 2.0
+
+
+@pytest.mark.parametrize("semitones", [-2.0, 2.0, 12.0])
+def test_pitch_shift_moves_the_frequency_by_the_ratio_and_keeps_the_length(semitones):
+    wave = tone(440.0, 1.0).ravel()
+    out = pitch_shift(wave, semitones)
+    assert len(out) == len(wave)
+    assert abs(dominant_hz(out) - 440.0 * 2 ** (semitones / 12)) < 3.0
+    assert abs(dominant_hz(out) - 440.0) > 20.0
+
+
+def test_speed_and_pitch_refuse_bad_values():
+    with pytest.raises(ConfigError, match="'factor' parameter of speed_perturb must be a number in"):
+        speed_perturb(np.zeros(100, np.float32), 0.0)
+    with pytest.raises(ConfigError, match="'semitones' parameter of pitch_shift"):
+        pitch_shift(np.zeros(100, np.float32), float("nan"))
+
+
+def test_wave_augment_is_seeded_by_torch_and_keeps_clips_inside_the_window():
+    wave = tone(440.0, 1.0).ravel()
+    augment = WaveAugment(["speed"], p=1.0)
+    torch.manual_seed(0)
+    first = augment([wave, wave])
+    torch.manual_seed(0)
+    again = augment([wave, wave])
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert all(len(w) != len(wave) for w in first)  # a factor in [0.9, 1.1], never exactly 1
+    slower = [w for w in augment([wave] * 20, max_samples=len(wave))]  # some drawn below 1: longer than the window
+    assert all(len(w) <= len(wave) for w in slower) and any(w is wave for w in slower)
+    with pytest.raises(ConfigError, match="must name some of speed, pitch, noise, shift. Got \\['tempo'\\]"):
+        WaveAugment(["tempo"])
+
+
+def test_audio_augment_changes_training_waves_only(tiny_whisper, tones, tiny_images):
+    strategy = make_strategy("finetune", {"audio_augment": ["speed", "pitch", "noise", "shift"]})
+    model, history = strategy.fit(load_backbone(f"whisper:{tiny_whisper}"), tones, None,
+                                  Trainer(TrainConfig(epochs=1, progress=False)))
+    assert len(history) == 1 and model.backbone.preprocess.wave_augment is None  # predictions read clips as they are
+    train = strategy.train_dataset(model, tones)
+    assert train.preprocess.wave_augment.kinds == ["speed", "pitch", "noise", "shift"]
+    torch.manual_seed(1)
+    plain = model.backbone.preprocess(tones.items[:2])["input_features"]
+    assert not torch.equal(train.inputs([0, 1])["input_features"], plain)
+    with pytest.raises(ConfigError, match="audio_augment=\\['speed'\\] changes audio clips; 'arrays' is image"):
+        make_strategy("finetune", {"audio_augment": "speed"}).fit(load_backbone("small-cnn:8"), tiny_images, None,
+                                                                   Trainer(TrainConfig(epochs=1, progress=False)))
+    with pytest.raises(ConfigError, match="variant 'mfcc' computes each clip's features once"):
+        make_strategy("scratch", {"audio_augment": ["noise"]}).fit(None, tones, None,
+                                                                   Trainer(TrainConfig(progress=False)))
 
 
 # ---------------------------------------------------------------- the CTranslate2 reader
@@ -392,6 +455,40 @@ def test_spoken_corpus_is_generated_once_and_deterministic(tmp_path, monkeypatch
     assert [c.read_bytes() for c in sorted(again.rglob("*.wav"))] == [c.read_bytes() for c in clips]
 
 
+def test_sentences_for_speech_recognition_hold_out_sentences_and_words():
+    from transferkit.data import speech_corpus as sc
+
+    train = sc.make_sentences(150)
+    held_out = sc.make_sentences(40, seed=1, exclude=train)
+    unseen = sc.make_sentences(40, words="unseen", seed=1)
+    assert len(set(train)) == 150 and not set(train) & set(held_out)
+    assert train == sc.make_sentences(150)  # deterministic
+    function = {"a", "an", "and", "the", "at", "on", "in", "by", "near", "last", "this", "before", "after", "every",
+                "behind", "beside", "under", "inside", "across", "outside"}
+    words = [{w.strip(".,").lower() for t in texts for w in t.split()} for texts in (train, unseen)]
+    assert words[0] & words[1] <= function  # only function words are shared
+    assert all(7 <= len(t.split()) <= 12 and t.endswith(".") for t in train + unseen)
+    assert "A old" not in " ".join(train + unseen) and "a angry" not in " ".join(train + unseen)
+    other = sc.make_sentences(30, words="other")
+    assert len(set(other)) == 30 and not set(other) & set(train)
+    with pytest.raises(DataError, match="30 sentences outside the grammar; 31 were asked for"):
+        sc.make_sentences(31, words="other")
+    with pytest.raises(DataError, match="'words' parameter of make_sentences must be 'train', 'unseen' or 'other'"):
+        sc.make_sentences(1, words="all")
+
+
+@needs_espeak
+def test_espeak_sentences_are_speech_recognition_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))
+    from transferkit.data import load_dataset
+
+    train, test = load_dataset("espeak-sentences", voice="en-us", n_train=3, n_test=2)
+    assert train.task == test.task == "speech-recognition" and (len(train), len(test)) == (3, 2)
+    assert not set(train.targets) & set(test.targets)
+    clips = list(train.items) + list(test.items)
+    assert all(sf.info(p).samplerate == RATE and sf.info(p).duration > 1.0 for p in clips)
+
+
 def test_keyword_test_voices_are_unseen_in_training():
     from transferkit.data import speech_corpus as sc
 
@@ -518,6 +615,20 @@ def test_decoder_batch_learns_the_transcript_after_the_prefix(tiny_whisper_asr, 
         n = len(learned) + 1
         assert batch["decoder_input_ids"][row, 1:n].tolist() == [2] + learned[:-1]
     assert bb.forward_logits(batch).shape == (*batch["labels"].shape, 8)
+
+
+def test_lora_on_whisper_leaves_the_tied_output_layer_alone(tiny_whisper_asr, tmp_path):
+    from conftest import speech_pairs
+
+    bb = load_backbone(f"whisper:{tiny_whisper_asr}", decoder=True)
+    assert bb.lm_head is bb.model.proj_out
+    model = make_strategy("lora").prepare(bb, speech_pairs(tmp_path / "clips"))
+    keys = model.adapter["keys"]
+    assert not any("proj_out" in k for k in keys)
+    assert any(".encoder." in k for k in keys) and any(".decoder." in k for k in keys)
+    with pytest.raises(AttributeError):
+        load_backbone(f"whisper:{tiny_whisper_asr}").model  # the encoder alone: lm_head is None
+    assert load_backbone(f"whisper:{tiny_whisper_asr}").lm_head is None
 
 
 def test_finetuned_decoder_learns_two_transcripts(tiny_whisper_asr, tmp_path):

@@ -33,7 +33,7 @@ def test_registry_lists_every_builtin_with_provenance():
     names = {d["name"] for d in list_datasets()}
     assert names == set(DATASETS.names()) == {"fashion-mnist", "digits", "drug-reviews", "penguins", "debian-packages",
                                                 "pii-ner", "hironsan-ner", "debian-synopsis", "espeak-keywords",
-                                                "espeak-speakers", "alsa-channels", "emoji-scenes"}
+                                                "espeak-speakers", "espeak-sentences", "alsa-channels", "emoji-scenes"}
     for d in list_datasets():
         assert d["source"] and d["licence"] and d["size"] and d["description"]
 

@@ -124,6 +124,12 @@ class WhisperBackbone(Backbone):
                            if model is not None else AudioPreprocess(**options))
 
     @property
+    def lm_head(self) -> nn.Module | None:
+        """The decoder's output layer (``proj_out``, tied to the token embeddings; ``None`` without the decoder):
+        what adapters leave alone, as a language model's output layer."""
+        return self.model.proj_out if "model" in self._modules else None
+
+    @property
     def whisper_encoder(self) -> nn.Module:
         return self.model.model.encoder if "model" in self._modules else self.encoder
 

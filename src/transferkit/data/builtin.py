@@ -430,6 +430,17 @@ def load_espeak_speakers(noise: bool = True, test_words: int = 4) -> tuple[TaskD
     return build_speakers(noise=noise, test_words=test_words)
 
 
+@_register("espeak-sentences", modality="audio", task="speech-recognition", source=_ESPEAK, licence=_ESPEAK_LICENCE,
+           size="150 train + 40 test sentences (7-10 words) in one voice; the test sentences never occur in training "
+                "(test_words=other: 30 everyday sentences outside the grammar)")
+def load_espeak_sentences(voice: str = "fr-fr", n_train: int = 150, n_test: int = 40, test_words: str = "train",
+                          noise: bool = False) -> tuple[TaskData, TaskData]:
+    """Speech recognition: English grammar sentences read by one espeak-ng voice (default fr-fr: a French accent)."""
+    from transferkit.data.speech_corpus import build_sentences
+
+    return build_sentences(voice=voice, n_train=n_train, n_test=n_test, test_words=test_words, noise=noise)
+
+
 @_register("alsa-channels", modality="audio", size="8 channel names: 768 synthetic train clips, 8 human test clips",
            source="train: espeak-ng voices; test: the human recordings of Debian alsa-utils (/usr/share/sounds/alsa)",
            licence="alsa-utils clips: GPL-2.0 (Debian alsa-utils)")

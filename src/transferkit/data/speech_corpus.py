@@ -11,6 +11,14 @@ and renamed into place. About 1,150 clips take half a minute.
 
 Splits are by voice variant: the test voices' variants (``m6``, ``m7``, ``f4``, ``f5``) never
 occur in training, in any accent, so a test voice is unseen.
+
+Sentences for speech recognition (:func:`build_sentences`) come from a small English grammar
+(:func:`make_sentences`: a person, a past-tense verb, a thing, a place or a time, 7 to 12 words),
+spoken in one espeak-ng voice each. Every word list is cut in two halves: training sentences use
+the first half only; the test sentences are new sentences, either of the same half (``seen`` words
+in new combinations) or of the other half only (``unseen``: no content word of the test occurs in
+training); 30 hand-written everyday sentences outside the grammar (:data:`OTHER_SENTENCES`) test
+what an adapted model keeps.
 """
 from __future__ import annotations
 
@@ -130,6 +138,146 @@ def _clips(folder: Path, texts: Sequence[str], voice_names: Sequence[str], label
             items.append(str(folder / voice / f"{text.replace(' ', '_')}.wav"))
             targets.append(k if by == "text" else labels.index(voice))
     return items, np.asarray(targets, dtype=np.int64)
+
+
+# -- sentences for speech recognition ------------------------------------------------------------------------------
+
+#: The grammar's word lists; each is cut into two halves (even and odd positions): training and unseen words.
+SENTENCE_WORDS = {
+    "person": ("farmer", "doctor", "teacher", "sailor", "baker", "driver", "singer", "painter", "soldier", "student",
+               "nurse", "lawyer", "hunter", "pilot", "writer", "gardener", "captain", "waiter", "dancer", "miner"),
+    "adjective": ("old", "young", "tall", "quiet", "tired", "happy", "angry", "clever", "brave", "busy", "careful",
+                  "friendly", "lazy", "proud", "gentle", "nervous"),
+    "verb": ("painted", "carried", "found", "opened", "cleaned", "washed", "bought", "sold", "built", "fixed",
+             "dropped", "pulled", "lifted", "hid", "broke", "filled"),
+    "colour": ("red", "green", "blue", "yellow", "wooden", "heavy", "broken", "golden", "silver", "empty", "narrow",
+               "brown", "white", "black", "shiny", "large"),
+    "thing": ("boat", "box", "door", "chair", "basket", "bottle", "window", "table", "bicycle", "letter", "lamp",
+              "bucket", "ladder", "wagon", "kettle", "drum", "blanket", "mirror", "wheel", "barrel"),
+    "place": ("near the river", "behind the house", "beside the church", "in the garden", "at the market",
+              "under the bridge", "on the hill", "by the station", "inside the barn", "across the road",
+              "near the harbor", "outside the school", "beside the lake", "in the kitchen", "at the farm",
+              "behind the hotel"),
+    "time": ("yesterday", "last night", "this morning", "on Sunday", "before dinner", "after lunch", "last summer",
+             "at noon", "every evening", "last winter", "on Monday", "before sunrise"),
+}
+SENTENCE_TEMPLATES = (
+    "The {adjective} {person} {verb} the {colour} {thing} {place}.",
+    "{Time}, the {person} {verb} a {colour} {thing}.",
+    "The {person} {verb} the {thing} {place} {time}.",
+    "A {adjective} {person} and the {person2} {verb} the {colour} {thing}.",
+    "The {adjective} {person} {verb} a {thing} {time}.",
+)
+
+
+#: Everyday English outside the grammar (questions, requests, other words and word orders), written for this
+#: corpus: what a model adapted to the grammar's sentences still has to transcribe (``test_words="other"``).
+OTHER_SENTENCES = (
+    "Could you tell me where the nearest pharmacy is?",
+    "I think it is going to rain later this afternoon.",
+    "Please remember to switch off the lights when you leave.",
+    "The meeting has been moved to Thursday morning.",
+    "She has been learning to play the piano for three years.",
+    "We need more milk, bread and some coffee.",
+    "How long does it take to get to the airport?",
+    "My phone battery died in the middle of the call.",
+    "They are planning a trip to the mountains next month.",
+    "Do not forget to water the plants while I am away.",
+    "The train was delayed because of the snow.",
+    "He wrote a long email to his manager about the project.",
+    "Can I pay with a credit card?",
+    "The museum is closed on public holidays.",
+    "It was the best concert I have ever seen.",
+    "Our neighbors adopted a puppy last week.",
+    "Turn left at the second traffic light.",
+    "The soup needs a little more salt.",
+    "I would like to book a table for four people.",
+    "The weather was perfect for a walk on the beach.",
+    "Scientists discovered a new species of frog in the forest.",
+    "Why is the printer not working again?",
+    "The children laughed at the funny movie.",
+    "Please send me the report before Friday.",
+    "This computer is much faster than my old one.",
+    "We watched the sunset from the top of the tower.",
+    "Her favorite color has always been purple.",
+    "The store opens at nine and closes at six.",
+    "Somebody left an umbrella on the bus.",
+    "Learning a new language takes patience and practice.",
+)
+
+
+def _half(words: Sequence[str], half: int) -> tuple[str, ...]:
+    return tuple(words[half::2])
+
+
+def make_sentences(n: int, *, words: str = "train", seed: int = 0, exclude: Sequence[str] = ()) -> list[str]:
+    """``n`` distinct sentences of the grammar (deterministic for ``seed``), none of them in ``exclude``.
+
+    Args:
+        n: how many.
+        words: ``train`` (the first half of every word list), ``unseen`` (the other half) or ``other``
+            (:data:`OTHER_SENTENCES`, everyday English outside the grammar, in their order; ``seed`` unused).
+        seed: the draw.
+        exclude: sentences not to make (the training sentences, for a test set of ``train`` words).
+
+    Example:
+        >>> make_sentences(1)[0].split()[0] in ("The", "A", "Yesterday,", "Last", "This", "On", "Before",
+        ...                                     "After", "At", "Every")
+        True
+    """
+    if words == "other":
+        if n > len(OTHER_SENTENCES):
+            raise DataError(f"There are {len(OTHER_SENTENCES)} sentences outside the grammar; {n} were asked for.")
+        return list(OTHER_SENTENCES[:n])
+    if words not in ("train", "unseen"):
+        raise DataError(f"The 'words' parameter of make_sentences must be 'train', 'unseen' or 'other'. "
+                        f"Got {words!r} instead.")
+    lists = {k: _half(v, 0 if words == "train" else 1) for k, v in SENTENCE_WORDS.items()}
+    rng, out, seen = _rng("sentences", words, str(seed)), [], set(exclude)
+    for _ in range(100 * n + 1000):
+        if len(out) == n:
+            return out
+        pick = {k: str(v[int(rng.integers(len(v)))]) for k, v in lists.items()}
+        others = [p for p in lists["person"] if p != pick["person"]]
+        pick["person2"] = str(others[int(rng.integers(len(others)))])
+        pick["Time"] = pick["time"][0].upper() + pick["time"][1:]
+        text = SENTENCE_TEMPLATES[int(rng.integers(len(SENTENCE_TEMPLATES)))].format(**pick)
+        text = " ".join(_article(w, nxt) for w, nxt in zip(text.split(), text.split()[1:] + [""]))
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    raise DataError(f"The sentence grammar gives fewer than {n} distinct sentences of {words!r} words.")
+
+
+def _article(word: str, following: str) -> str:
+    """``a`` before a vowel becomes ``an`` (A old -> An old)."""
+    if word in ("a", "A") and following[:1].lower() in "aeiou" and following:
+        return word + "n"
+    return word
+
+
+def build_sentences(voice: str = "fr-fr", n_train: int = 150, n_test: int = 40, test_words: str = "train",
+                    noise: bool = False) -> tuple[TaskData, TaskData]:
+    """Speech recognition: grammar sentences spoken by ``voice``; the test sentences never occur in training.
+
+    Args:
+        voice: an espeak-ng voice (``fr-fr`` reads English by French rules: an accent Whisper tiny.en
+            transcribes badly; ``en-us`` one it reads well).
+        n_train: training sentences (the first half of every word list).
+        n_test: test sentences: new sentences of the training words (``test_words="train"``), of the other
+            half of every word list (``"unseen"``), or everyday sentences outside the grammar (``"other"``, 30).
+        noise: white noise at 10-40 dB SNR on every clip.
+    """
+    train_texts = make_sentences(n_train, words="train")
+    test_texts = make_sentences(n_test, words=test_words, seed=1, exclude=train_texts)
+    folder = spoken_corpus(train_texts + test_texts, [voice], noise=noise)
+    source = f"espeak-ng {espeak_version()} voice {voice} ({folder})"
+    out = []
+    for split, texts in (("train", train_texts), ("test", test_texts)):
+        items = [str(folder / voice / f"{t.replace(' ', '_')}.wav") for t in texts]
+        out.append(TaskData(items, np.asarray(texts, dtype=object), "audio", task="speech-recognition",
+                            name=f"espeak-sentences-{voice}-{split}", source=source))
+    return out[0], out[1]
 
 
 def build_keywords(noise: bool = True) -> tuple[TaskData, TaskData]:

@@ -16,6 +16,9 @@ the same options work on CNNs, vision transformers and BERT-style encoders.
 * ``augment=True|"trivialaugment"|...``, ``mixup=alpha``, ``cutmix=alpha``:
   image augmentation policies and label-mixing regularisers
   (:mod:`transferkit.strategies.augment`).
+* ``audio_augment=["speed", "pitch", "noise", "shift"]``: random speed and pitch perturbation, noise
+  and time shift of the training clips of audio data, on the decoded waves
+  (:class:`transferkit.backbones.audio.WaveAugment`).
 """
 from __future__ import annotations
 
@@ -58,6 +61,9 @@ class FinetuneConfig(StrategyConfig):
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the classification loss"})
     augment: bool | str = field(default=False, metadata={
         "help": f"images: true (shift-flip), false, or a policy: {', '.join(POLICIES)}"})
+    audio_augment: list[str] = field(default_factory=list, metadata={
+        "help": "audio: random changes of half the training clips each, of speed (x0.9-1.1), pitch (+-2 semitones), "
+                "noise (10-30 dB SNR), shift (up to 0.2 s): any of speed, pitch, noise, shift"})
     mixup: float = field(default=0.0, metadata={"help": "images, classification: mixup Beta(alpha, alpha); 0: off"})
     cutmix: float = field(default=0.0, metadata={"help": "images, classification: cutmix Beta(alpha, alpha); 0: off"})
     mix_prob: float = field(default=1.0, metadata={"help": "probability that a batch is mixed (mixup/cutmix)"})
@@ -103,6 +109,12 @@ class FinetuneConfig(StrategyConfig):
     def validate(self) -> None:
         owner = type(self).__name__
         resolve_policy(self.augment, owner)
+        if isinstance(self.audio_augment, str):
+            self.audio_augment = [self.audio_augment]
+        if self.audio_augment:
+            from transferkit.backbones.audio import WaveAugment
+
+            WaveAugment(self.audio_augment)  # names checked here, with the valid ones in the message
         if self.freeze and self.train_only:
             raise ConfigError(f"{owner}: give 'freeze' or 'train_only', not both.")
         regularizers.validate_fields(owner, self.regularizer, self.regularizer_weight, self.regularizer_options)
@@ -305,11 +317,27 @@ class Finetune(Strategy):
             raise ConfigError(f"mixup and cutmix mix images and their class labels, so they need image "
                               f"classification data; '{data.name}' is {data.modality} {data.task}. "
                               f"Set mixup=0 and cutmix=0.")
+        if c.audio_augment and data.modality != "audio":
+            raise ConfigError(f"audio_augment={c.audio_augment!r} changes audio clips; '{data.name}' is "
+                              f"{data.modality} data. Leave audio_augment empty.")
         if isinstance(c.augment, str) and resolve_policy(c.augment) != "none" and data.modality != "image":
             raise ConfigError(f"augment={c.augment!r} transforms images; '{data.name}' is {data.modality} data.")
         if data.task_spec.spatial_targets and resolve_policy(c.augment) != "none" and self.kind != "scratch":
             raise ConfigError(f"augment={c.augment!r} moves images without their {data.task_spec.target_kind}; "
                               f"{data.task} augments both together (flip, zoom, shift) on its own. Set augment=false.")
+
+    def train_dataset(self, model: TransferModel, data: TaskData):
+        """The training items; with ``audio_augment``, their waves changed at random as they are read."""
+        dataset = super().train_dataset(model, data)
+        if self.config.audio_augment:
+            from transferkit.backbones.audio import WaveAugment
+
+            pre = model.backbone.preprocess
+            if not hasattr(pre, "with_wave_augment"):
+                raise ConfigError(f"audio_augment changes decoded waves; backbone '{model.backbone.spec}' does not "
+                                  f"read audio through transferkit's audio preprocessing.")
+            dataset.preprocess = pre.with_wave_augment(WaveAugment(self.config.audio_augment))
+        return dataset
 
     def augment(self, inputs):
         """The ``augment`` policy on a normalised image batch (other inputs pass through)."""

@@ -165,6 +165,10 @@ class Scratch(Finetune):
 
     def _fit_fixed(self, backbone: Backbone, train: TaskData, val: TaskData | None, trainer):
         """Logistic regression (C by cross-validation) on a parameter-free backbone's standardised features."""
+        if self.config.audio_augment:
+            raise ConfigError("audio_augment changes clips as a model trains; variant 'mfcc' computes each clip's "
+                              "features once for a logistic regression. Use variant 'audio-cnn', or leave "
+                              "audio_augment empty.")
         from transferkit.data.cache import compute_features
 
         X = compute_features(backbone, train)
