@@ -58,6 +58,7 @@ class Task:
         has_labels: outputs are named by ``label_names``.
         pipeline_tags: modality -> Hugging Face Hub pipeline tag.
         spatial_targets: targets are tied to pixel positions (boxes, masks); see :meth:`augment`.
+        min_train_steps: the fewest optimizer steps the loop takes when no ``epochs`` are given (0: none).
     """
 
     name: ClassVar[str] = ""
