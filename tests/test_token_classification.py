@@ -251,3 +251,35 @@ def test_cli_fits_conll_files_checks_transfer_against_the_crf_and_predicts_entit
                             "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "bad.conll, sentence 2 (line 4), word 2" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "c").exists()
+
+
+# -- the step budget for tiny data ----------------------------------------------------------------
+
+
+def test_tiny_token_data_gets_the_tasks_step_budget_unless_epochs_are_given():
+    from transferkit.data.dataset import TaskData
+    from transferkit.training import TrainConfig, Trainer
+
+    tagged = token_data(*sentences(40, seed=0), name="tiny")
+    floor = TASK.min_train_steps
+    assert floor == 300
+    default = Trainer(TrainConfig(progress=False))
+    assert default.epochs_for(20, 2, tagged) == 150  # 40 sentences at batch 32: 2 steps an epoch
+    assert default.epochs_for(20, 7, tagged) == 43  # ceil(300 / 7)
+    assert default.epochs_for(20, 25, tagged) == 20  # 500 steps already: unchanged
+    assert Trainer(TrainConfig(epochs=20, progress=False)).epochs_for(20, 2, tagged) == 20  # the user's epochs
+    labels = TaskData(np.zeros((40, 3), np.float32), np.arange(40) % 2, "tabular", label_names=["a", "b"])
+    assert labels.task_spec.min_train_steps == 0 and default.epochs_for(20, 2, labels) == 20
+
+
+def test_fit_runs_the_step_budget_on_tiny_token_data(tiny_bert, monkeypatch):
+    from transferkit.backbones import load_backbone
+    from transferkit.strategies import make_strategy
+    from transferkit.tasks.token_classification import TokenClassification
+    from transferkit.training import TrainConfig, Trainer
+
+    monkeypatch.setattr(TokenClassification, "min_train_steps", 25)  # the loop's wiring, in a few steps
+    tagged = token_data(*sentences(4, seed=0), name="four")  # one batch: one optimizer step an epoch
+    backbone = load_backbone(f"hf:{tiny_bert}", max_length=16)
+    _, history = make_strategy("finetune").fit(backbone, tagged, None, Trainer(TrainConfig(progress=False)))
+    assert len(history) == 25  # finetune's default 20 epochs of one step each, raised to reach 25 steps

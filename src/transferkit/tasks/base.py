@@ -59,6 +59,7 @@ class Task:
         has_labels: outputs are named by ``label_names``.
         pipeline_tags: modality -> Hugging Face Hub pipeline tag.
         spatial_targets: targets are tied to pixel positions (boxes, masks); see :meth:`augment`.
+        min_train_steps: the fewest optimizer steps the loop takes when no ``epochs`` are given (0: none).
     """
 
     name: ClassVar[str] = ""
@@ -79,6 +80,9 @@ class Task:
     #: How targets are encoded: ``"class"`` (an index per item), ``"multi-hot"`` (a 0/1 row per item),
     #: ``"value"`` (a number per item), or another word a task defines (``"per-token"``).
     target_kind: ClassVar[str] = ""
+    #: The fewest optimizer steps the training loop takes on this task when the user gives no ``epochs``: the
+    #: strategy's default epochs are raised until they reach it (0: epochs alone set the length of a run).
+    min_train_steps: ClassVar[int] = 0
 
     # -- targets ---------------------------------------------------------------
     def num_outputs(self, label_names: Sequence[str] | None) -> int:

@@ -187,6 +187,17 @@ class Trainer:
         return (c.epochs or d.epochs, c.lr if c.lr is not None else d.lr,
                 c.head_lr if c.head_lr is not None else d.head_lr)
 
+    def epochs_for(self, epochs: int, steps_per_epoch: int, train: TaskData) -> int:
+        """``epochs``, raised to reach the task's ``min_train_steps`` unless the user gave the epochs.
+
+        A step budget for tiny data: 40 sentences at batch 32 are two optimizer steps an epoch, too few
+        for a pre-trained encoder to learn a tagger in the default 20 epochs. Epochs the user set are kept.
+        """
+        floor = train.task_spec.min_train_steps if self.config.epochs is None else 0
+        if floor and steps_per_epoch:
+            return max(epochs, math.ceil(floor / steps_per_epoch))
+        return epochs
+
     def fit(self, strategy: Strategy, model: TransferModel, train: TaskData,
             val: TaskData | None) -> tuple[TransferModel, list[dict]]:
         """Train ``model`` with ``strategy``; restore the best validation checkpoint if validating."""
@@ -204,7 +215,9 @@ class Trainer:
         if not groups:
             raise ConfigError(f"Strategy '{strategy.name}' left no parameter to train.")
         optimizer = torch.optim.AdamW(groups)
-        steps = epochs * math.ceil(len(loader) / max(1, acc.num_processes) / cfg.grad_accum)
+        per_epoch = math.ceil(len(loader) / max(1, acc.num_processes) / cfg.grad_accum)
+        epochs = self.epochs_for(epochs, per_epoch, train)
+        steps = epochs * per_epoch
         warm = int(cfg.warmup * steps)
         if cfg.schedule == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[gr["lr"] for gr in groups],
