@@ -59,9 +59,10 @@ NOTES = (
     "`finetune (epochs=20)` and `lora (epochs=20)` are the runs before that change (2 threads each); `finetune` "
     "and `lora` are the new default. The 1000-sentence `finetune`/`lora` runs were made before the change, which "
     "does not alter them (same 20 epochs, 500 steps), and were not rerun; at 500 sentences the new default "
-    "(24 epochs) was not run. The new default ran 3 seeds at 50 sentences and 1 (seed 0) at 200: the CPU "
-    "allowed no more in this session. Rows whose `shared F1` is `—` on a seed came from `.probe/probe.py` "
-    "(same data, split and settings, the resolved epochs given explicitly; it records entity F1 only): see "
+    "(24 epochs) was not run. The new default ran 3 seeds at 50 and 200 sentences, 1 thread per run. Rows "
+    "marked `probe.py` in `runs.csv` (`via`) came from a scratch driver with the same data, split and settings "
+    "and the resolved epochs given explicitly; it records entity F1 only, so their `shared F1` is missing "
+    "and that column averages the other seeds: see "
     "`diagnostics.md`.")
 
 
