@@ -86,7 +86,37 @@ def run_seed(name: str, case: dict, seed: int, done: set[str], autos: dict[str, 
                      "search": json.dumps(found.to_dict(), default=str)})
         print(f"{name} seed {seed} {label} -> {found.winner.label}: {rows[-1]['accuracy']:.1f} "
               f"({rows[-1]['seconds']:.0f}s)", flush=True)
+        if label == "auto" and f"{label} (stack=0)" not in done:
+            rows.append(_without_stacking(name, seed, case, train, test, found, rows[-1]))
     return rows
+
+
+def _without_stacking(name: str, seed: int, case: dict, train, test, found, with_stack: dict) -> dict:
+    """The same search with ``stack=0``: its winner is the best finalist other than the stacking candidate (the
+    search before it is the same), refit on all the labels when it differs from auto's winner."""
+    from transferkit.evaluation import higher_is_better
+    from transferkit.strategies import make_strategy
+    from transferkit.training import TrainConfig
+    from transferkit.workflows.auto import candidate_settings
+    from transferkit.workflows.runs import train_and_score
+
+    stack = next((c for c in found.candidates if c.strategy == "stacking"), None)
+    row = {**with_stack, "method": "auto (stack=0)", "search": ""}
+    if stack is not None:
+        row["seconds"] -= stack.seconds
+    if found.winner is not stack:
+        return row
+    sign = 1 if higher_is_better(found.metric) else -1
+    finalists = [c for c in found.candidates if c is not stack and c.status.startswith(("finalist", "stopped by the b"))]
+    keys = sorted(stack.scores)
+    win = max(finalists, key=lambda c: (sign * c.mean(keys), -c.cost))
+    cfg, bb_options = candidate_settings(win, TrainConfig(seed=seed, progress=False), case["bb"])
+    run = train_and_score(win.backbone, make_strategy(win.strategy, win.options or None), train, None, test, cfg,
+                          bb_options)
+    found_run = with_stack["seconds"]  # the search and the stacking winner's refit
+    row.update(accuracy=100 * run.metrics["accuracy"], choice=win.label, seconds=found_run - stack.seconds)
+    print(f"{name} seed {seed} auto (stack=0) -> {win.label}: {row['accuracy']:.1f}", flush=True)
+    return row
 
 
 def _ci(values) -> str:

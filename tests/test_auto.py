@@ -184,7 +184,14 @@ def test_fit_auto_trains_the_winner_and_records_the_search(auto_fit):
     probes = ["efficientnet-lite:0", *(f"efficientnet-lite:0@block{i}" for i in range(2, 6))]
     assert labels == ([f"linear-probe on {p}" for p in probes]  # at the given 32 px, then at 64 and 128 px
                       + [f"linear-probe on {p} at {size} px" for size in (64, 128) for p in probes]
-                      + ["scratch:small-cnn"])
+                      + ["scratch:small-cnn", labels[-1]])
+    # last, the stacking candidate: the three best linear-probe finalists, each at its own layer and size
+    stack = record["candidates"][-1]
+    finalists = sorted((c for c in record["candidates"][:-1] if c["strategy"] == "linear-probe" and c["folds"] == 3),
+                       key=lambda c: -c["mean"])[:3]
+    assert stack["strategy"] == "stacking" and stack["options"] == {"combine": "mean"} and stack["folds"] == 3
+    assert [(m["spec"], m["options"]["image_size"]) for m in stack["backbone_options"]["members"]] == [
+        (c["backbone"], c["backbone_options"].get("image_size", 32)) for c in finalists]
     win = next(c for c in record["candidates"] if c["status"] == "winner")
     assert win["folds"] == 3 and record["winner"] == win["candidate"]
     # the bundle is the winner's recipe trained on all the labels, and it reloads

@@ -186,6 +186,28 @@ def test_stacking_head_computes_meta_of_member_probabilities():
     assert StackingHead.from_manifest(head.describe())[0].slices == [(0, 3), (3, 8)]
 
 
+def test_mean_combination_is_the_log_of_the_members_mean_probability():
+    rng = np.random.default_rng(2)
+    feats = [rng.normal(size=(24, 3)), rng.normal(size=(24, 4)), rng.normal(size=(24, 2))]
+    y = np.arange(24) % 4
+    head, info = fit_stacking_head(feats, y, 4, C=1.0, combine="mean")
+    assert info["combine"] == "mean" and info["base_C"] == [1.0, 1.0, 1.0] and "meta_C" not in info
+    assert not list(head[-1].parameters())  # nothing is fitted on top of the members
+    x = torch.from_numpy(np.hstack(feats)).float()
+    bases, cuts = head[0].bases, [(0, 3), (3, 7), (7, 9)]
+    mean = sum(b(x[:, a:c]).softmax(-1) for b, (a, c) in zip(bases, cuts)) / 3
+    torch.testing.assert_close(head(x), mean.log())
+    torch.testing.assert_close(head(x).exp().sum(1), torch.ones(24))
+    again = StackingHead.from_manifest(head.describe())
+    assert head.describe()["combine"] == "mean" and again.combine == "mean"
+    again.load_state_dict(head.state_dict())
+    torch.testing.assert_close(again(x), head(x))
+    with pytest.raises(ConfigError, match="combine must be learned or mean"):
+        StackingHead.from_manifest({**head.describe(), "combine": "median"})
+    with pytest.raises(ConfigError, match="combine"):
+        make_strategy("stacking", {"combine": "median"})
+
+
 # ---------------------------------------------------------------- end to end on the packaged models
 
 
@@ -207,5 +229,27 @@ def test_stacking_efficientnet_lite0_and_lite1_end_to_end(tmp_path):
     save_bundle(model, tmp_path / "b", {"strategy": {"name": "stacking"}})
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["head"] == {"kind": "stacking", "slices": [[0, 1280], [1280, 2560]], "in_features": 2560,
-                                "out_features": 10}
+                                "out_features": 10, "combine": "learned"}
     np.testing.assert_allclose(load(tmp_path / "b").outputs(test.items), out, atol=1e-5)
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
+def test_mean_stacking_of_members_at_their_own_layer_and_size_end_to_end(tmp_path):
+    """auto's stacking candidate: Lite0's block3 at 32 px and block4 at 64 px, probabilities averaged; the bundle
+    rebuilds both members at their own sizes and predicts the same."""
+    import transferkit as tk
+
+    members = [{"spec": "efficientnet-lite:0@block3", "options": {"image_size": 32}},
+               {"spec": "efficientnet-lite:0@block4", "options": {"image_size": 64}}]
+    out = tmp_path / "b"
+    bb = load_backbone("concat:efficientnet-lite:0@block3+efficientnet-lite:0@block4", members=members)
+    result = tk.fit(bb, "fashion-mnist", "stacking", labels_per_class=3, max_test=20,
+                    strategy_options={"combine": "mean"}, out=out)
+    head = json.loads((out / "manifest.json").read_text())["head"]
+    assert head["combine"] == "mean" and len(head["slices"]) == 2
+    bundle = tk.load(out)
+    assert [m.preprocess.size for m in bundle.model.backbone.members] == [32, 64]
+    _, _, test = tk.prepare_data("fashion-mnist", labels_per_class=3, max_test=20, seed=0)
+    probs = bundle.outputs(test.items)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert result.metrics["accuracy"] == pytest.approx((probs.argmax(1) == test.targets).mean())

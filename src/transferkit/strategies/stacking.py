@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from transferkit.backbones.base import Backbone
-from transferkit.constraints import NONE, Interval
+from transferkit.constraints import NONE, Interval, Options
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError
 from transferkit.strategies.base import Strategy, StrategyConfig, TrainDefaults, TransferModel, register_strategy
@@ -58,8 +58,12 @@ class StackingConfig(StrategyConfig):
                                                                  "by cross-validation"})
     max_iter: int = field(default=2000, metadata={"help": "L-BFGS iterations of every logistic regression"})
     batch_size: int = field(default=64, metadata={"help": "feature-extraction batch size"})
+    combine: str = field(default="learned", metadata={"help": "learned: the meta-learner on out-of-fold "
+                                                               "probabilities; mean: the members' probabilities "
+                                                               "averaged (nothing fitted on top: for tiny data)"})
 
     _parameter_constraints = {
+        "combine": [Options("learned", "mean")],
         "folds": [Interval("int", 2, None)],
         "C": [Interval("number", 0, None, closed="neither"), NONE],
         "meta_C": [Interval("number", 0, None, closed="neither"), NONE],
@@ -80,30 +84,50 @@ class MemberProbabilities(nn.Module):
         return torch.cat([base(x[:, a:b]).softmax(-1) for base, (a, b) in zip(self.bases, self.slices)], dim=-1)
 
 
+class MeanLogProbability(nn.Module):
+    """``[B, K * C] -> [B, C]``: the log of the members' mean probability (the soft vote, as logits)."""
+
+    def __init__(self, members: int, num_classes: int):
+        super().__init__()
+        self.members, self.out_features = int(members), int(num_classes)
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        mean = probs.reshape(len(probs), self.members, self.out_features).mean(1)
+        return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+
+
 class StackingHead(nn.Sequential):
-    """The stacked head: :class:`MemberProbabilities`, then the meta-learner's ``nn.Linear`` (``head[-1]``).
+    """The stacked head: :class:`MemberProbabilities`, then the meta-learner's ``nn.Linear`` (``head[-1]``), or
+    with ``combine="mean"`` the log of the members' mean probability (:class:`MeanLogProbability`).
 
     Registered as the ``stacking`` head, so bundles rebuild it without knowing this strategy.
 
     Args:
         slices: ``(start, stop)`` of each member's columns in the concatenated features.
         num_classes: C.
+        combine: ``learned`` or ``mean``.
     """
 
     head_kind = "stacking"
 
-    def __init__(self, slices: Sequence[tuple[int, int]], num_classes: int):
-        super().__init__(MemberProbabilities(slices, num_classes), nn.Linear(len(slices) * num_classes, num_classes))
+    def __init__(self, slices: Sequence[tuple[int, int]], num_classes: int, combine: str = "learned"):
+        top = (MeanLogProbability(len(slices), num_classes) if combine == "mean"
+               else nn.Linear(len(slices) * num_classes, num_classes))
+        super().__init__(MemberProbabilities(slices, num_classes), top)
+        self.combine = combine
 
     def describe(self) -> dict:
         """The bundle manifest's ``head`` entry."""
         slices = self[0].slices
         return {"kind": "stacking", "slices": [list(s) for s in slices], "in_features": slices[-1][1],
-                "out_features": self[-1].out_features}
+                "out_features": self[-1].out_features, "combine": self.combine}
 
     @classmethod
     def from_manifest(cls, head: dict) -> "StackingHead":
-        return cls([tuple(s) for s in head["slices"]], int(head["out_features"]))
+        combine = head.get("combine", "learned")
+        if combine not in ("learned", "mean"):
+            raise ConfigError(f"The stacking head's combine must be learned or mean. Got {combine!r} instead.")
+        return cls([tuple(s) for s in head["slices"]], int(head["out_features"]), combine)
 
 
 def _build_stacking_head(in_features: int, out_features: int, **options) -> nn.Module:
@@ -162,7 +186,8 @@ def _check_labels(y: np.ndarray, num_classes: int, folds: int, label_names: Sequ
 
 def fit_stacking_head(features: Sequence[np.ndarray], y: np.ndarray, num_classes: int, *, folds: int = 5,
                       C: float | Sequence[float] | None = None, meta_C: float | None = None, max_iter: int = 2000,
-                      seed: int = 0, label_names: Sequence[str] | None = None) -> tuple[StackingHead, dict]:
+                      seed: int = 0, label_names: Sequence[str] | None = None,
+                      combine: str = "learned") -> tuple[StackingHead, dict]:
     """Fit base learners, their out-of-fold probabilities and the meta-learner; return the head and what was chosen.
 
     Args:
@@ -175,6 +200,8 @@ def fit_stacking_head(features: Sequence[np.ndarray], y: np.ndarray, num_classes
         max_iter: L-BFGS iterations.
         seed: fold shuffling and solver seed.
         label_names: class names for error messages.
+        combine: ``learned`` (the meta-learner) or ``mean`` (the members' probabilities averaged: no
+            out-of-fold probabilities and nothing fitted on top).
 
     Returns:
         ``(head, info)``: the :class:`StackingHead` for the concatenated features, and
@@ -189,16 +216,22 @@ def fit_stacking_head(features: Sequence[np.ndarray], y: np.ndarray, num_classes
         raise ConfigError(f"fit_stacking_head got {len(Cs)} values of C for {len(features)} source models.")
     splitter = StratifiedKFold(k, shuffle=True, random_state=seed)
     stops = np.cumsum([f.shape[1] for f in features])
-    head = StackingHead([(int(b - f.shape[1]), int(b)) for f, b in zip(features, stops)], num_classes)
-    oof, info = [], {"base_C": [], "folds": k, "oof_accuracy": []}
+    head = StackingHead([(int(b - f.shape[1]), int(b)) for f, b in zip(features, stops)], num_classes, combine)
+    oof, info = [], {"base_C": [], "folds": k, "oof_accuracy": [], "combine": combine}
     for X, c, base in zip(features, Cs, head[0].bases):
         fitted, chosen = fit_linear_head("classification", X, y, C=c, max_iter=max_iter, seed=seed)
         with torch.no_grad():  # the final base learner: fitted on all the training data
             base.load_state_dict(fitted[-1].state_dict())
+        if combine == "mean":
+            info["base_C"].append(chosen["C"])
+            continue
         probs = out_of_fold_probabilities(X, y, C=chosen["C"], folds=splitter, seed=seed, max_iter=max_iter)
         oof.append(probs)
         info["base_C"].append(chosen["C"])
         info["oof_accuracy"].append(float((probs.argmax(1) == y).mean()))
+    if combine == "mean":
+        del info["oof_accuracy"]
+        return head.eval(), info
     Z = np.concatenate(oof, axis=1)
     meta, chosen = fit_linear_head("classification", Z, y, C=meta_C, max_iter=max_iter, seed=seed)
     with torch.no_grad():
@@ -239,7 +272,7 @@ class Stacking(Strategy):
         for p in backbone.parameters():
             p.requires_grad_(False)
         head, info = fit_stacking_head(features, train.targets, train.num_outputs, folds=cfg.folds, C=cfg.C,
-                                       meta_C=cfg.meta_C, max_iter=cfg.max_iter, seed=seed,
+                                       meta_C=cfg.meta_C, max_iter=cfg.max_iter, seed=seed, combine=cfg.combine,
                                        label_names=train.label_names)
         model = TransferModel(backbone, head, train.task, train.label_names).eval()
         row = {"epoch": 1, **info}

@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field, replace
 
@@ -46,128 +45,14 @@ from transferkit.evaluation.metrics import is_fraction_metric
 from transferkit.strategies import make_strategy
 from transferkit.tasks import get_task, primary_metric
 from transferkit.training import TrainConfig
+from transferkit.workflows.auto_options import AUTO, AUTO_STRATEGIES, AutoOptions, auto_options, parse_budget
 from transferkit.workflows.baselines import baseline_config, default_baselines, per_item_values
 from transferkit.workflows.runs import train_and_score
 
-__all__ = ["AUTO", "AutoOptions", "AutoSearch", "Candidate", "auto_options", "parse_budget", "search",
+__all__ = ["AUTO", "AUTO_STRATEGIES", "AutoOptions", "AutoSearch", "Candidate", "auto_options", "parse_budget", "search",
            "search_and_train", "candidate_settings"]
 
-#: The strategy name that runs the search.
-AUTO = "auto"
-#: Transfer strategies tried on each backbone's final features, cheapest first.
-AUTO_STRATEGIES = ("linear-probe", "lora", "finetune")
-_COST = {"linear-probe": 0, "lora": 1, "finetune": 2, "scratch": 3}
-_BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$", re.IGNORECASE)
-
-
-def parse_budget(value) -> float | None:
-    """Seconds from ``600``, ``"90s"``, ``"10m"`` or ``"1.5h"``; ``None`` or ``"none"`` for no limit.
-
-    Raises:
-        ConfigError: anything else, naming the value and the forms accepted.
-
-    Example:
-        >>> parse_budget("10m"), parse_budget(90), parse_budget("none")
-        (600.0, 90.0, None)
-    """
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        match = _BUDGET.match(str(value))
-        if not match:
-            raise ConfigError(f"budget must be seconds or a duration like 90s, 10m or 1h (or none). "
-                              f"Got {value!r} instead.")
-        unit = (match.group(2) or "s").lower()[0]
-        seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[unit]
-    if not seconds > 0:
-        raise ConfigError(f"budget must be positive. Got {value!r} instead.")
-    return seconds
-
-
-@dataclass(frozen=True)
-class AutoOptions:
-    """The search's settings (``strategy_options`` of ``auto``; ``-o KEY=VALUE`` at the CLI).
-
-    Attributes:
-        budget: time for the search (``10m``, ``90s``; ``none`` for no limit). The first rung always runs.
-        folds: cross-validation folds (fewer when a class has fewer labelled items).
-        layers: also probe the intermediate layers of each backbone (from a third of the stack to the one
-            before its last).
-        sizes: image sizes of the probes (``auto``: the given size, twice and four times it up to the model's
-            native size; or sizes in pixels).
-        strategies: the transfer strategies tried on the final features.
-        baselines: scratch variants (``auto``: the modality's strongest, as in ``--check-transfer``; ``none``).
-    """
-
-    budget: float | None = 600.0
-    folds: int = 3
-    layers: bool = True
-    sizes: tuple[int, ...] | str = "auto"
-    strategies: tuple[str, ...] = AUTO_STRATEGIES
-    baselines: tuple[str, ...] | str = "auto"
-
-
-def auto_options(options: dict | None) -> AutoOptions:
-    """Validate ``auto``'s options; an unknown key is refused, naming the valid ones."""
-    options = dict(options or {})
-    valid = ("budget", "folds", "layers", "sizes", "strategies", "baselines")
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"Unknown option(s) of strategy 'auto': {', '.join(unknown)}. Valid: {', '.join(valid)}.")
-    out = AutoOptions()
-    if "budget" in options:
-        out = replace(out, budget=parse_budget(options["budget"]))
-    if "folds" in options:
-        try:
-            folds = int(options["folds"])
-        except (TypeError, ValueError):
-            folds = 0
-        if folds < 2:
-            raise ConfigError(f"folds must be an int in [2, inf). Got {options['folds']!r} instead.")
-        out = replace(out, folds=folds)
-    if "layers" in options:
-        value = options["layers"]
-        if isinstance(value, str):
-            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(value.lower())
-        if not isinstance(value, bool):
-            raise ConfigError(f"layers must be true or false. Got {options['layers']!r} instead.")
-        out = replace(out, layers=value)
-    if "sizes" in options:
-        out = replace(out, sizes=_sizes_option(options["sizes"]))
-    for key in ("strategies", "baselines"):
-        if key in options:
-            value = options[key]
-            names = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
-            names = [n for n in names if n]
-            if key == "baselines" and names in (["auto"], ["none"]):
-                out = replace(out, baselines="auto" if names == ["auto"] else ())
-                continue
-            if key == "strategies":
-                for name in names:
-                    if name == AUTO:
-                        raise ConfigError("strategies of 'auto' cannot include 'auto'.")
-                    make_strategy(name)  # unknown names refused with the list
-            out = replace(out, **{key: tuple(names)})
-    return out
-
-
-def _sizes_option(value) -> tuple[int, ...] | str:
-    """``auto``, or image sizes in pixels (``32,64`` or a list)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    names = value.split(",") if isinstance(value, str) else (list(value) if isinstance(value, (list, tuple)) else [value])
-    sizes = []
-    for name in names:
-        try:
-            size = int(str(name).strip())
-        except ValueError:
-            size = 0
-        if size < 8:
-            raise ConfigError(f"sizes must be auto or image sizes in pixels (8 or more), like 32,64. Got {value!r} instead.")
-        sizes.append(size)
-    return tuple(dict.fromkeys(sizes))
+_COST = {"linear-probe": 0, "stacking": 1, "lora": 1, "finetune": 2, "scratch": 3}
 
 
 @dataclass
@@ -187,6 +72,10 @@ class Candidate:
     def label(self) -> str:
         if self.strategy == "scratch":
             return f"scratch:{self.options['variant']}"
+        if self.strategy == "stacking":
+            return "stacking of " + " + ".join(
+                m["spec"] + (f" at {m['options']['image_size']} px" if m["options"].get("image_size") else "")
+                for m in self.backbone_options["members"])
         size = self.backbone_options.get("image_size")
         return f"{self.strategy} on {self.backbone}" + (f" at {size} px" if size else "")
 
@@ -275,6 +164,13 @@ def search(backbones, train: TaskData, config: TrainConfig, backbone_options: di
     # the survivors of the last halving, judged on the folds they all finished
     finalists = [c for c in ran if c.status == "evaluated" or c.status.startswith("stopped by the budget")]
     keys = sorted(set.intersection(*(set(c.scores) for c in finalists)))
+    stack = _stacking(finalists, keys, metric, opts.stack, task, backbone_options)
+    if stack is not None:
+        candidates.append(stack)
+        for key in keys:
+            _evaluate(stack, key, train, *folds[key], config, backbone_options, metric, progress)
+        if set(keys) <= set(stack.scores):
+            finalists.append(stack)
     sign = 1 if higher_is_better(metric) else -1
     winner = max(finalists, key=lambda c: (sign * c.mean(keys), -c.cost))
     for c in finalists:
@@ -284,6 +180,27 @@ def search(backbones, train: TaskData, config: TrainConfig, backbone_options: di
     verdict = _verdict(finalists, train, folds, metric, config.seed, keys)
     reason = _reason(winner, finalists, metric, len(train), len(folds), verdict, keys)
     return AutoSearch(candidates, winner, metric, len(folds), time.perf_counter() - start, opts.budget, reason, verdict)
+
+
+def _stacking(finalists: list[Candidate], keys: list[int], metric: str, k: int, task,
+              backbone_options: dict) -> Candidate | None:
+    """The stacking candidate: the ``k`` best linear-probe finalists (each at its own layer and image size) as the
+    members of one concat backbone, their probes' probabilities averaged (:mod:`~transferkit.strategies.stacking`
+    with ``combine="mean"``: with a few labels per class a meta-learner has too little to learn from); ``None`` with fewer than two such finalists or for a task other than classification.
+
+    An ensemble of the best probes averages away part of the fold noise that picks one of them (the winner's
+    curse); its members are chosen on the same folds it is then scored on, as the single winner is.
+    """
+    if k < 2 or not keys or not task.single_label:
+        return None
+    sign = 1 if higher_is_better(metric) else -1
+    probes = sorted((c for c in finalists if c.strategy == "linear-probe"), key=lambda c: -sign * c.mean(keys))[:k]
+    if len(probes) < 2:
+        return None
+    given = {key: v for key, v in backbone_options.items() if v is not None and key != "pretrained"}
+    members = [{"spec": c.backbone, "options": {**given, **c.backbone_options}} for c in probes]
+    return Candidate("concat:" + "+".join(c.backbone for c in probes), "stacking", {"combine": "mean"},
+                     backbone_options={"members": members})
 
 
 def _specs(backbones) -> list[str]:
