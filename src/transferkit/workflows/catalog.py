@@ -51,7 +51,7 @@ def _auto_row() -> dict:
     return {"name": "auto", "kind": "search",
             "help": "Cross-validate probes (final and intermediate layers; small images also at 2x and 4x their "
                     "size), LoRA, fine-tuning and the scratch baseline on the training labels with successive "
-                    "halving; train the winner on all of them.",
+                    "halving, then the average of the best probes (stacking); train the winner on all of them.",
             "options": [("budget", "10m", "time for the search (90s, 10m, 1h, none); the first rung always runs"),
                         ("folds", 3, "cross-validation folds"),
                         ("layers", True, "also probe the intermediate layers of each backbone (from a third of "
@@ -59,7 +59,9 @@ def _auto_row() -> dict:
                         ("sizes", "auto", "image sizes of the probes (auto: the given size, 2x and 4x it up to "
                                           "the model's native size; or e.g. 32,64)"),
                         ("strategies", ",".join(AUTO_STRATEGIES), "transfer strategies tried on the final features"),
-                        ("baselines", "auto", "scratch variants (auto: the modality's strongest; none)")],
+                        ("baselines", "auto", "scratch variants (auto: the modality's strongest; none)"),
+                        ("stack", 3, "members of the stacking candidate (the best probe finalists, probabilities "
+                                     "averaged; 0: none)")],
             "tags": {"tasks": ["classification", "regression"]}}
 
 
