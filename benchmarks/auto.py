@@ -168,8 +168,28 @@ def summarize(runs: pd.DataFrame) -> str:
                       f"- {a} picked: " + ", ".join(f"{k} ({v}×)" for k, v in picks.items()) + ".",
                       f"- time: {a} {secs[a]:.0f} s per seed vs {secs[fixed].sum():.0f} s to train every fixed "
                       f"choice once ({secs[a] / secs[fixed].sum():.2f}×)."]
+            if a != "auto" and "auto" in wide.columns:
+                pair = wide[["auto", a]].dropna()
+                lines.append(f"- auto minus {a}, the same searches: {_paired(pair['auto'], pair[a])} points "
+                             f"({len(pair)} seeds).")
+        cut = _budget_cuts(group)
+        if cut:
+            lines.append("- searches the budget cut short (candidates it stopped after their first fold(s)): "
+                         + ", ".join(f"seed {seed} ({n})" for seed, n in cut) + ".")
         lines.append("")
     return "\n".join(lines)
+
+
+def _budget_cuts(group: pd.DataFrame) -> list[tuple[int, int]]:
+    """(seed, candidates stopped by the budget) of each recorded search the budget cut short."""
+    out = []
+    for _, row in group[group.method == "auto"].iterrows():
+        search = row.get("search")
+        if isinstance(search, str) and search:
+            n = sum("budget" in c["status"] for c in json.loads(search)["candidates"])
+            if n:
+                out.append((int(row.seed), n))
+    return out
 
 
 def main() -> None:
@@ -179,9 +199,10 @@ def main() -> None:
     parser.add_argument("--folds", type=int, action="append",
                         help="auto's folds (repeatable: one auto row per value; default 3, auto's default)")
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of runs.csv and summary.md (default: %(default)s)")
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / "runs.csv"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "runs.csv"
     runs = pd.read_csv(path) if path.exists() else pd.DataFrame()
     autos = {("auto" if k == 3 else f"auto (folds={k})"): ({} if k == 3 else {"folds": k}) for k in (args.folds or [3])}
     if not args.summarize_only:
@@ -192,8 +213,10 @@ def main() -> None:
                 if not new.empty:
                     runs = pd.concat([runs, new], ignore_index=True)
                     runs.to_csv(path, index=False)
-    (OUT / "summary.md").write_text(summarize(runs), encoding="utf-8")
-    print(summarize(runs))
+    notes = args.out / "notes.md"  # what the runs cannot say themselves (provenance of rows, cuts)
+    text = summarize(runs) + ("\n" + notes.read_text(encoding="utf-8") if notes.exists() else "")
+    (args.out / "summary.md").write_text(text, encoding="utf-8")
+    print(text)
 
 
 if __name__ == "__main__":
