@@ -24,6 +24,9 @@ differences transfer minus scratch.
 ``finetune`` arm above) and from scratch (the ``scratch`` arm, the same detector), on the same draws, into
 ``benchmarks/results/dense_vision/detectors/``.
 
+The colour -> line-art shift and the time and memory beside classification are separate scripts:
+``benchmarks/dense_vision_shift.py`` and ``benchmarks/dense_vision_cost.py``.
+
 Writes ``benchmarks/results/dense_vision/{runs.jsonl,summary.md,summary.json}``; runs already in
 ``runs.jsonl`` are kept (delete it to start over), so the script resumes where it stopped.
 """

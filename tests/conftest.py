@@ -196,10 +196,12 @@ def tiny_llama(tmp_path_factory):
 def box_scenes(n: int = 8, size: int = 64, seed: int = 0, task: str = "detection"):
     """A tiny, learnable detection (or segmentation) task: 1-2 bright squares (class 0) or bars (class 1) on noise.
 
-    Boxes are exact (the drawn rectangles); the segmentation masks paint class + 1 (0: background).
+    Boxes are exact (the drawn rectangles); the segmentation masks paint class + 1 (0: background); instance
+    segmentation keeps each rectangle's mask.
     """
     from transferkit.data import TaskData
     from transferkit.tasks.detection import box_target
+    from transferkit.tasks.instance_segmentation import instance_target
 
     rng = np.random.default_rng(seed)
     images, targets = [], []
@@ -217,10 +219,13 @@ def box_scenes(n: int = 8, size: int = 64, seed: int = 0, task: str = "detection
             boxes.append([x, y, x + w, y + h])
             labels.append(c)
         images.append(img)
-        targets.append(box_target(boxes, labels, (size, size)) if task == "detection" else mask)
+        objects = np.stack([np.pad(np.ones((y2 - y1, x2 - x1), np.uint8), ((y1, size - y2), (x1, size - x2)))
+                            for x1, y1, x2, y2 in boxes])
+        targets.append(box_target(boxes, labels, (size, size)) if task == "detection" else mask
+                       if task == "segmentation" else instance_target(objects, labels, (size, size), boxes))
     arr = np.empty(n, dtype=object)
     arr[:] = targets
-    names = ["square", "bar"] if task == "detection" else ["background", "square", "bar"]
+    names = ["background", "square", "bar"] if task == "segmentation" else ["square", "bar"]
     return TaskData(np.stack(images), arr, "image", task=task, label_names=names, name=f"box-scenes-{task}")
 
 

@@ -57,7 +57,8 @@ def fit_command(
     budget: Optional[str] = typer.Option(None, help="With --strategy auto: time for the search, e.g. 10m, 90s "
                                                     "(default 10m)."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Strategy option KEY=VALUE (repeatable), e.g. -o train_last=2; "
-                                                                          "on detection data, -o detector=fcos|retinanet|faster-rcnn."),
+                                                                          "on detection data, -o detector=fcos|retinanet|faster-rcnn "
+                                                                          "(instance-segmentation: mask-rcnn)."),
     # DataOptions
     labels_per_class: Optional[int] = group_option(DataOptions, "labels_per_class"),
     test_data: Optional[str] = group_option(DataOptions, "test_data"),

@@ -3,7 +3,8 @@
 * COCO JSON (:func:`read_coco`): ``images``, ``annotations`` (``bbox`` as x, y, width, height;
   ``segmentation`` as polygons or RLE, decoded with pycocotools) and ``categories``; image files
   relative to the JSON file's folder (or ``images_dir``). Detection by default, ``task="segmentation"``
-  paints each annotation's mask with its category (a semantic mask, 0 = background).
+  paints each annotation's mask with its category (a semantic mask, 0 = background),
+  ``task="instance-segmentation"`` keeps each annotation's box, category and mask.
 * Pascal VOC (:func:`read_voc`): ``Annotations/*.xml`` (``<object><name>``, ``<bndbox>``) with
   ``JPEGImages/``; classes are the names found, sorted.
 * YOLO (:func:`read_yolo`): ``images/`` and ``labels/`` (one ``class cx cy w h`` line per object,
@@ -29,9 +30,10 @@ from transferkit.data.adapters_images import IMAGE_EXTENSIONS
 from transferkit.data.dataset import TaskData, printable
 from transferkit.errors import DataError
 from transferkit.tasks.detection import box_target, check_boxes, image_size
+from transferkit.tasks.instance_segmentation import instance_target
 from transferkit.tasks.segmentation import IGNORE_PIXEL, check_mask
 
-DENSE_TASKS = ("detection", "segmentation")
+DENSE_TASKS = ("detection", "segmentation", "instance-segmentation")
 
 
 def _objects(rows: list) -> np.ndarray:
@@ -53,7 +55,7 @@ def _images_in(folder: Path) -> list[Path]:
 def _check_task(task: str | None, path: Path) -> str:
     task = task or "detection"
     if task not in DENSE_TASKS:
-        raise DataError(f"{path} holds boxes and masks, which are detection or segmentation data; task {task!r} "
+        raise DataError(f"{path} holds boxes and masks, which are {', '.join(DENSE_TASKS)} data; task {task!r} "
                         f"cannot read them.")
     return task
 
@@ -133,8 +135,8 @@ def read_coco(path: str | os.PathLike, *, task: str | None = None, images_dir: s
         if (im.get("height"), im.get("width")) not in ((None, None), (h, w)):
             raise DataError(f"{where}: the file says {im.get('width')}x{im.get('height')} but the image is {w}x{h}.")
         items.append(str(file))
-        if task == "detection":
-            boxes, labels = [], []
+        if task != "segmentation":
+            boxes, labels, masks = [], [], []
             for aid, ann in per_image[iid]:
                 bbox = ann.get("bbox")
                 if not isinstance(bbox, list) or len(bbox) != 4:
@@ -145,7 +147,10 @@ def read_coco(path: str | os.PathLike, *, task: str | None = None, images_dir: s
                             f"{path}, annotation {aid} (image '{im['file_name']}')")
                 boxes.append(box)
                 labels.append(label)
-            targets.append(box_target(boxes, labels, (h, w)))
+                if task == "instance-segmentation":
+                    masks.append(_coco_mask(ann, h, w, f"{path}, annotation {aid} (image '{im['file_name']}')"))
+            targets.append(box_target(boxes, labels, (h, w)) if task == "detection" else
+                           instance_target(np.array(masks, dtype=np.uint8).reshape(-1, h, w), labels, (h, w), boxes))
         else:
             mask = np.zeros((h, w), dtype=np.uint8)
             for aid, ann in per_image[iid]:
@@ -154,7 +159,7 @@ def read_coco(path: str | os.PathLike, *, task: str | None = None, images_dir: s
             targets.append(mask)
     if not items:
         raise DataError(f"{path}: no images listed.")
-    label_names = names if task == "detection" else ["background", *names]
+    label_names = ["background", *names] if task == "segmentation" else names
     return TaskData(items, _objects(targets), "image", task=task, label_names=label_names, name=path.stem,
                     source=str(path))
 

@@ -399,7 +399,8 @@ def load_emoji_scenes(n_train: int = 200, n_test: int = 100, size: int = 160, st
     """Emoji on natural photos with exact boxes and masks (the alpha channel): detection or segmentation.
 
     ``style="line"`` draws the same scenes with Symbola's line art (a domain shift); ``task="segmentation"``
-    gives a class per pixel (0 = background, then the 9 groups). Built in a few seconds, deterministic for
+    gives a class per pixel (0 = background, then the 9 groups), ``task="instance-segmentation"`` each object's
+    box, class and mask. Built in a few seconds, deterministic for
     a seed (:func:`transferkit.data.emoji_scenes.build_emoji_scenes`).
     """
     from transferkit.data.emoji_scenes import build_emoji_scenes

@@ -8,7 +8,7 @@ Pillow from Debian's fonts: colour illustrations (``fonts-noto-color-emoji``) or
 (``fonts-symbola``) for a domain shift with the same emoji, places and classes. Classes are the 9
 Unicode emoji groups (Activities, Animals & Nature, ...). An emoji's alpha channel, after scaling, is its
 mask (alpha >= 128) and the tight box around that mask its box, so both are exact; objects never
-overlap, so no mask hides another.
+overlap, so no mask hides another (``task="instance-segmentation"`` keeps each object's mask).
 
 Every scene is a function of the seed alone (numpy ``default_rng``): the emoji kept per class, the
 photo, crop, flip, and each object's emoji, size and place. Train and test scenes are drawn from
@@ -24,8 +24,9 @@ from transferkit.data.rendering import (EMOJI_STYLES, EMOJI_TEST, drawable_in_bo
                                         render_emoji, sample_photos)
 from transferkit.errors import ConfigError
 from transferkit.tasks.detection import box_target
+from transferkit.tasks.instance_segmentation import instance_target
 
-SCENE_TASKS = ("detection", "segmentation")
+SCENE_TASKS = ("detection", "segmentation", "instance-segmentation")
 
 
 def _check(name: str, value, low: int, high: int | None = None) -> None:
@@ -69,10 +70,11 @@ def _paste(canvas: np.ndarray, mask: np.ndarray, glyph: np.ndarray, box: tuple[i
 
 
 def _scene(rng: np.random.Generator, photos, glyphs, classes, size: int, max_objects: int):
-    """One scene: image, boxes (tight around each mask), labels, semantic mask (0 background, k+1 group k)."""
+    """One scene: image, boxes (tight around each mask), labels, semantic mask (0 background, k+1 group k), and
+    each object's mask."""
     image = _background(rng, photos, size)
     mask = np.zeros((size, size), dtype=np.uint8)
-    boxes, labels = [], []
+    boxes, labels, objects = [], [], []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         # the same draws whatever the glyph's shape, so both styles give the same scenes
         k, side, places = int(rng.integers(len(glyphs))), rng.uniform(0.2, 0.45) * size, rng.random((30, 2))
@@ -92,7 +94,8 @@ def _scene(rng: np.random.Generator, photos, glyphs, classes, size: int, max_obj
             continue
         boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
         labels.append(classes[k])
-    return image, boxes, labels, mask
+        objects.append(mask != before)
+    return image, boxes, labels, mask, objects
 
 
 def build_emoji_scenes(n_train: int = 200, n_test: int = 100, *, size: int = 160, style: str = "color",
@@ -104,7 +107,8 @@ def build_emoji_scenes(n_train: int = 200, n_test: int = 100, *, size: int = 160
         n_train, n_test: scenes per split.
         size: image side in pixels.
         style: ``"color"`` (Noto Color Emoji) or ``"line"`` (Symbola line art; same scenes otherwise).
-        task: ``"detection"`` (boxes and labels) or ``"segmentation"`` (a class per pixel, 0 = background).
+        task: ``"detection"`` (boxes and labels), ``"segmentation"`` (a class per pixel, 0 = background) or
+            ``"instance-segmentation"`` (boxes, labels and each object's mask).
         seed: everything random about the scenes.
         per_class: emoji kept per Unicode group.
         max_objects: objects per scene (at least 1).
@@ -141,6 +145,10 @@ def build_emoji_scenes(n_train: int = 200, n_test: int = 100, *, size: int = 160
         images = np.stack([s[0] for s in scenes])
         if task == "detection":
             targets, names = [box_target(s[1], s[2], (size, size)) for s in scenes], list(groups)
+        elif task == "instance-segmentation":
+            targets = [instance_target(np.array(s[4], dtype=np.uint8).reshape(-1, size, size), s[2], (size, size),
+                                       boxes=s[1]) for s in scenes]
+            names = list(groups)
         else:
             targets, names = [s[3] for s in scenes], ["background", *groups]
         out.append(TaskData(images, _objects(targets), "image", task=task, label_names=names,

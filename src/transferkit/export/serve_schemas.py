@@ -147,13 +147,25 @@ def schemas():
     class GenerationPrediction(BaseModel):
         text: str = Field(description="The generated continuation of the prompt (text generation).")
 
+    class ObjectMask(BaseModel):
+        size: list[int] = Field(description="[height, width] of the image.")
+        counts: str = Field(description="COCO run-length encoding (pycocotools' compressed counts): decode with "
+                                        "pycocotools.mask.decode({'size': size, 'counts': counts}).")
+
     class DetectedObject(BaseModel):
         label: str = Field(description="The object's class.")
         score: float = Field(description="The detector's confidence (objects scoring under 0.3 are left out).")
         box: list[float] = Field(description="[x1, y1, x2, y2] in the image's pixels.")
 
+    class MaskedObject(DetectedObject):
+        mask: ObjectMask = Field(description="The object's pixels.")
+
     class DetectionPrediction(BaseModel):
         objects: list[DetectedObject] = Field(description="Objects found, best first (object detection).")
+
+    class InstancePrediction(BaseModel):
+        objects: list[MaskedObject] = Field(description="Objects found, best first, each with its mask (instance "
+                                                        "segmentation).")
 
     class SegmentationPrediction(BaseModel):
         classes: dict[str, float] = Field(description="Share of the image's pixels given to each class present.")
@@ -164,7 +176,8 @@ def schemas():
 
     class PredictResponse(BaseModel):
         predictions: list[ClassPrediction | MultilabelPrediction | RegressionPrediction | TokenPrediction
-                          | GenerationPrediction | DetectionPrediction | SegmentationPrediction] = Field(
+                          | GenerationPrediction | InstancePrediction | DetectionPrediction
+                          | SegmentationPrediction] = Field(
             description="One per input item, in order.")
 
     class Health(BaseModel):

@@ -42,7 +42,7 @@ from transferkit.strategies.base import (STRATEGIES, StepContext, Strategy, Stra
                                          register_strategy)
 from transferkit.strategies.head_init import HEAD_INITS, init_head_from_probe, wants_probe_head
 from transferkit.strategies.regularizers import REGULARIZERS
-from transferkit.tasks.detection import DETECTORS
+from transferkit.tasks.detection import DETECTORS, OTHER_DETECTORS
 from transferkit.tasks.heads import with_input_scale
 
 #: ``class_weight`` values: see :func:`balanced_class_weights`.
@@ -89,7 +89,7 @@ class FinetuneConfig(StrategyConfig):
         "help": "the regularizer's options, e.g. {temperature: 2} for lwf (transferkit.strategies.regularizers)"})
     detector: str | None = field(default=None, metadata={
         "help": f"detection data: the detector on the backbone's pyramid, one of {', '.join(DETECTORS)} "
-                f"(None: {DETECTORS[0]}); other tasks refuse it"})
+                f"(None: {DETECTORS[0]}); instance-segmentation: mask-rcnn (its only one); other tasks refuse it"})
 
     _parameter_constraints = {
         "train_last": [Interval("int", 0, None), NONE],
@@ -103,7 +103,7 @@ class FinetuneConfig(StrategyConfig):
         "feature_scale": [Options(*FEATURE_SCALES)],
         "class_weight": [Options(*CLASS_WEIGHTS)],
         "head_init": [Options(*HEAD_INITS)],
-        "detector": [Options(*DETECTORS), NONE],
+        "detector": [Options(*DETECTORS, *OTHER_DETECTORS), NONE],
     }
 
     def validate(self) -> None:
@@ -247,6 +247,11 @@ class Finetune(Strategy):
         c, task = self.config, data.task_spec
         if c.detector is None:
             return {}
+        if c.detector not in task.heads and c.detector in OTHER_DETECTORS:
+            raise ConfigError(f"The {c.detector!r} detector predicts a mask per object: it trains "
+                              f"{OTHER_DETECTORS[c.detector]} data (fit with --task {OTHER_DETECTORS[c.detector]} on "
+                              f"data with masks); '{data.name}' is {data.task} data, whose detectors are "
+                              f"{', '.join(task.heads) or task.head}.")
         if c.detector not in task.heads:
             raise ConfigError(f"The 'detector' option ({c.detector!r}) chooses the detector of detection data; "
                               f"'{data.name}' is {data.task} data, whose head is {task.head}. Leave detector unset.")

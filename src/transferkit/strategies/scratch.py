@@ -92,7 +92,8 @@ class Scratch(Finetune):
     kind = "scratch"
     modalities = ("image", "text", "audio")
     # its baselines pool one vector per item; per-word tags go to the CRF
-    tasks = ("classification", "multilabel", "regression", "token-classification", "detection", "segmentation")
+    tasks = ("classification", "multilabel", "regression", "token-classification", "detection", "segmentation",
+             "instance-segmentation")
     dense = True  # same-arch: the detector or segmenter with every weight random
     defaults = TrainDefaults(epochs=60, lr=3e-3, head_lr=3e-3)
 

@@ -20,6 +20,7 @@ from transferkit.tasks import dense_heads  # noqa: F401  (registers the fcos and
 from transferkit.tasks import detectors  # noqa: F401  (registers the retinanet and faster-rcnn heads)
 from transferkit.tasks.detection import Detection
 from transferkit.tasks.generation import TextGeneration
+from transferkit.tasks.instance_segmentation import InstanceSegmentation
 from transferkit.tasks.segmentation import Segmentation
 from transferkit.tasks.speech_recognition import SpeechRecognition
 from transferkit.tasks.token_classification import TokenClassification
@@ -54,7 +55,7 @@ def compute_metrics(task: str | Task, y_true: Any, outputs: Any, label_names: Se
 
 
 for _task in (Classification, MultiLabel, Regression, TokenClassification, TextGeneration, Detection,
-              Segmentation, SpeechRecognition):
+              Segmentation, InstanceSegmentation, SpeechRecognition):
     register_task(_task)
 
 

@@ -38,6 +38,8 @@ MIN_BOX_SIDE = 2.0
 SHOW_SCORE = 0.3
 #: The detectors (heads) detection offers, the default first: the fine-tuning strategies' ``detector`` option.
 DETECTORS = ("fcos", "retinanet", "faster-rcnn")
+#: Detectors of other tasks, by the task that offers them (Mask R-CNN needs a mask per object).
+OTHER_DETECTORS = {"mask-rcnn": "instance-segmentation"}
 #: Those whose graph exports (stopping before the selection, which runs outside it: :func:`select_detections`).
 EXPORTABLE_DETECTORS = ("fcos", "retinanet")
 
@@ -93,15 +95,18 @@ def spatial_augment(inputs: torch.Tensor, boxes: list[dict] | None = None, masks
     """A horizontal flip and a mild zoom/shift of each image, with its boxes and/or mask following.
 
     torchvision transforms v2 on ``tv_tensors`` (``BoundingBoxes``, ``Mask``: masks resample by nearest
-    neighbour); boxes left under :data:`MIN_BOX_SIDE` px are dropped with their labels. Returns
+    neighbour); boxes left under :data:`MIN_BOX_SIDE` px are dropped with their labels (and their objects'
+    masks, where a box dict holds ``masks [n, H, W]``: instance segmentation; padding 0 there). Returns
     ``(inputs, boxes, masks)``; masks are ``[B, H, W]`` class indices (padding: 255, ignored).
     """
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
+    instance = boxes is not None and any("masks" in b for b in boxes)
     transform = v2.Compose([v2.RandomHorizontalFlip(flip),
                             v2.RandomAffine(degrees=0, translate=(translate, translate), scale=scale,
-                                            fill={tv_tensors.Image: 0.0, tv_tensors.Mask: 255, "others": 0})])
+                                            fill={tv_tensors.Image: 0.0, tv_tensors.Mask: 0 if instance else 255,
+                                                  "others": 0})])
     size = tuple(inputs.shape[-2:])
     out_images, out_boxes, out_masks = [], [], []
     for i in range(len(inputs)):
@@ -109,6 +114,8 @@ def spatial_augment(inputs: torch.Tensor, boxes: list[dict] | None = None, masks
         if boxes is not None:
             sample["boxes"] = tv_tensors.BoundingBoxes(boxes[i]["boxes"], format="XYXY", canvas_size=size)
             sample["labels"] = boxes[i]["labels"]
+            if instance:
+                sample["objects"] = tv_tensors.Mask(boxes[i]["masks"])
         if masks is not None:
             sample["mask"] = tv_tensors.Mask(masks[i])
         sample = transform(sample)
@@ -117,6 +124,8 @@ def spatial_augment(inputs: torch.Tensor, boxes: list[dict] | None = None, masks
             b = sample["boxes"].as_subclass(torch.Tensor)
             keep = ((b[:, 2] - b[:, 0]) >= MIN_BOX_SIDE) & ((b[:, 3] - b[:, 1]) >= MIN_BOX_SIDE)
             out_boxes.append({"boxes": b[keep], "labels": sample["labels"][keep]})
+            if instance:
+                out_boxes[-1]["masks"] = sample["objects"].as_subclass(torch.Tensor)[keep]
         if masks is not None:
             out_masks.append(sample["mask"].as_subclass(torch.Tensor))
     return (torch.stack(out_images), out_boxes if boxes is not None else None,

@@ -1,4 +1,5 @@
-"""The other detectors on a feature pyramid: ``retinanet`` (one stage, anchors) and ``faster-rcnn`` (two stages).
+"""The other detectors on a feature pyramid: ``retinanet`` (one stage, anchors), ``faster-rcnn`` (two stages) and
+``mask-rcnn`` (Faster R-CNN with a mask branch, for ``instance-segmentation``).
 
 Both are torchvision's detectors on :class:`~transferkit.tasks.dense_heads.PyramidNeck` (torchvision's FPN on
 the backbone's last three levels), as ``fcos`` is; the glue written here only runs their parts on a pyramid
@@ -147,14 +148,24 @@ class ProposalOutputs:
         return detections, {**rpn_losses, **roi_losses}
 
     def loss(self, targets: list[dict]) -> torch.Tensor:
-        """The RPN's (objectness, box) and the box head's (classification, box) losses against ``targets``."""
-        targets = [{"boxes": t["boxes"].float(), "labels": t["labels"].long() + 1} for t in targets]  # 0: background
+        """The RPN's (objectness, box) and the box head's (classification, box) losses against ``targets``; with
+        Mask R-CNN's branch, its mask loss against each target's ``masks [n, H, W]`` too."""
+        targets = [{**t, "boxes": t["boxes"].float(), "labels": t["labels"].long() + 1} for t in targets]  # 0: background
         return sum(self._run(targets, training=True)[1].values())
 
     @torch.no_grad()
     def detections(self) -> list[dict[str, torch.Tensor]]:
-        """Per image: ``boxes`` (xyxy in input pixels), ``scores`` and ``labels`` after the box head's NMS."""
-        return [{**d, "labels": d["labels"] - 1} for d in self._run(None, training=False)[0]]
+        """Per image: ``boxes`` (xyxy in input pixels), ``scores`` and ``labels`` after the box head's NMS; with
+        Mask R-CNN's branch, ``masks [k, H, W]``: each box's mask probabilities pasted into the input
+        (torchvision's ``paste_masks_in_image``, as its transform's post-processing does)."""
+        from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+        out = []
+        for d in self._run(None, training=False)[0]:
+            if "masks" in d:
+                d["masks"] = paste_masks_in_image(d["masks"], d["boxes"], self.image_size)[:, 0]
+            out.append({**d, "labels": d["labels"] - 1})
+        return out
 
 
 class FasterRCNNHead(nn.Module):
@@ -215,8 +226,36 @@ class FasterRCNNHead(nn.Module):
                                int(pyramid[0].shape[0]))
 
 
+class MaskRCNNHead(FasterRCNNHead):
+    """Mask R-CNN on a backbone pyramid: :class:`FasterRCNNHead` with torchvision's mask branch (RoIAlign on P3-P5 to
+    14x14, a conv stack, ``MaskRCNNPredictor``'s transposed conv to a 28x28 mask per class), what torchvision's
+    ``MaskRCNN`` adds to ``FasterRCNN`` (He et al., ICCV 2017, https://arxiv.org/abs/1703.06870).
+
+    Args:
+        channels, strides, num_classes, ...: as :class:`FasterRCNNHead`.
+        mask_channels: the mask branch's width (torchvision: 256).
+        mask_convs: its 3x3 conv layers (torchvision: 4).
+    """
+
+    def __init__(self, channels: Sequence[int], strides: Sequence[int], num_classes: int, *, mask_channels: int = 64,
+                 mask_convs: int = 2, **options):
+        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+        from torchvision.ops import MultiScaleRoIAlign
+
+        super().__init__(channels, strides, num_classes, **options)
+        self.options.update({"mask_channels": int(mask_channels), "mask_convs": int(mask_convs)})
+        roi_heads = self.detector.roi_heads  # as torchvision's MaskRCNN.__init__ sets them
+        roi_heads.mask_roi_pool = MultiScaleRoIAlign([str(i) for i in range(len(self.neck.strides))], output_size=14,
+                                                     sampling_ratio=2)
+        roi_heads.mask_head = MaskRCNNHeads(self.options["fpn_channels"], [int(mask_channels)] * int(mask_convs), 1)
+        roi_heads.mask_predictor = MaskRCNNPredictor(int(mask_channels), int(mask_channels), int(num_classes) + 1)
+
+
 register_head("retinanet", pyramid_builder(RetinaNetHead), describe_detector, rebuild_from(RetinaNetHead),
               help="object detection: torchvision FPN + RetinaNet head (9 anchors per location), focal loss and NMS")
 register_head("faster-rcnn", pyramid_builder(FasterRCNNHead), describe_detector, rebuild_from(FasterRCNNHead),
               help="object detection: torchvision FPN + Faster R-CNN (region proposals, RoIAlign, box head); "
+                   "no ONNX/TorchScript export")
+register_head("mask-rcnn", pyramid_builder(MaskRCNNHead), describe_detector, rebuild_from(MaskRCNNHead),
+              help="instance segmentation: torchvision FPN + Mask R-CNN (Faster R-CNN with a mask branch); "
                    "no ONNX/TorchScript export")

@@ -90,8 +90,8 @@ class DataOptions:
     image_size: int | None = field(default=None, metadata={"help": "image side in pixels (default: the backbone's)"})
     max_length: int | None = field(default=None, metadata={"help": "text: maximum tokens (default: 128)"})
     task: str | None = field(default=None, metadata={
-        "help": "what the data's targets are, where a file could be read as several: e.g. segmentation for a "
-                "COCO JSON file (default: detected from the data)"})
+        "help": "what the data's targets are, where a file could be read as several: e.g. segmentation or "
+                "instance-segmentation for a COCO JSON file (default: detected from the data)"})
 
     def __post_init__(self) -> None:
         for name in ("labels_per_class", "max_test", "max_length"):
