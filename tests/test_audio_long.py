@@ -75,7 +75,7 @@ def test_silero_vad_finds_the_speech_in_a_clip_padded_with_silence(tmp_path):
 def test_a_missing_silero_vad_is_a_clear_error(monkeypatch):
     from transferkit.backbones import vad
 
-    monkeypatch.setattr(vad.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingWeightsError, match=r"silero-vad.*pip install silero-vad onnxruntime"):
         vad.packaged_model()
 

@@ -33,7 +33,6 @@ Example:
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import pickle
 import warnings
@@ -49,6 +48,7 @@ from transferkit.backbones import register_source
 from transferkit.backbones.audio import (HOP, N_FFT, SAMPLE_RATE, AudioPreprocess, audio_options, mel_filters,
                                         register_features)
 from transferkit.backbones.base import Backbone
+from transferkit.backbones.packaged import package_file
 from transferkit.backbones.pooling import masked_mean
 from transferkit.errors import ConfigError, MissingWeightsError, check_range
 
@@ -180,13 +180,9 @@ def packaged_weights() -> Path:
     Raises:
         MissingWeightsError: the package is not installed or lacks the file.
     """
-    try:
-        spec = importlib.util.find_spec(MODULE)
-    except (ImportError, ValueError):
-        spec = None
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
-        if (Path(location) / "pretrained.pt").is_file():
-            return Path(location) / "pretrained.pt"
+    path = package_file(MODULE, "pretrained.pt")
+    if path is not None:
+        return path
     raise MissingWeightsError(f"The speaker encoder of resemblyzer: is the file pretrained.pt of the Python package "
                               f"'{PACKAGE}', which is not installed or lacks it: {_INSTALL} (only the weight file is "
                               f"read; the package is never imported, so its librosa and webrtcvad are not needed).")

@@ -24,11 +24,11 @@ Example:
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
+from transferkit.backbones.packaged import package_file
 from transferkit.errors import ConfigError, MissingWeightsError
 
 PACKAGE, MODULE = "silero-vad", "silero_vad"
@@ -48,14 +48,9 @@ def packaged_model() -> Path:
     Raises:
         MissingWeightsError: the package is not installed or lacks the file.
     """
-    try:
-        spec = importlib.util.find_spec(MODULE)
-    except (ImportError, ValueError):
-        spec = None
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
-        path = Path(location) / "data" / MODEL_FILE
-        if path.is_file():
-            return path
+    path = package_file(MODULE, Path("data") / MODEL_FILE)
+    if path is not None:
+        return path
     raise MissingWeightsError(f"Voice activity detection (vad) reads Silero VAD's {MODEL_FILE} from the Python "
                               f"package '{PACKAGE}', which is not installed or lacks it: {_INSTALL}.")
 
