@@ -19,7 +19,8 @@ pair across methods. Methods, all through the library's strategies:
 
 ``alsa`` (a real-voice check): the same methods trained on ``alsa-channels`` (5 espeak-ng clips of each
 of the 8 channel names, "front left", ...) and scored on the 8 human recordings of alsa-utils.
-``augment``: keyword spotting as above with the ``audio_augment`` option on and off (speed, pitch, noise,
+``vad``: keyword spotting with the Whisper probe (2 s window) and MFCC + LR, silence trimmed with
+Silero VAD (the ``vad`` option) or not, written to ``vad.md``. ``augment``: keyword spotting as above with the ``audio_augment`` option on and off (speed, pitch, noise,
 shift) for the log-mel CNN and for Whisper fine-tuned through a 2 s window (5 epochs), written to
 ``augment.md``. ``speakers``: speaker identification over the 96 voices (``espeak-speakers``: 5 of each voice's 8
 training words per seed; the 384 test clips are the 4 words no voice said in training). Its methods:
@@ -67,6 +68,8 @@ METHODS = {
     "whisper finetune (2 s window)": ("finetune", {}, ("whisper:tiny.en", {"max_seconds": 2})),
     "whisper finetune (2 s window) + audio_augment": ("finetune", {"audio_augment": list(AUGMENTS)},
                                                       ("whisper:tiny.en", {"max_seconds": 2})),
+    "whisper probe (2 s window) + vad": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 2, "vad": True})),
+    "mfcc + LR + vad": ("scratch", {"variant": "mfcc", "vad": True}, None),
 }
 #: Epochs of methods whose default schedule is too long for the shared CPU (the cut is stated in the notes).
 EPOCHS = {"whisper finetune (2 s window)": 5, "whisper finetune (2 s window) + audio_augment": 5}
@@ -77,20 +80,24 @@ PAIRS = {"keywords": _WORD_PAIRS, "alsa": _WORD_PAIRS,
          "speakers": [("resemblyzer probe", "mfcc + LR"), ("whisper probe (2 s window)", "mfcc + LR"),
                       ("resemblyzer probe", "whisper probe (2 s window)"), *_WORD_PAIRS],
          "augment": [("log-mel CNN + audio_augment", "log-mel CNN"),
-                     ("whisper finetune (2 s window) + audio_augment", "whisper finetune (2 s window)")]}
+                     ("whisper finetune (2 s window) + audio_augment", "whisper finetune (2 s window)")],
+         "vad": [("whisper probe (2 s window) + vad", "whisper probe (2 s window)"), ("mfcc + LR + vad", "mfcc + LR")]}
 PARTS = {"keywords": "espeak-keywords", "alsa": "alsa-channels", "speakers": "espeak-speakers",
-         "augment": "espeak-keywords"}
-CLASSES = {"keywords": 12, "alsa": 8, "speakers": 96, "augment": 12}
+         "augment": "espeak-keywords", "vad": "espeak-keywords"}
+CLASSES = {"keywords": 12, "alsa": 8, "speakers": 96, "augment": 12, "vad": 12}
 #: The methods each part runs unless --methods names others.
 PART_METHODS = {"keywords": ["whisper probe", "whisper probe (2 s window)", "mfcc + LR", "log-mel CNN"],
                 "alsa": ["whisper probe", "whisper probe (2 s window)", "mfcc + LR", "log-mel CNN"],
                 "speakers": ["resemblyzer probe", "whisper probe (2 s window)", "mfcc + LR"],
                 "augment": ["log-mel CNN", "log-mel CNN + audio_augment", "whisper finetune (2 s window)",
-                            "whisper finetune (2 s window) + audio_augment"]}
+                            "whisper finetune (2 s window) + audio_augment"],
+                "vad": ["whisper probe (2 s window)", "whisper probe (2 s window) + vad", "mfcc + LR",
+                        "mfcc + LR + vad"]}
 #: Summary file -> (its title, the parts it reports).
 SUMMARIES = {"summary.md": ("Speech transfer: Whisper tiny.en vs no-transfer baselines", ("keywords", "alsa")),
              "speaker_id.md": ("Speaker identification: resemblyzer and Whisper tiny.en vs MFCC", ("speakers",)),
-             "augment.md": ("Keyword spotting with and without audio_augment", ("augment",))}
+             "augment.md": ("Keyword spotting with and without audio_augment", ("augment",)),
+             "vad.md": ("Keyword spotting with and without trimming silence (vad)", ("vad",))}
 
 
 def draw(data, per_class: int, seed: int):
@@ -165,7 +172,8 @@ def signed(x: float) -> str:
 TITLES = {"keywords": "Keyword spotting (12 words, unseen voices)",
           "alsa": "Real voices: espeak-ng training clips, the 8 human alsa-utils clips as the test",
           "speakers": "Speaker identification (96 espeak-ng voices, unseen words)",
-          "augment": "Keyword spotting (12 words, unseen voices), audio_augment on and off"}
+          "augment": "Keyword spotting (12 words, unseen voices), audio_augment on and off",
+          "vad": "Keyword spotting (12 words, unseen voices), silence trimmed with Silero VAD or not"}
 NOTES = {
     "summary.md": [
         "- Whisper's encoder is frozen (a linear probe): fine-tuning or LoRA through a 30 s window on two shared "
@@ -201,6 +209,12 @@ NOTES = {
         "for the shared CPU.",
         "- The built-in training clips already vary speed, pitch, leading silence and noise per voice and word "
         "(espeak-keywords), so this measures augmentation on top of varied data.",
+    ],
+    "vad.md": [
+        "- vad=True: each clip, in training and test alike, is cut to the stretch from the start of its first to "
+        "the end of its last speech segment found by Silero VAD (30 ms kept on each side; a clip in which none "
+        "is found is kept whole). The clips of espeak-keywords have up to 0.3 s of leading silence and noise at "
+        "10-40 dB SNR. Same draws and test clips with and without, so the differences pair by seed.",
     ],
 }
 
