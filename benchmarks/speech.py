@@ -1,6 +1,6 @@
 """Speech benchmark: keyword spotting and speaker identification with 5 clips per class, transfer vs no transfer.
 
-    python benchmarks/speech.py [--seeds 3] [--per-class 5] [--parts keywords,alsa,speakers] [--quick]
+    python benchmarks/speech.py [--seeds 3] [--per-class 5] [--parts keywords,alsa,speakers,augment] [--quick]
 
 Data: the built-in ``espeak-keywords`` (12 command words spoken by espeak-ng in 8 English accents x
 12 voice variants, speed, pitch, leading silence and noise varied; the test's 32 voices use variants
@@ -19,7 +19,10 @@ pair across methods. Methods, all through the library's strategies:
 
 ``alsa`` (a real-voice check): the same methods trained on ``alsa-channels`` (5 espeak-ng clips of each
 of the 8 channel names, "front left", ...) and scored on the 8 human recordings of alsa-utils.
-``speakers``: speaker identification over the 96 voices (``espeak-speakers``: 5 of each voice's 8
+``vad``: keyword spotting with the Whisper probe (2 s window) and MFCC + LR, silence trimmed with
+Silero VAD (the ``vad`` option) or not, written to ``vad.md``. ``augment``: keyword spotting as above with the ``audio_augment`` option on and off (speed, pitch, noise,
+shift) for the log-mel CNN and for Whisper fine-tuned through a 2 s window (5 epochs), written to
+``augment.md``. ``speakers``: speaker identification over the 96 voices (``espeak-speakers``: 5 of each voice's 8
 training words per seed; the 384 test clips are the 4 words no voice said in training). Its methods:
 
 * ``resemblyzer probe``: ``linear-probe`` on ``resemblyzer:`` (the packaged speaker encoder, trained
@@ -53,28 +56,48 @@ from transferkit.strategies import make_strategy  # noqa: E402
 from transferkit.training import TrainConfig, Trainer  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "speech"
+#: What the augment part's methods turn on (the audio_augment option: each on half the training clips).
+AUGMENTS = ("speed", "pitch", "noise", "shift")
 METHODS = {
     "whisper probe": ("linear-probe", {}, ("whisper:tiny.en", {})),
     "whisper probe (2 s window)": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 2})),
     "mfcc + LR": ("scratch", {"variant": "mfcc"}, None),
     "log-mel CNN": ("scratch", {"variant": "audio-cnn"}, None),
     "resemblyzer probe": ("linear-probe", {}, ("resemblyzer:", {})),
+    "log-mel CNN + audio_augment": ("scratch", {"variant": "audio-cnn", "audio_augment": list(AUGMENTS)}, None),
+    "whisper finetune (2 s window)": ("finetune", {}, ("whisper:tiny.en", {"max_seconds": 2})),
+    "whisper finetune (2 s window) + audio_augment": ("finetune", {"audio_augment": list(AUGMENTS)},
+                                                      ("whisper:tiny.en", {"max_seconds": 2})),
+    "whisper probe (2 s window) + vad": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 2, "vad": True})),
+    "mfcc + LR + vad": ("scratch", {"variant": "mfcc", "vad": True}, None),
 }
+#: Epochs of methods whose default schedule is too long for the shared CPU (the cut is stated in the notes).
+EPOCHS = {"whisper finetune (2 s window)": 5, "whisper finetune (2 s window) + audio_augment": 5}
 _WORD_PAIRS = [("whisper probe", "mfcc + LR"), ("whisper probe", "log-mel CNN"), ("log-mel CNN", "mfcc + LR"),
                ("whisper probe (2 s window)", "whisper probe")]
 #: The paired differences each part reports (where both methods ran).
 PAIRS = {"keywords": _WORD_PAIRS, "alsa": _WORD_PAIRS,
          "speakers": [("resemblyzer probe", "mfcc + LR"), ("whisper probe (2 s window)", "mfcc + LR"),
-                      ("resemblyzer probe", "whisper probe (2 s window)"), *_WORD_PAIRS]}
-PARTS = {"keywords": "espeak-keywords", "alsa": "alsa-channels", "speakers": "espeak-speakers"}
-CLASSES = {"keywords": 12, "alsa": 8, "speakers": 96}
+                      ("resemblyzer probe", "whisper probe (2 s window)"), *_WORD_PAIRS],
+         "augment": [("log-mel CNN + audio_augment", "log-mel CNN"),
+                     ("whisper finetune (2 s window) + audio_augment", "whisper finetune (2 s window)")],
+         "vad": [("whisper probe (2 s window) + vad", "whisper probe (2 s window)"), ("mfcc + LR + vad", "mfcc + LR")]}
+PARTS = {"keywords": "espeak-keywords", "alsa": "alsa-channels", "speakers": "espeak-speakers",
+         "augment": "espeak-keywords", "vad": "espeak-keywords"}
+CLASSES = {"keywords": 12, "alsa": 8, "speakers": 96, "augment": 12, "vad": 12}
 #: The methods each part runs unless --methods names others.
 PART_METHODS = {"keywords": ["whisper probe", "whisper probe (2 s window)", "mfcc + LR", "log-mel CNN"],
                 "alsa": ["whisper probe", "whisper probe (2 s window)", "mfcc + LR", "log-mel CNN"],
-                "speakers": ["resemblyzer probe", "whisper probe (2 s window)", "mfcc + LR"]}
+                "speakers": ["resemblyzer probe", "whisper probe (2 s window)", "mfcc + LR"],
+                "augment": ["log-mel CNN", "log-mel CNN + audio_augment", "whisper finetune (2 s window)",
+                            "whisper finetune (2 s window) + audio_augment"],
+                "vad": ["whisper probe (2 s window)", "whisper probe (2 s window) + vad", "mfcc + LR",
+                        "mfcc + LR + vad"]}
 #: Summary file -> (its title, the parts it reports).
 SUMMARIES = {"summary.md": ("Speech transfer: Whisper tiny.en vs no-transfer baselines", ("keywords", "alsa")),
-             "speaker_id.md": ("Speaker identification: resemblyzer and Whisper tiny.en vs MFCC", ("speakers",))}
+             "speaker_id.md": ("Speaker identification: resemblyzer and Whisper tiny.en vs MFCC", ("speakers",)),
+             "augment.md": ("Keyword spotting with and without audio_augment", ("augment",)),
+             "vad.md": ("Keyword spotting with and without trimming silence (vad)", ("vad",))}
 
 
 def draw(data, per_class: int, seed: int):
@@ -101,7 +124,8 @@ def run(method: str, train, test, seed: int) -> dict:
     strategy = make_strategy(name, options)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    model, _ = strategy.fit(backbone_for(spec), train, None, Trainer(TrainConfig(seed=seed, progress=False)))
+    epochs = {"epochs": EPOCHS[method]} if method in EPOCHS else {}
+    model, _ = strategy.fit(backbone_for(spec), train, None, Trainer(TrainConfig(seed=seed, progress=False, **epochs)))
     fit_s = time.perf_counter() - start
     probs = strategy.predict(model, test)
     pred = probs.argmax(1)
@@ -147,7 +171,9 @@ def signed(x: float) -> str:
 
 TITLES = {"keywords": "Keyword spotting (12 words, unseen voices)",
           "alsa": "Real voices: espeak-ng training clips, the 8 human alsa-utils clips as the test",
-          "speakers": "Speaker identification (96 espeak-ng voices, unseen words)"}
+          "speakers": "Speaker identification (96 espeak-ng voices, unseen words)",
+          "augment": "Keyword spotting (12 words, unseen voices), audio_augment on and off",
+          "vad": "Keyword spotting (12 words, unseen voices), silence trimmed with Silero VAD or not"}
 NOTES = {
     "summary.md": [
         "- Whisper's encoder is frozen (a linear probe): fine-tuning or LoRA through a 30 s window on two shared "
@@ -172,6 +198,23 @@ NOTES = {
         "pitch drawn per clip (the same voice speaks each word at its own speed and pitch) and noise at 10-40 dB "
         "SNR, so a voice is a "
         "timbre and an accent, not a person. All clips are synthetic.",
+    ],
+    "augment.md": [
+        "- audio_augment=[speed, pitch, noise, shift]: each change on half of the training clips as they are read, "
+        "drawn anew every epoch (speed x0.9-1.1, pitch -2 to +2 semitones, white noise at 10-30 dB SNR, up to "
+        "0.2 s of leading silence); predictions read the clips as they are. With and without it, a method sees "
+        "the same draw of training clips in each seed and the same test clips, so the differences pair by seed.",
+        "- The log-mel CNN keeps its own schedule and SpecAugment in both rows. Whisper is fine-tuned (every "
+        "layer, the finetune strategy's defaults) through a 2 s window for 5 epochs, a cut of the strategy's 20 "
+        "for the shared CPU.",
+        "- The built-in training clips already vary speed, pitch, leading silence and noise per voice and word "
+        "(espeak-keywords), so this measures augmentation on top of varied data.",
+    ],
+    "vad.md": [
+        "- vad=True: each clip, in training and test alike, is cut to the stretch from the start of its first to "
+        "the end of its last speech segment found by Silero VAD (30 ms kept on each side; a clip in which none "
+        "is found is kept whole). The clips of espeak-keywords have up to 0.3 s of leading silence and noise at "
+        "10-40 dB SNR. Same draws and test clips with and without, so the differences pair by seed.",
     ],
 }
 

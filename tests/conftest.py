@@ -236,6 +236,21 @@ def tiny_pyramid_backbone(size: int = 64):
     torch.manual_seed(0)
     return load_backbone("efficientnet-lite:0", pretrained=False, image_size=size)
 @pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory):
+    """A random 2 + 2 layer Whisper, 16 wide, 40 mel bands, a 2 s window; saved as a transformers folder."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(vocab_size=100, num_mel_bins=40, d_model=16, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                           decoder_ffn_dim=32, max_source_positions=100, max_target_positions=32,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=0, decoder_start_token_id=1)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-whisper")
+    WhisperForConditionalGeneration(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_whisper_asr(tmp_path_factory):
     """A random Whisper (2 + 2 layers, 16 wide, a 1 s window) with an 8-token word-level tokenizer
     (Whisper's special tokens, "yes", "no", "stop", "go"), saved as a transformers folder."""

@@ -17,8 +17,8 @@ import torch
 from typer.testing import CliRunner
 
 from transferkit.backbones import load_backbone
-from transferkit.backbones.audio import (AudioPreprocess, WaveAugment, add_noise, audio_info, pitch_shift, read_audio,
-                                        spec_augment, speed_perturb)
+from transferkit.backbones.audio import AudioPreprocess, audio_info, read_audio
+from transferkit.backbones.audio_augment import WaveAugment, add_noise, pitch_shift, spec_augment, speed_perturb
 from transferkit.cli.main import app
 from transferkit.data import resolve_data
 from transferkit.errors import ConfigError, DataError
@@ -50,21 +50,6 @@ def write_tones(root, n: int = 4, rate: int = RATE):
 @pytest.fixture
 def tones(tmp_path):
     return resolve_data(write_tones(tmp_path / "tones"))[0]
-
-
-@pytest.fixture(scope="session")
-def tiny_whisper(tmp_path_factory):
-    """A random 2 + 2 layer Whisper, 16 wide, 40 mel bands, a 2 s window; saved as a transformers folder."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    config = WhisperConfig(vocab_size=100, num_mel_bins=40, d_model=16, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                           decoder_ffn_dim=32, max_source_positions=100, max_target_positions=32,
-                           pad_token_id=0, bos_token_id=1, eos_token_id=0, decoder_start_token_id=1)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-whisper")
-    WhisperForConditionalGeneration(config).save_pretrained(path)
-    return path
 
 
 # ---------------------------------------------------------------- decoding and features

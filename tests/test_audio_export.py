@@ -50,20 +50,6 @@ def clips(tmp_path_factory):
     return resolve_data(root)[0]
 
 
-@pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory):
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    config = WhisperConfig(vocab_size=100, num_mel_bins=40, d_model=16, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                           decoder_ffn_dim=32, max_source_positions=100, max_target_positions=32,
-                           pad_token_id=0, bos_token_id=1, eos_token_id=0, decoder_start_token_id=1)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-whisper")
-    WhisperForConditionalGeneration(config).save_pretrained(path)
-    return path
-
-
 def _bundle(tmp_path, clips, backbone, strategy: str, options: dict | None = None):
     torch.manual_seed(0)
     model, _ = make_strategy(strategy, options or {}).fit(backbone, clips, None,

@@ -6,6 +6,7 @@ needs the package importable (librosa and webrtcvad), and is skipped otherwise.
 """
 from __future__ import annotations
 
+import importlib.util
 import pickle
 import shutil
 import subprocess
@@ -129,7 +130,7 @@ def test_weights_are_read_weights_only(tmp_path, monkeypatch):
 
 
 def test_missing_package_names_the_install(monkeypatch):
-    monkeypatch.setattr(rz.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # located, never imported
     with pytest.raises(MissingWeightsError, match=r"pip install --no-deps resemblyzer==0\.1\.4"):
         load_backbone("resemblyzer:")
 

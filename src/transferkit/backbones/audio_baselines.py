@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from transferkit.backbones import BACKBONE_SOURCES
-from transferkit.backbones.audio import AudioPreprocess
+from transferkit.backbones.audio import AudioPreprocess, audio_options
 from transferkit.backbones.base import Backbone
 from transferkit.errors import ConfigError
 
@@ -50,12 +50,12 @@ class MfccStats(Backbone):
 
     modality = "audio"
 
-    def __init__(self, max_seconds: float = 30.0):
+    def __init__(self, max_seconds: float = 30.0, vad: bool = False):
         super().__init__()
         self.spec = "mfcc:"
         self.register_buffer("dct", dct_matrix(N_MELS, N_MFCC))
         self.num_features = 4 * N_MFCC
-        self.preprocess = AudioPreprocess(n_mels=N_MELS, features="log-mel", max_seconds=max_seconds)
+        self.preprocess = AudioPreprocess(n_mels=N_MELS, features="log-mel", max_seconds=max_seconds, vad=vad)
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         mfcc = torch.einsum("km,bmf->bkf", self.dct, batch["input_features"])
@@ -72,7 +72,7 @@ class MfccStats(Backbone):
         return []
 
     def architecture_options(self) -> dict:
-        return {"max_seconds": self.preprocess.max_seconds}
+        return audio_options(self.preprocess)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -90,7 +90,7 @@ class AudioCNN(Backbone):
 
     modality = "audio"
 
-    def __init__(self, max_seconds: float = 30.0):
+    def __init__(self, max_seconds: float = 30.0, vad: bool = False):
         super().__init__()
         self.spec = "audio-cnn:"
         blocks, cin = [], 1
@@ -99,7 +99,7 @@ class AudioCNN(Backbone):
             cin = cout
         self.blocks = nn.ModuleList(blocks)
         self.num_features = cin
-        self.preprocess = AudioPreprocess(n_mels=N_MELS, features="log-mel", max_seconds=max_seconds)
+        self.preprocess = AudioPreprocess(n_mels=N_MELS, features="log-mel", max_seconds=max_seconds, vad=vad)
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x, mask = batch["input_features"], batch["frame_mask"].to(batch["input_features"].dtype)
@@ -120,7 +120,7 @@ class AudioCNN(Backbone):
         return [list(b.parameters()) for b in self.blocks]
 
     def architecture_options(self) -> dict:
-        return {"max_seconds": self.preprocess.max_seconds}
+        return audio_options(self.preprocess)
 
 
 def _max_seconds(value) -> float:
@@ -132,14 +132,14 @@ def _max_seconds(value) -> float:
     return float(value)
 
 
-def _mfcc(name: str, *, pretrained: bool = False, files_dir=None, max_seconds=None, **_) -> MfccStats:
+def _mfcc(name: str, *, pretrained: bool = False, files_dir=None, max_seconds=None, vad=False, **_) -> MfccStats:
     # nothing to load: the features are fixed, the classifier on them is fitted by the strategy
-    return MfccStats(_max_seconds(max_seconds))
+    return MfccStats(_max_seconds(max_seconds), vad)
 
 
-def _audio_cnn(name: str, *, pretrained: bool = False, files_dir=None, max_seconds=None, **_) -> AudioCNN:
+def _audio_cnn(name: str, *, pretrained: bool = False, files_dir=None, max_seconds=None, vad=False, **_) -> AudioCNN:
     # `pretrained` is ignored: nothing pre-trained exists, the point of this backbone is training from scratch
-    return AudioCNN(_max_seconds(max_seconds))
+    return AudioCNN(_max_seconds(max_seconds), vad)
 
 
 BACKBONE_SOURCES.register("mfcc", _mfcc, help="MFCC + delta statistics of a clip, 80-d (the audio baseline "

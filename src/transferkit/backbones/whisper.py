@@ -11,7 +11,10 @@ The backbone keeps the encoder (the decoder is not needed to classify audio). It
 encoder's last hidden state, one vector per 20 ms of audio (``sequence``: ``[B, T, D]`` with the
 mask of frames that hold audio), and their masked mean (``pooled``). Whisper reads a fixed window
 (30 s); the ``max_seconds`` option shortens it (the position embeddings are cut to match), which
-makes short clips such as keywords much cheaper to encode. A clip longer than the window is refused.
+makes short clips such as keywords much cheaper to encode. A clip longer than the window is read in
+windows (:mod:`transferkit.backbones.audio_windows`): overlapping ones whose frames join into one
+sequence per clip for features, windows cut at pauses (Silero VAD) whose transcripts are joined for
+speech recognition.
 
 Example:
     >>> bb = load_backbone("whisper:tiny.en", max_seconds=2)                 # doctest: +SKIP
@@ -21,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,16 +32,19 @@ from torch import nn
 
 from transferkit.backbones import register_source
 from transferkit.backbones.audio import AudioPreprocess
+from transferkit.backbones.audio_windows import Window, join_transcripts, join_windows, pause_windows
 from transferkit.backbones.base import Backbone, FeatureSpec
 from transferkit.backbones.ctranslate2 import converted_whisper, tiny_en_config
 from transferkit.backbones.hf import _from_files_dir, load_from_sources, transformer_groups
 from transferkit.backbones.pooling import masked_mean
-from transferkit.errors import ConfigError, DataError, MissingWeightsError, check_range
+from transferkit.errors import ConfigError, DataError, MissingWeightsError, TransferkitWarning, check_range
 
 #: Names of the packaged model (compared case-insensitively).
 PACKAGED_NAMES = ("tiny.en", "whisper-tiny.en", "openai/whisper-tiny.en")
 #: Encoder positions per second of audio (10 ms mel frames, then a stride-2 convolution).
 POSITIONS_PER_SECOND = 50
+#: Tokens decoded at most per second of a window of a long recording (fast speech is about 4.5: 3.5 words a second).
+WINDOW_TOKENS_PER_SECOND = 6
 
 
 def window_positions(max_seconds: float, limit: int) -> int:
@@ -52,7 +59,9 @@ class WhisperSpeechPreprocess(AudioPreprocess):
     A transcript becomes the decoder prefix (``<|startoftranscript|>``, then ``<|en|><|transcribe|>`` for
     multilingual models, then ``<|notimestamps|>``), its tokens and ``<|endoftext|>``: the decoder reads
     all but the last (``decoder_input_ids``) and learns the next token at each position after the prefix
-    (``labels``, -100 on the prefix and on padding). A transcript over the decoder's length is refused.
+    (``labels``, -100 on the prefix and on padding). A transcript over the decoder's length is refused, and
+    so is a training clip over the window (which words fall in which window is not known). A clip to
+    transcribe that is over the window is cut at pauses (:meth:`split`).
     """
 
     def __init__(self, tokenizer, prefix: list[int], max_target: int, **options):
@@ -61,9 +70,38 @@ class WhisperSpeechPreprocess(AudioPreprocess):
 
     def __call__(self, items):
         if len(items) and all(isinstance(it, dict) and "transcript" in it for it in items):
-            batch = super().__call__([it["audio"] for it in items])
-            return {**batch, **self.targets([it["transcript"] for it in items])}
+            waves = self._training_waves([it["audio"] for it in items])
+            return {**self.from_waves(self.augmented(waves)), **self.targets([it["transcript"] for it in items])}
         return super().__call__(items)
+
+    def _training_waves(self, audio) -> list:
+        """The training clips' waves; one over the window is refused, naming it."""
+        waves = self.waves(audio)
+        for i, wave in enumerate(waves):
+            if len(wave) > self.max_samples:
+                where = audio[i] if isinstance(audio[i], str) else f"audio item {i}"
+                raise DataError(f"{where}: the clip is {len(wave) / self.sample_rate:.2f} s, longer than the model's "
+                                f"window of {self.max_seconds:g} s. Speech recognition trains on clips of at most the "
+                                f"window with their transcripts: which words fall in which window of a longer clip "
+                                f"is not known. Cut the recording and its transcript into clips of at most "
+                                f"{self.max_seconds:g} s (predict and serve transcribe long clips: they are cut at "
+                                f"pauses).")
+        return waves
+
+    def split(self, wave) -> list[Window]:
+        """A clip over the window: windows cut in the pauses Silero VAD finds (:func:`pause_windows`); where
+        ``silero-vad`` is not installed, or no speech is found, windows overlapping by a third."""
+        if len(wave) <= self.max_samples:
+            return super().split(wave)
+        from transferkit.backbones.vad import speech_segments
+
+        try:
+            segments = speech_segments(wave) or None
+        except (MissingWeightsError, ConfigError) as exc:
+            warnings.warn(f"A clip over Whisper's {self.max_seconds:g} s window is cut into overlapping windows, "
+                          f"not at pauses: {exc}", TransferkitWarning, stacklevel=2)
+            segments = None
+        return pause_windows(len(wave), self.max_samples, segments)
 
     def targets(self, transcripts) -> dict[str, torch.Tensor]:
         tok, rows = self.tokenizer, []
@@ -107,7 +145,7 @@ class WhisperBackbone(Backbone):
     feature_kinds = ("pooled", "sequence")
 
     def __init__(self, spec: str, encoder: nn.Module | None, *, pretrained: bool, model: nn.Module | None = None,
-                 tokenizer=None):
+                 tokenizer=None, vad: bool = False):
         super().__init__()
         self.spec, self.pretrained = spec, pretrained
         if model is not None:
@@ -117,7 +155,7 @@ class WhisperBackbone(Backbone):
             self.encoder = encoder
         config = self.whisper_encoder.config
         self.num_features = int(config.d_model)
-        options = {"n_mels": config.num_mel_bins, "features": "whisper",
+        options = {"n_mels": config.num_mel_bins, "features": "whisper", "vad": vad, "windows": True,
                    "max_seconds": config.max_source_positions / POSITIONS_PER_SECOND}
         self.preprocess = (WhisperSpeechPreprocess(tokenizer, decoder_prefix(model.config, tokenizer),
                                                    model.config.max_target_positions, **options)
@@ -134,10 +172,14 @@ class WhisperBackbone(Backbone):
         return self.model.model.encoder if "model" in self._modules else self.encoder
 
     def forward_sequence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's last hidden state ``[B, T, D]`` (T = window / 20 ms) and the mask of frames holding audio."""
+        """The encoder's last hidden state ``[B, T, D]`` (T = window / 20 ms) and the mask of frames holding audio;
+        a clip read in several windows has their kept frames joined, in order (T = windows x window / 20 ms)."""
         hidden = self.whisper_encoder(batch["input_features"]).last_hidden_state
         frames = batch["frame_mask"]
         mask = frames[:, : 2 * hidden.shape[1]].reshape(frames.shape[0], hidden.shape[1], 2).amax(-1)
+        if "window_item" in batch:
+            item = batch["window_item"]
+            return join_windows(hidden, mask, item, int(item.max()) + 1)
         return hidden, mask
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -146,6 +188,8 @@ class WhisperBackbone(Backbone):
     def forward_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The decoder's scores ``[B, T, V]`` of the token after each of ``decoder_input_ids`` (teacher forcing)."""
         self.check_feature_kind("logits")
+        if "window_item" in batch:  # the preprocessing refuses these first; an internal invariant here
+            raise DataError("Whisper's decoder trains on clips of at most its window, not on windows of longer ones.")
         if "decoder_input_ids" not in batch:
             raise DataError("Whisper's decoder logits need transcripts: a training batch of {'audio', 'transcript'}.")
         return self.model(input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"],
@@ -157,22 +201,31 @@ class WhisperBackbone(Backbone):
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 64, **_) -> list[str]:
-        """The transcript of each clip of ``batch``: greedy decoding after the decoder prefix."""
+        """The transcript of each clip of ``batch``: greedy decoding after the decoder prefix; a clip read in
+        several windows gets their transcripts joined (:func:`join_transcripts`)."""
         self.check_feature_kind("logits")
         features = batch["input_features"]
         prefix = torch.tensor([self.preprocess.prefix] * len(features), dtype=torch.long, device=features.device)
         limit = self.model.config.max_target_positions - prefix.shape[1]
+        if "window_item" in batch:  # a window of a long recording holds more words than a training clip
+            max_new_tokens = math.ceil(WINDOW_TOKENS_PER_SECOND * self.preprocess.max_seconds)
         out = self.model.generate(input_features=features, decoder_input_ids=prefix,
                                   max_new_tokens=int(min(max_new_tokens, limit)), do_sample=False)
         # transformers' Whisper returns the new tokens (some versions the prefix too: special tokens, skipped)
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        if "window_item" not in batch:
+            return texts
+        item, overlap = batch["window_item"].tolist(), batch["window_overlap"].tolist()
+        return [join_transcripts([t for t, i in zip(texts, item) if i == b],
+                                 [o for o, i in zip(overlap, item) if i == b]) for b in range(max(item) + 1)]
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """The convolutional stem (and position table), each encoder layer, then the final norm (and the decoder)."""
         return transformer_groups(self.model if "model" in self._modules else self.encoder)
 
     def architecture_options(self) -> dict:
-        options = {"max_seconds": self.whisper_encoder.config.max_source_positions / POSITIONS_PER_SECOND}
+        options = {"max_seconds": self.whisper_encoder.config.max_source_positions / POSITIONS_PER_SECOND,
+                   **({"vad": True} if self.preprocess.vad else {})}
         return {**options, "decoder": True} if "model" in self._modules else options
 
     def save_files(self, directory: str | Path) -> None:
@@ -296,9 +349,9 @@ def _load(name: str, pretrained: bool, files_dir: Path | None, max_seconds: floa
                                  "transcripts); whisper:tiny.en is the packaged tiny.en, converted once from "
                                  "CTranslate2",
                  examples=("whisper:tiny.en", "whisper:openai/whisper-base", "whisper:path/to/local/model"),
-                 options=("max_seconds", "decoder"), modality="audio")
+                 options=("max_seconds", "decoder", "vad"), modality="audio")
 def create_whisper(name: str, *, pretrained: bool = True, files_dir: Path | None = None,
-                   max_seconds: float | None = None, decoder: bool | None = None) -> WhisperBackbone:
+                   max_seconds: float | None = None, decoder: bool | None = None, vad: bool = False) -> WhisperBackbone:
     """Build ``whisper:NAME``.
 
     Args:
@@ -306,12 +359,13 @@ def create_whisper(name: str, *, pretrained: bool = True, files_dir: Path | None
         pretrained: load the weights; ``False`` builds the same architecture at random init.
         files_dir: rebuild from files written by :meth:`WhisperBackbone.save_files` (``pretrained=False``).
         max_seconds: the audio window in seconds (default: the model's own, 30 s); clips are padded to it
-            and a longer clip is refused.
+            and a longer clip is read in windows.
         decoder: keep the decoder and the tokenizer too (what ``speech-recognition`` needs; default: the
             encoder alone).
+        vad: trim the silence before the first and after the last word of every clip (Silero VAD).
     """
     if decoder is not None and not isinstance(decoder, bool):
         raise ConfigError(f"The 'decoder' parameter of whisper: backbones must be a bool. Got {decoder!r} instead.")
     encoder, model, tokenizer = _load(name, pretrained, files_dir, max_seconds, bool(decoder))
     return WhisperBackbone(f"whisper:{name}", encoder, pretrained=pretrained and files_dir is None, model=model,
-                           tokenizer=tokenizer)
+                           tokenizer=tokenizer, vad=vad)

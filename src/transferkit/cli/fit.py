@@ -67,6 +67,7 @@ def fit_command(
     max_test: Optional[int] = group_option(DataOptions, "max_test"),
     image_size: Optional[int] = group_option(DataOptions, "image_size"),
     max_length: Optional[int] = group_option(DataOptions, "max_length"),
+    vad: bool = group_option(DataOptions, "vad"),
     text_column: Optional[str] = group_option(DataOptions, "text_column"),
     label_column: str = group_option(DataOptions, "label_column"),
     task: Optional[str] = group_option(DataOptions, "task"),
@@ -122,7 +123,8 @@ def fit_command(
     groups = dict(
         data_options=DataOptions(test_data=test_data, labels_per_class=labels_per_class, val_fraction=val_fraction,
                                  val_data=val_data, text_column=text_column, label_column=label_column,
-                                 max_test=max_test, image_size=image_size, max_length=max_length, task=task),
+                                 max_test=max_test, image_size=image_size, max_length=max_length, task=task,
+                                 vad=vad),
         domain=DomainOptions(target_data=target_data, target_labelled_data=target_labelled_data),
         fairness=FairnessOptions(sensitive_column=sensitive_column),
         pretraining=PretrainOptions(method=pretrain, unlabelled_data=unlabelled_data,

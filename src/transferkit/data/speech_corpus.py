@@ -78,7 +78,8 @@ def speak(text: str, voice: str, path: Path, *, noise: bool = True) -> None:
     """Write ``text`` spoken by ``voice`` to ``path`` (16 kHz mono WAV), varied as the module says."""
     import soundfile as sf
 
-    from transferkit.backbones.audio import add_noise, read_audio, time_shift
+    from transferkit.backbones.audio import read_audio
+    from transferkit.backbones.audio_augment import add_noise, time_shift
 
     rng = _rng(text, voice)
     speed, pitch = int(rng.integers(120, 201)), int(rng.integers(20, 81))

@@ -221,7 +221,8 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_
         check_range("create_app", name, value, low=low, low_open=low_open)
     limits = RequestLimits(max_items, max_body_bytes, max_text_chars, max_image_pixels, max_request_pixels)
     manifest = predictor.manifest or {}
-    spec = ModelInputs.from_manifest(manifest)
+    spec = ModelInputs.from_manifest(manifest, getattr(predictor, "preprocess", None)
+                                     or getattr(getattr(predictor, "model", None), "backbone", None))
     m, predict_request = schemas(), request_model(spec, limits)
     batcher = MicroBatcher(predictor.outputs, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0, enabled=batching,
                            max_queue=max_queue)

@@ -77,8 +77,11 @@ class ModelInputs:
     sample_rate: int = 16000
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "ModelInputs":
+    def from_manifest(cls, manifest: dict, model=None) -> "ModelInputs":
+        """What the manifest says; ``model`` (the predictor's backbone or preprocessing, when at hand) lifts the
+        length check of audio whose preprocessing reads long clips in windows or trims their silence first."""
         pre = manifest.get("preprocess") or {}
+        audio_pre = getattr(model, "preprocess", model)
         modality = manifest.get("modality") or pre.get("kind")
         if modality not in ("image", "text", "tabular", "audio"):
             raise ConfigError(f"Cannot serve a model of modality {modality!r}: the service takes image, text, "
@@ -89,7 +92,8 @@ class ModelInputs:
         audio = modality == "audio"
         return cls(modality, int(size) if size else None, pre.get("interpolation", "bilinear"),
                    int(width) if modality == "tabular" and width else None,
-                   float(pre["max_seconds"]) if audio and pre.get("max_seconds") else None,
+                   float(pre["max_seconds"]) if audio and pre.get("max_seconds") and not (
+                       getattr(audio_pre, "windows", False) or getattr(audio_pre, "vad", False)) else None,
                    int(pre.get("sample_rate") or 16000))
 
     def describe(self) -> str:

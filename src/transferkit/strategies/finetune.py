@@ -18,7 +18,7 @@ the same options work on CNNs, vision transformers and BERT-style encoders.
   (:mod:`transferkit.strategies.augment`).
 * ``audio_augment=["speed", "pitch", "noise", "shift"]``: random speed and pitch perturbation, noise
   and time shift of the training clips of audio data, on the decoded waves
-  (:class:`transferkit.backbones.audio.WaveAugment`).
+  (:class:`transferkit.backbones.audio_augment.WaveAugment`).
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ class FinetuneConfig(StrategyConfig):
         if isinstance(self.audio_augment, str):
             self.audio_augment = [self.audio_augment]
         if self.audio_augment:
-            from transferkit.backbones.audio import WaveAugment
+            from transferkit.backbones.audio_augment import WaveAugment
 
             WaveAugment(self.audio_augment)  # names checked here, with the valid ones in the message
         if self.freeze and self.train_only:
@@ -335,7 +335,7 @@ class Finetune(Strategy):
         """The training items; with ``audio_augment``, their waves changed at random as they are read."""
         dataset = super().train_dataset(model, data)
         if self.config.audio_augment:
-            from transferkit.backbones.audio import WaveAugment
+            from transferkit.backbones.audio_augment import WaveAugment
 
             pre = model.backbone.preprocess
             if not hasattr(pre, "with_wave_augment"):

@@ -51,6 +51,8 @@ class ScratchConfig(FinetuneConfig):
         "help": "random shifts and flips for image baselines, SpecAugment for audio-cnn"})
     batchnorm: str = field(default="train", metadata={
         "help": "BatchNorm statistics in training: train (a model from scratch has none worth keeping), frozen, auto"})
+    vad: bool = field(default=False, metadata={
+        "help": "mfcc and audio-cnn: trim the silence around each clip's words with Silero VAD (what fit's --vad sets)"})
 
     _parameter_constraints = {"variant": [Options(*VARIANTS)], "image_size": [Interval("int", 4, None), NONE]}
 
@@ -123,7 +125,7 @@ class Scratch(Finetune):
         if variant == "tfidf":
             return self._fit_tfidf(train, val, trainer)
         if variant == "mfcc":
-            return self._fit_fixed(load_backbone("mfcc:"), train, val, trainer)
+            return self._fit_fixed(load_backbone("mfcc:", vad=self.config.vad), train, val, trainer)
         if variant == "crf":
             from transferkit.strategies.crf import Crf
 
@@ -132,7 +134,7 @@ class Scratch(Finetune):
             size = self.config.image_size or native_image_size(train)
             backbone = load_backbone(f"small-cnn:{size}")
         elif variant == "audio-cnn":
-            backbone = load_backbone("audio-cnn:")
+            backbone = load_backbone("audio-cnn:", vad=self.config.vad)
         else:
             if backbone is None:
                 raise ConfigError("Scratch variant 'same-arch' needs a backbone spec to copy the architecture of.")
@@ -159,7 +161,7 @@ class Scratch(Finetune):
         if isinstance(inputs, dict) and "input_features" in inputs:
             if not self.config.augment:
                 return inputs
-            from transferkit.backbones.audio import spec_augment
+            from transferkit.backbones.audio_augment import spec_augment
 
             return spec_augment(inputs)
         return super().augment(inputs)

@@ -114,8 +114,9 @@ class SpeechRecognition(Task):
             raise ConfigError(f"speech-recognition needs Whisper with its decoder (whisper:tiny.en with "
                               f"decoder=True); '{getattr(backbone, 'spec', backbone)}' does not transcribe.")
         settings = getattr(model, "generation", None) or {}
-        out = np.empty(len(inputs["input_features"]), dtype=object)
-        out[:] = backbone.generate(inputs, max_new_tokens=int(settings.get("max_new_tokens", 64)))
+        texts = backbone.generate(inputs, max_new_tokens=int(settings.get("max_new_tokens", 64)))
+        out = np.empty(len(texts), dtype=object)  # a long clip's windows are one transcript
+        out[:] = texts
         return out
 
     def postprocess(self, outputs: Any, inputs: Any = None) -> np.ndarray:

@@ -171,7 +171,7 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
     train_set, val, test = _prepare(data, opts)
     _check_fit_options(train_set, scored_split(val, test), opts.fairness.sensitive_column, check_transfer)
     bb_options = {"image_size": opts.data.image_size, "max_length": opts.data.max_length, "pretrained": pretrained,
-                  "drop_path": drop_path}
+                  "drop_path": drop_path, "vad": opts.data.vad or None}
     searched = None
     if auto is not None:  # the search reads the training split only; its winner is trained below like any strategy
         backbone, strat, opts, bb_options, searched = _auto_search(backbone, train_set, opts, bb_options, auto)

@@ -1,0 +1,136 @@
+"""Voice activity: Silero VAD v6 (the ONNX model packaged in the PyPI package ``silero-vad``, MIT).
+
+Where speech is in a clip, at 32 ms resolution: what trims silence off a clip's ends (the ``vad``
+option of every audio backbone: :func:`trim_silence`) and where a long recording is cut for
+speech recognition (:func:`speech_segments`, :mod:`transferkit.backbones.audio_windows`).
+
+The model is the package's ``silero_vad_16k_sequence.onnx``: the streaming model exported to read a
+block of 512-sample frames (each with the 64 samples before it) in one call, run with ``onnxruntime``;
+its probabilities equal the streaming model's (Silero's own claim, and
+``tests/test_vad.py`` checks the segments against the package's ``get_speech_timestamps``). The file
+is found without importing the package (its import sets torch's thread count to 1), nothing is
+unpickled, and nothing is downloaded.
+
+:func:`speech_segments` turns the frame probabilities into segments as Silero's
+``get_speech_timestamps`` does with its defaults: speech starts at a frame of probability at least
+0.5, ends after 100 ms below 0.35, segments shorter than 250 ms are dropped and each is widened by
+30 ms on both sides (never over its neighbour).
+
+Example:
+    >>> segments = speech_segments(read_audio("clip.wav"))   # doctest: +SKIP
+    >>> [(s / 16000, e / 16000) for s, e in segments]         # doctest: +SKIP
+    [(1.0, 2.62), (2.7, 4.21)]
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.backbones.packaged import package_file
+from transferkit.errors import ConfigError, MissingWeightsError
+
+PACKAGE, MODULE = "silero-vad", "silero_vad"
+MODEL_FILE = "silero_vad_16k_sequence.onnx"
+_INSTALL = "pip install silero-vad onnxruntime (or pip install 'transferkit[audio]')"
+SAMPLE_RATE = 16000
+FRAME = 512  # 32 ms: one probability per frame
+CONTEXT = 64  # samples of the previous frame each frame is read with
+BLOCK = 512  # frames per onnxruntime call (16.4 s)
+THRESHOLD, NEG_THRESHOLD = 0.5, 0.35
+MIN_SPEECH, MIN_SILENCE, PAD = 4000, 1600, 480  # samples: 250 ms, 100 ms, 30 ms
+
+
+def packaged_model() -> Path:
+    """The sequence ONNX model of the installed ``silero-vad`` package, found without importing it.
+
+    Raises:
+        MissingWeightsError: the package is not installed or lacks the file.
+    """
+    path = package_file(MODULE, Path("data") / MODEL_FILE)
+    if path is not None:
+        return path
+    raise MissingWeightsError(f"Voice activity detection (vad) reads Silero VAD's {MODEL_FILE} from the Python "
+                              f"package '{PACKAGE}', which is not installed or lacks it: {_INSTALL}.")
+
+
+@functools.lru_cache(maxsize=1)
+def _session():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError(f"Voice activity detection (vad) runs Silero VAD with onnxruntime: {_INSTALL}.") from None
+    options = ort.SessionOptions()
+    options.inter_op_num_threads = options.intra_op_num_threads = 1  # small sequential work; leave cores to torch
+    return ort.InferenceSession(str(packaged_model()), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def speech_probabilities(wave: np.ndarray) -> np.ndarray:
+    """The probability of speech in each 32 ms frame of ``wave`` (16 kHz mono; the last frame zero-padded)."""
+    wave = np.ascontiguousarray(wave, dtype=np.float32).reshape(-1)
+    n = -(-len(wave) // FRAME)
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    frames = np.zeros((n, FRAME), dtype=np.float32)
+    frames.reshape(-1)[:len(wave)] = wave
+    context = np.zeros((n, CONTEXT), dtype=np.float32)
+    context[1:] = frames[:-1, -CONTEXT:]
+    rows = np.concatenate([context, frames], axis=1)
+    session, out = _session(), []
+    h = c = np.zeros((1, 1, 128), dtype=np.float32)
+    for start in range(0, n, BLOCK):
+        probs, h, c = session.run(["speech_probs", "hn", "cn"], {"input": rows[start:start + BLOCK], "h": h, "c": c})
+        out.append(probs.reshape(-1))
+    return np.concatenate(out)
+
+
+def segments_from_probabilities(probs: np.ndarray, n_samples: int) -> list[tuple[int, int]]:
+    """Speech segments ``[(start, stop), ...]`` in samples from frame probabilities (Silero's defaults)."""
+    found, start, silence_from = [], None, None
+    for i, p in enumerate(probs):
+        at = i * FRAME
+        if p >= THRESHOLD:
+            silence_from = None
+            if start is None:
+                start = at
+        elif start is not None and p < NEG_THRESHOLD:
+            silence_from = at if silence_from is None else silence_from
+            if at - silence_from >= MIN_SILENCE:
+                if silence_from - start > MIN_SPEECH:
+                    found.append([start, silence_from])
+                start, silence_from = None, None
+    if start is not None and n_samples - start > MIN_SPEECH:
+        found.append([start, n_samples])
+    for k, seg in enumerate(found):  # widen by PAD, splitting a narrower gap between neighbours
+        if k == 0:
+            seg[0] = max(0, seg[0] - PAD)
+        if k + 1 < len(found):
+            gap = found[k + 1][0] - seg[1]
+            if gap < 2 * PAD:
+                seg[1] += gap // 2
+                found[k + 1][0] = max(0, found[k + 1][0] - gap // 2)
+            else:
+                seg[1] = min(n_samples, seg[1] + PAD)
+                found[k + 1][0] = max(0, found[k + 1][0] - PAD)
+        else:
+            seg[1] = min(n_samples, seg[1] + PAD)
+    return [(int(a), int(b)) for a, b in found]
+
+
+def speech_segments(wave: np.ndarray) -> list[tuple[int, int]]:
+    """Where ``wave`` (16 kHz mono) holds speech: ``[(start, stop), ...]`` in samples, in order.
+
+    Raises:
+        MissingWeightsError: ``silero-vad`` is not installed.
+    """
+    return segments_from_probabilities(speech_probabilities(wave), len(wave))
+
+
+def trim_silence(wave: np.ndarray) -> np.ndarray:
+    """``wave`` from the start of its first speech segment to the end of its last (30 ms kept on each side);
+    a clip in which no speech is found is returned whole (a word under noise is kept, not dropped)."""
+    found = speech_segments(wave)
+    if not found:
+        return wave
+    return wave[found[0][0]:found[-1][1]]
