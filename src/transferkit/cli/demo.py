@@ -27,9 +27,8 @@ from transferkit.cli.common import console, examples
 TEXT = dict(backbone="sentence:all-MiniLM-L6-v2", data="debian-packages", strategies=["linear-probe"],
             labels_per_class=[8, 32, 200], baselines=["tfidf"], max_length=128, strict_labels=False,
             data_options={"snapshot": "subset"})  # the packaged subset: the same numbers on every machine
-#: ``auto`` in the demo searches the frozen probes only (layers x sizes, and the average of the best three; the baselines
-#: run beside it anyway), which
-#: keeps the demo within minutes; ``--strategy auto`` alone also cross-validates LoRA, fine-tuning and the small CNN.
+#: ``auto`` in the demo searches the frozen probes only (layers x sizes, and the average of the best three; the
+#: baselines run beside it anyway), which keeps the demo within minutes; ``--strategy auto`` alone also cross-validates LoRA, fine-tuning and the small CNN.
 DEMO_AUTO = {"strategies": "linear-probe", "baselines": "none"}
 IMAGE = dict(backbone="efficientnet-lite:0", strategies=["linear-probe", "finetune", "gradual-unfreeze", "auto"],
              labels_per_class=10, baselines=["small-cnn", "same-arch"], image_size=64, max_test=1000, epochs=30,
