@@ -200,6 +200,11 @@ def test_datasets_streams_parquet_and_saved_folders_with_class_labels(tmp_path):
         assert stream.label_names == NAMES and len(stream) == len(X) and stream.modality == "image"
         items, targets = next(stream.batches(len(X), seed=0, epoch=0))
         assert sorted(targets.tolist()) == sorted(y.tolist()) and items[0].size == (16, 16)
+    rows = [{"review": f"text {i}", "label": ["pos", "neg", "neutral"][i % 3]} for i in range(7)]
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = open_stream(tmp_path / "text.jsonl", text_column="review", shuffle_buffer=0)  # classes from the label pass
+    assert text.modality == "text" and text.label_names == ["neg", "neutral", "pos"]
+    assert text.label_counts.tolist() == [2, 2, 3] and text.head(2) == ["text 0", "text 1"]
     result = fit("small-cnn:16", tmp_path / "train.parquet", "finetune", stream=True, epochs=1, progress=False,
                  report=False, test_data=image_folder(tmp_path / "test", X, y))
     assert result.manifest["data"]["streamed"] and 0 <= result.metrics["accuracy"] <= 1
