@@ -128,7 +128,7 @@ def test_bad_shards_are_named_by_shard_and_member(tmp_path):
 
 
 def test_strategies_and_options_that_need_the_data_whole_refuse_a_stream(tmp_path):
-    from transferkit.api import fit
+    from transferkit.api import compare, fit
 
     X, y = shapes_images(n_per_class=4)
     shard = str(write_shard(tmp_path / "000.tar", samples(X, y, range(len(X)))))
@@ -142,8 +142,11 @@ def test_strategies_and_options_that_need_the_data_whole_refuse_a_stream(tmp_pat
         fit("small-cnn:16", shard, "finetune", strategy_options={"head_init": "probe"}, **args)
     with pytest.raises(ConfigError, match=r"check_transfer \(the scratch baselines train in memory\)"):
         fit("small-cnn:16", shard, "finetune", check_transfer=True, **args)
-    with pytest.raises(DataError, match="tar shards and datasets.IterableDataset are streamed training data"):
+    with pytest.raises(DataError, match="tar shards and a datasets.IterableDataset are read as a stream, which only "
+                                        "fit's training data is"):
         fit("small-cnn:16", shard, "finetune", test_data=shard, **args)
+    with pytest.raises(DataError, match="read as a stream, which only fit's training data is"):
+        compare("small-cnn:16", shard, ["finetune"], seeds=1, baselines=[], epochs=1, progress=False)
 
 
 def test_linear_probe_extracts_a_streams_features_into_the_cache_file(monkeypatch, tmp_path):

@@ -105,8 +105,8 @@ def _resolve_one(data: Any, *, columns: dict, task: str | None,
         return (data if sensitive is None else _check_given_sensitive(data, sensitive)), None
     if is_streamed(data):
         raise DataError(f"{data if isinstance(data, (str, os.PathLike)) else type(data).__name__}: tar shards and "
-                        f"datasets.IterableDataset are streamed training data; evaluation and validation data are "
-                        f"read whole: give a folder, a table or a datasets.Dataset.")
+                        f"a datasets.IterableDataset are read as a stream, which only fit's training data is; "
+                        f"here the data is read whole: give a folder, a table or a datasets.Dataset.")
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if path.exists():
@@ -168,8 +168,8 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
             set's ``label=`` option (``penguins``: species, sex).
         stream: read ``data`` as a stream (:func:`~transferkit.data.streaming.open_stream`: tar shards, a
             ``datasets`` stream of Parquet / JSONL / CSV files or a ``save_to_disk`` folder, an image folder)
-            instead of whole. Tar shards and a ``datasets.IterableDataset`` are always streamed. Test data
-            is read whole.
+            instead of whole. Tar shards and a ``datasets.IterableDataset`` are read only as a stream
+            (refused otherwise). Test data is read whole.
         **dataset_options: options of a built-in loader (e.g. ``sections=``).
 
     Returns:
@@ -190,7 +190,7 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
                           f"({', '.join(DATASETS.names())}).")
     columns = {"text_column": text_column, "label_column": label_column, "feature_columns": feature_columns,
                "sensitive_column": sensitive_column}
-    if stream or is_streamed(data) or isinstance(data, StreamData):
+    if stream or isinstance(data, StreamData):
         return _resolve_stream(data, test_data, columns, task)
     train, builtin_test = _resolve_one(data, columns=columns, task=task, dataset_options=dataset_options)
     test = builtin_test

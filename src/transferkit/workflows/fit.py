@@ -19,7 +19,7 @@ from transferkit.backbones.base import Backbone
 from transferkit.data import (align_to_label_names, auto_val_fraction, check_two_classes, resolve_data,
                               sample_per_class, subsample, train_val_split)
 from transferkit.data.dataset import TaskData
-from transferkit.data.resolve import prepare_stream
+from transferkit.data.resolve import is_streamed, prepare_stream
 from transferkit.data.streaming import StreamData, is_stream
 from transferkit.errors import ConfigError, DataError
 from transferkit.export.bundle import Predictor, check_writable, load, read_manifest, rebuild_model, save_bundle
@@ -60,7 +60,7 @@ def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int |
     is the tiny-data protocol (:func:`~transferkit.data.auto_val_fraction`): a 20% split only where
     every class keeps 10 validation items or there is no test split, else all labels train.
 
-    Streamed training data (``stream=True``, tar shards, a ``datasets.IterableDataset``) comes back as a
+    Streamed training data (``stream=True``: tar shards, a ``datasets.IterableDataset``, ...) comes back as a
     :class:`~transferkit.data.streaming.StreamData`, neither drawn from nor split (:func:`~transferkit.data.resolve.prepare_stream`).
 
     Raises:
@@ -244,7 +244,7 @@ def _prepare(data, opts: FitOptions) -> tuple[TaskData, TaskData | None, TaskDat
     return prepare_data(data, test_data=d.test_data, labels_per_class=d.labels_per_class,
                         val_fraction=d.val_fraction, val_data=d.val_data, seed=opts.train.seed,
                         text_column=d.text_column, label_column=d.label_column, max_test=d.max_test,
-                        sensitive_column=opts.fairness.sensitive_column, stream=d.stream,
+                        sensitive_column=opts.fairness.sensitive_column, stream=d.stream or is_streamed(data),
                         **({"task": d.task} if d.task is not None else {}))
 
 
