@@ -13,9 +13,9 @@ median wall times, the ratios, and which runs tables (all but the time column) w
 CPU kernels are not bit-reproducible across thread counts, so a run trained on two threads can differ from
 the same run on one thread by an item, whichever engine runs it.
 
-The default runs (100 labels per class, 20 epochs) take about 20 s each on one thread of an idle core, so that
-the comparison measures running them side by side rather than Ray's start-up (runs of a second or two, the
-first version's default, were mostly start-up: Ray 3.29x the local engine).
+The default runs (100 labels per class, 20 epochs) take 8 to 20 s each on one thread of this 2-core machine
+(more under other jobs' load), so that the comparison measures running them side by side rather than Ray's
+start-up (runs of about a second, the first version's default, were mostly start-up: Ray 3.29x the local engine).
 """
 from __future__ import annotations
 
