@@ -44,12 +44,17 @@ def register(app: typer.Typer) -> None:
         '    --data fashion-mnist --labels-per-class 10 --strategy auto --budget 10m --out runs/auto',
         'transferkit fit --backbone efficientnet-lite:0 --data coco.json --strategy finetune \\',
         '    -o detector=retinanet --image-size 128 --out runs/det   # fcos (default), retinanet, faster-rcnn',
+        "transferkit fit --backbone efficientnet-lite:0 --data 'shards/{000..009}.tar' --strategy finetune \\",
+        '    --test-data test/ --out runs/streamed   # tar shards stream; quote the braces',
+        'transferkit fit --backbone sentence:all-MiniLM-L6-v2 --data reviews.parquet --stream \\',
+        '    --text-column review --strategy lora --out runs/lora-stream',
         'transferkit fit --config recipe.yaml --out runs/x'))(fit_command)
 
 
 def fit_command(
     backbone: str = typer.Option(..., help="Backbone spec, e.g. efficientnet-lite:0, sentence:all-MiniLM-L6-v2, timm:resnet18."),
-    data: str = typer.Option(..., help="Built-in data set name, image folder, or CSV/TSV/JSONL file."),
+    data: str = typer.Option(..., help="Built-in data set name, image folder, CSV/TSV/JSONL file, or tar shards "
+                                       "('shards/{000..009}.tar', streamed)."),
     out: Path = typer.Option(..., help="Bundle directory to write (refused if it exists, unless --overwrite)."),
     strategy: str = typer.Option("linear-probe", help="Strategy name (see `transferkit list strategies`), or auto: "
                                                       "search probe / fine-tune / LoRA / layers / scratch by "
@@ -71,6 +76,7 @@ def fit_command(
     text_column: Optional[str] = group_option(DataOptions, "text_column"),
     label_column: str = group_option(DataOptions, "label_column"),
     task: Optional[str] = group_option(DataOptions, "task"),
+    stream: bool = group_option(DataOptions, "stream", "--stream"),
     # DomainOptions, FairnessOptions
     target_data: Optional[str] = group_option(DomainOptions, "target_data"),
     target_labelled_data: Optional[str] = group_option(DomainOptions, "target_labelled_data"),
@@ -124,7 +130,7 @@ def fit_command(
         data_options=DataOptions(test_data=test_data, labels_per_class=labels_per_class, val_fraction=val_fraction,
                                  val_data=val_data, text_column=text_column, label_column=label_column,
                                  max_test=max_test, image_size=image_size, max_length=max_length, task=task,
-                                 vad=vad),
+                                 vad=vad, stream=stream),
         domain=DomainOptions(target_data=target_data, target_labelled_data=target_labelled_data),
         fairness=FairnessOptions(sensitive_column=sensitive_column),
         pretraining=PretrainOptions(method=pretrain, unlabelled_data=unlabelled_data,

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from transferkit.data.batches import module_device, run_batches
+from transferkit.data.batches import module_device, run_batches, to_device
 from transferkit.data.dataset import TaskData
+from transferkit.data.streaming import is_stream
 from transferkit.errors import DataError, check_range
 
 CACHE_ENV = "TRANSFERKIT_CACHE"
@@ -48,7 +49,7 @@ def _serve_from_pool(backbone: Any, data: TaskData, cache_dir) -> bool:
     (<= :data:`POOL_LIMIT`) and the draw is at least a quarter of it; a small
     draw from a big pool is embedded on its own.
     """
-    if data.origin is None or len(data) >= len(data.origin[0]):
+    if getattr(data, "origin", None) is None or len(data) >= len(data.origin[0]):  # streams have no pool
         return False
     root = data.origin[0]
     if cached_path(backbone, root, cache_dir).is_file():
@@ -233,12 +234,24 @@ def _embed(backbone: Any, data: TaskData, batch_size: int, progress: bool, write
     load = lambda idx: backbone.preprocess(_items(data, idx))  # noqa: E731
     try:
         with _progress_bar(len(data), progress, f"features {backbone.spec} / {data.name}") as advance:
-            for idx, _, feats in run_batches(backbone.forward_features, load, len(data), batch_size=batch_size,
-                                             device=module_device(backbone), order=_batch_order(data)):
+            for idx, _, feats in _feature_batches(backbone, data, load, batch_size):
                 write(np.asarray(idx), feats.detach().float().cpu().numpy())
                 advance(len(idx))
     finally:
         backbone.train(was_training)
+
+
+def _feature_batches(backbone: Any, data, load, batch_size: int):
+    """``(rows, inputs, features)`` per batch: by index for in-memory data, in the source's order for a stream."""
+    if not is_stream(data):
+        yield from run_batches(backbone.forward_features, load, len(data), batch_size=batch_size,
+                               device=module_device(backbone), order=_batch_order(data))
+        return
+    device, start = module_device(backbone), 0
+    for items, _ in data.in_order(batch_size):
+        inputs = to_device(backbone.preprocess(items), device)
+        yield list(range(start, start + len(items))), inputs, backbone.forward_features(inputs)
+        start += len(items)
 
 
 def compute_features(backbone: Any, data: TaskData, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:

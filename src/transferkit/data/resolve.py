@@ -17,20 +17,30 @@ from typing import Any
 
 import pandas as pd
 
-from transferkit.data.adapters import (align_labels, check_eval_labels, from_arrays, from_frame, from_hf_dataset,
-                                       from_image_folder, from_table)
+from transferkit.data.adapters import (align_labels, align_to_label_names, check_eval_labels, from_arrays, from_frame,
+                                       from_hf_dataset, from_image_folder, from_table)
 from transferkit.data.adapters_dense import DENSE_TASKS, read_dense
 from transferkit.data.adapters_audio import (from_audio_folder, is_audio_folder, is_transcript_table,
                                              read_transcript_table)
 from transferkit.data.adapters_generation import is_generation_file, read_generation_file
 from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, is_span_jsonl, read_token_file
 from transferkit.data.builtin import DATASETS, load_dataset
+from transferkit.data.splits import subsample
 from transferkit.data.dataset import TaskData
+from transferkit.data.stream_sources import is_tar_pattern
+from transferkit.data.streaming import StreamData, open_stream
+from transferkit.tasks import get_task
 from transferkit.errors import ConfigError, DataError, UnknownNameError, unknown_name
 
 
 def _is_hf_dataset(obj: Any) -> bool:
-    return type(obj).__module__.startswith("datasets.") and hasattr(obj, "features")
+    return type(obj).__module__.startswith("datasets.") and hasattr(obj, "features") and not is_streamed(obj)
+
+
+def is_streamed(data: Any) -> bool:
+    """Whether ``data`` can only be read as a stream: tar shards, or a ``datasets.IterableDataset``."""
+    return is_tar_pattern(data) or (type(data).__module__.startswith("datasets.")
+                                    and type(data).__name__ == "IterableDataset")
 
 
 def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:
@@ -93,6 +103,10 @@ def _resolve_one(data: Any, *, columns: dict, task: str | None,
     sensitive = columns.get("sensitive_column")
     if isinstance(data, TaskData):
         return (data if sensitive is None else _check_given_sensitive(data, sensitive)), None
+    if is_streamed(data):
+        raise DataError(f"{data if isinstance(data, (str, os.PathLike)) else type(data).__name__}: tar shards and "
+                        f"a datasets.IterableDataset are read as a stream, which only fit's training data is; "
+                        f"here the data is read whole: give a folder, a table or a datasets.Dataset.")
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if path.exists():
@@ -126,8 +140,8 @@ def _resolve_one(data: Any, *, columns: dict, task: str | None,
 
 def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = None,
                  label_column: str | None = "label", feature_columns: list[str] | None = None,
-                 task: str | None = None, sensitive_column: str | None = None,
-                 **dataset_options) -> tuple[TaskData, TaskData | None]:
+                 task: str | None = None, sensitive_column: str | None = None, stream: bool = False,
+                 **dataset_options) -> tuple[TaskData | StreamData, TaskData | None]:
     """Turn the user's training (and test) data into TaskData.
 
     Args:
@@ -152,11 +166,16 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
             set takes it as its ``sensitive=`` option (``penguins``: island, sex).
             Likewise a ``label_column`` other than ``"label"`` becomes a built-in
             set's ``label=`` option (``penguins``: species, sex).
+        stream: read ``data`` as a stream (:func:`~transferkit.data.streaming.open_stream`: tar shards, a
+            ``datasets`` stream of Parquet / JSONL / CSV files or a ``save_to_disk`` folder, an image folder)
+            instead of whole. Tar shards and a ``datasets.IterableDataset`` are read only as a stream
+            (refused otherwise). Test data is read whole.
         **dataset_options: options of a built-in loader (e.g. ``sections=``).
 
     Returns:
         ``(train, test)``; ``test`` is ``None`` when none was given or built in.
-        The test targets index the training ``label_names``.
+        The test targets index the training ``label_names``. ``train`` is a
+        :class:`~transferkit.data.streaming.StreamData` when streamed.
 
     Raises:
         UnknownNameError: a string that is neither a built-in name nor an existing path.
@@ -171,6 +190,8 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
                           f"({', '.join(DATASETS.names())}).")
     columns = {"text_column": text_column, "label_column": label_column, "feature_columns": feature_columns,
                "sensitive_column": sensitive_column}
+    if stream or isinstance(data, StreamData):
+        return _resolve_stream(data, test_data, columns, task)
     train, builtin_test = _resolve_one(data, columns=columns, task=task, dataset_options=dataset_options)
     test = builtin_test
     if test_data is not None:
@@ -181,3 +202,45 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
         check_eval_labels(train, test)
         test = align_labels(train, test)
     return train, test
+
+
+def _resolve_stream(data: Any, test_data: Any, columns: dict, task: str | None) -> tuple[StreamData, TaskData | None]:
+    """A stream of training data, and test data read whole with its labels indexed as the stream's."""
+    if task is not None and not get_task(task).single_label:
+        raise ConfigError(f"Streamed training data is read for classification, one class per item; task={task!r} "
+                          f"needs the data whole (without --stream).")
+    for option in ("sensitive_column", "feature_columns"):
+        if columns.get(option) is not None:
+            raise ConfigError(f"{option} applies to data read whole; a stream carries inputs and labels only.")
+    train = data if isinstance(data, StreamData) else open_stream(data, text_column=columns["text_column"],
+                                                                   label_column=columns["label_column"])
+    test = None
+    if test_data is not None:
+        resolved, its_test = _resolve_one(test_data, columns=columns, task=task, dataset_options={})
+        test = its_test if isinstance(test_data, str) and its_test is not None else resolved  # a built-in's test split
+        test = align_to_label_names(test, train.label_names, owner=f"the training stream '{train.name}'")
+    return train, test
+
+
+def prepare_stream(train: StreamData, test, val_data, labels_per_class, val_fraction, max_test,
+                   data_options: dict) -> tuple[StreamData, TaskData | None, TaskData | None]:
+    """``prepare_data`` for a stream: the stream as it is (no per-class draw, no split held out), validation
+    data read whole and indexed as its labels, the test data cut to ``max_test``.
+
+    Raises:
+        ConfigError: ``labels_per_class``, or a ``val_fraction`` above 0 (both need the data whole).
+    """
+    if labels_per_class is not None:
+        raise ConfigError(f"labels_per_class draws from training data held whole; '{train.name}' is streamed. "
+                          f"Leave it out, or read the data whole (without --stream).")
+    if val_fraction:
+        raise ConfigError(f"val_fraction holds a split out of training data held whole; '{train.name}' is "
+                          f"streamed. Give validation data with val_data, or leave val_fraction out.")
+    val = None
+    if val_data is not None:
+        columns = {k: v for k, v in data_options.items() if k in ("text_column", "label_column")}
+        val, _ = resolve_data(val_data, **columns)
+        val = align_to_label_names(val, train.label_names, owner=f"the training stream '{train.name}'")
+    if test is not None and max_test is not None and len(test) > max_test:
+        test = subsample(test, max_test, 0)
+    return train, val, test

@@ -40,6 +40,8 @@ from transferkit.constraints import check_field_types, declared_constraints, val
 from transferkit.data.adapters_labels import check_two_classes
 from transferkit.data.batches import module_device, run_batches
 from transferkit.data.dataset import TaskData
+from transferkit.data.memory import fits_in_memory_share
+from transferkit.data.streaming import StreamData, is_stream
 from transferkit.errors import ConfigError
 from transferkit.registry import Registry
 from transferkit.tasks import Task, get_task
@@ -139,11 +141,31 @@ def task_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str, label_smo
     return get_task(task).loss(outputs, targets, label_smoothing=label_smoothing)
 
 
+#: The share of the available memory a training set's preprocessed images may take to be held whole.
+PRECOMPUTE_SHARE = 0.25
+
+
+def collate_batch(data: TaskData | StreamData, preprocess, items: list | None, targets: np.ndarray,
+                  augment: bool, inputs=None) -> dict:
+    """A training batch of labelled items: the inputs the task trains on (``inputs`` when preprocessed
+    already; else ``items`` preprocessed with their targets where the task reads them), the collated
+    targets, and the task's augmentation when ``augment``."""
+    task = data.task_spec
+    if inputs is None:
+        inputs = preprocess(task.training_items(items, targets))
+    collated = task.collate_targets(targets, inputs)
+    if augment:
+        inputs, collated = task.augment(inputs, collated)
+    return {"inputs": inputs, "task": data.task, "targets": collated}
+
+
 class ItemDataset(torch.utils.data.Dataset):
     """Indexes raw items and targets; batches are preprocessed in :meth:`collate`.
 
-    Image items are preprocessed once up front (small data sets are the point
-    of transfer learning, and resizing every epoch would dominate a CPU run).
+    Image items are preprocessed once up front when the tensor takes under a quarter of the available
+    memory (small data sets are the point of transfer learning, and resizing every epoch would dominate a
+    CPU run); a larger image set (files of an image folder) is decoded a batch at a time instead, so
+    training never holds it whole.
     With ``augment=True`` (a training set), :meth:`collate` passes each batch through the task's
     :meth:`~transferkit.tasks.Task.augment` (boxes and masks follow a flip).
     """
@@ -153,9 +175,16 @@ class ItemDataset(torch.utils.data.Dataset):
         self.preprocess = preprocess
         self.augment = augment
         self.tensor = None
-        if precompute and data.modality in ("image", "tabular"):
+        if precompute and data.modality in ("image", "tabular") and self._fits(data, preprocess):
             chunks = [preprocess(self._items(range(i, min(i + 256, len(data))))) for i in range(0, len(data), 256)]
             self.tensor = torch.cat(chunks) if chunks else None
+
+    @staticmethod
+    def _fits(data: TaskData, preprocess) -> bool:
+        size = getattr(preprocess, "size", None)
+        if data.modality != "image" or not isinstance(size, int):
+            return True
+        return fits_in_memory_share(len(data) * 3 * size * size * 4, PRECOMPUTE_SHARE)
 
     def _items(self, idx) -> list:
         items = self.data.items
@@ -175,13 +204,36 @@ class ItemDataset(torch.utils.data.Dataset):
         """A training batch: the inputs the task trains on (with their targets where it reads them) and targets."""
         if self.data.targets is None:
             return {"inputs": self.inputs(indices), "task": self.data.task}
-        task, targets = self.data.task_spec, np.asarray(self.data.targets)[indices]
-        inputs = (self.inputs(indices) if self.tensor is not None  # precomputed images and rows read no targets
-                  else self.preprocess(task.training_items(self._items(indices), targets)))
-        collated = task.collate_targets(targets, inputs)
-        if self.augment:
-            inputs, collated = task.augment(inputs, collated)
-        return {"inputs": inputs, "task": self.data.task, "targets": collated}
+        targets = np.asarray(self.data.targets)[indices]
+        if self.tensor is not None:  # precomputed images and rows read no targets
+            return collate_batch(self.data, self.preprocess, None, targets, self.augment, self.inputs(indices))
+        return collate_batch(self.data, self.preprocess, self._items(indices), targets, self.augment)
+
+
+class StreamDataset(torch.utils.data.IterableDataset):
+    """The training batches of a :class:`~transferkit.data.streaming.StreamData`, read, decoded and
+    preprocessed a batch at a time (the streaming counterpart of :class:`ItemDataset`).
+
+    The loop sets ``batch_size`` and ``seed``; :meth:`epoch` yields one epoch's collated batches (the same
+    dicts as :meth:`ItemDataset.collate`) and ``len()`` is the number of batches an epoch has.
+    """
+
+    def __init__(self, data: StreamData, preprocess, augment: bool = False):
+        self.data = data
+        self.preprocess = preprocess
+        self.augment = augment
+        self.batch_size, self.seed = 32, 0
+
+    def __len__(self) -> int:
+        return self.data.batches_per_epoch(self.batch_size)
+
+    def epoch(self, epoch: int, skip: int = 0):
+        """The collated batches of ``epoch`` (its order drawn from the seed and the epoch), after ``skip``."""
+        for items, targets in self.data.batches(self.batch_size, seed=self.seed, epoch=epoch, skip=skip):
+            yield collate_batch(self.data, self.preprocess, items, targets, self.augment)
+
+    def __iter__(self):
+        return self.epoch(0)
 
 
 def predict_outputs(model: TransferModel, data: TaskData, batch_size: int = 64,
@@ -252,6 +304,12 @@ class Strategy:
         changes_backbone: it trains the user's pre-trained weights.
         resumable: an interrupted run can resume from the loop's checkpoint: all its per-run state is on
             the model or in the loop (a strategy that keeps state of its own across epochs sets ``False``).
+        streams: it trains from a stream (:class:`~transferkit.data.streaming.StreamData`): it learns by
+            gradient steps in the generic loop and reads the training data only through
+            :meth:`train_dataset` (what it needs before training, from the counts or the first items), or,
+            like the linear probe, reads the stream's features a batch at a time through the feature cache.
+            Strategies that need the whole training set in memory (episodes, CRFs, stacking's folds, target
+            domains) keep ``False`` and refuse a stream by this tag.
         learns_from_labels: it learns from the training labels, so single-class training data is refused.
         generative: it trains through the source model's own output layer (a task on ``logits`` features:
             ``text-generation``); strategies that fit a new head on features refuse such tasks.
@@ -271,6 +329,7 @@ class Strategy:
     min_backbones: ClassVar[int] = 1
     changes_backbone: ClassVar[bool] = False
     resumable: ClassVar[bool] = True
+    streams: ClassVar[bool] = False
     #: whether it learns from the training labels (zero-shot reads only the label names: one class is fine there)
     learns_from_labels: ClassVar[bool] = True
     generative: ClassVar[bool] = False
@@ -283,7 +342,7 @@ class Strategy:
         return {"kind": cls.kind, "modalities": list(cls.modalities),
                 "tasks": None if cls.tasks is None else list(cls.tasks), "needs_target": cls.needs_target,
                 "needs_sensitive": cls.needs_sensitive, "min_backbones": cls.min_backbones,
-                "generative": cls.generative, "dense": cls.dense}
+                "generative": cls.generative, "dense": cls.dense, "streams": cls.streams}
 
     @classmethod
     def describe_options(cls) -> list[tuple[str, Any, str]]:
@@ -299,8 +358,14 @@ class Strategy:
         self.config = config
 
     # -- what the loop calls ------------------------------------------------
-    def check_data(self, backbone: Backbone | None, data: TaskData) -> None:
-        """Refuse a task or modality the strategy or backbone cannot handle, naming both."""
+    def check_data(self, backbone: Backbone | None, data: TaskData | StreamData) -> None:
+        """Refuse a task or modality the strategy or backbone cannot handle, naming both; a stream for a
+        strategy that does not stream, naming those that do."""
+        if is_stream(data) and not self.streams:
+            streaming = ", ".join(n for n in STRATEGIES.names() if STRATEGIES.get(n).streams)
+            raise ConfigError(f"Strategy '{self.name}' needs its training data in memory, so it does not train on "
+                              f"a stream ('{data.name}'). Strategies that stream: {streaming}; or read the data "
+                              f"whole (without --stream).")
         dense_task = data.task_spec.feature_kind == "pyramid"
         if self.tasks is not None and data.task not in self.tasks:
             raise ConfigError(f"Strategy '{self.name}' supports {', '.join(self.tasks)} tasks; "
@@ -323,7 +388,7 @@ class Strategy:
                               f"'{data.name}' is {data.modality}.")
         if backbone is not None:
             backbone.check_feature_kind(data.task_spec.feature_kind)
-        if self.learns_from_labels:
+        if self.learns_from_labels and not is_stream(data):  # a stream's label pass checked its classes
             check_two_classes(data)  # one class: a model that learnt nothing would score 1.0
 
     def needs_backbone(self, data: TaskData) -> bool:
@@ -346,7 +411,10 @@ class Strategy:
         """Keywords of the task's ``make_head`` beyond the feature spec: ``{"head": name}`` for a chosen head."""
         return {}
 
-    def train_dataset(self, model: TransferModel, data: TaskData) -> ItemDataset:
+    def train_dataset(self, model: TransferModel, data: TaskData | StreamData) -> ItemDataset | StreamDataset:
+        """The training batches: indexed in-memory items, or a stream's batches as they are read."""
+        if is_stream(data):
+            return StreamDataset(data, model.backbone.preprocess, augment=True)
         return ItemDataset(data, model.backbone.preprocess, augment=True)
 
     def param_groups(self, model: TransferModel, lr: float, head_lr: float) -> list[dict]:

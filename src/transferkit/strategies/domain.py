@@ -194,6 +194,7 @@ class DomainAdaptation(TargetDomain, Finetune):
     tasks: ClassVar[tuple[str, ...] | None] = ("classification", "multilabel", "regression")
     dense: ClassVar[bool] = False  # pooled features for the domain losses
     resumable: ClassVar[bool] = False  # the per-epoch records that choose the checkpoint live on the strategy
+    streams: ClassVar[bool] = False  # its batches pair the source with target items drawn from memory
 
     def check_data(self, backbone, data: TaskData) -> None:
         super().check_data(backbone, data)

@@ -36,6 +36,7 @@ class _ShallowDomain(TargetDomain, LinearProbe):
     """A frozen backbone, cached source and target features, a linear head fitted in closed form."""
 
     tasks = ("classification",)
+    streams = False  # source features are re-weighted or aligned with the target's, held in memory
 
     defaults = TrainDefaults(epochs=1)
 

@@ -62,6 +62,7 @@ class _GroupAware(Finetune):
     dense = False
 
     needs_sensitive: ClassVar[bool] = True
+    streams: ClassVar[bool] = False  # each item's group comes from the in-memory sensitive column
     #: the group names, in index order (set by :meth:`group_index`)
     group_names_: list[str] | None = None
 

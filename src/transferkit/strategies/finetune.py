@@ -33,6 +33,7 @@ from torch import nn
 from transferkit.constraints import NONE, Interval, Options
 from transferkit.data.batches import run_batches
 from transferkit.data.dataset import TaskData
+from transferkit.data.streaming import StreamData, is_stream
 from transferkit.errors import ConfigError
 from transferkit.strategies import regularizers
 from transferkit.strategies.augment import (POLICIES, ImageAugment, mix_batch, random_shift_flip,  # noqa: F401
@@ -134,14 +135,17 @@ def balanced_class_weights(targets, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def class_weights_for(mode: str, data: TaskData) -> torch.Tensor | None:
+def class_weights_for(mode: str, data: TaskData | StreamData) -> torch.Tensor | None:
     """The ``class_weight`` option's weights for ``data`` (``None`` for ``none``); refused for tasks without one class
-    per item, naming the task."""
+    per item, naming the task. A stream's weights come from the counts of its label pass."""
     if mode == "none":
         return None
     if not data.task_spec.single_label:
         raise ConfigError(f"class_weight={mode!r} weights the classes of single-label classification; "
                           f"'{data.name}' is {data.task}. Set class_weight=none.")
+    if is_stream(data):
+        return balanced_class_weights(np.repeat(np.arange(len(data.label_counts)), data.label_counts),
+                                      max(data.num_outputs, 1))
     return balanced_class_weights(data.targets, max(data.num_outputs, 1))
 
 
@@ -151,9 +155,9 @@ SCALE_ITEMS = 64
 UNIT_LENGTH_TOLERANCE = 0.01
 
 
-def feature_scale_of(backbone, data: TaskData, mode: str = "auto", items: int = SCALE_ITEMS) -> float:
+def feature_scale_of(backbone, data: TaskData | StreamData, mode: str = "auto", items: int = SCALE_ITEMS) -> float:
     """The fixed number a new head multiplies ``backbone``'s features by, from the first ``items`` training
-    items (in eval mode), rounded to 3 significant digits.
+    items (in eval mode; a stream's first items in its source's order), rounded to 3 significant digits.
 
     * ``rms``: the number that brings the features to a root-mean-square of 1;
     * ``auto``: the same for unit-length embeddings (their mean length within 1%), which makes it
@@ -173,7 +177,8 @@ def feature_scale_of(backbone, data: TaskData, mode: str = "auto", items: int = 
     backbone.eval()
     try:
         with torch.no_grad():
-            batch = backbone.preprocess([data.items[i] for i in range(min(items, len(data)))])
+            first = data.head(items) if is_stream(data) else [data.items[i] for i in range(min(items, len(data)))]
+            batch = backbone.preprocess(first)
             feats = backbone.features(batch, kind).float()
     finally:
         backbone.train(was_training)
@@ -215,6 +220,7 @@ class Finetune(Strategy):
     name = "finetune"
     Config = FinetuneConfig
     defaults = TrainDefaults(epochs=20, lr=1e-4, head_lr=1e-3)
+    streams = True  # gradient steps in the loop; a stream's counts and first items serve prepare()
     generative = True  # trains through a language model's own output layer too (text-generation)
     dense = True  # and a detection or segmentation head on the backbone's feature pyramid
     #: Regularizers a subclass accepts (``None``: every registered one); PEFT methods narrow it.
@@ -275,8 +281,9 @@ class Finetune(Strategy):
                                   f"Examples of names: {', '.join(sorted(names)[:6])}.")
         return frozen
 
-    def prepare(self, backbone, data: TaskData) -> TransferModel:
+    def prepare(self, backbone, data: TaskData | StreamData) -> TransferModel:
         self._check_mixing(data)
+        self._check_stream_options(data)
         self.class_weight_ = class_weights_for(self.config.class_weight, data)
         model = super().prepare(backbone, data)
         self._scale_features(model, data)
@@ -330,6 +337,16 @@ class Finetune(Strategy):
         if data.task_spec.spatial_targets and resolve_policy(c.augment) != "none" and self.kind != "scratch":
             raise ConfigError(f"augment={c.augment!r} moves images without their {data.task_spec.target_kind}; "
                               f"{data.task} augments both together (flip, zoom, shift) on its own. Set augment=false.")
+
+    def _check_stream_options(self, data) -> None:
+        """Options that read the whole training set before or after training are refused on a stream."""
+        c = self.config
+        wholesale = {"head_init=probe": c.head_init == "probe", "recalibrate_bn=true": c.recalibrate_bn}
+        named = [k for k, on in wholesale.items() if on]
+        if is_stream(data) and named:
+            raise ConfigError(f"{', '.join(named)} read{'s' if len(named) == 1 else ''} the whole training set in "
+                              f"memory; '{data.name}' is a stream. Leave {' and '.join(k.split('=')[0] for k in named)} "
+                              f"at the default, or read the data whole (without --stream).")
 
     def train_dataset(self, model: TransferModel, data: TaskData):
         """The training items; with ``audio_augment``, their waves changed at random as they are read."""

@@ -19,6 +19,7 @@ from torch import nn
 from transferkit.backbones.base import Backbone
 from transferkit.constraints import NONE, Interval
 from transferkit.data.dataset import TaskData
+from transferkit.data.streaming import StreamData, is_stream
 from transferkit.errors import ConfigError
 from transferkit.tasks import get_task
 from transferkit.strategies.base import (Strategy, StrategyConfig, TrainDefaults, TransferModel, linear_head,
@@ -192,6 +193,7 @@ class LinearProbe(Strategy):
 
     name = "linear-probe"
     Config = LinearProbeConfig
+    streams = True  # a stream's features go to the cache file a batch at a time; the minibatch fit reads them
     # the closed-form fits of fit_linear_head; per-token tasks fit it on every word's features (token_probe.py)
     tasks = ("classification", "multilabel", "regression", "token-classification")
     defaults = TrainDefaults(epochs=1)
@@ -203,7 +205,7 @@ class LinearProbe(Strategy):
         if train.task_spec.feature_kind == "sequence":
             return self._fit_tokens(backbone, train, val, trainer)
         bs = self.config.batch_size
-        if self._streams(backbone, train):
+        if is_stream(train) or self._streams(backbone, train):
             return self._fit_streaming(backbone, train, val, trainer)
         X = extract_features(backbone, train, batch_size=bs)
         vdata = None
@@ -223,9 +225,10 @@ class LinearProbe(Strategy):
             return self.config.streaming
         return not fits_in_memory(len(data), backbone.num_features)
 
-    def _fit_streaming(self, backbone: Backbone, train: TaskData, val: TaskData | None,
+    def _fit_streaming(self, backbone: Backbone, train: TaskData | StreamData, val: TaskData | None,
                        trainer) -> tuple[TransferModel, list[dict]]:
-        """Features written to and read from the cache file a batch at a time (larger than the memory)."""
+        """Features written to and read from the cache file a batch at a time (larger than the memory); a stream's
+        features in its source's order, with its targets from a pass over its labels."""
         from transferkit.data.cache import feature_file
         from transferkit.strategies.linear_probe_stream import fit_streaming_head
 
@@ -237,7 +240,8 @@ class LinearProbe(Strategy):
             raise ConfigError("Fitting a linear probe on features larger than the memory needs a writable feature "
                               "cache folder: set TRANSFERKIT_CACHE to one.")
         vdata = (feature_file(backbone, val, batch_size=bs), val.targets) if val is not None and len(val) else None
-        head, info = fit_streaming_head(train.task, X, train.targets, train.num_outputs, val=vdata,
+        targets = train.targets() if is_stream(train) else train.targets
+        head, info = fit_streaming_head(train.task, X, targets, train.num_outputs, val=vdata,
                                         C=self.config.C, grid=C_GRID, seed=trainer.config.seed)
         return TransferModel(backbone, head, train.task, train.label_names).eval(), [{"epoch": 1, **info}]
 

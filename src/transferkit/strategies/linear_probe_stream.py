@@ -14,12 +14,11 @@ under ``RLIMIT_AS``).
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from torch import nn
 
+from transferkit.data.memory import available_memory
 from transferkit.errors import ConfigError
 from transferkit.strategies.base import linear_head
 from transferkit.tasks import get_task
@@ -29,29 +28,6 @@ __all__ = ["EPOCHS", "fit_streaming_head", "fits_in_memory", "predict_in_chunks"
 EPOCHS = 10
 #: Rows per minibatch: 512, fewer where that would exceed 16 MB of float32 features.
 BATCH = 512
-
-
-def available_memory() -> int:
-    """Bytes this process can still allocate: available memory, and what ``RLIMIT_AS`` leaves of the address space."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        pass
-    if avail is None:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 1 << 40
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-        if soft != resource.RLIM_INFINITY:
-            with open("/proc/self/status") as f:
-                used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
-            avail = min(avail, soft - used)
-    except (ImportError, OSError, StopIteration, ValueError):
-        pass
-    return max(0, avail)
 
 
 def fits_in_memory(rows: int, dim: int) -> bool:

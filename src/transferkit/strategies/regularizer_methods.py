@@ -16,6 +16,7 @@ from torch import nn
 from transferkit.constraints import Interval
 from transferkit.data.batches import to_device
 from transferkit.data.dataset import TaskData
+from transferkit.data.streaming import is_stream
 from transferkit.errors import ConfigError
 from transferkit.strategies.base import ItemDataset, TransferModel
 from transferkit.strategies.regularizer_base import Regularizer, RegularizerOptions, register_regularizer
@@ -180,6 +181,10 @@ class EWC(Regularizer):
 
     def _fisher_data(self, model: TransferModel, train: TaskData) -> TaskData:
         if self.options.fisher_data is None:
+            if is_stream(train):
+                raise ConfigError(f"ewc estimates the Fisher on {self.options.fisher_samples} training items drawn "
+                                  f"from memory; '{train.name}' is a stream. Give fisher_data (a path or built-in "
+                                  f"data set) in regularizer_options, or use l2sp.")
             return train
         from transferkit.data import resolve_data
 

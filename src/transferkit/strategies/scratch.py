@@ -92,6 +92,7 @@ class Scratch(Finetune):
     name = "scratch"
     Config = ScratchConfig
     kind = "scratch"
+    streams = False  # its baselines (small CNN sized from the items, TF-IDF, MFCC + LR) read the data whole
     modalities = ("image", "text", "audio")
     # its baselines pool one vector per item; per-word tags go to the CRF
     tasks = ("classification", "multilabel", "regression", "token-classification", "detection", "segmentation",

@@ -4,11 +4,18 @@ The same code runs on one CPU, one GPU, or several processes
 (``accelerate launch`` / ``torchrun``): Accelerate shards the training batches
 and averages gradients. Validation runs on the full validation set in every
 process, so early-stopping decisions agree without any gathering.
+
+Training data is either indexed (a :class:`TaskData`: Accelerate's sharded,
+shuffled ``DataLoader``) or a stream (a :class:`~transferkit.data.streaming.StreamData`:
+the strategy's :class:`~transferkit.strategies.base.StreamDataset` reads each
+epoch's batches in the stream's seeded order, in one process). The progress
+bar shows epochs and the items trained per second.
 """
 from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
@@ -16,11 +23,14 @@ import torch
 from torch import nn
 
 from transferkit.constraints import NONE, Interval, Options, validate_declared
+from transferkit.data.batches import to_device
 from transferkit.data.dataset import TaskData
+from transferkit.data.streaming import StreamData
 from transferkit.errors import ConfigError
 from transferkit.evaluation.metrics import higher_is_better
 from transferkit.tasks import compute_metrics, primary_metric
-from transferkit.strategies.base import ItemDataset, StepContext, Strategy, TransferModel, predict_outputs
+from transferkit.strategies.base import (ItemDataset, StepContext, Strategy, StreamDataset, TransferModel,
+                                         predict_outputs)
 from transferkit.training.checkpoint import Checkpointer, LoopState
 
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -198,7 +208,7 @@ class Trainer:
             return max(epochs, math.ceil(floor / steps_per_epoch))
         return epochs
 
-    def fit(self, strategy: Strategy, model: TransferModel, train: TaskData,
+    def fit(self, strategy: Strategy, model: TransferModel, train: TaskData | StreamData,
             val: TaskData | None) -> tuple[TransferModel, list[dict]]:
         """Train ``model`` with ``strategy``; restore the best validation checkpoint if validating."""
         from accelerate.utils import set_seed
@@ -208,9 +218,12 @@ class Trainer:
         epochs, lr, head_lr = self.resolved(strategy)
         dataset = strategy.train_dataset(model, train)
         g = torch.Generator().manual_seed(cfg.seed)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                             collate_fn=dataset.collate, generator=g,
-                                             drop_last=len(dataset) > cfg.batch_size and len(dataset) % cfg.batch_size == 1)
+        if isinstance(dataset, StreamDataset):
+            loader = self._stream_loader(dataset, train)
+        else:
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate, generator=g,
+                drop_last=len(dataset) > cfg.batch_size and len(dataset) % cfg.batch_size == 1)
         groups = _decay_split(strategy.param_groups(model, lr, head_lr), cfg.weight_decay)
         if not groups:
             raise ConfigError(f"Strategy '{strategy.name}' left no parameter to train.")
@@ -224,7 +237,10 @@ class Trainer:
                                                         total_steps=max(steps, 1), pct_start=max(cfg.warmup, 0.01))
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.schedule, steps, warm))
-        wrapped, optimizer, loader, sched = acc.prepare(model, optimizer, loader, sched)
+        if isinstance(loader, StreamDataset):  # read in this process, moved to the device batch by batch
+            wrapped, optimizer, sched = acc.prepare(model, optimizer, sched)
+        else:
+            wrapped, optimizer, loader, sched = acc.prepare(model, optimizer, loader, sched)
         val_ds = ItemDataset(val, model.backbone.preprocess) if val is not None and len(val) else None
         ctx = StepContext(total_steps=max(steps, 1), epochs=epochs, accumulation=cfg.grad_accum,
                           world_size=acc.num_processes)
@@ -237,6 +253,15 @@ class Trainer:
         finally:
             acc.end_training()
             acc.trackers = []  # a later fit() on this Trainer starts a fresh run
+
+    def _stream_loader(self, dataset: StreamDataset, train: StreamData) -> StreamDataset:
+        """A stream's batches, read in this one process with the loop's batch size and seed."""
+        if self.accelerator.num_processes > 1:
+            raise ConfigError(f"A streamed training set ('{train.name}') is read by one process; this run has "
+                              f"{self.accelerator.num_processes}. Run it without accelerate launch / torchrun, or "
+                              f"read the data whole (without --stream).")
+        dataset.batch_size, dataset.seed = self.config.batch_size, self.config.seed
+        return dataset
 
     def _start_tracking(self, strategy, model, epochs, lr, head_lr, steps) -> None:
         cfg, acc = self.config, self.accelerator
@@ -267,7 +292,7 @@ class Trainer:
             wrapped.train()
             strategy.on_epoch_start(model, epoch, epochs)
             ctx.epoch = epoch
-            row = self._epoch(strategy, wrapped, optimizer, loader, sched, ctx, run)
+            row = self._epoch(strategy, wrapped, optimizer, loader, sched, ctx, run, bar)
             row["epoch"] = epoch + 1
             if val_ds is not None:
                 outputs = predict_outputs(model, val, dataset=val_ds)
@@ -306,11 +331,21 @@ class Trainer:
         if self.checkpoint is not None:
             self.checkpoint.save(self.accelerator, run)
 
-    def _epoch(self, strategy, wrapped, optimizer, loader, sched, ctx: StepContext, run: LoopState) -> dict:
+    def _batches(self, loader, epoch: int, skip: int):
+        """The epoch's batches after the first ``skip`` (a resumed epoch), on the device."""
+        if isinstance(loader, StreamDataset):
+            device = self.accelerator.device
+            return (to_device(batch, device) for batch in loader.epoch(epoch, skip=skip))
+        return self.accelerator.skip_first_batches(loader, skip) if skip else loader
+
+    def _epoch(self, strategy, wrapped, optimizer, loader, sched, ctx: StepContext, run: LoopState,
+               bar: "_progress | None" = None) -> dict:
         cfg, acc = self.config, self.accelerator
         totals, n = run.totals, run.batch  # a resumed epoch goes on from its checkpoint
         every = cfg.checkpoint_every if self.checkpoint is not None else None
-        for batch in acc.skip_first_batches(loader, n) if n else loader:
+        for batch in self._batches(loader, ctx.epoch, n):
+            if bar is not None:
+                bar.items(_batch_items(batch))
             with acc.accumulate(wrapped):
                 batch["inputs"] = strategy.augment(batch["inputs"])
                 with acc.autocast():
@@ -338,18 +373,39 @@ class Trainer:
         return {("train_" + k if k == "loss" else k): v / max(n, 1) for k, v in totals.items()}
 
 
+def _batch_items(batch: dict) -> int:
+    """How many items a training batch holds (its targets, else its inputs' first dimension)."""
+    x = batch.get("targets")
+    if x is None:
+        x = batch.get("inputs")
+    if isinstance(x, dict):
+        x = next(iter(x.values()), ())
+    try:
+        return len(x)
+    except TypeError:
+        return 0
+
+
 class _progress:
-    """A rich progress bar over epochs, silent when disabled."""
+    """A rich progress bar over epochs with the items trained per second, silent when disabled."""
 
     def __init__(self, enabled: bool, total: int, label: str, done: int = 0):
         self.p = None
+        self.seen, self.start = 0, time.perf_counter()
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                              TimeElapsedColumn(), transient=True)
+            self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rate]}"),
+                              TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=True)
             self.p.start()
-            self.t = self.p.add_task(label, total=total, completed=done, info="")
+            self.t = self.p.add_task(label, total=total, completed=done, info="", rate="")
+
+    def items(self, n: int) -> None:
+        """Count ``n`` more items trained; the rate is over the whole run so far."""
+        self.seen += n
+        if self.p is not None:
+            rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
+            self.p.update(self.t, rate=f"{rate:,.0f} items/s")
 
     def update(self, row: dict) -> None:
         if self.p is not None:

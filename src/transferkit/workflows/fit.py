@@ -19,6 +19,8 @@ from transferkit.backbones.base import Backbone
 from transferkit.data import (align_to_label_names, auto_val_fraction, check_two_classes, resolve_data,
                               sample_per_class, subsample, train_val_split)
 from transferkit.data.dataset import TaskData
+from transferkit.data.resolve import is_streamed, prepare_stream
+from transferkit.data.streaming import StreamData, is_stream
 from transferkit.errors import ConfigError, DataError
 from transferkit.export.bundle import Predictor, check_writable, load, read_manifest, rebuild_model, save_bundle
 from transferkit.strategies import Strategy, TransferModel
@@ -29,8 +31,9 @@ from transferkit.workflows.baselines import check_transfer_against_scratch
 from transferkit.workflows.options import (DataOptions, DomainOptions, FairnessOptions, FitOptions, PretrainOptions,
                                            fold_options)
 from transferkit.workflows.resume import checkpointing, run_settings
-from transferkit.workflows.runs import (Run, check_fairness_data, fairness_metrics, is_main_process, resolve_backbone,
-                                        resolve_strategy, scored_split, train_and_score, wait_for_everyone)
+from transferkit.workflows.runs import (Run, check_fairness_data, check_fit_options, check_stream_options,
+                                        fairness_metrics, is_main_process, resolve_backbone, resolve_strategy,
+                                        scored_split, train_and_score, wait_for_everyone)
 
 __all__ = ["DataOptions", "DomainOptions", "FairnessOptions", "FitResult", "PretrainOptions", "evaluate", "fit",
            "lr_find", "prepare_data", "rebuild"]
@@ -49,12 +52,16 @@ class FitResult:
 
 def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int | None = None,
                  val_fraction: float | None = None, seed: int = 0, max_test: int | None = None,
-                 strict_labels: bool = True, **data_options) -> tuple[TaskData, TaskData | None, TaskData | None]:
+                 strict_labels: bool = True, stream: bool = False,
+                 **data_options) -> tuple[TaskData | StreamData, TaskData | None, TaskData | None]:
     """Resolve ``data`` to (train, validation, test) with a seeded per-class draw and split.
 
     A given ``val_data`` is used as the validation set (no split is held out). ``val_fraction=None``
     is the tiny-data protocol (:func:`~transferkit.data.auto_val_fraction`): a 20% split only where
     every class keeps 10 validation items or there is no test split, else all labels train.
+
+    Streamed training data (``stream=True``: tar shards, a ``datasets.IterableDataset``, ...) comes back as a
+    :class:`~transferkit.data.streaming.StreamData`, neither drawn from nor split (:func:`~transferkit.data.resolve.prepare_stream`).
 
     Raises:
         DataError: bad data (named by file and row), or classification training data with a single class
@@ -68,7 +75,9 @@ def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int |
     """
     if val_fraction is not None and not 0 <= val_fraction < 1:
         raise ConfigError(f"The 'val_fraction' parameter must be a float in [0, 1). Got {val_fraction!r} instead.")
-    train, test = resolve_data(data, test_data=test_data, **data_options)
+    train, test = resolve_data(data, test_data=test_data, stream=stream, **data_options)
+    if is_stream(train):
+        return prepare_stream(train, test, val_data, labels_per_class, val_fraction, max_test, data_options)
     check_two_classes(train)
     if labels_per_class is not None:
         if labels_per_class < 1:
@@ -169,7 +178,9 @@ def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linea
     if out is not None:
         check_writable(out, overwrite)
     train_set, val, test = _prepare(data, opts)
-    _check_fit_options(train_set, scored_split(val, test), opts.fairness.sensitive_column, check_transfer)
+    if is_stream(train_set):
+        check_stream_options(train_set, opts, auto is not None, check_transfer)
+    check_fit_options(train_set, scored_split(val, test), opts.fairness.sensitive_column, check_transfer)
     bb_options = {"image_size": opts.data.image_size, "max_length": opts.data.max_length, "pretrained": pretrained,
                   "drop_path": drop_path, "vad": opts.data.vad or None}
     searched = None
@@ -233,19 +244,8 @@ def _prepare(data, opts: FitOptions) -> tuple[TaskData, TaskData | None, TaskDat
     return prepare_data(data, test_data=d.test_data, labels_per_class=d.labels_per_class,
                         val_fraction=d.val_fraction, val_data=d.val_data, seed=opts.train.seed,
                         text_column=d.text_column, label_column=d.label_column, max_test=d.max_test,
-                        sensitive_column=opts.fairness.sensitive_column,
+                        sensitive_column=opts.fairness.sensitive_column, stream=d.stream or is_streamed(data),
                         **({"task": d.task} if d.task is not None else {}))
-
-
-def _check_fit_options(train: TaskData, scored: TaskData | None, sensitive_column: str | None,
-                       check_transfer: bool) -> None:
-    """Refuse, before any training, fairness metrics without groups and a transfer check it cannot judge."""
-    task = get_task(train.task)
-    if sensitive_column is not None or (train.sensitive is not None and task.single_label):
-        check_fairness_data(sensitive_column or train.sensitive_name or "sensitive", train, scored)
-    if check_transfer and task.has_labels and not task.single_label and task.target_kind != "per-token":
-        raise ConfigError(f"check_transfer supports classification, regression and token classification; for "
-                          f"{train.task} data run transferkit compare, which judges transfer over seeds.")
 
 
 def _manifest(backbone, strategy: Strategy, config: TrainConfig, train: TaskData, val, test, labels_per_class,
@@ -259,6 +259,7 @@ def _manifest(backbone, strategy: Strategy, config: TrainConfig, train: TaskData
         "data": {"name": train.name, "source": train.source, "fingerprint": train.fingerprint(),
                  "n_train": len(train), "n_val": len(val) if val is not None else 0,
                  "n_test": len(test) if test is not None else 0, "labels_per_class": labels_per_class,
+                 **({"streamed": True} if is_stream(train) else {}),
                  **({"sensitive_column": train.sensitive_name} if train.sensitive is not None else {})},
         "metrics": run.metrics, "history": run.history, "train_seconds": round(run.seconds, 2),
     }

@@ -95,8 +95,14 @@ class DataOptions:
     task: str | None = field(default=None, metadata={
         "help": "what the data's targets are, where a file could be read as several: e.g. segmentation or "
                 "instance-segmentation for a COCO JSON file (default: detected from the data)"})
+    stream: bool = field(default=False, metadata={
+        "help": "read the training data as a stream, a batch at a time, instead of whole: Parquet/JSONL/CSV "
+                "files or a save_to_disk folder through datasets' streaming, or an image folder (tar shards "
+                "always stream); classes come from one pass over the labels"})
 
     def __post_init__(self) -> None:
+        if not isinstance(self.stream, bool):
+            raise ConfigError(f"The 'stream' parameter of DataOptions must be a bool. Got {self.stream!r} instead.")
         for name in ("labels_per_class", "max_test", "max_length"):
             _check_int("DataOptions", name, getattr(self, name))
         _check_int("DataOptions", "image_size", self.image_size, high=MAX_IMAGE_SIZE)

@@ -10,19 +10,25 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from transferkit.backbones import load_backbone
 from transferkit.backbones.base import Backbone
 from transferkit.data.dataset import TaskData
+from transferkit.data.streaming import StreamData
 from transferkit.errors import ConfigError
 from transferkit.strategies import Strategy, TransferModel, make_strategy
 from transferkit.tasks import compute_metrics, get_task
 from transferkit.training import TrainConfig, Trainer
 from transferkit.training.loop import distributed_state
 
-__all__ = ["Run", "check_fairness_data", "fairness_metrics", "is_main_process", "resolve_backbone",
+if TYPE_CHECKING:
+    from transferkit.workflows.options import FitOptions
+
+__all__ = ["Run", "check_fairness_data", "check_fit_options", "check_stream_options",
+           "fairness_metrics", "is_main_process", "resolve_backbone",
            "resolve_strategy", "scored_split", "table_width", "train_and_score", "wait_for_everyone"]
 
 
@@ -173,6 +179,32 @@ def check_fairness_data(sensitive_column: str, train: TaskData, scored: TaskData
     for split in (train, scored):
         if split is not None and (split is train or split.sensitive is not None):
             check_sensitive(split.sensitive, len(split), split.sensitive_name or sensitive_column, where=split.name)
+
+
+def check_stream_options(train: StreamData, opts: FitOptions, auto: bool, check_transfer: bool) -> None:
+    """Refuse, before any training, what reads the training data whole and so cannot take a stream."""
+    wholesale = {"strategy 'auto' (its search cross-validates on the training labels)": auto,
+                 "check_transfer (the scratch baselines train in memory)": check_transfer,
+                 "lr='auto' (the finder's range test)": opts.lr_auto,
+                 "pre-training (--pretrain)": opts.pretraining.active,
+                 "domain adaptation (target_data)": (opts.domain.target_data is not None
+                                                     or opts.domain.target_labelled_data is not None)}
+    named = [k for k, on in wholesale.items() if on]
+    if named:
+        raise ConfigError(f"'{train.name}' is streamed, and {'; '.join(named)} need{'s' if len(named) == 1 else ''} "
+                          f"the training data whole. Drop {'it' if len(named) == 1 else 'them'}, or read the data "
+                          f"whole (without --stream).")
+
+
+def check_fit_options(train: TaskData, scored: TaskData | None, sensitive_column: str | None,
+                       check_transfer: bool) -> None:
+    """Refuse, before any training, fairness metrics without groups and a transfer check it cannot judge."""
+    task = get_task(train.task)
+    if sensitive_column is not None or (train.sensitive is not None and task.single_label):
+        check_fairness_data(sensitive_column or train.sensitive_name or "sensitive", train, scored)
+    if check_transfer and task.has_labels and not task.single_label and task.target_kind != "per-token":
+        raise ConfigError(f"check_transfer supports classification, regression and token classification; for "
+                          f"{train.task} data run transferkit compare, which judges transfer over seeds.")
 
 
 def scored_split(val, test) -> TaskData | None:

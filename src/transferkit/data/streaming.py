@@ -1,0 +1,254 @@
+"""Training data read as it goes: :class:`StreamData`, the streaming counterpart of :class:`TaskData`.
+
+``fit`` trains on a stream without holding its items: each epoch reads the items from their source
+(tar shards, a Hugging Face ``datasets`` stream, an image folder; :mod:`transferkit.data.stream_sources`)
+a batch at a time, decodes them then, and forgets them after the step.
+
+**The label set is discovered in one cheap pass.** Opening a stream reads its labels only (a tar shard's
+``.cls`` members, a dataset's label column; no image is decoded): the pass counts the items (the
+learning-rate schedule needs the steps of an epoch), counts each class (two are needed, as for in-memory
+data; ``class_weight=balanced`` reads the counts) and checks every label, so a bad label is named before
+training starts. Where the source declares its classes (a ``ClassLabel`` feature, ``classes.txt`` beside
+tar shards, class folders), those names in that order index the targets and integer labels are indices
+into them; otherwise the classes are the labels found, sorted as :func:`~transferkit.data.encode_labels`
+sorts them.
+
+**Order.** An epoch visits the shards in an order drawn from ``(seed, epoch)`` and passes the items
+through a shuffle buffer of ``shuffle_buffer`` items (seeded the same way); ``shuffle_buffer=0`` with one
+shard reads the items in file order, which makes a streamed fit repeat an in-memory one that visits the
+items in that order. The buffer holds encoded items (bytes or paths), decoded only in the batch.
+
+Example:
+    >>> stream = open_stream("shards/{000..009}.tar")        # doctest: +SKIP
+    >>> len(stream), stream.label_names[:3]                   # doctest: +SKIP
+    (50000, ['airplane', 'automobile', 'bird'])
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from transferkit.data.adapters_labels import _check_class_label, _class_index, _label_key, _sort_names
+from transferkit.data.stream_sources import StreamSource, open_source
+from transferkit.errors import DataError
+from transferkit.tasks import Task, get_task
+
+__all__ = ["DEFAULT_SHUFFLE_BUFFER", "StreamData", "is_stream", "open_stream"]
+
+#: Items the shuffle buffer holds by default (encoded: bytes or paths).
+DEFAULT_SHUFFLE_BUFFER = 1024
+
+
+def is_stream(data: Any) -> bool:
+    """Whether ``data`` is a :class:`StreamData` (training data read as it goes)."""
+    return isinstance(data, StreamData)
+
+
+@dataclass
+class StreamData:
+    """Labelled training data for one classification task, read from its source a batch at a time.
+
+    Built by :func:`open_stream`, which makes the label pass. It answers what :class:`TaskData` answers
+    about the data (modality, task, label names, name, source, length, fingerprint) but has no
+    ``items`` or ``targets``: :meth:`batches` reads them.
+
+    Attributes:
+        reader: where the items come from (:class:`~transferkit.data.stream_sources.StreamSource`).
+        label_names: the classes; targets index them.
+        label_counts: items per class (from the label pass).
+        by_index: integer labels are indices into ``label_names`` (the source declared its classes).
+        shuffle_buffer: items the shuffle buffer holds (0: the source's order, shards still shuffled).
+    """
+
+    reader: StreamSource
+    label_names: list[str]
+    label_counts: np.ndarray
+    by_index: bool = False
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    task: str = "classification"
+    _lookup: dict = field(default_factory=dict, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._lookup = {n: k for k, n in enumerate(self.label_names)}
+
+    @property
+    def modality(self) -> str:
+        return self.reader.modality
+
+    @property
+    def name(self) -> str:
+        return self.reader.name
+
+    @property
+    def source(self) -> str:
+        return self.reader.origin
+
+    @property
+    def sensitive(self) -> None:
+        """Streams carry no sensitive attribute (fairness strategies read it from in-memory data)."""
+        return None
+
+    def __len__(self) -> int:
+        return int(self.label_counts.sum())
+
+    @property
+    def task_spec(self) -> Task:
+        return get_task(self.task)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.task_spec.num_outputs(self.label_names)
+
+    def target(self, label: Any, where: str) -> int:
+        """The class index of a raw label, or a :class:`DataError` naming ``where``."""
+        _check_class_label(label, where)
+        return _class_index(label, self.label_names, self._lookup, self.by_index, where)
+
+    def fingerprint(self) -> str:
+        """A sha256 over the source (files by path, size and mtime), the classes and their counts."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(f"stream|{self.modality}|{self.task}|{self.label_names}|{self.label_counts.tolist()}".encode())
+            for part in self.reader.fingerprint_parts():
+                h.update(part.encode("utf-8", "surrogatepass") + b"\x00")
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def records(self, seed: int = 0, epoch: int = 0) -> Iterator[tuple[Any, Any, str]]:
+        """``(encoded item, raw label, where)`` of every item, in the epoch's order (see the module docstring)."""
+        rng = random.Random(f"{seed}:{epoch}")
+        shards = list(range(self.reader.num_shards))
+        if len(shards) > 1:
+            rng.shuffle(shards)
+        records = (r for s in shards for r in self.reader.records(s))
+        if self.shuffle_buffer <= 1:
+            yield from records
+            return
+        buffer: list = []
+        for record in records:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(record)
+                continue
+            k = rng.randrange(len(buffer))
+            yield buffer[k]
+            buffer[k] = record
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0,
+                skip: int = 0) -> Iterator[tuple[list, np.ndarray]]:
+        """``(decoded items, int64 targets)`` per batch of the epoch, after the first ``skip`` batches.
+
+        A last batch of one item is dropped when there are more items than ``batch_size`` (BatchNorm cannot
+        train on one item), as the in-memory loop does. Skipped batches are read but not decoded.
+        """
+        n = len(self)
+        drop_single = n > batch_size and n % batch_size == 1
+        chunk: list = []
+        done = 0
+        for record in self.records(seed, epoch):
+            chunk.append(record)
+            if len(chunk) < batch_size:
+                continue
+            if done >= skip:
+                yield self._decode(chunk)
+            done += 1
+            chunk = []
+        if chunk and not (drop_single and len(chunk) == 1) and done >= skip:
+            yield self._decode(chunk)
+
+    def in_order(self, batch_size: int) -> Iterator[tuple[list, np.ndarray]]:
+        """``(decoded items, int64 targets)`` of every item in the source's order (what feature extraction reads)."""
+        chunk: list = []
+        for record in self._source_order():
+            chunk.append(record)
+            if len(chunk) == batch_size:
+                yield self._decode(chunk)
+                chunk = []
+        if chunk:
+            yield self._decode(chunk)
+
+    def targets(self) -> np.ndarray:
+        """The class index of every item in the source's order, from a pass over the labels only."""
+        return np.fromiter((self.target(label, where) for label, where in self.reader.labels()), dtype=np.int64)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        n = len(self)
+        full, rest = divmod(n, batch_size)
+        return full + (1 if rest and not (n > batch_size and rest == 1) else 0)
+
+    def head(self, n: int) -> list:
+        """The first ``n`` items in the source's order, decoded (what a strategy measures features on)."""
+        out: list = []
+        for record in self._source_order():
+            if len(out) >= n:
+                break
+            out.append(record)
+        return self._decode(out)[0] if out else []
+
+    def _source_order(self) -> Iterator[tuple[Any, Any, str]]:
+        return (r for s in range(self.reader.num_shards) for r in self.reader.records(s))
+
+    def _decode(self, chunk: list) -> tuple[list, np.ndarray]:
+        items = [self.reader.decode(item, where) for item, _, where in chunk]
+        targets = np.fromiter((self.target(label, where) for _, label, where in chunk), dtype=np.int64,
+                              count=len(chunk))
+        return items, targets
+
+
+def open_stream(data: Any, *, text_column: str | None = None, image_column: str | None = None,
+                label_column: str | None = "label", shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> StreamData:
+    """Open ``data`` as a stream and make the label pass.
+
+    Args:
+        data: tar shards (a path, a glob, or a brace pattern such as ``shards/{000..009}.tar``; WebDataset's
+            layout: ``KEY.jpg``/``KEY.png``/... or ``KEY.txt`` with ``KEY.cls``), a Hugging Face
+            ``datasets.IterableDataset``, a folder written by ``Dataset.save_to_disk``, Parquet / JSONL /
+            CSV files (or a folder of them) read with ``datasets``' ``streaming=True``, or an image folder.
+        text_column, image_column, label_column: the columns of a ``datasets`` source.
+        shuffle_buffer: items in the shuffle buffer (0: the source's order).
+
+    Raises:
+        DataError: no such files, a bad shard or label (named by shard and member, or row), a sample without
+            its item or label, fewer than two classes.
+    """
+    if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
+        raise DataError(f"The 'shuffle_buffer' parameter must be an int in [0, inf). Got {shuffle_buffer!r} instead.")
+    reader = open_source(data, text_column=text_column, image_column=image_column, label_column=label_column)
+    declared = reader.declared_labels
+    counts: dict[str, int] = {}
+    raw_declared: dict[int, int] = {}
+    lookup = {n: k for k, n in enumerate(declared or [])}
+    for label, where in reader.labels():
+        _check_class_label(label, where)
+        if declared is not None:
+            k = _class_index(label, declared, lookup, True, where)
+            raw_declared[k] = raw_declared.get(k, 0) + 1
+        else:
+            key = _label_key(label)
+            counts[key] = counts.get(key, 0) + 1
+    if declared is not None:
+        names = list(declared)
+        tally = np.array([raw_declared.get(k, 0) for k in range(len(names))], dtype=np.int64)
+    else:
+        names = _sort_names(set(counts))
+        tally = np.array([counts[n] for n in names], dtype=np.int64)
+    _check_two_classes(reader, names, tally)
+    return StreamData(reader, names, tally, by_index=declared is not None, shuffle_buffer=shuffle_buffer)
+
+
+def _check_two_classes(reader: StreamSource, names: list[str], counts: np.ndarray) -> None:
+    used = [(n, int(c)) for n, c in zip(names, counts) if c > 0]
+    if len(used) >= 2:
+        return
+    if not used:
+        raise DataError(f"{reader.origin}: no labelled items; classification needs at least 2 classes.")
+    raise DataError(f"{reader.origin}: classification needs at least 2 classes; found only {used[0][0]!r} "
+                    f"({used[0][1]} items).")
+
