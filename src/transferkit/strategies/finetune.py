@@ -33,6 +33,7 @@ from torch import nn
 from transferkit.constraints import NONE, Interval, Options
 from transferkit.data.batches import run_batches
 from transferkit.data.dataset import TaskData
+from transferkit.data.packing import PackedDataset
 from transferkit.errors import ConfigError
 from transferkit.strategies import regularizers
 from transferkit.strategies.augment import (POLICIES, ImageAugment, mix_batch, random_shift_flip,  # noqa: F401
@@ -87,6 +88,10 @@ class FinetuneConfig(StrategyConfig):
         "help": "weight of the penalty (None: the regularizer's default)"})
     regularizer_options: dict = field(default_factory=dict, metadata={
         "help": "the regularizer's options, e.g. {temperature: 2} for lwf (transferkit.strategies.regularizers)"})
+    packing: bool = field(default=False, metadata={
+        "help": "text-generation: pack several prompt/completion pairs into each training row of up to max_length "
+                "tokens (less padding; positions restart and attention stays within each pair; batch_size counts "
+                "rows, so an epoch has fewer steps)"})
     detector: str | None = field(default=None, metadata={
         "help": f"detection data: the detector on the backbone's pyramid, one of {', '.join(DETECTORS)} "
                 f"(None: {DETECTORS[0]}); other tasks refuse it"})
@@ -272,6 +277,7 @@ class Finetune(Strategy):
 
     def prepare(self, backbone, data: TaskData) -> TransferModel:
         self._check_mixing(data)
+        self._check_packing(backbone, data)
         self.class_weight_ = class_weights_for(self.config.class_weight, data)
         model = super().prepare(backbone, data)
         self._scale_features(model, data)
@@ -326,8 +332,24 @@ class Finetune(Strategy):
             raise ConfigError(f"augment={c.augment!r} moves images without their {data.task_spec.target_kind}; "
                               f"{data.task} augments both together (flip, zoom, shift) on its own. Set augment=false.")
 
+    def _check_packing(self, backbone, data: TaskData) -> None:
+        """``packing`` needs a task whose items are token sequences, and a model that keeps packed pairs apart."""
+        if not self.config.packing:
+            return
+        if not data.task_spec.packable:
+            raise ConfigError(f"packing=true joins several prompt/completion pairs into one training row; "
+                              f"'{data.name}' is {data.task} data. Set packing=false.")
+        isolates = getattr(backbone, "packing_isolates_pairs", None)
+        if isolates is None or not isolates():
+            raise ConfigError(f"packing=true: the attention of '{backbone.spec}' crosses the pairs of a packed row "
+                              f"(its logits for a pair packed after another differ from its logits alone), so each "
+                              f"pair would read the ones before it. Set packing=false.")
+
     def train_dataset(self, model: TransferModel, data: TaskData):
-        """The training items; with ``audio_augment``, their waves changed at random as they are read."""
+        """The training items (packed into rows with ``packing``); with ``audio_augment``, their waves changed at
+        random as they are read."""
+        if self.config.packing:
+            return PackedDataset(data, model.backbone.preprocess)
         dataset = super().train_dataset(model, data)
         if self.config.audio_augment:
             from transferkit.backbones.audio import WaveAugment
