@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from transferkit.export.bundle import load
 from transferkit.export.serve import create_app
 
-MODALITIES = ("image", "tabular", "text")
+MODALITIES = ("image", "tabular", "text", "text-generation")
 #: Small limits keep generated requests cheap; they are what the schema states.
 LIMITS = {"max_items": 8, "max_body_bytes": 200_000, "max_text_chars": 500}
 
@@ -45,6 +45,16 @@ def bundles(tmp_path_factory, request):
                 X = rng.normal(size=(30, 4)).astype(np.float32)
                 made[modality] = _fit(from_arrays(X, (X[:, 0] > 0).astype(int)), "mlp:8", "finetune",
                                       root / modality)
+            elif modality == "text-generation":  # the tiny random Llama prompted as it is: /predict/stream too
+                from transferkit.backbones import load_backbone
+                from transferkit.data.adapters_generation import from_pairs
+                from transferkit.export.bundle import save_bundle
+                from transferkit.strategies import make_strategy
+
+                backbone = load_backbone(f"causal:{request.getfixturevalue('tiny_llama')}", max_length=64)
+                model, _ = make_strategy("zero-shot").fit(backbone, from_pairs(["Hi?"], ["Hello."]), None, None)
+                model.generation = {"max_new_tokens": 4, "temperature": 0.0, "stop": []}
+                made[modality] = save_bundle(model, root / modality, {})
             else:
                 tiny_bert = request.getfixturevalue("tiny_bert")
                 texts, labels = tiny_texts(4)
@@ -59,25 +69,36 @@ def app(request, bundles):
     return create_app(load(bundles(request.param)), **LIMITS)
 
 
+def _posts(app) -> list[str]:
+    """The POST paths of the app: /predict, and /predict/stream for text generation."""
+    return [path for path, ops in app.openapi()["paths"].items() if "post" in ops]
+
+
 def test_the_openapi_examples_are_answered(app):
     with TestClient(app) as client:
         schema = client.get("/openapi.json").json()
-        content = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
-        examples = list(content["schema"].get("examples", []))
-        examples += [e["value"] for e in content.get("examples", {}).values()]
-        assert examples
-        for example in examples:
-            r = client.post("/predict", json=example)
-            assert r.status_code == 200, (example, r.text)
-            assert len(r.json()["predictions"]) == len(next(iter(example.values())))
+        for path in _posts(app):
+            content = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+            examples = list(content["schema"].get("examples", []))
+            examples += [e["value"] for e in content.get("examples", {}).values()]
+            assert examples
+            for example in examples:
+                r = client.post(path, json=example)
+                assert r.status_code == 200, (path, example, r.text)
+                if path == "/predict":
+                    assert len(r.json()["predictions"]) == len(next(iter(example.values())))
+                else:  # server-sent events ending with the whole answer
+                    assert r.text.rstrip().splitlines()[-1].startswith('data: {"done": true')
 
 
 def test_the_schema_states_the_limits(app):
     schema = app.openapi()
-    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    inputs = next(s for s in body["properties"]["inputs"]["anyOf"] if s.get("type") == "array")
-    assert inputs["maxItems"] == LIMITS["max_items"] and body["additionalProperties"] is False
-    assert set(schema["paths"]["/predict"]["post"]["responses"]) >= {"200", "400", "413", "415", "422", "503"}
+    for path in _posts(app):
+        body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        inputs = next(s for s in body["properties"]["inputs"]["anyOf"] if s.get("type") == "array")
+        max_items = LIMITS["max_items"] if path == "/predict" else 1  # one prompt per stream
+        assert inputs["maxItems"] == max_items and body["additionalProperties"] is False
+        assert set(schema["paths"][path]["post"]["responses"]) >= {"200", "400", "413", "415", "422", "503"}
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
@@ -91,8 +112,8 @@ def test_generated_requests_never_get_a_server_error(app, mode):
     from schemathesis.generation.modes import GenerationMode
 
     api = schemathesis.openapi.from_asgi("/openapi.json", app)
-    strategies = [api[path][method].as_strategy(generation_mode=GenerationMode(mode))
-                  for path, method in (("/predict", "POST"), ("/health", "GET"), ("/metadata", "GET"))]
+    paths = [(path, "POST") for path in _posts(app)] + [("/health", "GET"), ("/metadata", "GET")]
+    strategies = [api[path][method].as_strategy(generation_mode=GenerationMode(mode)) for path, method in paths]
     seen = []
 
     @given(case=st.one_of(strategies))

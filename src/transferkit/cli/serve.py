@@ -43,7 +43,10 @@ def serve_command(
                                  rich_help_panel="Scaling out"),
     address: Optional[str] = ADDRESS_OPTION,
 ) -> None:
-    """Serve BUNDLE over HTTP: POST /predict, GET /health, GET /metadata, docs at /docs."""
+    """Serve BUNDLE over HTTP: POST /predict, GET /health, GET /metadata, docs at /docs.
+
+    Text-generation bundles also answer POST /predict/stream: one prompt's text as server-sent events.
+    """
     from transferkit.errors import ConfigError
     from transferkit.export.serve import create_app, load_predictor
     from transferkit.workflows.engine import check_engine

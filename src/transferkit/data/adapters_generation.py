@@ -29,7 +29,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from transferkit.backbones.causal_lm import CHAT_ROLES
+from transferkit.backbones.causal_text import CHAT_ROLES
 from transferkit.data.adapters_tables import read_table
 from transferkit.data.dataset import TaskData
 from transferkit.errors import DataError

@@ -19,14 +19,17 @@ not match its manifest (:mod:`transferkit.export.bundle_checks`).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from transferkit.backbones import load_backbone
-from transferkit.errors import BundleError, MissingWeightsError, TransferkitError
+from transferkit.data.batches import module_device
+from transferkit.errors import BundleError, ConfigError, MissingWeightsError, TransferkitError
 from transferkit.export.bundle_checks import (BUNDLE_FORMAT, FILES_DIR, FORMAT_VERSION, MANIFEST, WEIGHTS,
                                               check_manifest, check_outputs, check_tensors, hash_files, load_weights,
                                               one_line, read_header, verify_files)
@@ -300,6 +303,27 @@ class Predictor:
             return predict_outputs(self.model, data, batch_size=batch_size)
 
     predict_proba = outputs
+
+    def stream(self, item: Any, on_text: Callable[[str], None], cancel: threading.Event | None = None) -> str:
+        """Text generation: the answer to one prompt, handed to ``on_text`` piece by piece as it is generated
+        (what ``serve``'s ``POST /predict/stream`` sends); returns the whole answer, as :meth:`predict` gives it.
+        Setting ``cancel`` ends the generation at its next token.
+
+        Raises:
+            ConfigError: the model's task answers whole predictions only.
+            DataError: the prompt is empty or longer than the model's context.
+
+        Example:
+            >>> tk.load("runs/synopsis").stream("Summarise: ...", lambda piece: print(piece, end=""))  # doctest: +SKIP
+        """
+        task = get_task(self.task)
+        if not task.streams:
+            raise ConfigError(f"{self.task} models answer whole predictions: use predict. Streaming is for tasks "
+                              f"that make theirs piece by piece ({', '.join(n for n in TASKS.names() if TASKS.get(n).streams)}).")
+        inputs = self.model.backbone.preprocess(task.prepare_items([item]))
+        device = module_device(self.model)
+        with torch.inference_mode():
+            return task.stream(self.model, {k: v.to(device) for k, v in inputs.items()}, on_text, cancel)
 
     def predict(self, items: Sequence, batch_size: int = 64) -> list:
         """Label names (classification), lists of label names (multi-label) or floats (regression)."""

@@ -10,6 +10,8 @@ Endpoints:
   per item, in order: ``{"label", "probabilities"}`` (classification),
   ``{"labels", "probabilities"}`` (multi-label, labels over 0.5) or
   ``{"value"}`` (regression).
+* ``POST /predict/stream`` (text-generation models): one prompt's generated text as server-sent
+  events, piece by piece as it is made (:func:`add_stream_endpoint`).
 * ``GET /health``: ``{"status": "ok"}``.
 * ``GET /metadata``: labels, task, modality, backbone, strategy, metrics,
   limits, and the ``serving`` counters (requests, batches, items per batch).
@@ -46,6 +48,7 @@ transferkit never imports them. This module deliberately does not use
 ``from __future__ import annotations``: FastAPI reads the endpoint annotations
 at runtime, and ``Request`` is imported inside :func:`create_app`.
 """
+import dataclasses
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -249,9 +252,12 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_
             items = await read_items(request, spec, limits, predict_request)
             outputs = await (submit or batcher.submit)(items)
             return {"predictions": format_predictions(outputs, predictor.task, predictor.label_names, items)}
-        batcher.stats.timed_out += 1
-        raise Overloaded(f"No answer within the request timeout of {request_timeout_s:g} s: the service is busy.",
-                         batcher.retry_after_s())
+        raise _missed_deadline(batcher, request_timeout_s)
+
+    from transferkit.tasks import get_task
+
+    if get_task(predictor.task).streams and hasattr(predictor, "stream"):
+        add_stream_endpoint(app, predictor, spec, limits, batcher, request_timeout_s)
 
     @app.get("/health", response_model=m.Health, summary="Liveness")
     async def health():
@@ -275,6 +281,78 @@ def create_app(predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_
         return JSONResponse({"detail": f"Internal server error ({type(exc).__name__})."}, status_code=500)
 
     return app
+
+
+def _sse(data: dict, event: str | None = None) -> str:
+    """One server-sent event: an optional ``event:`` line and a JSON ``data:`` line."""
+    import json
+
+    return (f"event: {event}\n" if event else "") + f"data: {json.dumps(data)}\n\n"
+
+
+def add_stream_endpoint(app, predictor, spec: ModelInputs, limits: RequestLimits, batcher: MicroBatcher,
+                        request_timeout_s: float) -> None:
+    """``POST /predict/stream``: one prompt's generated text as server-sent events, as it is made.
+
+    The request is the one ``/predict`` takes, limited to one item, read and checked the same way: a bad
+    request, a full queue or a missed deadline gets the same 4xx or 503 answer, before the stream starts. The
+    generation runs on the model thread between micro-batches, as one pending item. Events: ``data:
+    {"delta": text}`` for each new piece, then ``data: {"done": true, "text": answer}`` (the answer
+    ``/predict`` gives); a failure after the stream began, or the request's deadline passing, ends it with
+    ``event: error`` and ``data: {"detail": ...}``. A client that goes away stops the generation.
+    """
+    import anyio
+    from fastapi import Request
+    from fastapi.responses import StreamingResponse
+
+    async def events(first: tuple, rest, deadline: float):
+        try:
+            kind, value = first
+            while kind == "piece":
+                yield _sse({"delta": value})
+                with anyio.move_on_after(max(deadline - anyio.current_time(), 0)) as scope:
+                    kind, value = await anext(rest)
+                if scope.cancelled_caught:
+                    batcher.stats.timed_out += 1
+                    yield _sse({"detail": f"The generation did not finish within the request timeout of "
+                                          f"{request_timeout_s:g} s; the text so far was sent."}, "error")
+                    return
+            yield _sse({"done": True, "text": value})
+        except TransferkitError as exc:
+            yield _sse({"detail": clip(str(exc))}, "error")
+        except Exception as exc:  # noqa: BLE001 - the status line is sent: the stream ends with an error event
+            log.error("unexpected error while streaming", exc_info=exc)
+            yield _sse({"detail": f"Internal server error ({type(exc).__name__})."}, "error")
+        finally:
+            await rest.aclose()
+
+    ok = {"description": "Server-sent events: `data: {\"delta\": ...}` per new piece of text, then "
+                         "`data: {\"done\": true, \"text\": ...}`; `event: error` ends a stream that failed "
+                         "after it began.", "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    one = dataclasses.replace(limits, max_items=1)
+    stream_request = request_model(spec, one)
+    openapi = _predict_openapi(stream_request.model_json_schema(), schemas())
+    openapi["openapi_extra"]["requestBody"]["content"].pop("multipart/form-data")
+
+    @app.post("/predict/stream", response_class=StreamingResponse, responses={200: ok, **openapi["responses"]},
+              openapi_extra=openapi["openapi_extra"], summary="Generate text for one prompt, streamed as it is made")
+    async def predict_stream(request: Request):
+        batcher.check_capacity()
+        deadline = anyio.current_time() + request_timeout_s
+        with anyio.move_on_after(request_timeout_s):
+            items = await read_items(request, spec, one, stream_request)
+            rest = batcher.stream(lambda emit, cancel: predictor.stream(items[0], emit, cancel))
+            first = await anext(rest)  # the first piece or the answer: errors before any text answer as /predict's
+            return StreamingResponse(events(first, rest, deadline), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        raise _missed_deadline(batcher, request_timeout_s)
+
+
+def _missed_deadline(batcher: MicroBatcher, request_timeout_s: float) -> Overloaded:
+    """The 503 of a request that got no answer within its deadline (counted in the stats)."""
+    batcher.stats.timed_out += 1
+    return Overloaded(f"No answer within the request timeout of {request_timeout_s:g} s: the service is busy.",
+                      batcher.retry_after_s())
 
 
 def _describe(manifest: dict) -> dict:

@@ -20,11 +20,13 @@ Example:
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -151,6 +153,56 @@ class MicroBatcher:
         finally:  # answered, failed or cancelled (the client's deadline): no longer pending
             self.pending -= len(items)
             self._jobs.discard(job)
+            if not self.pending and self._idle is not None:
+                self._idle.set()
+
+    async def stream(self, run: Callable[[Callable[[str], None], threading.Event], Any]) -> AsyncIterator[tuple[str, Any]]:
+        """Run ``run(emit, cancel)`` on the model thread as one item of work, and yield what it makes as it goes:
+        ``("piece", text)`` for each ``emit(text)``, then ``("end", result)``; an error of ``run`` is raised here.
+
+        It waits its turn behind the model calls already started, counts as one pending item (the queue's
+        bound and :meth:`drain` see it), and is counted in the stats as a batch of one. Closing the iterator
+        early (the client went away, a deadline) sets ``cancel``: ``run`` should stop soon after.
+
+        Raises:
+            Overloaded: the queue is full, or the batcher is draining.
+        """
+        self.check_capacity(1)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(kind: str, value: Any) -> None:  # from the model thread
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def body() -> None:
+            if cancel.is_set():  # closed while it waited for the model thread: nothing to make
+                return
+            start = time.perf_counter()
+            try:
+                result = run(lambda text: put("piece", text), cancel)
+            except Exception as exc:  # noqa: BLE001 - handed to the request, as a batch's error is
+                put("error", exc)
+            else:
+                put("end", (result, time.perf_counter() - start))
+
+        self.pending += 1
+        try:
+            loop.run_in_executor(self._executor, body)
+            while True:
+                kind, value = await queue.get()
+                if kind == "error":
+                    self.stats.failed_batches += 1
+                    raise value
+                if kind == "end":
+                    result, seconds = value
+                    self.stats.record(1, 1, seconds)
+                    yield kind, result
+                    return
+                yield kind, value
+        finally:
+            cancel.set()
+            self.pending -= 1
             if not self.pending and self._idle is not None:
                 self._idle.set()
 

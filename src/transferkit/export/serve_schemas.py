@@ -93,11 +93,13 @@ def request_model(spec: ModelInputs, limits: RequestLimits):
     else:
         inputs_type = items(text, "Texts.")
 
+    examples = [e for e in request_examples(spec) if all(len(v) <= limits.max_items for v in e.values())]
+
     class PredictRequest(BaseModel):
         """Give exactly one of ``inputs``, ``texts`` or ``images``."""
 
         model_config = ConfigDict(extra="forbid", json_schema_extra={  # exactly one field, in the schema too
-            "minProperties": 1, "maxProperties": 1, "examples": request_examples(spec)})
+            "minProperties": 1, "maxProperties": 1, "examples": examples})
         inputs: inputs_type | None = None
         texts: texts_type | None = None
         images: images_type | None = None

@@ -34,6 +34,7 @@ from transferkit.constraints import NONE, Interval, Options
 from transferkit.data.batches import run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.data.streaming import StreamData, is_stream
+from transferkit.data.packing import PackedDataset
 from transferkit.errors import ConfigError
 from transferkit.strategies import regularizers
 from transferkit.strategies.augment import (POLICIES, ImageAugment, mix_batch, random_shift_flip,  # noqa: F401
@@ -88,6 +89,10 @@ class FinetuneConfig(StrategyConfig):
         "help": "weight of the penalty (None: the regularizer's default)"})
     regularizer_options: dict = field(default_factory=dict, metadata={
         "help": "the regularizer's options, e.g. {temperature: 2} for lwf (transferkit.strategies.regularizers)"})
+    packing: bool = field(default=False, metadata={
+        "help": "text-generation: pack several prompt/completion pairs into each training row of up to max_length "
+                "tokens (less padding; positions restart and attention stays within each pair; batch_size counts "
+                "rows, so an epoch has fewer steps)"})
     detector: str | None = field(default=None, metadata={
         "help": f"detection data: the detector on the backbone's pyramid, one of {', '.join(DETECTORS)} "
                 f"(None: {DETECTORS[0]}); instance-segmentation: mask-rcnn (its only one); other tasks refuse it"})
@@ -284,6 +289,7 @@ class Finetune(Strategy):
     def prepare(self, backbone, data: TaskData | StreamData) -> TransferModel:
         self._check_mixing(data)
         self._check_stream_options(data)
+        self._check_packing(backbone, data)
         self.class_weight_ = class_weights_for(self.config.class_weight, data)
         model = super().prepare(backbone, data)
         self._scale_features(model, data)
@@ -348,8 +354,24 @@ class Finetune(Strategy):
                               f"memory; '{data.name}' is a stream. Leave {' and '.join(k.split('=')[0] for k in named)} "
                               f"at the default, or read the data whole (without --stream).")
 
+    def _check_packing(self, backbone, data: TaskData) -> None:
+        """``packing`` needs a task whose items are token sequences, and a model that keeps packed pairs apart."""
+        if not self.config.packing:
+            return
+        if not data.task_spec.packable:
+            raise ConfigError(f"packing=true joins several prompt/completion pairs into one training row; "
+                              f"'{data.name}' is {data.task} data. Set packing=false.")
+        isolates = getattr(backbone, "packing_isolates_pairs", None)
+        if isolates is None or not isolates():
+            raise ConfigError(f"packing=true: the attention of '{backbone.spec}' crosses the pairs of a packed row "
+                              f"(its logits for a pair packed after another differ from its logits alone), so each "
+                              f"pair would read the ones before it. Set packing=false.")
+
     def train_dataset(self, model: TransferModel, data: TaskData):
-        """The training items; with ``audio_augment``, their waves changed at random as they are read."""
+        """The training items (packed into rows with ``packing``); with ``audio_augment``, their waves changed at
+        random as they are read."""
+        if self.config.packing:
+            return PackedDataset(data, model.backbone.preprocess)
         dataset = super().train_dataset(model, data)
         if self.config.audio_augment:
             from transferkit.backbones.audio_augment import WaveAugment

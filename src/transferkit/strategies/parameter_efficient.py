@@ -217,6 +217,9 @@ class PromptConfig(PeftConfig):
         if self.target_modules:
             raise ConfigError(f"{type(self).__name__}: 'target_modules' does not apply: virtual tokens enter at the "
                               f"input (prompt tuning) or in every attention layer (prefix tuning).")
+        if self.packing:
+            raise ConfigError(f"{type(self).__name__}: 'packing' does not apply: the virtual tokens lead each row, so "
+                              f"in a packed row only its first pair would follow them. Set packing=false.")
 
 
 class _PromptLearning(ParameterEfficient):

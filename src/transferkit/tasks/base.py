@@ -60,6 +60,10 @@ class Task:
         pipeline_tags: modality -> Hugging Face Hub pipeline tag.
         spatial_targets: targets are tied to pixel positions (boxes, masks); see :meth:`augment`.
         min_train_steps: the fewest optimizer steps the loop takes when no ``epochs`` are given (0: none).
+        packable: training items are token sequences that may be packed several to a row (the ``packing``
+            option of the fine-tuning strategies, :mod:`transferkit.data.packing`).
+        streams: a prediction can be handed out piece by piece as it is made (:meth:`stream`; ``serve``'s
+            ``POST /predict/stream``).
     """
 
     name: ClassVar[str] = ""
@@ -83,6 +87,8 @@ class Task:
     #: The fewest optimizer steps the training loop takes on this task when the user gives no ``epochs``: the
     #: strategy's default epochs are raised until they reach it (0: epochs alone set the length of a run).
     min_train_steps: ClassVar[int] = 0
+    packable: ClassVar[bool] = False
+    streams: ClassVar[bool] = False
 
     # -- targets ---------------------------------------------------------------
     def num_outputs(self, label_names: Sequence[str] | None) -> int:
@@ -179,6 +185,11 @@ class Task:
         """The raw outputs of one preprocessed batch at prediction time: ``model(inputs)`` by default;
         a generative task decodes autoregressively instead (see :meth:`postprocess` for what follows)."""
         return model(inputs)
+
+    def stream(self, model: nn.Module, inputs: Any, on_text: Any, cancel: Any = None) -> Any:
+        """One item's prediction handed to ``on_text`` piece by piece as it is made (tasks whose :attr:`streams`
+        is set); returns the whole prediction. Other tasks answer whole predictions only."""
+        raise NotImplementedError(f"{self.name} does not stream its predictions")
 
     def prepare_items(self, items: Sequence) -> Sequence:
         """Raw items as ``predict`` and ``serve`` receive them -> the items the backbone reads (identity by default;

@@ -5,7 +5,7 @@ next token: the ``source-output`` head on ``logits`` features), and the task is 
 label masking: a training item is the prompt followed by its completion, and the
 loss reads only the completion's tokens (-100 elsewhere; the backbone's
 preprocessing builds the ``labels``, see
-:class:`~transferkit.backbones.causal_lm.CausalPreprocess`). Prediction decodes
+:class:`~transferkit.backbones.causal_text.CausalPreprocess`). Prediction decodes
 autoregressively (:meth:`TextGeneration.infer`): greedy by default, settings in the
 model's ``generation`` dict (``max_new_tokens``, ``temperature``, ``stop``).
 
@@ -20,7 +20,8 @@ with the model at hand, the perplexity of the reference completions (:meth:`Text
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferkit.backbones.causal_lm import cut_at_stop
 from transferkit.errors import ConfigError, DataError
 from transferkit.tasks.base import IGNORE_INDEX, Task, check_text_targets, text_target_bytes
 
@@ -72,6 +74,39 @@ def check_prompt(item: Any, where: str) -> dict:
     return {"prompt": text}
 
 
+class StreamedText:
+    """A generation's text as it streams, released so that the pieces join to the whole answer :meth:`TextGeneration.infer`
+    gives: nothing from a stop string on, nor what may start one (the last ``len(longest stop) - 1`` characters wait
+    for the next piece), and no surrounding spaces (trailing ones wait for the text after them).
+
+    Example:
+        >>> s = StreamedText(["\\n"])
+        >>> [s.push(p) for p in [" Hello", "  world ", "\\nmore"]], s.stopped, s.sent
+        (['Hello', '  world', ''], True, 'Hello  world')
+    """
+
+    def __init__(self, stop: Sequence[str]):
+        self.stop, self.hold = list(stop), max((len(s) for s in stop), default=1) - 1
+        self.text, self.sent, self.stopped = "", "", False
+
+    def push(self, chunk: str) -> str:
+        """Take the next decoded piece; return the text it makes safe to send (``""``: none yet)."""
+        self.text += chunk
+        cut = cut_at_stop(self.text, self.stop)
+        self.stopped = len(cut) < len(self.text)
+        return self._release(cut if self.stopped else self.text[:len(self.text) - self.hold])
+
+    def finish(self) -> str:
+        """The generation ended: the rest of the answer."""
+        return self._release(cut_at_stop(self.text, self.stop))
+
+    def _release(self, upto: str) -> str:
+        ready = upto.strip()
+        assert ready.startswith(self.sent), (ready, self.sent)  # the released text only grows
+        new, self.sent = ready[len(self.sent):], ready
+        return new
+
+
 class TextGeneration(Task):
     """Continue a prompt (summaries, answers, rewrites): completion-only loss, ROUGE-L / chrF / exact match."""
 
@@ -83,6 +118,8 @@ class TextGeneration(Task):
     target_kind = "text"
     pipeline_tags = {"text": "text-generation"}
     metric_names = ("rougeL", "chrf", "exact_match")
+    packable = True
+    streams = True
 
     # -- targets ---------------------------------------------------------------
     def num_outputs(self, label_names: Sequence[str] | None) -> int:
@@ -128,16 +165,41 @@ class TextGeneration(Task):
             return outputs.sum() * 0.0  # nothing to learn in this batch (never from the preprocessing)
         return F.cross_entropy(outputs[:, :-1][keep].float(), labels[keep].long(), label_smoothing=label_smoothing)
 
-    def infer(self, model: nn.Module, inputs: Any) -> np.ndarray:
-        """Generated text per prompt (the backbone's ``generate``, with the model's ``generation`` settings)."""
+    @staticmethod
+    def _generator(model: nn.Module) -> tuple[Any, dict]:
+        """The model's backbone, which must generate, and the model's decoding settings."""
         backbone = getattr(model, "backbone", None)
         if not hasattr(backbone, "generate"):
             raise ConfigError(f"text-generation needs a causal language model (causal:smollm2, causal:PATH); "
                               f"'{getattr(backbone, 'spec', backbone)}' does not generate.")
-        settings = check_generation(getattr(model, "generation", None) or {})
+        return backbone, check_generation(getattr(model, "generation", None) or {})
+
+    def infer(self, model: nn.Module, inputs: Any) -> np.ndarray:
+        """Generated text per prompt (the backbone's ``generate``, with the model's ``generation`` settings)."""
+        backbone, settings = self._generator(model)
         out = np.empty(len(inputs["input_ids"]), dtype=object)
         out[:] = backbone.generate(inputs, **settings)
         return out
+
+    def stream(self, model: nn.Module, inputs: Any, on_text: Callable[[str], None],
+               cancel: threading.Event | None = None) -> str:
+        """The answer to one prompt (``inputs``: a batch of one), handed to ``on_text`` piece by piece as it is
+        generated; returns the whole answer, the text :meth:`infer` gives (the pieces join to it, see
+        :class:`StreamedText`). Setting ``cancel`` ends the generation at its next token (what was sent stays)."""
+        backbone, settings = self._generator(model)
+        text = StreamedText(settings["stop"])
+
+        def piece(chunk: str) -> None:
+            new = text.push(chunk)
+            if new:
+                on_text(new)
+
+        backbone.generate(inputs, **settings, on_text=piece,
+                          should_stop=lambda: text.stopped or (cancel is not None and cancel.is_set()))
+        tail = text.finish()
+        if tail:
+            on_text(tail)
+        return text.sent
 
     # -- outputs ---------------------------------------------------------------
     def postprocess(self, outputs: Any, inputs: Any = None) -> np.ndarray:
