@@ -98,7 +98,7 @@ def test_compute_metrics_dispatch():
     assert m["accuracy"] == pytest.approx(2 / 3) and "log_loss" in m
     assert compute_metrics("regression", [1.0, 2.0], np.array([[1.0], [2.0]]))["mse"] == 0.0
     assert compute_metrics("multilabel", [[1, 0]], [[0.9, 0.1]])["subset_accuracy"] == 1.0
-    with pytest.raises(UnknownNameError, match="Unknown task .keypoints.. Available: classification, detection, multilabel"):
+    with pytest.raises(UnknownNameError, match="Unknown task .keypoints.. Available: classification, detection, instance-segmentation, multilabel"):
         compute_metrics("keypoints", [0], [[1.0]])
 
 
