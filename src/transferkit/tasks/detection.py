@@ -132,6 +132,27 @@ def spatial_augment(inputs: torch.Tensor, boxes: list[dict] | None = None, masks
             torch.stack(out_masks) if masks is not None else None)
 
 
+def coco_inputs(y_true: Any, outputs: Any, mask=None) -> tuple[list[dict], list[dict]]:
+    """torchmetrics ``MeanAveragePrecision`` inputs: predicted boxes (fractions of the image) scaled to its pixels,
+    gold boxes as given; with ``mask(rle, (h, w))``, each side's masks too (predictions hold RLE, gold arrays)."""
+    if len(y_true) != len(outputs):
+        raise DataError(f"{len(y_true)} annotated images but {len(outputs)} predictions.")
+    preds, gold = [], []
+    for t, p in zip(y_true, outputs):
+        h, w = t["size"]
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        preds.append({"boxes": torch.as_tensor(p["boxes"], dtype=torch.float32).reshape(-1, 4) * scale,
+                      "scores": torch.as_tensor(p["scores"], dtype=torch.float32),
+                      "labels": torch.as_tensor(p["labels"], dtype=torch.long)})
+        gold.append({"boxes": torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4),
+                     "labels": torch.as_tensor(t["labels"], dtype=torch.long)})
+        if mask is not None:
+            masks = [mask(rle, (h, w)) for rle in p["masks"]]
+            preds[-1]["masks"] = torch.from_numpy(np.stack(masks) if masks else np.zeros((0, h, w), np.uint8)).bool()
+            gold[-1]["masks"] = torch.as_tensor(t["masks"]).bool()
+    return preds, gold
+
+
 def _object_array(rows: list) -> np.ndarray:
     out = np.empty(len(rows), dtype=object)
     out[:] = rows
@@ -256,18 +277,8 @@ class Detection(Task):
         """COCO evaluation (torchmetrics ``MeanAveragePrecision``, pycocotools backend) in each image's pixels."""
         from torchmetrics.detection import MeanAveragePrecision
 
-        if len(y_true) != len(outputs):
-            raise DataError(f"{len(y_true)} annotated images but {len(outputs)} predictions.")
         names = list(label_names or [])
-        preds, gold = [], []
-        for t, p in zip(y_true, outputs):
-            h, w = t["size"]
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-            preds.append({"boxes": torch.as_tensor(p["boxes"], dtype=torch.float32).reshape(-1, 4) * scale,
-                          "scores": torch.as_tensor(p["scores"], dtype=torch.float32),
-                          "labels": torch.as_tensor(p["labels"], dtype=torch.long)})
-            gold.append({"boxes": torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4),
-                         "labels": torch.as_tensor(t["labels"], dtype=torch.long)})
+        preds, gold = coco_inputs(y_true, outputs)
         out = {"map_50": 0.0, "map": 0.0, "map_75": 0.0, "mar_100": 0.0, "n": len(gold),
                "objects": int(sum(len(g["labels"]) for g in gold))}
         if not gold or not out["objects"]:

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from transferkit.errors import DataError
-from transferkit.tasks.detection import (SHOW_SCORE, Detection, _object_array, _rows, box_target, image_size,
-                                        spatial_augment)
+from transferkit.tasks.detection import (SHOW_SCORE, Detection, _object_array, _rows, box_target, coco_inputs,
+                                        image_size, spatial_augment)
 
 #: A pixel belongs to a predicted object when the mask branch's probability is at least this (torchvision's 0.5).
 MASK_THRESHOLD = 0.5
@@ -165,21 +165,8 @@ class InstanceSegmentation(Detection):
         """COCO evaluation of the masks and the boxes (torchmetrics, pycocotools backend) in each image's pixels."""
         from torchmetrics.detection import MeanAveragePrecision
 
-        if len(y_true) != len(outputs):
-            raise DataError(f"{len(y_true)} annotated images but {len(outputs)} predictions.")
         names = list(label_names or [])
-        preds, gold = [], []
-        for t, p in zip(y_true, outputs):
-            h, w = t["size"]
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-            masks = [decode_mask(rle, (h, w)) for rle in p["masks"]]
-            preds.append({"boxes": torch.as_tensor(p["boxes"], dtype=torch.float32).reshape(-1, 4) * scale,
-                          "scores": torch.as_tensor(p["scores"], dtype=torch.float32),
-                          "labels": torch.as_tensor(p["labels"], dtype=torch.long),
-                          "masks": torch.from_numpy(np.stack(masks) if masks else np.zeros((0, h, w), np.uint8)).bool()})
-            gold.append({"boxes": torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4),
-                         "labels": torch.as_tensor(t["labels"], dtype=torch.long),
-                         "masks": torch.as_tensor(t["masks"]).bool()})
+        preds, gold = coco_inputs(y_true, outputs, mask=decode_mask)
         out = {k: 0.0 for k in ("mask_map_50", "mask_map", "mask_map_75", "box_map_50", "box_map")}
         out.update({"n": len(gold), "objects": int(sum(len(g["labels"]) for g in gold))})
         if not gold or not out["objects"]:
