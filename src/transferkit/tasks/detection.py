@@ -153,6 +153,31 @@ def coco_inputs(y_true: Any, outputs: Any, mask=None) -> tuple[list[dict], list[
     return preds, gold
 
 
+def coco_metrics(y_true: Any, outputs: Any, label_names: Sequence[str] | None, keys: dict[str, str],
+                 per_class: tuple[str, str], iou_type: str | tuple[str, ...] = "bbox", mask=None) -> dict:
+    """COCO evaluation with torchmetrics' ``MeanAveragePrecision`` (pycocotools backend): ``keys`` maps our metric
+    names to its result's (0 where nothing can be scored), ``per_class`` names its per-class result and our prefix
+    for each class's AP; ``n`` images and ``objects`` gold objects besides."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    names = list(label_names or [])
+    preds, gold = coco_inputs(y_true, outputs, mask)
+    out = {k: 0.0 for k in keys}
+    out.update({"n": len(gold), "objects": int(sum(len(g["labels"]) for g in gold))})
+    if not gold or not out["objects"]:
+        return out
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type=iou_type, class_metrics=True, backend="pycocotools")
+    metric.update(preds, gold)
+    result = metric.compute()
+    for ours, theirs in keys.items():
+        out[ours] = max(0.0, float(result[theirs]))  # -1: nothing to score
+    classes = result["classes"].reshape(-1).tolist()
+    for c, ap in zip(classes, result[per_class[0]].reshape(-1).tolist()):
+        if ap >= 0:
+            out[f"{per_class[1]}{names[c] if c < len(names) else c}"] = float(ap)
+    return out
+
+
 def _object_array(rows: list) -> np.ndarray:
     out = np.empty(len(rows), dtype=object)
     out[:] = rows
@@ -275,24 +300,8 @@ class Detection(Task):
     # -- evaluation ------------------------------------------------------------
     def metrics(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> dict:
         """COCO evaluation (torchmetrics ``MeanAveragePrecision``, pycocotools backend) in each image's pixels."""
-        from torchmetrics.detection import MeanAveragePrecision
-
-        names = list(label_names or [])
-        preds, gold = coco_inputs(y_true, outputs)
-        out = {"map_50": 0.0, "map": 0.0, "map_75": 0.0, "mar_100": 0.0, "n": len(gold),
-               "objects": int(sum(len(g["labels"]) for g in gold))}
-        if not gold or not out["objects"]:
-            return out
-        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
-        metric.update(preds, gold)
-        result = metric.compute()
-        for key in ("map_50", "map", "map_75", "mar_100"):
-            out[key] = max(0.0, float(result[key]))  # -1: nothing to score
-        classes = result["classes"].reshape(-1).tolist()
-        for c, ap in zip(classes, result["map_per_class"].reshape(-1).tolist()):
-            if ap >= 0:
-                out[f"ap_{names[c] if c < len(names) else c}"] = float(ap)
-        return out
+        return coco_metrics(y_true, outputs, label_names, {k: k for k in ("map_50", "map", "map_75", "mar_100")},
+                            ("map_per_class", "ap_"))
 
     # -- shipping --------------------------------------------------------------
     # The exported graph stops at every location's (FCOS) or anchor's (RetinaNet) decoded box and class scores:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from transferkit.errors import DataError
-from transferkit.tasks.detection import (SHOW_SCORE, Detection, _object_array, _rows, box_target, coco_inputs,
+from transferkit.tasks.detection import (SHOW_SCORE, Detection, _object_array, _rows, box_target, coco_metrics,
                                         image_size, spatial_augment)
 
 #: A pixel belongs to a predicted object when the mask branch's probability is at least this (torchvision's 0.5).
@@ -163,26 +163,10 @@ class InstanceSegmentation(Detection):
     # -- evaluation ------------------------------------------------------------
     def metrics(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> dict:
         """COCO evaluation of the masks and the boxes (torchmetrics, pycocotools backend) in each image's pixels."""
-        from torchmetrics.detection import MeanAveragePrecision
-
-        names = list(label_names or [])
-        preds, gold = coco_inputs(y_true, outputs, mask=decode_mask)
-        out = {k: 0.0 for k in ("mask_map_50", "mask_map", "mask_map_75", "box_map_50", "box_map")}
-        out.update({"n": len(gold), "objects": int(sum(len(g["labels"]) for g in gold))})
-        if not gold or not out["objects"]:
-            return out
-        metric = MeanAveragePrecision(box_format="xyxy", iou_type=("bbox", "segm"), class_metrics=True,
-                                      backend="pycocotools")
-        metric.update(preds, gold)
-        result = metric.compute()
-        for ours, theirs in (("mask_map_50", "segm_map_50"), ("mask_map", "segm_map"), ("mask_map_75", "segm_map_75"),
-                             ("box_map_50", "bbox_map_50"), ("box_map", "bbox_map")):
-            out[ours] = max(0.0, float(result[theirs]))  # -1: nothing to score
-        classes = result["classes"].reshape(-1).tolist()
-        for c, ap in zip(classes, result["segm_map_per_class"].reshape(-1).tolist()):
-            if ap >= 0:
-                out[f"mask_ap_{names[c] if c < len(names) else c}"] = float(ap)
-        return out
+        keys = {"mask_map_50": "segm_map_50", "mask_map": "segm_map", "mask_map_75": "segm_map_75",
+                "box_map_50": "bbox_map_50", "box_map": "bbox_map"}
+        return coco_metrics(y_true, outputs, label_names, keys, ("segm_map_per_class", "mask_ap_"),
+                            iou_type=("bbox", "segm"), mask=decode_mask)
 
     # -- shipping --------------------------------------------------------------
     def export_refusal(self, head: dict) -> str | None:
