@@ -68,6 +68,15 @@ def test_streamed_pieces_join_to_the_cut_and_stripped_answer(text, stop, cuts):
     assert "".join(pieces) == streamed.sent == cut_at_stop(text, stop).strip()
 
 
+def test_a_long_stop_string_is_held_back_while_the_text_is_shorter_than_it():
+    streamed = StreamedText(["ABCDEF"])  # holds back 5 characters: more than the text has after two pieces
+    assert [streamed.push(p) for p in ("xA", "BC")] == ["", ""]
+    assert streamed.push("DEF") == "x" and streamed.stopped and streamed.finish() == ""
+    streamed = StreamedText(["ABCDEF"])
+    assert [streamed.push(p) for p in ("xA", "BC", "DX", "yz")] == ["", "", "x", "AB"]
+    assert streamed.finish() == "CDXyz" and streamed.sent == "xABCDXyz"
+
+
 def test_stream_equals_predict_with_and_without_stop_strings(bundle):
     predictor = load(bundle)
     for prompt in PROMPTS:

@@ -94,7 +94,7 @@ class StreamedText:
         self.text += chunk
         cut = cut_at_stop(self.text, self.stop)
         self.stopped = len(cut) < len(self.text)
-        return self._release(cut if self.stopped else self.text[:len(self.text) - self.hold])
+        return self._release(cut if self.stopped else self.text[:max(0, len(self.text) - self.hold)])
 
     def finish(self) -> str:
         """The generation ended: the rest of the answer."""
