@@ -106,9 +106,10 @@ def join_windows(hidden: torch.Tensor, mask: torch.Tensor, window_item: torch.Te
     ``window_item[w]`` is the clip of window ``w`` (a clip's windows in order); ``K`` is the most windows
     of one clip. Frames of padding windows are masked out.
     """
-    slot = torch.zeros_like(window_item)
-    for w in range(1, len(window_item)):
-        slot[w] = slot[w - 1] + 1 if window_item[w] == window_item[w - 1] else 0
+    owners, slots = window_item.tolist(), [0] * len(window_item)  # plain ints: no device op per window
+    for w in range(1, len(owners)):
+        slots[w] = slots[w - 1] + 1 if owners[w] == owners[w - 1] else 0
+    slot = torch.tensor(slots, dtype=window_item.dtype, device=window_item.device)
     k, (t, d) = int(slot.max()) + 1, hidden.shape[1:]
     out = hidden.new_zeros(items, k, t, d)
     out_mask = mask.new_zeros(items, k, t)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from transferkit.backbones import register_source
-from transferkit.backbones.audio import AudioPreprocess
+from transferkit.backbones.audio import AudioPreprocess, audio_options
 from transferkit.backbones.audio_windows import Window, join_transcripts, join_windows, pause_windows
 from transferkit.backbones.base import Backbone, FeatureSpec
 from transferkit.backbones.ctranslate2 import converted_whisper, tiny_en_config
@@ -224,8 +224,7 @@ class WhisperBackbone(Backbone):
         return transformer_groups(self.model if "model" in self._modules else self.encoder)
 
     def architecture_options(self) -> dict:
-        options = {"max_seconds": self.whisper_encoder.config.max_source_positions / POSITIONS_PER_SECOND,
-                   **({"vad": True} if self.preprocess.vad else {})}
+        options = audio_options(self.preprocess)
         return {**options, "decoder": True} if "model" in self._modules else options
 
     def save_files(self, directory: str | Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.data.memory import available_memory
+from transferkit.data.memory import fits_in_memory_share
 from transferkit.errors import ConfigError
 from transferkit.strategies.base import linear_head
 from transferkit.tasks import get_task
@@ -32,7 +32,7 @@ BATCH = 512
 
 def fits_in_memory(rows: int, dim: int) -> bool:
     """Whether the closed-form fit's float64 copies of ``[rows, dim]`` features take under half the available memory."""
-    return 4 * 8 * rows * dim < available_memory() / 2
+    return fits_in_memory_share(4 * 8 * rows * dim, 0.5)
 
 
 def _moments(features) -> tuple[np.ndarray, np.ndarray]:

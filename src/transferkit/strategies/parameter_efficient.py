@@ -302,7 +302,9 @@ def init_virtual_tokens(backbone: Backbone, init: str, text: str) -> None:
     """Write the initial virtual-token embeddings of the backbone's prompt-tuning wrapper, as PEFT's ``TEXT``
     (``text``'s token ids, cut or repeated to length) and ``SAMPLE_VOCAB`` (random token ids) inits do, but
     with the backbone's tokenizer object (PEFT's ``TEXT`` init loads one by name)."""
-    wrapper = next(m for m in backbone.modules() if hasattr(m, "active_peft_config"))
+    from transferkit.backbones.hf import is_peft_wrapper
+
+    wrapper = next(m for m in backbone.modules() if is_peft_wrapper(m))
     table = wrapper.prompt_encoder[wrapper.active_adapter].embedding.weight
     n, vocab = table.shape[0], wrapper.word_embeddings.weight
     if init == "text":
