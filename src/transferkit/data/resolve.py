@@ -27,20 +27,19 @@ from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, is
 from transferkit.data.builtin import DATASETS, load_dataset
 from transferkit.data.splits import subsample
 from transferkit.data.dataset import TaskData
-from transferkit.data.stream_sources import is_tar_pattern
+from transferkit.data.stream_sources import is_iterable_dataset, is_tar_pattern
 from transferkit.data.streaming import StreamData, open_stream
 from transferkit.tasks import get_task
 from transferkit.errors import ConfigError, DataError, UnknownNameError, unknown_name
 
 
 def _is_hf_dataset(obj: Any) -> bool:
-    return type(obj).__module__.startswith("datasets.") and hasattr(obj, "features") and not is_streamed(obj)
+    return type(obj).__module__.startswith("datasets.") and hasattr(obj, "features")
 
 
 def is_streamed(data: Any) -> bool:
     """Whether ``data`` can only be read as a stream: tar shards, or a ``datasets.IterableDataset``."""
-    return is_tar_pattern(data) or (type(data).__module__.startswith("datasets.")
-                                    and type(data).__name__ == "IterableDataset")
+    return is_tar_pattern(data) or is_iterable_dataset(data)
 
 
 def _from_path(path: Path, columns: dict, task: str | None) -> TaskData:

@@ -349,11 +349,16 @@ class FolderStream(StreamSource):
         return ["folder", *path_parts(self.items)]
 
 
+def is_iterable_dataset(data: Any) -> bool:
+    """Whether ``data`` is a ``datasets.IterableDataset`` (without importing datasets)."""
+    return type(data).__module__.startswith("datasets.") and type(data).__name__ == "IterableDataset"
+
+
 def open_source(data: Any, *, text_column: str | None = None, image_column: str | None = None,
                 label_column: str | None = "label") -> StreamSource:
     """The stream source of ``data`` (see :func:`~transferkit.data.streaming.open_stream`)."""
     columns = {"text_column": text_column, "image_column": image_column, "label_column": label_column}
-    if type(data).__module__.startswith("datasets.") and type(data).__name__ == "IterableDataset":
+    if is_iterable_dataset(data):
         return HFStream(data, **columns)
     if is_tar_pattern(data):
         return TarShards(data)
