@@ -113,8 +113,7 @@ def _without_stacking(name: str, seed: int, case: dict, train, test, found, with
     cfg, bb_options = candidate_settings(win, TrainConfig(seed=seed, progress=False), case["bb"])
     run = train_and_score(win.backbone, make_strategy(win.strategy, win.options or None), train, None, test, cfg,
                           bb_options)
-    found_run = with_stack["seconds"]  # the search and the stacking winner's refit
-    row.update(accuracy=100 * run.metrics["accuracy"], choice=win.label, seconds=found_run - stack.seconds)
+    row.update(accuracy=100 * run.metrics["accuracy"], choice=win.label)
     print(f"{name} seed {seed} auto (stack=0) -> {win.label}: {row['accuracy']:.1f}", flush=True)
     return row
 
