@@ -16,6 +16,12 @@ unpickled, and nothing is downloaded.
 0.5, ends after 100 ms below 0.35, segments shorter than 250 ms are dropped and each is widened by
 30 ms on both sides (never over its neighbour).
 
+Each clip's segments are found once: they are remembered by the clip's samples (a BLAKE2 digest; the
+last 65,536 clips), and a clip trimmed by :func:`trim_silence` is remembered with the segments found in the
+clip it was cut from. So the same training clip is not run again each epoch, and a long recording that is
+trimmed and then cut at pauses for speech recognition, or checked by ``serve`` and then predicted, runs the
+model once.
+
 Example:
     >>> segments = speech_segments(read_audio("clip.wav"))   # doctest: +SKIP
     >>> [(s / 16000, e / 16000) for s, e in segments]         # doctest: +SKIP
@@ -24,6 +30,9 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +49,9 @@ CONTEXT = 64  # samples of the previous frame each frame is read with
 BLOCK = 512  # frames per onnxruntime call (16.4 s)
 THRESHOLD, NEG_THRESHOLD = 0.5, 0.35
 MIN_SPEECH, MIN_SILENCE, PAD = 4000, 1600, 480  # samples: 250 ms, 100 ms, 30 ms
+CACHED_CLIPS = 65536  # segments remembered (a few hundred bytes each)
+_found: OrderedDict[bytes, list[tuple[int, int]]] = OrderedDict()
+_found_lock = threading.Lock()  # serve decodes clips in worker threads
 
 
 def packaged_model() -> Path:
@@ -118,19 +130,51 @@ def segments_from_probabilities(probs: np.ndarray, n_samples: int) -> list[tuple
     return [(int(a), int(b)) for a, b in found]
 
 
+def _key(wave: np.ndarray) -> bytes:
+    """What a clip is remembered by: a digest of its float32 samples (their count included)."""
+    samples = np.ascontiguousarray(wave, dtype=np.float32).reshape(-1)
+    return hashlib.blake2b(samples.view(np.uint8), digest_size=16, person=b"vad-16k").digest()
+
+
+def _remember(key: bytes, found: list[tuple[int, int]]) -> None:
+    with _found_lock:
+        _found[key] = list(found)
+        _found.move_to_end(key)
+        while len(_found) > CACHED_CLIPS:
+            _found.popitem(last=False)
+
+
+def clear_cache() -> None:
+    """Forget the segments found so far."""
+    with _found_lock:
+        _found.clear()
+
+
 def speech_segments(wave: np.ndarray) -> list[tuple[int, int]]:
-    """Where ``wave`` (16 kHz mono) holds speech: ``[(start, stop), ...]`` in samples, in order.
+    """Where ``wave`` (16 kHz mono) holds speech: ``[(start, stop), ...]`` in samples, in order (found once per
+    clip: see the module's docstring).
 
     Raises:
         MissingWeightsError: ``silero-vad`` is not installed.
     """
-    return segments_from_probabilities(speech_probabilities(wave), len(wave))
+    key = _key(wave)
+    with _found_lock:
+        if key in _found:
+            _found.move_to_end(key)
+            return list(_found[key])
+    found = segments_from_probabilities(speech_probabilities(wave), len(wave))
+    _remember(key, found)
+    return found
 
 
 def trim_silence(wave: np.ndarray) -> np.ndarray:
     """``wave`` from the start of its first speech segment to the end of its last (30 ms kept on each side);
-    a clip in which no speech is found is returned whole (a word under noise is kept, not dropped)."""
+    a clip in which no speech is found is returned whole (a word under noise is kept, not dropped). The trimmed
+    clip's segments are remembered: those of ``wave``, shifted."""
     found = speech_segments(wave)
     if not found:
         return wave
-    return wave[found[0][0]:found[-1][1]]
+    start = found[0][0]
+    out = wave[start:found[-1][1]]
+    _remember(_key(out), [(a - start, b - start) for a, b in found])
+    return out

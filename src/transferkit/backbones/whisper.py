@@ -75,18 +75,14 @@ class WhisperSpeechPreprocess(AudioPreprocess):
         return super().__call__(items)
 
     def _training_waves(self, audio) -> list:
-        """The training clips' waves; one over the window is refused, naming it."""
-        waves = self.waves(audio)
-        for i, wave in enumerate(waves):
-            if len(wave) > self.max_samples:
-                where = audio[i] if isinstance(audio[i], str) else f"audio item {i}"
-                raise DataError(f"{where}: the clip is {len(wave) / self.sample_rate:.2f} s, longer than the model's "
-                                f"window of {self.max_seconds:g} s. Speech recognition trains on clips of at most the "
-                                f"window with their transcripts: which words fall in which window of a longer clip "
-                                f"is not known. Cut the recording and its transcript into clips of at most "
-                                f"{self.max_seconds:g} s (predict and serve transcribe long clips: they are cut at "
-                                f"pauses).")
-        return waves
+        """The training clips' waves; one over the window is refused, naming it (:meth:`over_window_hint`)."""
+        return self.waves(audio, windows=False)
+
+    def over_window_hint(self) -> str:
+        """Why a training clip over the window is refused, and what to do (the only clips refused here)."""
+        return ("Speech recognition trains on clips of at most the window with their transcripts: which words fall "
+                "in which window of a longer clip is not known. Cut the recording and its transcript into clips of "
+                f"at most {self.max_seconds:g} s (predict and serve transcribe long clips: they are cut at pauses).")
 
     def split(self, wave) -> list[Window]:
         """A clip over the window: windows cut in the pauses Silero VAD finds (:func:`pause_windows`); where
