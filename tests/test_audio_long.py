@@ -183,6 +183,58 @@ def test_serve_with_vad_refuses_a_clip_whose_speech_is_over_the_window(tmp_path,
                      r.json()["detail"]), r.json()["detail"]
 
 
+@needs_vad
+@needs_espeak
+def test_vad_speech_shortens_the_pauses_inside_a_clip_and_is_kept_in_bundles(tmp_path):
+    from transferkit.backbones import vad
+    from transferkit.errors import ConfigError
+
+    first, second = spoken(tmp_path, "Turn the lights off", name="a"), spoken(tmp_path, "and close the door", name="b")
+    clip = padded(np.concatenate([first, np.zeros(2 * RATE, dtype=np.float32), second]), 1.0, 1.0)
+    vad.clear_cache()
+    found = vad.speech_segments(clip)
+    trimmed, speech = vad.apply_vad(clip, True), vad.apply_vad(clip, "speech")
+    assert len(trimmed) == found[-1][1] - found[0][0]  # the ends go, the pause stays
+    pauses = [c - b for (_, b), (c, _) in zip(found, found[1:])]
+    assert max(pauses) > 2 * RATE  # the 2 s pause, and espeak-ng's own silence around it
+    assert len(speech) == len(trimmed) - sum(p - vad.GAP for p in pauses if p > vad.GAP)  # 0.1 s of each kept
+    kept = vad.speech_segments(speech)  # remembered, where they now lie
+    assert len(kept) == len(found) and all(b - a == d - c for (a, b), (c, d) in zip(kept, found))
+    for (a, b), (c, d) in zip(kept, found):  # the same samples, moved
+        np.testing.assert_array_equal(speech[a:b], clip[c:d])
+    gaps = [c - b for (_, b), (c, _) in zip(kept, kept[1:])]
+    assert max(gaps) == vad.GAP and min(gaps) >= 0, gaps
+    vad.clear_cache()  # the detector run afresh on the joined clip finds the same speech
+    fresh = vad.speech_segments(speech)
+    assert abs(fresh[0][0] - kept[0][0]) < 0.2 * RATE and abs(fresh[-1][1] - kept[-1][1]) < 0.2 * RATE
+    assert vad.apply_vad(0.003 * np.ones(RATE, dtype=np.float32), "speech").size == RATE  # no speech: kept whole
+    # the choice is an option of every audio backbone, in the bundle; True (older bundles) stays trim
+    bb = load_backbone("mfcc", max_seconds=3, vad="speech")
+    assert bb.architecture()["options"] == {"max_seconds": 3.0, "vad": "speech"}
+    assert preprocess_from_config(bb.preprocess.config()).vad == "speech"
+    assert len(speech) < 3 * RATE < len(trimmed) and len(bb.preprocess.waves([clip])[0]) == len(speech)
+    with pytest.raises(DataError, match="longer than the model's window of 3 s"):  # trimmed, the pause stays
+        load_backbone("mfcc", max_seconds=3, vad=True).preprocess([clip])
+    assert load_backbone("mfcc", vad="trim").preprocess.config()["vad"] is True
+    assert preprocess_from_config({"kind": "audio", "n_mels": 40, "features": "log-mel", "vad": True}).vad is True
+    with pytest.raises(ConfigError, match=r"'vad' parameter of audio backbones must be one of off, trim, speech.*"
+                                          r"Got 'pauses'"):
+        load_backbone("mfcc", vad="pauses")
+    root = tmp_path / "words"
+    for text in ("yes", "no"):
+        (root / text).mkdir(parents=True)
+        for k in range(3):
+            two = np.concatenate([spoken(tmp_path, text, name=f"{text}{k}"), np.zeros(RATE, dtype=np.float32),
+                                  spoken(tmp_path, text, name=f"{text}{k}b", speed=150)])
+            sf.write(str(root / text / f"{k}.wav"), padded(two, 0.5 + k / 2, 0.5, seed=k), RATE)
+    r = CliRunner().invoke(app, ["fit", "--backbone", "mfcc", "--strategy", "scratch", "--data", str(root),
+                                 "--vad-speech", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["backbone"]["options"]["vad"] == "speech"
+    assert load(tmp_path / "b").model.backbone.preprocess.vad == "speech"
+
+
 # ---------------------------------------------------------------- windows
 
 def test_overlapping_windows_tile_the_clip_once():

@@ -141,7 +141,7 @@ class WhisperBackbone(Backbone):
     feature_kinds = ("pooled", "sequence")
 
     def __init__(self, spec: str, encoder: nn.Module | None, *, pretrained: bool, model: nn.Module | None = None,
-                 tokenizer=None, vad: bool = False):
+                 tokenizer=None, vad: bool | str = False):
         super().__init__()
         self.spec, self.pretrained = spec, pretrained
         if model is not None:
@@ -346,7 +346,7 @@ def _load(name: str, pretrained: bool, files_dir: Path | None, max_seconds: floa
                  examples=("whisper:tiny.en", "whisper:openai/whisper-base", "whisper:path/to/local/model"),
                  options=("max_seconds", "decoder", "vad"), modality="audio")
 def create_whisper(name: str, *, pretrained: bool = True, files_dir: Path | None = None,
-                   max_seconds: float | None = None, decoder: bool | None = None, vad: bool = False) -> WhisperBackbone:
+                   max_seconds: float | None = None, decoder: bool | None = None, vad: bool | str = False) -> WhisperBackbone:
     """Build ``whisper:NAME``.
 
     Args:
@@ -357,7 +357,8 @@ def create_whisper(name: str, *, pretrained: bool = True, files_dir: Path | None
             and a longer clip is read in windows.
         decoder: keep the decoder and the tokenizer too (what ``speech-recognition`` needs; default: the
             encoder alone).
-        vad: trim the silence before the first and after the last word of every clip (Silero VAD).
+        vad: trim the silence around every clip's words (True or "trim"), or also shorten its inner pauses to
+            0.1 s ("speech"); Silero VAD, :mod:`transferkit.backbones.vad`.
     """
     if decoder is not None and not isinstance(decoder, bool):
         raise ConfigError(f"The 'decoder' parameter of whisper: backbones must be a bool. Got {decoder!r} instead.")

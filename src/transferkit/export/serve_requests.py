@@ -237,9 +237,9 @@ def check_speech_length(wave: np.ndarray, where: str, spec: ModelInputs) -> None
     preprocessing does not run the detector again)."""
     n, kept = len(wave), ""
     if spec.vad:
-        from transferkit.backbones.vad import trim_silence
+        from transferkit.backbones.vad import apply_vad
 
-        n, kept = len(trim_silence(wave)), f" of speech (of {n / spec.sample_rate:.2f} s, silence trimmed)"
+        n, kept = len(apply_vad(wave, spec.vad)), f" of speech (of {n / spec.sample_rate:.2f} s as sent)"
     if n > spec.max_seconds * spec.sample_rate:
         raise RequestError(f"{where} is {n / spec.sample_rate:.2f} s{kept}, longer than the model's window of "
                            f"{spec.max_seconds:g} s; cut it into shorter clips.")
