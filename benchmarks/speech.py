@@ -20,7 +20,7 @@ pair across methods. Methods, all through the library's strategies:
 ``alsa`` (a real-voice check): the same methods trained on ``alsa-channels`` (5 espeak-ng clips of each
 of the 8 channel names, "front left", ...) and scored on the 8 human recordings of alsa-utils.
 ``vad``: keyword spotting with the Whisper probe (2 s window) and MFCC + LR, silence trimmed with
-Silero VAD (the ``vad`` option) or not, written to ``vad.md``. ``augment``: keyword spotting as above with the ``audio_augment`` option on and off (speed, pitch, noise,
+Silero VAD (the ``vad`` option), also shortened inside clips (``vad="speech"``) or not, written to ``vad.md``. ``augment``: keyword spotting as above with the ``audio_augment`` option on and off (speed, pitch, noise,
 shift) for the log-mel CNN and for Whisper fine-tuned through a 2 s window (5 epochs), written to
 ``augment.md``. ``speakers``: speaker identification over the 96 voices (``espeak-speakers``: 5 of each voice's 8
 training words per seed; the 384 test clips are the 4 words no voice said in training). Its methods:
@@ -70,6 +70,9 @@ METHODS = {
                                                       ("whisper:tiny.en", {"max_seconds": 2})),
     "whisper probe (2 s window) + vad": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 2, "vad": True})),
     "mfcc + LR + vad": ("scratch", {"variant": "mfcc", "vad": True}, None),
+    "whisper probe (2 s window) + vad speech": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 2,
+                                                                                        "vad": "speech"})),
+    "mfcc + LR + vad speech": ("scratch", {"variant": "mfcc", "vad": "speech"}, None),
 }
 #: Epochs of methods whose default schedule is too long for the shared CPU (the cut is stated in the notes).
 EPOCHS = {"whisper finetune (2 s window)": 5, "whisper finetune (2 s window) + audio_augment": 5}
@@ -81,7 +84,9 @@ PAIRS = {"keywords": _WORD_PAIRS, "alsa": _WORD_PAIRS,
                       ("resemblyzer probe", "whisper probe (2 s window)"), *_WORD_PAIRS],
          "augment": [("log-mel CNN + audio_augment", "log-mel CNN"),
                      ("whisper finetune (2 s window) + audio_augment", "whisper finetune (2 s window)")],
-         "vad": [("whisper probe (2 s window) + vad", "whisper probe (2 s window)"), ("mfcc + LR + vad", "mfcc + LR")]}
+         "vad": [("whisper probe (2 s window) + vad", "whisper probe (2 s window)"), ("mfcc + LR + vad", "mfcc + LR"),
+                 ("whisper probe (2 s window) + vad speech", "whisper probe (2 s window) + vad"),
+                 ("mfcc + LR + vad speech", "mfcc + LR + vad")]}
 PARTS = {"keywords": "espeak-keywords", "alsa": "alsa-channels", "speakers": "espeak-speakers",
          "augment": "espeak-keywords", "vad": "espeak-keywords"}
 CLASSES = {"keywords": 12, "alsa": 8, "speakers": 96, "augment": 12, "vad": 12}
@@ -91,8 +96,9 @@ PART_METHODS = {"keywords": ["whisper probe", "whisper probe (2 s window)", "mfc
                 "speakers": ["resemblyzer probe", "whisper probe (2 s window)", "mfcc + LR"],
                 "augment": ["log-mel CNN", "log-mel CNN + audio_augment", "whisper finetune (2 s window)",
                             "whisper finetune (2 s window) + audio_augment"],
-                "vad": ["whisper probe (2 s window)", "whisper probe (2 s window) + vad", "mfcc + LR",
-                        "mfcc + LR + vad"]}
+                "vad": ["whisper probe (2 s window)", "whisper probe (2 s window) + vad",
+                        "whisper probe (2 s window) + vad speech", "mfcc + LR", "mfcc + LR + vad",
+                        "mfcc + LR + vad speech"]}
 #: Summary file -> (its title, the parts it reports).
 SUMMARIES = {"summary.md": ("Speech transfer: Whisper tiny.en vs no-transfer baselines", ("keywords", "alsa")),
              "speaker_id.md": ("Speaker identification: resemblyzer and Whisper tiny.en vs MFCC", ("speakers",)),
@@ -133,6 +139,15 @@ def run(method: str, train, test, seed: int) -> dict:
            "correct": int((pred == test.targets).sum()), "n_test": len(test), "n_train": len(train),
            "seconds": round(time.perf_counter() - start, 1), "fit_seconds": round(fit_s, 1)}
     return {**row, **voice_parts(pred, test)}
+
+
+def inner_pauses(*datas) -> dict:
+    """How many clips ``vad="speech"`` changes (a pause inside the clip over 0.1 s), of all clips of ``datas``."""
+    from transferkit.backbones.audio import read_audio
+    from transferkit.backbones.vad import keep_speech, trim_silence
+
+    waves = [read_audio(item) for data in datas for item in data.items]
+    return {"clips": len(waves), "changed_by_speech": sum(len(keep_speech(w)) != len(trim_silence(w)) for w in waves)}
 
 
 def voice_parts(pred: np.ndarray, test) -> dict:
@@ -254,6 +269,10 @@ def part_lines(part: str, res: dict) -> list[str]:
         for m in summary["per_method"]:
             cells = [mean_ci([r[k] for r in res["rows"] if r["method"] == m]) for k in parts]
             lines.append(f"| {m} | " + " | ".join(f"{pts(a)} [{pts(lo)}, {pts(hi)}]" for a, lo, hi in cells) + " |")
+    if "inner_pauses" in res:
+        p = res["inner_pauses"]
+        lines += ["", f"Clips that vad speech cuts differently from vad (a pause inside over 0.1 s): "
+                  f"{p['changed_by_speech']} of {p['clips']} (training and test clips, Silero VAD)."]
     if summary["paired"]:
         lines += ["", "Paired differences (same draws, same test clips; the seeds both methods ran), points:", "",
                   "| difference | seeds | mean [95% CI] |", "| --- | --- | --- |"]
@@ -308,7 +327,7 @@ def main() -> None:
         if args.quick:
             methods = [m for m in methods if m != "whisper probe"]
         train_all, test = load_dataset(PARTS[part])
-        rows = []
+        rows, extra = [], {"inner_pauses": inner_pauses(train_all, test)} if part == "vad" else {}
         for seed in range(args.seeds):
             train = draw(train_all, args.per_class, seed)
             for method in methods:
@@ -316,7 +335,8 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps({"part": part, **row}), flush=True)
                 results["parts"][part] = {"rows": rows, "summary": summarize_part(rows, part), "command": command,
-                                          "per_class": args.per_class, "torch_threads": torch.get_num_threads()}
+                                          "per_class": args.per_class, "torch_threads": torch.get_num_threads(),
+                                          **extra}
                 json_path.write_text(json.dumps(results, indent=2), encoding="utf-8")
                 write_summary(results)
     print("\n".join((OUT / f).read_text(encoding="utf-8") for f in write_summary(results)))
