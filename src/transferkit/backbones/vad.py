@@ -22,8 +22,8 @@ unpickled, and nothing is downloaded.
 30 ms on both sides (never over its neighbour).
 
 Each clip's segments are found once: they are remembered by the clip's samples (a BLAKE2 digest; the
-last 65,536 clips), and a clip trimmed by :func:`trim_silence` is remembered with the segments found in the
-clip it was cut from. So the same training clip is not run again each epoch, and a long recording that is
+last 65,536 clips), and a clip cut by :func:`trim_silence` or :func:`keep_speech` is remembered with the
+segments found in the clip it was cut from, where they now lie. So the same training clip is not run again each epoch, and a long recording that is
 trimmed and then cut at pauses for speech recognition, or checked by ``serve`` and then predicted, runs the
 model once.
 
