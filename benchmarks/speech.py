@@ -1,6 +1,6 @@
 """Speech benchmark: keyword spotting and speaker identification with 5 clips per class, transfer vs no transfer.
 
-    python benchmarks/speech.py [--seeds 3] [--per-class 5] [--parts keywords,alsa,speakers,augment] [--quick]
+    python benchmarks/speech.py [--seeds 3] [--per-class 5] [--parts keywords,alsa,speakers,augment,vad,pauses] [--quick]
 
 Data: the built-in ``espeak-keywords`` (12 command words spoken by espeak-ng in 8 English accents x
 12 voice variants, speed, pitch, leading silence and noise varied; the test's 32 voices use variants
@@ -20,7 +20,9 @@ pair across methods. Methods, all through the library's strategies:
 ``alsa`` (a real-voice check): the same methods trained on ``alsa-channels`` (5 espeak-ng clips of each
 of the 8 channel names, "front left", ...) and scored on the 8 human recordings of alsa-utils.
 ``vad``: keyword spotting with the Whisper probe (2 s window) and MFCC + LR, silence trimmed with
-Silero VAD (the ``vad`` option) or not, written to ``vad.md``. ``augment``: keyword spotting as above with the ``audio_augment`` option on and off (speed, pitch, noise,
+Silero VAD (the ``vad`` option), also shortened inside clips (``vad="speech"``) or not, written to ``vad.md``;
+``pauses``: the same with each clip said twice, 1 to 2.5 s of silence between (Whisper through a 6 s window),
+also in ``vad.md``. ``augment``: keyword spotting as above with the ``audio_augment`` option on and off (speed, pitch, noise,
 shift) for the log-mel CNN and for Whisper fine-tuned through a 2 s window (5 epochs), written to
 ``augment.md``. ``speakers``: speaker identification over the 96 voices (``espeak-speakers``: 5 of each voice's 8
 training words per seed; the 384 test clips are the 4 words no voice said in training). Its methods:
@@ -70,7 +72,16 @@ METHODS = {
                                                       ("whisper:tiny.en", {"max_seconds": 2})),
     "whisper probe (2 s window) + vad": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 2, "vad": True})),
     "mfcc + LR + vad": ("scratch", {"variant": "mfcc", "vad": True}, None),
+    "whisper probe (2 s window) + vad speech": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 2,
+                                                                                        "vad": "speech"})),
+    "mfcc + LR + vad speech": ("scratch", {"variant": "mfcc", "vad": "speech"}, None),
+    "whisper probe (6 s window)": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 6})),
+    "whisper probe (6 s window) + vad": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 6, "vad": True})),
+    "whisper probe (6 s window) + vad speech": ("linear-probe", {}, ("whisper:tiny.en", {"max_seconds": 6,
+                                                                                        "vad": "speech"})),
 }
+#: The pauses part: each clip is said twice with this much silence between (seconds, drawn per clip).
+PAUSE = (1.0, 2.5)
 #: Epochs of methods whose default schedule is too long for the shared CPU (the cut is stated in the notes).
 EPOCHS = {"whisper finetune (2 s window)": 5, "whisper finetune (2 s window) + audio_augment": 5}
 _WORD_PAIRS = [("whisper probe", "mfcc + LR"), ("whisper probe", "log-mel CNN"), ("log-mel CNN", "mfcc + LR"),
@@ -81,23 +92,32 @@ PAIRS = {"keywords": _WORD_PAIRS, "alsa": _WORD_PAIRS,
                       ("resemblyzer probe", "whisper probe (2 s window)"), *_WORD_PAIRS],
          "augment": [("log-mel CNN + audio_augment", "log-mel CNN"),
                      ("whisper finetune (2 s window) + audio_augment", "whisper finetune (2 s window)")],
-         "vad": [("whisper probe (2 s window) + vad", "whisper probe (2 s window)"), ("mfcc + LR + vad", "mfcc + LR")]}
+         "vad": [("whisper probe (2 s window) + vad", "whisper probe (2 s window)"), ("mfcc + LR + vad", "mfcc + LR"),
+                 ("whisper probe (2 s window) + vad speech", "whisper probe (2 s window) + vad"),
+                 ("mfcc + LR + vad speech", "mfcc + LR + vad")],
+         "pauses": [("whisper probe (6 s window) + vad", "whisper probe (6 s window)"),
+                    ("whisper probe (6 s window) + vad speech", "whisper probe (6 s window) + vad"),
+                    ("mfcc + LR + vad", "mfcc + LR"), ("mfcc + LR + vad speech", "mfcc + LR + vad")]}
 PARTS = {"keywords": "espeak-keywords", "alsa": "alsa-channels", "speakers": "espeak-speakers",
-         "augment": "espeak-keywords", "vad": "espeak-keywords"}
-CLASSES = {"keywords": 12, "alsa": 8, "speakers": 96, "augment": 12, "vad": 12}
+         "augment": "espeak-keywords", "vad": "espeak-keywords", "pauses": "espeak-keywords"}
+CLASSES = {"keywords": 12, "alsa": 8, "speakers": 96, "augment": 12, "vad": 12, "pauses": 12}
 #: The methods each part runs unless --methods names others.
 PART_METHODS = {"keywords": ["whisper probe", "whisper probe (2 s window)", "mfcc + LR", "log-mel CNN"],
                 "alsa": ["whisper probe", "whisper probe (2 s window)", "mfcc + LR", "log-mel CNN"],
                 "speakers": ["resemblyzer probe", "whisper probe (2 s window)", "mfcc + LR"],
                 "augment": ["log-mel CNN", "log-mel CNN + audio_augment", "whisper finetune (2 s window)",
                             "whisper finetune (2 s window) + audio_augment"],
-                "vad": ["whisper probe (2 s window)", "whisper probe (2 s window) + vad", "mfcc + LR",
-                        "mfcc + LR + vad"]}
+                "vad": ["whisper probe (2 s window)", "whisper probe (2 s window) + vad",
+                        "whisper probe (2 s window) + vad speech", "mfcc + LR", "mfcc + LR + vad",
+                        "mfcc + LR + vad speech"],
+                "pauses": ["whisper probe (6 s window)", "whisper probe (6 s window) + vad",
+                           "whisper probe (6 s window) + vad speech", "mfcc + LR", "mfcc + LR + vad",
+                           "mfcc + LR + vad speech"]}
 #: Summary file -> (its title, the parts it reports).
 SUMMARIES = {"summary.md": ("Speech transfer: Whisper tiny.en vs no-transfer baselines", ("keywords", "alsa")),
              "speaker_id.md": ("Speaker identification: resemblyzer and Whisper tiny.en vs MFCC", ("speakers",)),
              "augment.md": ("Keyword spotting with and without audio_augment", ("augment",)),
-             "vad.md": ("Keyword spotting with and without trimming silence (vad)", ("vad",))}
+             "vad.md": ("Keyword spotting with and without trimming silence (vad)", ("vad", "pauses"))}
 
 
 def draw(data, per_class: int, seed: int):
@@ -133,6 +153,31 @@ def run(method: str, train, test, seed: int) -> dict:
            "correct": int((pred == test.targets).sum()), "n_test": len(test), "n_train": len(train),
            "seconds": round(time.perf_counter() - start, 1), "fit_seconds": round(fit_s, 1)}
     return {**row, **voice_parts(pred, test)}
+
+
+def inner_pauses(*datas) -> dict:
+    """How many clips ``vad="speech"`` changes (a pause inside the clip over 0.1 s), of all clips of ``datas``."""
+    from transferkit.backbones.audio import read_audio
+    from transferkit.backbones.vad import keep_speech, trim_silence
+
+    waves = [read_audio(item) for data in datas for item in data.items]
+    return {"clips": len(waves), "changed_by_speech": sum(len(keep_speech(w)) != len(trim_silence(w)) for w in waves)}
+
+
+def with_pauses(data, seed: int = 0):
+    """``data`` with each clip said twice: the clip, a pause of ``PAUSE`` seconds (drawn per clip) of noise at the
+    clip's own floor (the RMS of its quietest 50 ms), the clip again; 16 kHz arrays, the same labels."""
+    from transferkit.backbones.audio import read_audio
+    from transferkit.data.dataset import TaskData
+
+    rng, items = np.random.default_rng(seed), []
+    for item in data.items:
+        wave = read_audio(item)
+        frames = wave[:len(wave) // 800 * 800].reshape(-1, 800)
+        floor = float(np.sqrt((frames ** 2).mean(axis=1)).min()) if len(frames) else 0.0
+        pause = (floor * rng.standard_normal(int(rng.uniform(*PAUSE) * 16000))).astype(np.float32)
+        items.append(np.concatenate([wave, pause, wave]))
+    return TaskData(items, data.targets, "audio", label_names=data.label_names, name=f"{data.name}-pauses")
 
 
 def voice_parts(pred: np.ndarray, test) -> dict:
@@ -173,7 +218,8 @@ TITLES = {"keywords": "Keyword spotting (12 words, unseen voices)",
           "alsa": "Real voices: espeak-ng training clips, the 8 human alsa-utils clips as the test",
           "speakers": "Speaker identification (96 espeak-ng voices, unseen words)",
           "augment": "Keyword spotting (12 words, unseen voices), audio_augment on and off",
-          "vad": "Keyword spotting (12 words, unseen voices), silence trimmed with Silero VAD or not"}
+          "vad": "Keyword spotting (12 words, unseen voices), silence trimmed with Silero VAD or not",
+          "pauses": "Each keyword said twice with 1 to 2.5 s of silence between: vad off, trim, speech"}
 NOTES = {
     "summary.md": [
         "- Whisper's encoder is frozen (a linear probe): fine-tuning or LoRA through a 30 s window on two shared "
@@ -254,6 +300,10 @@ def part_lines(part: str, res: dict) -> list[str]:
         for m in summary["per_method"]:
             cells = [mean_ci([r[k] for r in res["rows"] if r["method"] == m]) for k in parts]
             lines.append(f"| {m} | " + " | ".join(f"{pts(a)} [{pts(lo)}, {pts(hi)}]" for a, lo, hi in cells) + " |")
+    if "inner_pauses" in res:
+        p = res["inner_pauses"]
+        lines += ["", f"Clips that vad speech cuts differently from vad (a pause inside over 0.1 s): "
+                  f"{p['changed_by_speech']} of {p['clips']} (training and test clips, Silero VAD)."]
     if summary["paired"]:
         lines += ["", "Paired differences (same draws, same test clips; the seeds both methods ran), points:", "",
                   "| difference | seeds | mean [95% CI] |", "| --- | --- | --- |"]
@@ -308,7 +358,9 @@ def main() -> None:
         if args.quick:
             methods = [m for m in methods if m != "whisper probe"]
         train_all, test = load_dataset(PARTS[part])
-        rows = []
+        if part == "pauses":
+            train_all, test = with_pauses(train_all, 0), with_pauses(test, 1)
+        rows, extra = [], {"inner_pauses": inner_pauses(train_all, test)} if part in ("vad", "pauses") else {}
         for seed in range(args.seeds):
             train = draw(train_all, args.per_class, seed)
             for method in methods:
@@ -316,7 +368,8 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps({"part": part, **row}), flush=True)
                 results["parts"][part] = {"rows": rows, "summary": summarize_part(rows, part), "command": command,
-                                          "per_class": args.per_class, "torch_threads": torch.get_num_threads()}
+                                          "per_class": args.per_class, "torch_threads": torch.get_num_threads(),
+                                          **extra}
                 json_path.write_text(json.dumps(results, indent=2), encoding="utf-8")
                 write_summary(results)
     print("\n".join((OUT / f).read_text(encoding="utf-8") for f in write_summary(results)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 
@@ -114,6 +115,126 @@ def test_the_vad_option_trims_clips_before_the_window_and_is_rebuilt_from_bundle
     assert load(tmp_path / "b").model.backbone.preprocess.vad is True
 
 
+@needs_vad
+@needs_espeak
+def test_each_clip_runs_the_vad_once_across_epochs_and_windows(tiny_whisper_asr, tmp_path, monkeypatch):
+    from transferkit.backbones import vad
+
+    vad.clear_cache()
+    runs, real = [], vad.speech_probabilities
+    monkeypatch.setattr(vad, "speech_probabilities", lambda wave: runs.append(len(wave)) or real(wave))
+    clips = []
+    for word in ("yes", "no"):
+        clips.append(str(tmp_path / f"{word}-padded.wav"))
+        sf.write(clips[-1], padded(spoken(tmp_path, word, name=word), 0.3, 0.3), RATE)
+    data = TaskData(clips, np.asarray(["yes", "no"], dtype=object), "audio", task="speech-recognition")
+    bb = load_backbone(f"whisper:{tiny_whisper_asr}", decoder=True, vad=True)  # a 1 s window
+    model, _ = make_strategy("finetune").fit(bb, data, None, Trainer(TrainConfig(epochs=3, batch_size=2,
+                                                                                 progress=False)))
+    assert len(runs) == 2, runs  # two clips, three epochs
+    pause = np.zeros(RATE, dtype=np.float32)
+    long = str(tmp_path / "long.wav")
+    sf.write(long, padded(np.concatenate([spoken(tmp_path, "stop right there", name="a"), pause,
+                                          spoken(tmp_path, "go on then", name="b")]), 1.0, 1.0), RATE)
+    runs.clear()
+    read, generate = [], bb.generate
+    bb.generate = lambda batch, **kw: read.append(batch["window_item"].tolist()) or generate(batch, **kw)
+    for _ in range(2):  # trimmed, then cut at its pauses, twice: the detector reads the recording once
+        predict_outputs(model, TaskData([long], None, "audio", task="speech-recognition"))
+    assert len(runs) == 1 and read[0] == read[1] and len(read[0]) >= 2, (runs, read)
+
+
+@needs_vad
+@needs_espeak
+def test_serve_with_vad_refuses_a_clip_whose_speech_is_over_the_window(tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from transferkit.backbones import vad
+    from transferkit.export.serve import create_app
+
+    root = tmp_path / "words"
+    for text in ("yes", "no"):
+        (root / text).mkdir(parents=True)
+        for k in range(2):
+            sf.write(str(root / text / f"{k}.wav"), padded(spoken(tmp_path, text, name=f"{text}{k}"), 0.5, 0.5,
+                                                            seed=k), RATE)
+    data = resolve_data(root)[0]
+    model, _ = make_strategy("linear-probe").fit(load_backbone("mfcc", max_seconds=2, vad=True), data, None,
+                                                 Trainer(TrainConfig(epochs=1, progress=False)))
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": "linear-probe"}})
+    predictor = load(tmp_path / "b")
+    quiet_ends = tmp_path / "quiet.wav"  # 3.5 s, of which under 1 s is speech: answered
+    sf.write(str(quiet_ends), padded(spoken(tmp_path, "yes", name="q"), 1.5, 1.5), RATE)
+    talk = tmp_path / "talk.wav"  # over 2 s of speech: refused before the model, naming the clip and the window
+    sf.write(str(talk), padded(spoken(tmp_path, "Turn the lights off in the kitchen and close the door",
+                                      name="t"), 0.2, 0.2), RATE)
+    vad.clear_cache()
+    runs, real = [], vad.speech_probabilities
+    monkeypatch.setattr(vad, "speech_probabilities", lambda wave: runs.append(len(wave)) or real(wave))
+    with TestClient(create_app(predictor)) as client:
+        r = client.post("/predict", files=[("files", ("quiet.wav", quiet_ends.read_bytes(), "audio/wav"))])
+        assert r.status_code == 200, r.text
+        assert len(runs) == 1  # checked, then predicted: the detector ran once
+        r = client.post("/predict", files=[("files", ("quiet.wav", quiet_ends.read_bytes(), "audio/wav")),
+                                           ("files", ("talk.wav", talk.read_bytes(), "audio/wav"))])
+    assert r.status_code == 422, r.text
+    assert re.search(r"talk\.wav.* is \d\.\d\d s of speech .*longer than the model's window of 2 s",
+                     r.json()["detail"]), r.json()["detail"]
+
+
+@needs_vad
+@needs_espeak
+def test_vad_speech_shortens_the_pauses_inside_a_clip_and_is_kept_in_bundles(tmp_path):
+    from transferkit.backbones import vad
+    from transferkit.errors import ConfigError
+
+    first, second = spoken(tmp_path, "Turn the lights off", name="a"), spoken(tmp_path, "and close the door", name="b")
+    clip = padded(np.concatenate([first, np.zeros(2 * RATE, dtype=np.float32), second]), 1.0, 1.0)
+    vad.clear_cache()
+    found = vad.speech_segments(clip)
+    trimmed, speech = vad.apply_vad(clip, True), vad.apply_vad(clip, "speech")
+    assert len(trimmed) == found[-1][1] - found[0][0]  # the ends go, the pause stays
+    pauses = [c - b for (_, b), (c, _) in zip(found, found[1:])]
+    assert max(pauses) > 2 * RATE  # the 2 s pause, and espeak-ng's own silence around it
+    assert len(speech) == len(trimmed) - sum(p - vad.GAP for p in pauses if p > vad.GAP)  # 0.1 s of each kept
+    kept = vad.speech_segments(speech)  # remembered, where they now lie
+    assert len(kept) == len(found) and all(b - a == d - c for (a, b), (c, d) in zip(kept, found))
+    for (a, b), (c, d) in zip(kept, found):  # the same samples, moved
+        np.testing.assert_array_equal(speech[a:b], clip[c:d])
+    gaps = [c - b for (_, b), (c, _) in zip(kept, kept[1:])]
+    assert max(gaps) == vad.GAP and min(gaps) >= 0, gaps
+    vad.clear_cache()  # the detector run afresh on the joined clip finds the same speech
+    fresh = vad.speech_segments(speech)
+    assert abs(fresh[0][0] - kept[0][0]) < 0.2 * RATE and abs(fresh[-1][1] - kept[-1][1]) < 0.2 * RATE
+    assert vad.apply_vad(0.003 * np.ones(RATE, dtype=np.float32), "speech").size == RATE  # no speech: kept whole
+    # the choice is an option of every audio backbone, in the bundle; True (older bundles) stays trim
+    bb = load_backbone("mfcc", max_seconds=3, vad="speech")
+    assert bb.architecture()["options"] == {"max_seconds": 3.0, "vad": "speech"}
+    assert preprocess_from_config(bb.preprocess.config()).vad == "speech"
+    assert len(speech) < 3 * RATE < len(trimmed) and len(bb.preprocess.waves([clip])[0]) == len(speech)
+    with pytest.raises(DataError, match="longer than the model's window of 3 s"):  # trimmed, the pause stays
+        load_backbone("mfcc", max_seconds=3, vad=True).preprocess([clip])
+    assert load_backbone("mfcc", vad="trim").preprocess.config()["vad"] is True
+    assert preprocess_from_config({"kind": "audio", "n_mels": 40, "features": "log-mel", "vad": True}).vad is True
+    with pytest.raises(ConfigError, match=r"'vad' parameter of audio backbones must be one of off, trim, speech.*"
+                                          r"Got 'pauses'"):
+        load_backbone("mfcc", vad="pauses")
+    root = tmp_path / "words"
+    for text in ("yes", "no"):
+        (root / text).mkdir(parents=True)
+        for k in range(3):
+            two = np.concatenate([spoken(tmp_path, text, name=f"{text}{k}"), np.zeros(RATE, dtype=np.float32),
+                                  spoken(tmp_path, text, name=f"{text}{k}b", speed=150)])
+            sf.write(str(root / text / f"{k}.wav"), padded(two, 0.5 + k / 2, 0.5, seed=k), RATE)
+    r = CliRunner().invoke(app, ["fit", "--backbone", "mfcc", "--strategy", "scratch", "--data", str(root),
+                                 "--vad-speech", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["backbone"]["options"]["vad"] == "speech"
+    assert load(tmp_path / "b").model.backbone.preprocess.vad == "speech"
+
+
 # ---------------------------------------------------------------- windows
 
 def test_overlapping_windows_tile_the_clip_once():
@@ -220,8 +341,12 @@ def test_speech_recognition_refuses_long_training_clips_and_transcribes_long_one
     model = make_strategy("finetune").prepare(bb, TaskData([str(short)], np.asarray(["yes"], dtype=object),
                                                            "audio", task="speech-recognition"))
     data = TaskData([str(short), str(long), str(short)], None, "audio", task="speech-recognition")
+    read, generate = [], bb.generate
+    bb.generate = lambda batch, **kw: read.append(batch["window_item"].tolist()) or generate(batch, **kw)
     texts = predict_outputs(model, data)
     assert len(texts) == 3 and texts[0] == texts[2] and all(isinstance(t, str) for t in texts)
+    windows, = read  # one batch; 2.6 s over a 1 s window: at least 3 windows of the long clip, one of each short
+    assert windows.count(0) == 1 and windows.count(2) == 1 and windows.count(1) >= 3, windows
 
 
 @pytest.mark.slow
@@ -246,10 +371,14 @@ def test_packaged_whisper_transcribes_a_recording_longer_than_its_window(tmp_pat
     assert len(clip) > 30 * RATE
     bb = load_backbone("whisper:tiny.en", decoder=True)
     task, truth = get_task("speech-recognition"), [" ".join(sentences)]
-    at_pauses = bb.generate(bb.preprocess([clip]))
+    batch = bb.preprocess([clip])
+    assert batch["window_item"].tolist() in ([0, 0], [0, 0, 0]), batch["window_item"]  # cut at pauses: 2 or 3
+    assert not batch["window_overlap"].any()  # whole stretches of speech: nothing to merge
+    at_pauses = bb.generate(batch)
     assert task.metrics(truth, at_pauses)["wer"] < 0.2, at_pauses
     monkeypatch.setattr(vad, "packaged_model", lambda: (_ for _ in ()).throw(MissingWeightsError("not here")))
     vad._session.cache_clear()
+    vad.clear_cache()  # the segments found above are remembered
     with pytest.warns(UserWarning, match="overlapping windows, not at pauses"):
         batch = bb.preprocess([clip])
     assert batch["window_overlap"].tolist() == [False, True]

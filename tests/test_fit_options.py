@@ -33,7 +33,8 @@ NOT_ON_CLI = {
 
 #: the CLI options that are fit's own parameters, not fields of a group
 FIT_OWN = {"backbone", "data", "out", "strategy", "option", "drop_path", "overwrite", "resume", "check_transfer",
-           "config", "budget"}  # option: strategy_options; config: the YAML recipe; budget: auto's strategy option
+           "config", "budget", "vad_speech"}  # option: strategy_options; config: the YAML recipe; budget: auto's
+# strategy option; vad_speech: DataOptions.vad="speech" (--vad, its field's option, is a flag: trim)
 
 
 def fit_params() -> dict:

@@ -7,8 +7,9 @@ model's sample rate, or a ``{"array", "sampling_rate"}`` dict (Hugging Face ``da
 model's rate. A file that cannot be decoded, an empty one, a sample rate of 0, NaN samples
 and a clip longer than the model's window are each a :class:`~transferkit.errors.DataError`
 naming the item; nothing is cut silently. Whisper reads a longer clip in overlapping windows instead
-(:mod:`transferkit.backbones.audio_windows`). With ``vad=True`` the silence before the first and
-after the last word is trimmed first (Silero VAD, :mod:`transferkit.backbones.vad`).
+(:mod:`transferkit.backbones.audio_windows`). With ``vad=True`` (``"trim"``) the silence before the first and
+after the last word is trimmed first; with ``vad="speech"`` long pauses inside the clip are shortened to 0.1 s
+too (Silero VAD, :mod:`transferkit.backbones.vad`).
 
 The features are log-mel spectrograms (10 ms hop, 25 ms window), computed in PyTorch:
 
@@ -35,6 +36,7 @@ import torch
 
 from transferkit.backbones.audio_windows import Window, overlapping_windows
 from transferkit.backbones.base import Preprocess
+from transferkit.backbones.vad import apply_vad, vad_setting
 from transferkit.errors import ConfigError, DataError
 
 #: File suffixes taken as audio in folders and tables (libsndfile reads them).
@@ -206,7 +208,8 @@ class AudioPreprocess(Preprocess):
             (natural log, padded to the longest clip of the batch).
         max_seconds: the longest clip taken; a longer one is refused, naming it (unless ``windows``).
         sample_rate: samples per second the model reads.
-        vad: trim the silence before the first and after the last word of each clip (Silero VAD).
+        vad: what Silero VAD keeps of each clip: ``False`` (all), ``True`` or ``"trim"`` (from the first to the
+            last word), ``"speech"`` (that, with each pause inside the clip shortened to 0.1 s).
         windows: read a clip longer than ``max_seconds`` in overlapping windows (``whisper`` features: the
             batch then says which clip each window belongs to, ``window_item``) instead of refusing it.
     """
@@ -214,19 +217,17 @@ class AudioPreprocess(Preprocess):
     kind = "audio"
 
     def __init__(self, n_mels: int = 80, features: str = "whisper", max_seconds: float = 30.0,
-                 sample_rate: int = SAMPLE_RATE, vad: bool = False, windows: bool = False):
+                 sample_rate: int = SAMPLE_RATE, vad: bool | str = False, windows: bool = False):
         if features not in (*FEATURE_KINDS, *_FEATURE_CLASSES):
             kinds = ", ".join((*FEATURE_KINDS, *_FEATURE_CLASSES))
             raise ConfigError(f"The 'features' parameter of AudioPreprocess must be one of {kinds}. "
                               f"Got {features!r} instead.")
         self.n_mels, self.features = int(n_mels), features
         self.max_seconds, self.sample_rate = float(max_seconds), int(sample_rate)
-        if not isinstance(vad, bool):
-            raise ConfigError(f"The 'vad' parameter of audio backbones must be a bool. Got {vad!r} instead.")
         if windows and features != "whisper":
             raise ConfigError("Windows over long clips are pooled by Whisper's encoder (features='whisper'); "
                               f"got features={features!r}.")
-        self.vad, self.windows = vad, bool(windows)
+        self.vad, self.windows = vad_setting(vad), bool(windows)  # False, True (trim) or "speech"
         #: training-time augmentation of the decoded waves (:meth:`with_wave_augment`, a
         #: :class:`~transferkit.backbones.audio_augment.WaveAugment`); ``None`` in inference.
         self.wave_augment: Callable[..., list[np.ndarray]] | None = None
@@ -243,17 +244,14 @@ class AudioPreprocess(Preprocess):
         return int(round(self.max_seconds * self.sample_rate))
 
     def waves(self, items: Sequence, windows: bool | None = None) -> list[np.ndarray]:
-        """Each item as mono samples at the model's rate (silence trimmed with ``vad``); a clip over the window is
+        """Each item as mono samples at the model's rate (silence cut with ``vad``); a clip over the window is
         refused, naming it, unless it is read in ``windows`` (default: this preprocessing's setting)."""
         windows = self.windows if windows is None else windows
         out = []
         for i, item in enumerate(items):
             where = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"audio item {i}"
             wave = read_audio(item, self.sample_rate, where)
-            if self.vad:
-                from transferkit.backbones.vad import trim_silence
-
-                wave = trim_silence(wave)
+            wave = apply_vad(wave, self.vad)
             if len(wave) > self.max_samples and not windows:
                 raise DataError(f"{where}: the clip is {len(wave) / self.sample_rate:.2f} s, longer than the model's "
                                 f"window of {self.max_seconds:g} s (nothing is cut silently). "
@@ -322,15 +320,15 @@ class AudioPreprocess(Preprocess):
         return self.wave_augment(waves, self.sample_rate, self.max_samples)
 
     def config(self) -> dict:
-        # vad only when on: preprocessings without it keep the configs (and feature-cache keys) they had
-        return {"kind": self.kind, "n_mels": self.n_mels, "features": self.features,
-                "max_seconds": self.max_seconds, "sample_rate": self.sample_rate, **({"vad": True} if self.vad else {})}
+        # vad only when on (True for trim, as older bundles wrote it): configs and feature-cache keys stay as they were
+        return {"kind": self.kind, "n_mels": self.n_mels, "features": self.features, "max_seconds": self.max_seconds,
+                "sample_rate": self.sample_rate, **({"vad": self.vad} if self.vad else {})}
 
 
 def audio_options(preprocess: AudioPreprocess) -> dict:
     """The :func:`~transferkit.backbones.load_backbone` options an audio backbone is rebuilt with (its
-    ``architecture_options``): ``max_seconds``, and ``vad`` when it is on."""
-    return {"max_seconds": preprocess.max_seconds, **({"vad": True} if preprocess.vad else {})}
+    ``architecture_options``): ``max_seconds``, and ``vad`` when it is on (``True`` for trim, or ``"speech"``)."""
+    return {"max_seconds": preprocess.max_seconds, **({"vad": preprocess.vad} if preprocess.vad else {})}
 
 
 #: Features computed by a subclass of :class:`AudioPreprocess` (``resemblyzer-mel``) -> that subclass.

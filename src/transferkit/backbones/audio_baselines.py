@@ -50,7 +50,7 @@ class MfccStats(Backbone):
 
     modality = "audio"
 
-    def __init__(self, max_seconds: float = 30.0, vad: bool = False):
+    def __init__(self, max_seconds: float = 30.0, vad: bool | str = False):
         super().__init__()
         self.spec = "mfcc:"
         self.register_buffer("dct", dct_matrix(N_MELS, N_MFCC))
@@ -90,7 +90,7 @@ class AudioCNN(Backbone):
 
     modality = "audio"
 
-    def __init__(self, max_seconds: float = 30.0, vad: bool = False):
+    def __init__(self, max_seconds: float = 30.0, vad: bool | str = False):
         super().__init__()
         self.spec = "audio-cnn:"
         blocks, cin = [], 1

@@ -103,7 +103,7 @@ class ResemblyzerPreprocess(AudioPreprocess):
         **_: the other fields of :meth:`config` (fixed here), so :func:`preprocess_from_config` rebuilds it.
     """
 
-    def __init__(self, max_seconds: float = 30.0, vad: bool = False, **_):
+    def __init__(self, max_seconds: float = 30.0, vad: bool | str = False, **_):
         super().__init__(n_mels=N_MELS, features=FEATURES, max_seconds=max_seconds, vad=vad)
 
     def from_waves(self, waves: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -136,13 +136,14 @@ class ResemblyzerBackbone(Backbone):
         spec: the spec string.
         pretrained: whether pre-trained weights were loaded.
         max_seconds: the longest clip taken.
-        vad: trim the silence before the first and after the last word of each clip (Silero VAD).
+        vad: trim the silence around each clip's words (True or "trim"), or also shorten its inner pauses to
+            0.1 s ("speech"); Silero VAD.
     """
 
     modality = "audio"
     feature_kinds = ("pooled",)
 
-    def __init__(self, spec: str, *, pretrained: bool, max_seconds: float = 30.0, vad: bool = False):
+    def __init__(self, spec: str, *, pretrained: bool, max_seconds: float = 30.0, vad: bool | str = False):
         super().__init__()
         self.spec, self.pretrained = spec, pretrained
         self.lstm = nn.LSTM(N_MELS, HIDDEN, LAYERS, batch_first=True)
@@ -230,7 +231,7 @@ def _load_strict(backbone: ResemblyzerBackbone, state: dict[str, torch.Tensor], 
                  examples=("resemblyzer:", "resemblyzer:path/to/encoder.pt"), options=("max_seconds", "vad"),
                  modality="audio")
 def create_resemblyzer(name: str, *, pretrained: bool = True, files_dir: Path | None = None,
-                       max_seconds: float | None = None, vad: bool = False) -> ResemblyzerBackbone:
+                       max_seconds: float | None = None, vad: bool | str = False) -> ResemblyzerBackbone:
     """Build ``resemblyzer:NAME``.
 
     Args:
@@ -239,7 +240,8 @@ def create_resemblyzer(name: str, *, pretrained: bool = True, files_dir: Path | 
         pretrained: load the weights; ``False`` builds the architecture at random init.
         files_dir: unused (the architecture needs no files); accepted for bundle rebuilds.
         max_seconds: the longest clip taken (default 30 s); a longer one is refused, not cut.
-        vad: trim the silence before the first and after the last word of every clip (Silero VAD).
+        vad: trim the silence around every clip's words (True or "trim"), or also shorten its inner pauses to
+            0.1 s ("speech"); Silero VAD, :mod:`transferkit.backbones.vad`.
     """
     if max_seconds is not None:
         if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)):

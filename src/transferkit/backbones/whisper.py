@@ -75,18 +75,14 @@ class WhisperSpeechPreprocess(AudioPreprocess):
         return super().__call__(items)
 
     def _training_waves(self, audio) -> list:
-        """The training clips' waves; one over the window is refused, naming it."""
-        waves = self.waves(audio)
-        for i, wave in enumerate(waves):
-            if len(wave) > self.max_samples:
-                where = audio[i] if isinstance(audio[i], str) else f"audio item {i}"
-                raise DataError(f"{where}: the clip is {len(wave) / self.sample_rate:.2f} s, longer than the model's "
-                                f"window of {self.max_seconds:g} s. Speech recognition trains on clips of at most the "
-                                f"window with their transcripts: which words fall in which window of a longer clip "
-                                f"is not known. Cut the recording and its transcript into clips of at most "
-                                f"{self.max_seconds:g} s (predict and serve transcribe long clips: they are cut at "
-                                f"pauses).")
-        return waves
+        """The training clips' waves; one over the window is refused, naming it (:meth:`over_window_hint`)."""
+        return self.waves(audio, windows=False)
+
+    def over_window_hint(self) -> str:
+        """Why a training clip over the window is refused, and what to do (the only clips refused here)."""
+        return ("Speech recognition trains on clips of at most the window with their transcripts: which words fall "
+                "in which window of a longer clip is not known. Cut the recording and its transcript into clips of "
+                f"at most {self.max_seconds:g} s (predict and serve transcribe long clips: they are cut at pauses).")
 
     def split(self, wave) -> list[Window]:
         """A clip over the window: windows cut in the pauses Silero VAD finds (:func:`pause_windows`); where
@@ -145,7 +141,7 @@ class WhisperBackbone(Backbone):
     feature_kinds = ("pooled", "sequence")
 
     def __init__(self, spec: str, encoder: nn.Module | None, *, pretrained: bool, model: nn.Module | None = None,
-                 tokenizer=None, vad: bool = False):
+                 tokenizer=None, vad: bool | str = False):
         super().__init__()
         self.spec, self.pretrained = spec, pretrained
         if model is not None:
@@ -350,7 +346,7 @@ def _load(name: str, pretrained: bool, files_dir: Path | None, max_seconds: floa
                  examples=("whisper:tiny.en", "whisper:openai/whisper-base", "whisper:path/to/local/model"),
                  options=("max_seconds", "decoder", "vad"), modality="audio")
 def create_whisper(name: str, *, pretrained: bool = True, files_dir: Path | None = None,
-                   max_seconds: float | None = None, decoder: bool | None = None, vad: bool = False) -> WhisperBackbone:
+                   max_seconds: float | None = None, decoder: bool | None = None, vad: bool | str = False) -> WhisperBackbone:
     """Build ``whisper:NAME``.
 
     Args:
@@ -361,7 +357,8 @@ def create_whisper(name: str, *, pretrained: bool = True, files_dir: Path | None
             and a longer clip is read in windows.
         decoder: keep the decoder and the tokenizer too (what ``speech-recognition`` needs; default: the
             encoder alone).
-        vad: trim the silence before the first and after the last word of every clip (Silero VAD).
+        vad: trim the silence around every clip's words (True or "trim"), or also shorten its inner pauses to
+            0.1 s ("speech"); Silero VAD, :mod:`transferkit.backbones.vad`.
     """
     if decoder is not None and not isinstance(decoder, bool):
         raise ConfigError(f"The 'decoder' parameter of whisper: backbones must be a bool. Got {decoder!r} instead.")

@@ -75,11 +75,13 @@ class ModelInputs:
     n_features: int | None = None
     max_seconds: float | None = None
     sample_rate: int = 16000
+    vad: bool | str = False
 
     @classmethod
     def from_manifest(cls, manifest: dict, model=None) -> "ModelInputs":
         """What the manifest says; ``model`` (the predictor's backbone or preprocessing, when at hand) lifts the
-        length check of audio whose preprocessing reads long clips in windows or trims their silence first."""
+        length check of audio whose preprocessing reads long clips in windows. With ``vad`` the length checked is
+        that of the speech the model keeps (:func:`decode_audio`)."""
         pre = manifest.get("preprocess") or {}
         audio_pre = getattr(model, "preprocess", model)
         modality = manifest.get("modality") or pre.get("kind")
@@ -92,9 +94,10 @@ class ModelInputs:
         audio = modality == "audio"
         return cls(modality, int(size) if size else None, pre.get("interpolation", "bilinear"),
                    int(width) if modality == "tabular" and width else None,
-                   float(pre["max_seconds"]) if audio and pre.get("max_seconds") and not (
-                       getattr(audio_pre, "windows", False) or getattr(audio_pre, "vad", False)) else None,
-                   int(pre.get("sample_rate") or 16000))
+                   float(pre["max_seconds"]) if audio and pre.get("max_seconds") and not getattr(
+                       audio_pre, "windows", False) else None,
+                   int(pre.get("sample_rate") or 16000),
+                   (getattr(audio_pre, "vad", None) or pre.get("vad") or False) if audio else False)
 
     def describe(self) -> str:
         if self.modality == "tabular":
@@ -223,10 +226,23 @@ def decode_audio(raws: Sequence[tuple[bytes, str]], spec: ModelInputs) -> list[n
         except DataError as exc:
             raise RequestError(f"{clip(exc, 300)} This model expects audio files.") from None
         if spec.max_seconds is not None and len(wave) > spec.max_seconds * spec.sample_rate:
-            raise RequestError(f"{where} is {len(wave) / spec.sample_rate:.2f} s, longer than the model's window "
-                               f"of {spec.max_seconds:g} s; cut it into shorter clips.")
+            check_speech_length(wave, where, spec)
         waves.append(wave)
     return waves
+
+
+def check_speech_length(wave: np.ndarray, where: str, spec: ModelInputs) -> None:
+    """Refuse a clip over the model's window (422 naming the limit); with ``vad``, one whose speech, as the
+    model's preprocessing keeps it, is over the window (the segments found are remembered: the model's
+    preprocessing does not run the detector again)."""
+    n, kept = len(wave), ""
+    if spec.vad:
+        from transferkit.backbones.vad import apply_vad
+
+        n, kept = len(apply_vad(wave, spec.vad)), f" of speech (of {n / spec.sample_rate:.2f} s as sent)"
+    if n > spec.max_seconds * spec.sample_rate:
+        raise RequestError(f"{where} is {n / spec.sample_rate:.2f} s{kept}, longer than the model's window of "
+                           f"{spec.max_seconds:g} s; cut it into shorter clips.")
 
 
 def decode_base64_image(text: str, index: int, spec: ModelInputs, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:

@@ -51,10 +51,17 @@ class ScratchConfig(FinetuneConfig):
         "help": "random shifts and flips for image baselines, SpecAugment for audio-cnn"})
     batchnorm: str = field(default="train", metadata={
         "help": "BatchNorm statistics in training: train (a model from scratch has none worth keeping), frozen, auto"})
-    vad: bool = field(default=False, metadata={
-        "help": "mfcc and audio-cnn: trim the silence around each clip's words with Silero VAD (what fit's --vad sets)"})
+    vad: bool | str = field(default=False, metadata={
+        "help": "mfcc and audio-cnn: trim the silence around each clip's words with Silero VAD (True or trim: what "
+                "fit's --vad sets), or also shorten pauses inside a clip to 0.1 s (speech: fit's --vad-speech)"})
 
     _parameter_constraints = {"variant": [Options(*VARIANTS)], "image_size": [Interval("int", 4, None), NONE]}
+
+    def validate(self) -> None:
+        super().validate()
+        from transferkit.backbones.vad import vad_setting
+
+        self.vad = vad_setting(self.vad, type(self).__name__)  # off, trim or speech, as the bundle keeps it
 
 
 def native_image_size(data: TaskData, default: int = 32) -> int:

@@ -89,9 +89,10 @@ class DataOptions:
         "help": "evaluate on a fixed stratified subset of this many test items (the same for every seed)"})
     image_size: int | None = field(default=None, metadata={"help": "image side in pixels (default: the backbone's)"})
     max_length: int | None = field(default=None, metadata={"help": "text: maximum tokens (default: 128)"})
-    vad: bool = field(default=False, metadata={
+    vad: bool | str = field(default=False, metadata={
         "help": "audio: trim the silence before the first and after the last word of every clip with Silero VAD "
-                "(the backbone's vad option, kept in the bundle)"})
+                "(True or trim; speech also shortens each pause inside a clip to 0.1 s; the backbone's vad option, "
+                "kept in the bundle)"})
     task: str | None = field(default=None, metadata={
         "help": "what the data's targets are, where a file could be read as several: e.g. segmentation or "
                 "instance-segmentation for a COCO JSON file (default: detected from the data)"})
@@ -112,8 +113,9 @@ class DataOptions:
                               f"Got {v!r} instead.")
         _check_str("DataOptions", "text_column", self.text_column)
         _check_str("DataOptions", "label_column", self.label_column)
-        if not isinstance(self.vad, bool):
-            raise ConfigError(f"The 'vad' parameter of DataOptions must be a bool. Got {self.vad!r} instead.")
+        from transferkit.backbones.vad import vad_setting
+
+        self.vad = vad_setting(self.vad, "DataOptions")
         if self.task is not None:
             from transferkit.tasks import TASKS
 

@@ -44,13 +44,13 @@ def resolve_backbone(backbone: str | Backbone | None, strategy: Strategy, data: 
     if isinstance(backbone, Backbone) or backbone is None:
         return backbone
     if not strategy.needs_backbone(data):
-        strategy_vad(strategy, data, bool(options.get("vad")))
+        strategy_vad(strategy, data, options.get("vad"))
         return None  # e.g. the small CNN and TF-IDF baselines
     opts = {k: v for k, v in options.items() if v is not None}
     return load_backbone(backbone, **{**decoder_option(backbone, data), **opts}, **table_width(backbone, data))
 
 
-def strategy_vad(strat: Strategy, train: TaskData, vad: bool) -> None:
+def strategy_vad(strat: Strategy, train: TaskData, vad: bool | str | None) -> None:
     """``vad`` (a backbone option) for a strategy that builds its own model: ``scratch``'s audio variants take it as
     an option; a strategy without one refuses it rather than ignore it."""
     if not vad:
@@ -58,7 +58,7 @@ def strategy_vad(strat: Strategy, train: TaskData, vad: bool) -> None:
     if "vad" not in {f.name for f in dataclasses.fields(strat.config)}:
         raise ConfigError(f"vad trims silence in an audio backbone's preprocessing; strategy '{strat.name}' builds "
                           f"its own model on this data and has no vad option.")
-    strat.config = dataclasses.replace(strat.config, vad=True)
+    strat.config = dataclasses.replace(strat.config, vad=vad)
 
 
 def decoder_option(spec: str, data: TaskData) -> dict:
