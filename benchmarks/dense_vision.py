@@ -271,8 +271,11 @@ def write_summary(runs: list[dict], args) -> None:
     s = runs[-1]["settings"] if runs else {}
     instance = args.part == "instance-segmentation"
     loads = [r["load_1min"] for r in runs if "load_1min" in r]
+    later = sorted({r["arm"] for r in runs if "load_1min" in r})
     load_note = (f"1-minute load average {min(loads):.1f} to {max(loads):.1f} at the end of the {len(loads)} runs "
-                 f"that recorded it" + (f" ({len(runs) - len(loads)} earlier runs did not record it)"
+                 f"that recorded it" + (f"; {len(runs) - len(loads)} earlier runs did not record it, and the runs "
+                                        f"that did ({', '.join(later)}) ran at another time, so their train s/run "
+                                        "does not compare with the other arms'"
                                         if len(loads) < len(runs) else "") if loads else "load not recorded")
     command = (f"`python benchmarks/dense_vision.py --part {args.part} "
                + (f"--inst-sizes {','.join(map(str, args.inst_sizes))} " if instance else
