@@ -77,6 +77,10 @@ def test_zero_shot_mtcnn_finds_the_faces_scores_coco_map_and_reloads(tmp_path):
             assert obj["label"] == "face" and obj["score"] > 0.99 and _iou(obj["box"], gold) > 0.7, (name, obj)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["head"]["kind"] == "source-detector" and manifest["head"]["class_map"] == [1]
+    (tmp_path / "other").mkdir()
+    face_only = _faces_coco(tmp_path / "other", names=("face",))  # face is class 0 here, 1 in the bundle
+    metrics = tk.evaluate(tmp_path / "run", face_only)
+    assert metrics["map_50"] == pytest.approx(1.0) and metrics["objects"] == 2
 
 
 def test_refusals_name_the_detector_the_classes_and_the_strategies(tmp_path):
