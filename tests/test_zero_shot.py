@@ -97,7 +97,7 @@ def test_labels_that_cannot_be_described_are_refused(tiny_bert):
                                                                                           _trainer())
     multilabel = from_arrays(["a", "b"], np.eye(2, dtype=np.float32), task="multilabel", label_names=["x", "y"])
     with pytest.raises(ConfigError,
-                       match="Strategy 'zero-shot' supports classification, text-generation tasks; .* is multilabel"):
+                       match="Strategy 'zero-shot' supports classification, text-generation, detection tasks; .* is multilabel"):
         make_strategy("zero-shot").fit(backbone, multilabel, None, _trainer())
 
 

@@ -188,6 +188,7 @@ from transferkit.backbones import (  # noqa: E402,F401
     file_source,
     hf,
     mlp,
+    mtcnn,
     nli,
     peft_source,
     resemblyzer,

@@ -34,7 +34,7 @@ from transferkit.errors import ConfigError, DataError
 #: pyramid of feature maps (what detection and segmentation heads read), or the source model's own
 #: next-token scores over its vocabulary (``logits``: a causal language model's output layer, which
 #: generative fine-tuning trains through instead of a new head).
-FEATURE_KINDS = ("pooled", "sequence", "pyramid", "logits")
+FEATURE_KINDS = ("pooled", "sequence", "pyramid", "logits", "detections")
 
 
 @dataclass(frozen=True)
@@ -308,9 +308,15 @@ class Backbone(nn.Module):
         """The source model's next-token logits ``[B, T, V]`` (causal language models), where supported."""
         raise ConfigError(f"Backbone '{self.spec}' has no language-model output layer (no next-token logits).")
 
+    def forward_detections(self, batch) -> dict:
+        """A pre-trained detector's own detections (``mtcnn:``): ``{"detections": per image ``boxes`` [k, 4] xyxy
+        input pixels, ``scores``, ``labels`` (indices into ``source_labels``), "image_size": (H, W)}``."""
+        raise ConfigError(f"Backbone '{self.spec}' is not a pre-trained detector (no detections of its own).")
+
     def features(self, batch, kind: str = "pooled"):
         """Features of ``kind`` (see :data:`FEATURE_KINDS`): pooled ``[B, D]``, a sequence ``[B, T, D]``
-        (its mask stays in the batch), a pyramid (a list of maps) or next-token logits ``[B, T, V]``."""
+        (its mask stays in the batch), a pyramid (a list of maps), next-token logits ``[B, T, V]`` or a pre-trained
+        detector's detections."""
         self.check_feature_kind(kind)
         if kind == "sequence":
             return self.forward_sequence(batch)[0]
@@ -318,6 +324,8 @@ class Backbone(nn.Module):
             return self.forward_pyramid(batch)
         if kind == "logits":
             return self.forward_logits(batch)
+        if kind == "detections":
+            return self.forward_detections(batch)
         return self.forward_features(batch)
 
     def feature_spec(self, kind: str = "pooled") -> FeatureSpec:

@@ -26,7 +26,9 @@ def predict_command(
     temperature: float = typer.Option(None, min=0.0, max=10.0,
                                       help="Text generation: sampling temperature (0: greedy; default: the bundle's)."),
     masks: Path = typer.Option(None, "--masks", help="Segmentation: write each predicted mask as a PNG "
-                                                     "(pixel value = class index) to this folder."),
+                                                     "(pixel value = class index) to this folder, STEM.png; instance "
+                                                     "segmentation: one PNG per object (255 = the object, 0 = not), "
+                                                     "STEM-K.png for the K-th object listed, instead of its RLE."),
 ) -> None:
     """Predict labels for ITEMS with the bundle at BUNDLE."""
     import numpy as np
@@ -55,9 +57,12 @@ def predict_command(
 
 
 def _masks_out(prediction, item: str, folder: Path | None):
-    """A segmentation prediction's mask array becomes the PNG written to ``folder`` (or is left out)."""
+    """A segmentation prediction's mask array becomes the PNG written to ``folder`` (or is left out); with a
+    folder, each object's RLE mask of an instance segmentation becomes a PNG of its own (:func:`_objects_out`)."""
     import numpy as np
 
+    if isinstance(prediction, list) and folder is not None:
+        return _objects_out(prediction, item, folder)
     if not (isinstance(prediction, dict) and isinstance(prediction.get("mask"), np.ndarray)):
         return prediction
     rest = {k: v for k, v in prediction.items() if k != "mask"}
@@ -69,3 +74,22 @@ def _masks_out(prediction, item: str, folder: Path | None):
     path = folder / (Path(item).stem + ".png")
     Image.fromarray(prediction["mask"].astype(np.uint8)).save(path)
     return {**rest, "mask": str(path)}
+
+
+def _objects_out(objects: list, item: str, folder: Path) -> list:
+    """Objects whose ``mask`` is COCO RLE (instance segmentation) get it written as ``folder/STEM-K.png`` (K from 1,
+    in the listed order; 255 inside the object, 0 outside, in the image's own pixels) and the path in its place."""
+    import numpy as np
+    from PIL import Image
+
+    if not any(isinstance(o, dict) and isinstance(o.get("mask"), dict) for o in objects):
+        return objects  # detection: boxes only
+    from transferkit.tasks.instance_segmentation import decode_mask
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k, obj in enumerate(objects, start=1):
+        path = folder / f"{Path(item).stem}-{k}.png"
+        Image.fromarray((decode_mask(obj["mask"]) > 0).astype(np.uint8) * 255).save(path)
+        out.append({**obj, "mask": str(path)})
+    return out

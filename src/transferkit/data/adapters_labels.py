@@ -222,11 +222,14 @@ def check_eval_labels(train: TaskData, evaluation: TaskData) -> None:
                         f"'{evaluation.name}' is {evaluation.task}.")
     if not train.task_spec.has_labels:  # targets are texts (transcripts, completions): no label set to compare
         return
-    seen = _used_labels(train)
+    _check_known(evaluation, list(_used_labels(train)), train.name)
+
+
+def _check_known(evaluation: TaskData, seen: Sequence[str], owner: str) -> None:
     unseen = {k: c for k, c in _used_labels(evaluation).items() if k not in seen}
     if unseen:
         listed = ", ".join(f"'{k}' ({c} items)" for k, c in unseen.items())
-        raise DataError(f"Evaluation data '{evaluation.name}' has label(s) the training data '{train.name}' never "
+        raise DataError(f"Evaluation data '{evaluation.name}' has label(s) the training data '{owner}' never "
                         f"had: {listed}. Training labels: {', '.join(seen)}.")
 
 
@@ -243,8 +246,12 @@ def align_to_label_names(data: TaskData, names: Sequence[str] | None, owner: str
         known = [[k] for k in range(len(names))]
         return align_labels(TaskData([[n] for n in names], known, data.modality, data.task, list(names), name=owner),
                             data)
-    known = np.eye(len(names), dtype=np.float32) if data.task == "multilabel" else np.arange(len(names))
-    return align_labels(TaskData(list(names), known, data.modality, data.task, list(names), name=owner), data)
+    # the model knows each of its labels: checked and re-indexed by name, without a stand-in training set (whose
+    # targets would have to be valid boxes or masks for dense tasks)
+    if data.targets is None or data.label_names == list(names) or not data.task_spec.has_labels:
+        return data
+    _check_known(data, list(names), owner)
+    return _reindex(data, names)
 
 
 def align_labels(train: TaskData, evaluation: TaskData) -> TaskData:
@@ -263,7 +270,12 @@ def align_labels(train: TaskData, evaluation: TaskData) -> TaskData:
     if evaluation.label_names == train.label_names:
         return evaluation
     check_eval_labels(train, evaluation)
-    lookup = {n: k for k, n in enumerate(train.label_names or [])}
+    return _reindex(evaluation, train.label_names or [])
+
+
+def _reindex(evaluation: TaskData, label_names: Sequence[str]) -> TaskData:
+    """``evaluation``'s targets re-indexed onto ``label_names`` by name (a label not among them: -1)."""
+    lookup = {n: k for k, n in enumerate(label_names)}
     names = evaluation.label_names or []
     targets = np.asarray(evaluation.targets)
     if evaluation.task == "multilabel":
@@ -275,7 +287,7 @@ def align_labels(train: TaskData, evaluation: TaskData) -> TaskData:
         mapping = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)
         new = evaluation.task_spec.remap_labels(targets, mapping)
         new = mapping[targets] if new is None else new
-    return replace(evaluation, targets=new, label_names=list(train.label_names or []), _fingerprint=None)
+    return replace(evaluation, targets=new, label_names=list(label_names), _fingerprint=None)
 
 
 def check_classes_present(data: TaskData) -> None:

@@ -125,7 +125,9 @@ class TransferModel(nn.Module):
         return get_task(self.task)
 
     def forward(self, batch) -> torch.Tensor:
-        return self.head(self.backbone.features(batch, self.task_spec.feature_kind))
+        # a head may read other features than its task's: a pre-trained detector's detections (source-detector)
+        kind = getattr(self.head, "feature_kind", None) or self.task_spec.feature_kind
+        return self.head(self.backbone.features(batch, kind))
 
     def outputs_to_numpy(self, outputs: torch.Tensor, inputs=None) -> np.ndarray:
         """Per-item probabilities (classification, multi-label) or values (regression): the task's postprocessing."""

@@ -13,7 +13,10 @@ score an item depends on the backbone:
   text tower, so images are classified by their similarity to label prompts;
 * an NLI model (``nli:``, Yin et al. 2019, https://arxiv.org/abs/1909.00161):
   the texts become hypotheses, the backbone returns one entailment logit per
-  hypothesis, and the head averages each label's logits (times ``scale``).
+  hypothesis, and the head averages each label's logits (times ``scale``);
+* a pre-trained detector (``mtcnn:``, ``detection`` task): its own detections,
+  its classes (``face``) matched to the data's label names (case-insensitive)
+  by the ``source-detector`` head; templates and descriptions are not used.
 
 The result is an ordinary :class:`TransferModel` and bundle, evaluated with the
 same metrics as trained strategies, so ``transferkit compare`` can put
@@ -34,8 +37,8 @@ from transferkit.constraints import NONE, Interval
 from transferkit.data.batches import module_device, run_batches
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError
-from transferkit.strategies.base import (Strategy, StrategyConfig, TrainDefaults, TransferModel, linear_head,
-                                         predict_outputs, register_strategy)
+from transferkit.strategies.base import (Strategy, StrategyConfig, TrainDefaults, TransferModel, _dense_choices,
+                                         linear_head, predict_outputs, register_strategy)
 
 DEFAULT_TEMPLATE = "This example is {label}."  # the hypothesis template of Hugging Face's zero-shot pipeline
 #: Logit scale for sentence encoders: temperature 0.05, in the range contrastive text encoders train with.
@@ -158,7 +161,7 @@ class ZeroShot(Strategy):
     ``modalities`` lists text; image data is accepted with a backbone that has a text tower (``clip:``).
     """
 
-    tasks = ("classification", "text-generation")
+    tasks = ("classification", "text-generation", "detection")
     learns_from_labels = False
 
     name = "zero-shot"
@@ -167,7 +170,17 @@ class ZeroShot(Strategy):
     defaults = TrainDefaults(epochs=1)
 
     def check_data(self, backbone: Backbone | None, data: TaskData) -> None:
-        """Text data with a text backbone, or image data with an image-text backbone (``clip:``)."""
+        """Text data with a text backbone, image data with an image-text backbone (``clip:``), or detection data
+        with a pre-trained detector (``mtcnn:``)."""
+        if data.task == "detection":
+            if backbone is not None and "detections" not in backbone.feature_kinds:
+                raise ConfigError(f"zero-shot detection needs a pre-trained detector as the backbone (mtcnn:); "
+                                  f"'{backbone.spec}' gives {' and '.join(backbone.feature_kinds)} features, on "
+                                  f"which a detector must be trained." + _dense_choices(data.task))
+            if backbone is not None and backbone.modality != data.modality:
+                raise ConfigError(f"Backbone '{backbone.spec}' takes {backbone.modality} input but data "
+                                  f"'{data.name}' is {data.modality}.")
+            return
         if data.task not in self.tasks and data.task_spec.feature_kind == "pyramid":
             super().check_data(None, data)  # refuses, naming the strategies that train detection or segmentation
         if data.task not in self.tasks:  # first: a task it never does is the clearest reason
@@ -194,6 +207,8 @@ class ZeroShot(Strategy):
         self.check_data(backbone, train)
         if train.task == "text-generation":
             return self._prompted(backbone, train)
+        if train.task == "detection":
+            return self._detector(backbone, train)
         texts = label_texts(train.label_names, self.config)
         for p in backbone.parameters():
             p.requires_grad_(False)
@@ -214,6 +229,27 @@ class ZeroShot(Strategy):
         task.configure_model(model, train)
         note = f"zero-shot: no training; the {len(train)} training examples were not used (the model is prompted)"
         return model, [{"epoch": 1, "trained": False, "note": note}]
+
+    def _detector(self, backbone: Backbone, train: TaskData) -> tuple[TransferModel, list[dict]]:
+        """The detector's classes mapped onto the data's by name (case-insensitive); at least one must match."""
+        from transferkit.tasks import build_head
+
+        names = list(train.label_names or [])
+        source = list(backbone.source_labels)
+        lower = [n.strip().lower() for n in names]
+        class_map = [lower.index(s.lower()) if s.lower() in lower else -1 for s in source]
+        if all(c < 0 for c in class_map):
+            raise ConfigError(f"Backbone '{backbone.spec}' detects {', '.join(map(repr, source))}, but data "
+                              f"'{train.name}' has no class of that name (its classes: "
+                              f"{', '.join(map(repr, names)) or 'none'}); name the class {source[0]!r}.")
+        backbone.requires_grad_(False)
+        head = build_head("source-detector", backbone.feature_spec("detections"), len(names),
+                          source_labels=source, class_map=class_map)
+        model = TransferModel(backbone, head, train.task, names).eval()
+        mapped = {s: names[c] for s, c in zip(source, class_map) if c >= 0}
+        note = (f"zero-shot: no training; the pre-trained detector's classes {mapped} (the {len(train)} training "
+                f"images were not used)")
+        return model, [{"epoch": 1, "trained": False, "note": note, "classes": mapped}]
 
     def _scale(self, backbone: Backbone) -> float:
         if self.config.scale is not None:
@@ -249,7 +285,7 @@ class ZeroShot(Strategy):
 
     def predict(self, model: TransferModel, data: TaskData) -> np.ndarray:
         """Cached features for embedding backbones; NLI runs ``H`` pairs per item, so smaller batches."""
-        if model.task == "text-generation":
+        if model.task in ("text-generation", "detection"):
             return predict_outputs(model, data, batch_size=self.config.batch_size)
         if is_nli(model.backbone):
             per_batch = max(1, self.config.batch_size // max(1, model.backbone.num_features))

@@ -319,6 +319,9 @@ class Detection(Task):
         kind = head.get("kind") or self.head
         if kind in EXPORTABLE_DETECTORS:
             return None
+        if kind == "source-detector":
+            return ("a pre-trained detector's cascade (mtcnn:: an image pyramid, NMS between its stages) has no graph "
+                    "that stops before a data-dependent selection; serve or predict with the bundle instead.")
         return (f"the {kind} detector runs NMS on its region proposals before its second stage, so its graph cannot "
                 f"stop before a data-dependent selection. Detectors that export: {', '.join(EXPORTABLE_DETECTORS)} "
                 f"(fit with -o detector={EXPORTABLE_DETECTORS[0]}).")

@@ -1,5 +1,6 @@
 """The other detectors on a feature pyramid: ``retinanet`` (one stage, anchors), ``faster-rcnn`` (two stages) and
-``mask-rcnn`` (Faster R-CNN with a mask branch, for ``instance-segmentation``).
+``mask-rcnn`` (Faster R-CNN with a mask branch, for ``instance-segmentation``); and ``source-detector``, a
+pre-trained detector's own detections (``mtcnn:``) with its classes mapped onto the data's.
 
 Both are torchvision's detectors on :class:`~transferkit.tasks.dense_heads.PyramidNeck` (torchvision's FPN on
 the backbone's last three levels), as ``fcos`` is; the glue written here only runs their parts on a pyramid
@@ -251,6 +252,65 @@ class MaskRCNNHead(FasterRCNNHead):
         roi_heads.mask_predictor = MaskRCNNPredictor(int(mask_channels), int(mask_channels), int(num_classes) + 1)
 
 
+class SourceDetections:
+    """What the ``source-detector`` head returns: a pre-trained detector's detections with the data's classes.
+
+    Attributes:
+        image_size: ``(H, W)`` of the model input the boxes are in.
+    """
+
+    def __init__(self, found: list[dict], image_size: tuple[int, int]):
+        self.found, self.image_size = found, image_size
+
+    def __len__(self) -> int:
+        return len(self.found)
+
+    def loss(self, targets: list[dict]) -> torch.Tensor:
+        from transferkit.errors import ConfigError
+
+        raise ConfigError("A pre-trained detector's own head (source-detector) is not trained here; fit it with "
+                          "--strategy zero-shot, or train a detector head on a backbone's pyramid (finetune).")
+
+    def detections(self) -> list[dict[str, torch.Tensor]]:
+        return self.found
+
+
+class SourceDetectorHead(nn.Module):
+    """No weights: maps a pre-trained detector's classes (``mtcnn:``'s ``face``) onto the data's by name.
+
+    The backbone's features are its detections (feature kind ``detections``); detections of a source class with no
+    class of the same name in the data are dropped.
+
+    Args:
+        source_labels: the detector's classes.
+        class_map: for each source class, the index of the data's class it is (-1: none).
+        num_classes: the data's classes.
+    """
+
+    feature_kind = "detections"
+    score_meaning = None  # no export
+
+    def __init__(self, source_labels: Sequence[str], class_map: Sequence[int], num_classes: int):
+        super().__init__()
+        self.options = {"source_labels": [str(n) for n in source_labels], "class_map": [int(c) for c in class_map],
+                        "num_classes": int(num_classes)}
+        self.num_classes = int(num_classes)
+        self.register_buffer("class_map", torch.tensor(self.options["class_map"], dtype=torch.long), persistent=False)
+
+    def forward(self, features: dict) -> SourceDetections:
+        out = []
+        for d in features["detections"]:
+            labels = self.class_map.to(d["labels"].device)[d["labels"].long()]
+            keep = labels >= 0
+            out.append({"boxes": d["boxes"][keep], "scores": d["scores"][keep], "labels": labels[keep]})
+        return SourceDetections(out, tuple(features["image_size"]))
+
+
+def _build_source_detector(in_features, out_features: int, *, dropout: float = 0.0, source_labels=(),
+                           class_map=()) -> nn.Module:
+    return SourceDetectorHead(source_labels, class_map, out_features)
+
+
 register_head("retinanet", pyramid_builder(RetinaNetHead), describe_detector, rebuild_from(RetinaNetHead),
               help="object detection: torchvision FPN + RetinaNet head (9 anchors per location), focal loss and NMS")
 register_head("faster-rcnn", pyramid_builder(FasterRCNNHead), describe_detector, rebuild_from(FasterRCNNHead),
@@ -259,3 +319,7 @@ register_head("faster-rcnn", pyramid_builder(FasterRCNNHead), describe_detector,
 register_head("mask-rcnn", pyramid_builder(MaskRCNNHead), describe_detector, rebuild_from(MaskRCNNHead),
               help="instance segmentation: torchvision FPN + Mask R-CNN (Faster R-CNN with a mask branch); "
                    "no ONNX/TorchScript export")
+register_head("source-detector", _build_source_detector, describe_detector,
+              lambda h: SourceDetectorHead(h["source_labels"], h["class_map"], int(h["num_classes"])),
+              help="object detection: a pre-trained detector's own detections (mtcnn:), its classes mapped onto the "
+                   "data's by name; nothing trained (zero-shot), no export")
