@@ -99,6 +99,54 @@ def test_stream_order_is_seeded_and_shards_and_buffer_shuffle(tmp_path):
     assert [t.tolist() for _, t in stream.batches(4, seed=0, epoch=0, skip=3)] == [t.tolist() for _, t in batches[3:]]
 
 
+def test_a_streamed_probe_reads_the_stream_twice_and_checks_each_label_once(monkeypatch, tmp_path):
+    from transferkit.api import fit
+    from transferkit.data import stream_sources, streaming
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    X, y = shapes_images(n_per_class=6)
+    for s in range(2):
+        write_shard(tmp_path / f"{s:03d}.tar", samples(X, y, range(s, len(X), 2)))
+    reads, checked = [], []
+    real_samples, real_check = stream_sources.TarShards._samples, streaming._check_class_label
+
+    def counted_samples(self, shard, read_items):
+        reads.append((shard, read_items))
+        return real_samples(self, shard, read_items)
+
+    def counted_check(label, where):
+        checked.append(where)
+        return real_check(label, where)
+
+    monkeypatch.setattr(stream_sources.TarShards, "_samples", counted_samples)
+    monkeypatch.setattr(streaming, "_check_class_label", counted_check)
+    stream = open_stream(str(tmp_path / "{000..001}.tar"))
+    assert reads == [(0, False), (1, False)]  # the label pass
+    in_file_order = [i for s in range(2) for i in range(s, len(X), 2)]
+    expected = [stream.label_names.index(NAMES[y[i]]) for i in in_file_order]
+    assert stream.targets().tolist() == expected and stream.targets().dtype == np.int64
+    assert stream.label_counts.tolist() == np.bincount(expected, minlength=3).tolist()
+    assert [t for _, ts in stream.in_order(5) for t in ts.tolist()] == expected
+    reads.clear()
+    fit("small-cnn:16", stream, "linear-probe", progress=False, report=False)
+    assert sorted(reads) == [(0, True), (1, True)]  # the features, each shard once; no label pass again
+    fit("small-cnn:16", stream, "finetune", epochs=2, progress=False, report=False)
+    assert len(checked) == len(X) and len(set(checked)) == len(X)  # every label checked once, by the label pass
+
+
+def test_a_shard_that_changed_since_the_label_pass_is_refused(tmp_path):
+    X, y = shapes_images(n_per_class=4)
+    shard = write_shard(tmp_path / "000.tar", samples(X, y, range(len(X))))
+    stream = open_stream(shard, shuffle_buffer=0)
+    write_shard(shard, samples(X, y, range(len(X))) + [("00099.png", png(X[0])), ("00099.cls", b"bar")])
+    with pytest.raises(DataError, match=r"000\.tar: member 00099\.png: shard 0 of .*000\.tar has more items than "
+                                        r"the 12 it had when the stream was opened"):
+        list(stream.batches(5))
+    write_shard(shard, samples(X, y, range(len(X) - 1)))
+    with pytest.raises(DataError, match=r"Shard 0 of .*000\.tar has 11 items, 12 when the stream was opened"):
+        list(stream.in_order(5))
+
+
 def test_bad_shards_are_named_by_shard_and_member(tmp_path):
     from transferkit.api import fit
 

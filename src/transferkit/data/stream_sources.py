@@ -2,7 +2,7 @@
 image folders.
 
 Each source is a list of shards read in order. :meth:`StreamSource.labels` is the cheap pass (labels
-only, no item decoded); :meth:`StreamSource.records` yields ``(encoded item, raw label, where)``, and
+only, no item decoded, each with its shard); :meth:`StreamSource.records` yields ``(encoded item, raw label, where)``, and
 :meth:`StreamSource.decode` turns an encoded item into what the backbone's preprocessing reads (a PIL
 image or a string), naming ``where`` when it cannot.
 
@@ -57,8 +57,8 @@ class StreamSource:
     declared_labels: list[str] | None = None
     num_shards: int = 1
 
-    def labels(self) -> Iterator[tuple[Any, str]]:
-        """``(raw label, where)`` of every item in shard order, reading labels only."""
+    def labels(self) -> Iterator[tuple[int, Any, str]]:
+        """``(shard, raw label, where)`` of every item in shard order, reading labels only."""
         raise NotImplementedError
 
     def records(self, shard: int) -> Iterator[tuple[Any, Any, str]]:
@@ -203,11 +203,11 @@ class TarShards(StreamSource):
         self.modality = modality
         return item_ext, _label_text(members[LABEL_EXT], f"{path}: member {key}.{LABEL_EXT}")
 
-    def labels(self) -> Iterator[tuple[Any, str]]:
+    def labels(self) -> Iterator[tuple[int, Any, str]]:
         for shard in range(self.num_shards):
             for key, members, path in self._samples(shard, read_items=False):
                 _, label = self._item_and_label(key, members, path)
-                yield label, f"{path}: member {key}.{LABEL_EXT}"
+                yield shard, label, f"{path}: member {key}.{LABEL_EXT}"
 
     def records(self, shard: int) -> Iterator[tuple[Any, Any, str]]:
         for key, members, path in self._samples(shard, read_items=True):
@@ -269,11 +269,11 @@ class HFStream(StreamSource):
     def _shard(self, shard: int):
         return self.ds.shard(self.num_shards, shard) if self.num_shards > 1 else self.ds
 
-    def labels(self) -> Iterator[tuple[Any, str]]:
+    def labels(self) -> Iterator[tuple[int, Any, str]]:
         row = 0
         for shard in range(self.num_shards):
             for example in self._shard(shard).select_columns([self.label_column]):
-                yield example[self.label_column], f"{self.origin}, row {row}"
+                yield shard, example[self.label_column], f"{self.origin}, row {row}"
                 row += 1
 
     def records(self, shard: int) -> Iterator[tuple[Any, Any, str]]:
@@ -337,9 +337,9 @@ class FolderStream(StreamSource):
         self.declared_labels = names
         self.name, self.origin = root.name, str(root.resolve())
 
-    def labels(self) -> Iterator[tuple[Any, str]]:
+    def labels(self) -> Iterator[tuple[int, Any, str]]:
         for path, k in zip(self.items, self.targets):
-            yield int(k), path
+            yield 0, int(k), path
 
     def records(self, shard: int) -> Iterator[tuple[Any, Any, str]]:
         for path, k in zip(self.items, self.targets):
