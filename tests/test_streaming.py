@@ -261,6 +261,26 @@ def test_datasets_streams_parquet_and_saved_folders_with_class_labels(tmp_path):
     assert result.manifest["data"]["streamed"] and 0 <= result.metrics["accuracy"] <= 1
 
 
+def test_classes_named_by_numbers_keep_their_index_in_folders_and_class_labels(tmp_path):
+    """A class folder's or a ClassLabel's value is an index, never a name: with classes "1" and "2", index 1
+    is "2" (looked up as a name first, it was "1", and a folder of classes "1" and "2" had a single class)."""
+    from PIL import Image
+
+    X, y = shapes_images(n_per_class=3)
+    root = tmp_path / "digits"
+    for i, (img, label) in enumerate(zip(X[y < 2], y[y < 2])):
+        (root / str(label + 1)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / str(label + 1) / f"{i:05d}.png")
+    stream = open_stream(root, shuffle_buffer=0)
+    assert stream.label_names == ["1", "2"] and stream.label_counts.tolist() == [3, 3]
+    assert stream.targets().tolist() == [0, 0, 0, 1, 1, 1]
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["1", "0"])})
+    ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 1]}, features=features)
+    text = open_stream(ds.to_iterable_dataset(), shuffle_buffer=0)
+    assert text.label_names == ["1", "0"] and text.targets().tolist() == [0, 1, 1]
+
+
 def test_cli_fit_streams_tar_shards_and_image_folders(tmp_path):
     from typer.testing import CliRunner
 

@@ -48,6 +48,8 @@ class StreamSource:
         name: a short display name; ``origin``: where the data is (shown in errors and reports).
         modality: ``"image"`` or ``"text"``.
         declared_labels: the class names the source declares (their order indexes the targets), or ``None``.
+        labels_are_indices: every label is an index into ``declared_labels`` (a ``ClassLabel``, class folders),
+            never a class name (a tar's ``.cls`` may be either: a name first).
         num_shards: how many shards (units whose order an epoch shuffles).
     """
 
@@ -55,6 +57,7 @@ class StreamSource:
     origin: str = ""
     modality: str = "image"
     declared_labels: list[str] | None = None
+    labels_are_indices: bool = False
     num_shards: int = 1
 
     def labels(self) -> Iterator[tuple[int, Any, str]]:
@@ -259,6 +262,7 @@ class HFStream(StreamSource):
             raise DataError(f"{origin or 'Hugging Face dataset'}: column {label_column!r} holds {kind} targets; "
                             f"streaming fit trains classification.")
         self.declared_labels = names
+        self.labels_are_indices = names is not None  # a ClassLabel's values are indices into its names
         self.ds, self.column, self.label_column = ds, column, label_column
         self.num_shards = max(1, int(getattr(ds, "num_shards", 1) or 1))
         info_name = getattr(getattr(ds, "info", None), "dataset_name", None)
@@ -328,6 +332,7 @@ class FolderStream(StreamSource):
     class folders declare the classes); one shard, the files in listing order, each decoded in its batch."""
 
     modality = "image"
+    labels_are_indices = True  # a class folder's index (a folder named "2" need not be class 2)
 
     def __init__(self, path: str | os.PathLike):
         from transferkit.data.class_folders import read_class_folders

@@ -242,11 +242,13 @@ def open_stream(data: Any, *, text_column: str | None = None, image_column: str 
 def _label_pass(reader: StreamSource) -> tuple[list[str], np.ndarray, list[int]]:
     """``(class names, each item's class index in the source's order, items per shard)``, every label checked.
 
-    Declared classes index the targets (an integer label is an index into them); otherwise the classes are
+    Declared classes index the targets (an integer label is an index into them; a label that is not a class
+    name, or any label where the source's labels are indices); otherwise the classes are
     the labels found, sorted, and each item's first-seen code is mapped to its sorted index at the end.
     """
     declared = reader.declared_labels
-    lookup = {n: k for k, n in enumerate(declared or [])}
+    # indices are never looked up as names: with classes "1", "2", index 1 is "2"
+    lookup = {} if reader.labels_are_indices else {n: k for k, n in enumerate(declared or [])}
     seen: dict[str, int] = {}  # no declared classes: class name -> its code in order of first sight
     codes, shard_sizes = array("q"), [0] * reader.num_shards
     for shard, label, where in reader.labels():
