@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.data.adapters_labels import _check_class_label, _class_index, _label_key, _sort_names
+from transferkit.data.batches import drops_last_single
 from transferkit.data.stream_sources import StreamSource, open_source
 from transferkit.errors import DataError
 from transferkit.tasks import Task, get_task
@@ -145,52 +146,30 @@ class StreamData:
                 skip: int = 0) -> Iterator[tuple[list, np.ndarray]]:
         """``(decoded items, int64 targets)`` per batch of the epoch, after the first ``skip`` batches.
 
-        A last batch of one item is dropped when there are more items than ``batch_size`` (BatchNorm cannot
-        train on one item), as the in-memory loop does. Skipped batches are read but not decoded.
+        A last batch of one item is dropped when there are more items than ``batch_size``
+        (:func:`~transferkit.data.batches.drops_last_single`), as the in-memory loop does. Skipped batches are
+        read but not decoded.
         """
-        n = len(self)
-        drop_single = n > batch_size and n % batch_size == 1
-        chunk: list = []
-        done = 0
-        for record in self.records(seed, epoch):
-            chunk.append(record)
-            if len(chunk) < batch_size:
-                continue
-            if done >= skip:
+        chunks = _chunks(self.records(seed, epoch), batch_size, drop_single=drops_last_single(len(self), batch_size))
+        for k, chunk in enumerate(chunks):
+            if k >= skip:
                 yield self._decode(chunk)
-            done += 1
-            chunk = []
-        if chunk and not (drop_single and len(chunk) == 1) and done >= skip:
-            yield self._decode(chunk)
 
     def in_order(self, batch_size: int) -> Iterator[tuple[list, np.ndarray]]:
         """``(decoded items, int64 targets)`` of every item in the source's order (what feature extraction reads)."""
-        chunk: list = []
-        for record in self._source_order():
-            chunk.append(record)
-            if len(chunk) == batch_size:
-                yield self._decode(chunk)
-                chunk = []
-        if chunk:
-            yield self._decode(chunk)
+        return (self._decode(chunk) for chunk in _chunks(self._source_order(), batch_size))
 
     def targets(self) -> np.ndarray:
         """The class index of every item in the source's order (int64; kept from the label pass, nothing read)."""
         return self.classes.astype(np.int64)
 
     def batches_per_epoch(self, batch_size: int) -> int:
-        n = len(self)
-        full, rest = divmod(n, batch_size)
-        return full + (1 if rest and not (n > batch_size and rest == 1) else 0)
+        return -(-len(self) // batch_size) - drops_last_single(len(self), batch_size)
 
     def head(self, n: int) -> list:
         """The first ``n`` items in the source's order, decoded (what a strategy measures features on)."""
-        out: list = []
-        for record in self._source_order():
-            if len(out) >= n:
-                break
-            out.append(record)
-        return self._decode(out)[0] if out else []
+        first = next(_chunks(self._source_order(), n), []) if n > 0 else []
+        return self._decode(first)[0] if first else []
 
     def _source_order(self) -> Iterator[tuple[Any, int, str]]:
         return (r for s in range(self.reader.num_shards) for r in self._shard_records(s))
@@ -212,6 +191,18 @@ class StreamData:
     def _decode(self, chunk: list) -> tuple[list, np.ndarray]:
         items = [self.reader.decode(item, where) for item, _, where in chunk]
         return items, np.fromiter((k for _, k, _ in chunk), dtype=np.int64, count=len(chunk))
+
+
+def _chunks(records: Iterator, size: int, drop_single: bool = False) -> Iterator[list]:
+    """``records`` in lists of ``size`` (the last one shorter), without a last list of one when ``drop_single``."""
+    chunk: list = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk and not (drop_single and len(chunk) == 1):
+        yield chunk
 
 
 def open_stream(data: Any, *, text_column: str | None = None, image_column: str | None = None,

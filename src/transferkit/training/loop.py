@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from transferkit.constraints import NONE, Interval, Options, validate_declared
-from transferkit.data.batches import to_device
+from transferkit.data.batches import drops_last_single, to_device
 from transferkit.data.dataset import TaskData
 from transferkit.data.streaming import StreamData
 from transferkit.errors import ConfigError
@@ -223,7 +223,7 @@ class Trainer:
         else:
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate, generator=g,
-                drop_last=len(dataset) > cfg.batch_size and len(dataset) % cfg.batch_size == 1)
+                drop_last=drops_last_single(len(dataset), cfg.batch_size))
         groups = _decay_split(strategy.param_groups(model, lr, head_lr), cfg.weight_decay)
         if not groups:
             raise ConfigError(f"Strategy '{strategy.name}' left no parameter to train.")
