@@ -260,8 +260,7 @@ class Trainer:
             raise ConfigError(f"A streamed training set ('{train.name}') is read by one process; this run has "
                               f"{self.accelerator.num_processes}. Run it without accelerate launch / torchrun, or "
                               f"read the data whole (without --stream).")
-        dataset.batch_size, dataset.seed = self.config.batch_size, self.config.seed
-        return dataset
+        return dataset.batched(self.config.batch_size, self.config.seed)
 
     def _start_tracking(self, strategy, model, epochs, lr, head_lr, steps) -> None:
         cfg, acc = self.config, self.accelerator
