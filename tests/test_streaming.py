@@ -197,6 +197,23 @@ def test_strategies_and_options_that_need_the_data_whole_refuse_a_stream(tmp_pat
         compare("small-cnn:16", shard, ["finetune"], seeds=1, baselines=[], epochs=1, progress=False)
 
 
+def test_a_streams_validation_data_is_indexed_as_its_classes_and_its_test_data_cut(tmp_path):
+    from transferkit.api import prepare_data
+    from transferkit.data.streaming import is_stream
+
+    X, y = shapes_images(n_per_class=4)
+    shard = write_shard(tmp_path / "shards" / "000.tar", samples(X, y, range(len(X))))
+    (tmp_path / "shards" / "classes.txt").write_text("\n".join(NAMES))  # declared order: not the sorted one
+    folder = image_folder(tmp_path / "folder", X, y)
+    train, val, test = prepare_data(str(shard), stream=True, val_data=folder, test_data=folder, max_test=6)
+    assert is_stream(train) and train.label_names == NAMES and val.label_names == NAMES
+    assert val.targets.tolist() == [int(y[int(Path(p).stem)]) for p in val.items]
+    assert len(test) == 6 and np.bincount(test.targets, minlength=3).tolist() == [2, 2, 2]
+    with pytest.raises(ConfigError, match="val_fraction holds a split out of training data held whole; '.*' is "
+                                          "streamed. Give validation data with val_data"):
+        prepare_data(str(shard), stream=True, val_fraction=0.2)
+
+
 def test_linear_probe_extracts_a_streams_features_into_the_cache_file(monkeypatch, tmp_path):
     from transferkit.api import fit
 
