@@ -396,6 +396,20 @@ def test_progress_bar_shows_items_per_second():
         bar.close()
 
 
+def test_progress_bar_shows_a_rate_below_one_item_per_second():
+    import time
+
+    from transferkit.training.loop import _progress
+
+    bar = _progress(True, 2, "finetune")
+    try:
+        bar.start = time.perf_counter() - 100.0
+        bar.items(16)  # 0.16 items/s, shown as "0 items/s" before
+        assert bar.p.tasks[0].fields["rate"] == "0.16 items/s"
+    finally:
+        bar.close()
+
+
 def test_large_image_sets_are_decoded_a_batch_at_a_time(monkeypatch, tmp_path):
     from transferkit.backbones import load_backbone
     from transferkit.data import from_image_folder

@@ -404,7 +404,8 @@ class _progress:
         self.seen += n
         if self.p is not None:
             rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
-            self.p.update(self.t, rate=f"{rate:,.0f} items/s")
+            shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"  # a slow run's 0.4/s is not "0"
+            self.p.update(self.t, rate=f"{shown} items/s")
 
     def update(self, row: dict) -> None:
         if self.p is not None:
