@@ -158,6 +158,7 @@ def main(argv=None) -> None:
         row = run_one(job, pool, test, args)
         row["settings"] = {"image_size": args.image_size, "batch_size": args.batch_size, "base_steps": args.steps,
                            "pool": args.pool, "n_test": args.n_test, "threads": args.threads}
+        row["load_average"] = load_average()
         runs.append(row)
         with open(runs_file, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -165,6 +166,25 @@ def main(argv=None) -> None:
               flush=True)
         summarize(runs, args)
     summarize(runs, args)
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages now (``None`` where the OS has none): each run's row records
+    them as it ends, and the summary reports their range from the rows, never as fixed text."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_note(runs: list[dict]) -> str:
+    """``", load average A to B (...)"``: the range of the 1-minute load averages the rows recorded, or ``""``
+    when none recorded one (runs written before rows did)."""
+    loads = [r["load_average"][0] for r in runs if r.get("load_average")]
+    if not loads:
+        return ""
+    return (f", load average {min(loads):.1f} to {max(loads):.1f} (1 minute, recorded as each of {len(loads)} of "
+            f"{len(runs)} runs ended)")
 
 
 def _ci(values) -> tuple[float, float, float]:
@@ -257,8 +277,8 @@ def write_summary(runs: list[dict], args) -> None:
         "head 1e-3, BatchNorm statistics frozen; scratch: 1e-3 everywhere, BatchNorm trained and re-estimated "
         "after training.", "",
         *tables,
-        f"Cuts forced by the CPU (2 cores shared with three other engineers' jobs, load average 6 to 12 while "
-        f"this ran, so one thread per run): images at {s.get('image_size')} px (the issue asks for 128-192 px), "
+        f"Cuts forced by the CPU (2 cores shared with other jobs{load_note(runs)}, {s.get('threads')} thread(s) "
+        f"per run): images at {s.get('image_size')} px (the issue asks for 128-192 px), "
         f"an FPN/head of 64 channels and 2 conv layers (torchvision's FCOS: 256 and 4), {s.get('base_steps')} "
         f"optimizer steps (scratch: {2 * (s.get('base_steps') or 0)}) rather than a schedule run to convergence, "
         f"and a test set of {s.get('n_test')} scenes. The comparison itself is not cut: the same detector, data "
