@@ -194,6 +194,25 @@ def main(argv=None) -> None:
     summarize(runs, args)
 
 
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages now (``None`` where the OS has none): each run's row records
+    them as it ends, and the summary reports their range from the rows, never as fixed text."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_note(runs: list[dict]) -> str:
+    """``", load average A to B (...)"``: the range of the 1-minute load averages the rows recorded, or ``""``
+    when none recorded one (runs written before rows did)."""
+    loads = [r["load_average"][0] for r in runs if r.get("load_average")]
+    if not loads:
+        return ""
+    return (f", load average {min(loads):.1f} to {max(loads):.1f} (1 minute, recorded as each of {len(loads)} of "
+            f"{len(runs)} runs ended)")
+
+
 def _ci(values) -> tuple[float, float, float]:
     from transferkit.evaluation.stats import mean_ci
 
@@ -272,7 +291,7 @@ def write_summary(runs: list[dict], args) -> None:
     instance = args.part == "instance-segmentation"
     loads = [r["load_1min"] for r in runs if "load_1min" in r]
     later = sorted({r["arm"] for r in runs if "load_1min" in r})
-    load_note = (f"1-minute load average {min(loads):.1f} to {max(loads):.1f} at the end of the {len(loads)} runs "
+    load_text = (f"1-minute load average {min(loads):.1f} to {max(loads):.1f} at the end of the {len(loads)} runs "
                  f"that recorded it" + (f"; {len(runs) - len(loads)} earlier runs did not record it, and the runs "
                                         f"that did ({', '.join(later)}) ran at another time, so their train s/run "
                                         "does not compare with the other arms'"
@@ -307,7 +326,7 @@ def write_summary(runs: list[dict], args) -> None:
            "adapters and head lr 1e-3, the backbone's own weights frozen; ")
         + "scratch: 1e-3 everywhere, BatchNorm trained and re-estimated after training.", "",
         *tables,
-        f"Cuts forced by the CPU (2 cores shared with other engineers' jobs; {load_note}; so one thread per run): "
+        f"Cuts forced by the CPU (2 cores shared with other engineers' jobs; {load_text}; so one thread per run): "
         f"images at {s.get('image_size')} px (the issue asks for 128-192 px), "
         + ("a 64-channel FPN and mask branch (torchvision's Mask R-CNN: 256, four convs), fewer proposals, one "
            "training-set size, " if instance else

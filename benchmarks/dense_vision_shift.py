@@ -38,7 +38,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from dense_vision import ARMS, BACKBONE, _ci, _fmt, _fmt_diff, _paired  # noqa: E402  (same folder)
+from dense_vision import ARMS, BACKBONE, _ci, _fmt, _fmt_diff, _paired, load_average, load_note  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "dense_vision_shift"
 #: arm -> (training data, recipe in dense_vision.ARMS, steps as a multiple of the base budget)
@@ -169,7 +169,7 @@ def main(argv=None) -> None:
                 "n_test": args.n_test, "threads": args.threads}
     for seed in range(args.seeds):
         for row in run_seed(seed, data, args, {f"{r['seed']}|{r['arm']}" for r in runs}):
-            row["settings"] = settings
+            row["settings"], row["load_average"] = settings, load_average()
             runs.append(row)
             with open(runs_file, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -249,8 +249,8 @@ def write_summary(runs: list[dict], args) -> None:
         "is the labelled target data the shift takes away: a reference, not a contender. Times are wall seconds "
         "on a shared CPU: compare them within this table only.", "",
         *table, "", *diffs, "",
-        f"Cuts forced by the CPU (2 cores shared with other workers, load average 6 to 14 while this ran, "
-        f"{s['threads']} thread(s) per run): "
+        f"Cuts forced by the CPU (2 cores shared with other workers{load_note(runs)}, {s['threads']} thread(s) "
+        "per run): "
         f"{s['image_size']} px images, about {s['base_steps']} optimizer steps on the source and {s['few_steps']} "
         f"on the few line-art scenes rather than schedules run to convergence, a 64-channel FPN and 2-conv FCOS "
         f"towers (torchvision's: 256 and 4), {s['source']} source scenes, a {s['n_test']}-scene test set, and "

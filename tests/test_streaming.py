@@ -95,8 +95,59 @@ def test_stream_order_is_seeded_and_shards_and_buffer_shuffle(tmp_path):
     assert keys(0, 0) == keys(0, 0) and keys(0, 0) != keys(0, 1) and keys(0, 0) != keys(1, 0)
     assert sorted(keys(0, 0)) == sorted(keys(1, 1)) and len(keys(0, 0)) == len(X)
     batches = list(stream.batches(4, seed=0, epoch=0))
-    assert [len(t) for _, t in batches] == [4] * 4 + [2] and len(stream.head(3)) == 3
+    assert [len(t) for _, t in batches] == [4] * 4 + [2]
+    # head: the source's first items (shard 000 holds items 0, 3, 6, ...), not the epoch's shuffled ones
+    assert [np.asarray(img).tolist() for img in stream.head(3)] == [X[i].tolist() for i in (0, 3, 6)]
+    assert stream.head(0) == [] and len(stream.head(100)) == len(X)
     assert [t.tolist() for _, t in stream.batches(4, seed=0, epoch=0, skip=3)] == [t.tolist() for _, t in batches[3:]]
+
+
+def test_a_streamed_probe_reads_the_stream_twice_and_checks_each_label_once(monkeypatch, tmp_path):
+    from transferkit.api import fit
+    from transferkit.data import stream_sources, streaming
+
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "cache"))
+    X, y = shapes_images(n_per_class=6)
+    for s in range(2):
+        write_shard(tmp_path / f"{s:03d}.tar", samples(X, y, range(s, len(X), 2)))
+    reads, checked = [], []
+    real_samples, real_check = stream_sources.TarShards._samples, streaming._check_class_label
+
+    def counted_samples(self, shard, read_items):
+        reads.append((shard, read_items))
+        return real_samples(self, shard, read_items)
+
+    def counted_check(label, where):
+        checked.append(where)
+        return real_check(label, where)
+
+    monkeypatch.setattr(stream_sources.TarShards, "_samples", counted_samples)
+    monkeypatch.setattr(streaming, "_check_class_label", counted_check)
+    stream = open_stream(str(tmp_path / "{000..001}.tar"))
+    assert reads == [(0, False), (1, False)]  # the label pass
+    in_file_order = [i for s in range(2) for i in range(s, len(X), 2)]
+    expected = [stream.label_names.index(NAMES[y[i]]) for i in in_file_order]
+    assert stream.targets().tolist() == expected and stream.targets().dtype == np.int64
+    assert stream.label_counts.tolist() == np.bincount(expected, minlength=3).tolist()
+    assert [t for _, ts in stream.in_order(5) for t in ts.tolist()] == expected
+    reads.clear()
+    fit("small-cnn:16", stream, "linear-probe", progress=False, report=False)
+    assert sorted(reads) == [(0, True), (1, True)]  # the features, each shard once; no label pass again
+    fit("small-cnn:16", stream, "finetune", epochs=2, progress=False, report=False)
+    assert len(checked) == len(X) and len(set(checked)) == len(X)  # every label checked once, by the label pass
+
+
+def test_a_shard_that_changed_since_the_label_pass_is_refused(tmp_path):
+    X, y = shapes_images(n_per_class=4)
+    shard = write_shard(tmp_path / "000.tar", samples(X, y, range(len(X))))
+    stream = open_stream(shard, shuffle_buffer=0)
+    write_shard(shard, samples(X, y, range(len(X))) + [("00099.png", png(X[0])), ("00099.cls", b"bar")])
+    with pytest.raises(DataError, match=r"000\.tar: member 00099\.png: shard 0 of .*000\.tar has more items than "
+                                        r"the 12 it had when the stream was opened"):
+        list(stream.batches(5))
+    write_shard(shard, samples(X, y, range(len(X) - 1)))
+    with pytest.raises(DataError, match=r"Shard 0 of .*000\.tar has 11 items, 12 when the stream was opened"):
+        list(stream.in_order(5))
 
 
 def test_bad_shards_are_named_by_shard_and_member(tmp_path):
@@ -136,17 +187,89 @@ def test_strategies_and_options_that_need_the_data_whole_refuse_a_stream(tmp_pat
     with pytest.raises(ConfigError, match=r"Strategy 'protonet' needs its training data in memory.*Strategies "
                                           r"that stream: .*finetune.*linear-probe.*lora"):
         fit("small-cnn:16", shard, "protonet", **args)
-    with pytest.raises(ConfigError, match="labels_per_class draws from training data held whole"):
-        fit("small-cnn:16", shard, "finetune", labels_per_class=2, **args)
-    with pytest.raises(ConfigError, match=r"head_init=probe reads the whole training set"):
-        fit("small-cnn:16", shard, "finetune", strategy_options={"head_init": "probe"}, **args)
-    with pytest.raises(ConfigError, match=r"check_transfer \(the scratch baselines train in memory\)"):
-        fit("small-cnn:16", shard, "finetune", check_transfer=True, **args)
     with pytest.raises(DataError, match="tar shards and a datasets.IterableDataset are read as a stream, which only "
                                         "fit's training data is"):
         fit("small-cnn:16", shard, "finetune", test_data=shard, **args)
     with pytest.raises(DataError, match="read as a stream, which only fit's training data is"):
         compare("small-cnn:16", shard, ["finetune"], seeds=1, baselines=[], epochs=1, progress=False)
+
+
+_WHOLE = r"'shards' is streamed, and "
+_DROP = r" the training data whole\. Drop (it|them), or read the data whole \(without --stream\)\."
+_STREAM_REFUSALS = {  # every option a stream refuses, with its message
+    "strategy auto": (dict(strategy="auto"), _WHOLE + r"strategy 'auto' \(its search cross-validates on the "
+                                              r"training labels\) needs" + _DROP),
+    "check_transfer": (dict(check_transfer=True), _WHOLE + r"check_transfer \(the scratch baselines train in "
+                                                       r"memory\) needs" + _DROP),
+    "lr auto": (dict(lr="auto"), _WHOLE + r"lr='auto' \(the finder's range test\) needs" + _DROP),
+    "pre-training": (dict(pretrain="simclr", unlabelled_data="FOLDER"), _WHOLE + r"pre-training \(--pretrain\) needs"
+                     + _DROP),
+    "domain target": (dict(target_data="FOLDER"), _WHOLE + r"domain adaptation \(target_data\) needs" + _DROP),
+    "two at once": (dict(check_transfer=True, lr="auto"), _WHOLE + r"check_transfer \(.*\); lr='auto' \(.*\) need"
+                    + _DROP),
+    "labels_per_class": (dict(labels_per_class=2), r"labels_per_class draws from training data held whole; 'shards' is "
+                                                   r"streamed\. Leave it out, or read the data whole"),
+    "val_fraction": (dict(val_fraction=0.2), r"val_fraction holds a split out of training data held whole; 'shards' is "
+                                             r"streamed\. Give validation data with val_data, or leave val_fraction out"),
+    "head_init probe": (dict(strategy_options={"head_init": "probe"}), r"head_init=probe reads the whole training set "
+                        r"in memory; 'shards' is a stream\. Leave head_init at the default"),
+    "recalibrate_bn": (dict(strategy_options={"recalibrate_bn": True}), r"recalibrate_bn=true reads the whole training "
+                       r"set in memory; 'shards' is a stream\. Leave recalibrate_bn at the default"),
+    "both finetune options": (dict(strategy_options={"head_init": "probe", "recalibrate_bn": True}),
+                              r"head_init=probe, recalibrate_bn=true read the whole training set in memory; 'shards' is "
+                              r"a stream\. Leave head_init and recalibrate_bn at the default"),
+    "multi-label task": (dict(task="multilabel"), r"Streamed training data is read for classification, one class per "
+                         r"item; task='multilabel' needs the data whole \(without --stream\)\."),
+    "sensitive_column": (dict(sensitive_column="group"), r"sensitive_column applies to data read whole; a stream "
+                                                         r"carries inputs and labels only\."),
+}
+
+
+@pytest.mark.parametrize("name", list(_STREAM_REFUSALS))
+def test_each_option_a_stream_refuses_is_named(name, tmp_path):
+    from transferkit.api import fit
+
+    X, y = shapes_images(n_per_class=4)
+    shard = str(write_shard(tmp_path / "shards" / "000.tar", samples(X, y, range(len(X)))))
+    folder = str(image_folder(tmp_path / "folder", X, y))
+    options, message = _STREAM_REFUSALS[name]
+    options = {k: folder if v == "FOLDER" else v for k, v in options.items()}
+    options = {"strategy": "finetune", "epochs": 1, "progress": False, "report": False, **options}
+    with pytest.raises(ConfigError, match=message):
+        fit("small-cnn:16", shard, options.pop("strategy"), **options)
+
+
+def test_a_stream_refuses_feature_columns_and_several_processes(tmp_path):
+    from types import SimpleNamespace
+
+    from transferkit.data import resolve_data
+    from transferkit.strategies.base import StreamDataset
+    from transferkit.training.loop import Trainer
+
+    X, y = shapes_images(n_per_class=4)
+    shard = str(write_shard(tmp_path / "000.tar", samples(X, y, range(len(X)))))
+    with pytest.raises(ConfigError, match=r"feature_columns applies to data read whole; a stream carries inputs and "
+                                          r"labels only\."):
+        resolve_data(shard, stream=True, feature_columns=["a"])
+    stream = open_stream(shard)
+    trainer = Trainer(accelerator=SimpleNamespace(num_processes=2))
+    with pytest.raises(ConfigError, match=r"A streamed training set \('.*'\) is read by one process; this run has 2\. "
+                                          r"Run it without accelerate launch / torchrun"):
+        trainer._stream_loader(StreamDataset(stream, None), stream)
+
+
+def test_a_streams_validation_data_is_indexed_as_its_classes_and_its_test_data_cut(tmp_path):
+    from transferkit.api import prepare_data
+    from transferkit.data.streaming import is_stream
+
+    X, y = shapes_images(n_per_class=4)
+    shard = write_shard(tmp_path / "shards" / "000.tar", samples(X, y, range(len(X))))
+    (tmp_path / "shards" / "classes.txt").write_text("\n".join(NAMES))  # declared order: not the sorted one
+    folder = image_folder(tmp_path / "folder", X, y)
+    train, val, test = prepare_data(str(shard), stream=True, val_data=folder, test_data=folder, max_test=6)
+    assert is_stream(train) and train.label_names == NAMES and val.label_names == NAMES
+    assert val.targets.tolist() == [int(y[int(Path(p).stem)]) for p in val.items]
+    assert len(test) == 6 and np.bincount(test.targets, minlength=3).tolist() == [2, 2, 2]
 
 
 def test_linear_probe_extracts_a_streams_features_into_the_cache_file(monkeypatch, tmp_path):
@@ -208,9 +331,31 @@ def test_datasets_streams_parquet_and_saved_folders_with_class_labels(tmp_path):
     text = open_stream(tmp_path / "text.jsonl", text_column="review", shuffle_buffer=0)  # classes from the label pass
     assert text.modality == "text" and text.label_names == ["neg", "neutral", "pos"]
     assert text.label_counts.tolist() == [2, 2, 3] and text.head(2) == ["text 0", "text 1"]
-    result = fit("small-cnn:16", tmp_path / "train.parquet", "finetune", stream=True, epochs=1, progress=False,
-                 report=False, test_data=image_folder(tmp_path / "test", X, y))
-    assert result.manifest["data"]["streamed"] and 0 <= result.metrics["accuracy"] <= 1
+    held_out = image_folder(tmp_path / "test", *shapes_images(n_per_class=10, seed=1))
+    result = fit("small-cnn:16", tmp_path / "train.parquet", "finetune", stream=True, epochs=6, batch_size=4,
+                 progress=False, report=False, test_data=held_out)
+    # held-out images; chance is 1/3 (one step an epoch, as at epochs=1 and batch 32, stays at chance)
+    assert result.manifest["data"]["streamed"] and result.metrics["accuracy"] >= 0.6, result.metrics
+
+
+def test_classes_named_by_numbers_keep_their_index_in_folders_and_class_labels(tmp_path):
+    """A class folder's or a ClassLabel's value is an index, never a name: with classes "1" and "2", index 1
+    is "2" (looked up as a name first, it was "1", and a folder of classes "1" and "2" had a single class)."""
+    from PIL import Image
+
+    X, y = shapes_images(n_per_class=3)
+    root = tmp_path / "digits"
+    for i, (img, label) in enumerate(zip(X[y < 2], y[y < 2])):
+        (root / str(label + 1)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / str(label + 1) / f"{i:05d}.png")
+    stream = open_stream(root, shuffle_buffer=0)
+    assert stream.label_names == ["1", "2"] and stream.label_counts.tolist() == [3, 3]
+    assert stream.targets().tolist() == [0, 0, 0, 1, 1, 1]
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["1", "0"])})
+    ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 1]}, features=features)
+    text = open_stream(ds.to_iterable_dataset(), shuffle_buffer=0)
+    assert text.label_names == ["1", "0"] and text.targets().tolist() == [0, 1, 1]
 
 
 def test_cli_fit_streams_tar_shards_and_image_folders(tmp_path):
@@ -232,13 +377,35 @@ def test_cli_fit_streams_tar_shards_and_image_folders(tmp_path):
 
 
 def test_progress_bar_shows_items_per_second():
+    import time
+
     from transferkit.training.loop import _progress
 
     bar = _progress(True, 2, "finetune")
     try:
+        bar.start = time.perf_counter() - 2.0  # the run started 2 s ago
+        before = time.perf_counter()
         bar.items(32)
         bar.items(32)
-        assert bar.seen == 64 and bar.p.tasks[0].fields["rate"].endswith(" items/s")
+        elapsed = (before - bar.start, time.perf_counter() - bar.start)  # what the rate divided by lies between
+        shown = bar.p.tasks[0].fields["rate"]
+        assert bar.seen == 64 and shown.endswith(" items/s")
+        rate = float(shown.removesuffix(" items/s").replace(",", ""))
+        assert 0 < 64 / elapsed[1] - 0.5 <= rate <= 64 / elapsed[0] + 0.5, (shown, elapsed)  # about 32 items/s
+    finally:
+        bar.close()
+
+
+def test_progress_bar_shows_a_rate_below_one_item_per_second():
+    import time
+
+    from transferkit.training.loop import _progress
+
+    bar = _progress(True, 2, "finetune")
+    try:
+        bar.start = time.perf_counter() - 100.0
+        bar.items(16)  # 0.16 items/s, shown as "0 items/s" before
+        assert bar.p.tasks[0].fields["rate"] == "0.16 items/s"
     finally:
         bar.close()
 

@@ -258,7 +258,7 @@ class CausalLMBackbone(Backbone):
             hidden = self.model.get_base_model().base_model(**self.with_virtual_tokens(batch)).last_hidden_state
             return skip_virtual_tokens(hidden, batch), batch.get("attention_mask")
         decoder = self.model.base_model  # the stack below the LM head: no [B, T, vocab] logits are computed
-        return decoder(**model_inputs(batch)).last_hidden_state, batch.get("attention_mask")
+        return decoder(**lm_inputs(batch)).last_hidden_state, batch.get("attention_mask")
 
     def forward_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Next-token logits ``[B, T, V]`` of the model's own output layer (position t scores token t + 1).
@@ -267,7 +267,7 @@ class CausalLMBackbone(Backbone):
         positions are dropped, so position t still scores token t + 1 of the batch and the task's
         completion-only labels line up unchanged.
         """
-        return skip_virtual_tokens(self.model(**model_inputs(batch), use_cache=False).logits, batch)
+        return skip_virtual_tokens(self.model(**lm_inputs(batch), use_cache=False).logits, batch)
 
     @torch.no_grad()
     def packing_isolates_pairs(self) -> bool:
@@ -354,9 +354,10 @@ class CausalLMBackbone(Backbone):
         self.tokenizer.save_pretrained(directory)
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def lm_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What a causal LM's forward reads from ``batch``: ids and attention mask; for a packed batch ids and position
-    ids, without a mask, so that transformers derives one block per pair from where the positions restart."""
+    ids, without a mask, so that transformers derives one block per pair from where the positions restart. (An
+    encoder's inputs are :func:`~transferkit.backbones.hf.model_inputs`'s.)"""
     if "position_ids" in batch:
         return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
     return {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}

@@ -30,6 +30,13 @@ def to_device(inputs: Any, device: torch.device | str | None) -> Any:
     return inputs
 
 
+def drops_last_single(n: int, batch_size: int) -> bool:
+    """Whether an epoch of ``n`` training items in batches of ``batch_size`` drops its last batch: a batch of one
+    item, when there are more items than a batch (BatchNorm cannot train on one item). The loop's epochs, the
+    learning-rate finder's and a stream's batches all follow this one rule."""
+    return n > batch_size and n % batch_size == 1
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter (the CPU for a module without parameters)."""
     return next((p.device for p in module.parameters()), torch.device("cpu"))

@@ -25,7 +25,7 @@ from transferkit.data.adapters_audio import (from_audio_folder, is_audio_folder,
 from transferkit.data.adapters_generation import is_generation_file, read_generation_file
 from transferkit.data.adapters_tokens import from_hf_token_dataset, is_conll, is_span_jsonl, read_token_file
 from transferkit.data.builtin import DATASETS, load_dataset
-from transferkit.data.splits import subsample
+from transferkit.data.splits import cap_test
 from transferkit.data.dataset import TaskData
 from transferkit.data.stream_sources import is_iterable_dataset, is_tar_pattern
 from transferkit.data.streaming import StreamData, open_stream
@@ -191,16 +191,19 @@ def resolve_data(data: Any, *, test_data: Any = None, text_column: str | None = 
                "sensitive_column": sensitive_column}
     if stream or isinstance(data, StreamData):
         return _resolve_stream(data, test_data, columns, task)
-    train, builtin_test = _resolve_one(data, columns=columns, task=task, dataset_options=dataset_options)
-    test = builtin_test
+    train, test = _resolve_one(data, columns=columns, task=task, dataset_options=dataset_options)
     if test_data is not None:
-        resolved, its_test = _resolve_one(test_data, columns=columns, task=task, dataset_options=dataset_options)
-        is_builtin = isinstance(test_data, str) and its_test is not None
-        test = its_test if is_builtin else resolved
+        test = _resolve_test(test_data, columns, task, dataset_options)
     if test is not None:
         check_eval_labels(train, test)
         test = align_labels(train, test)
     return train, test
+
+
+def _resolve_test(test_data: Any, columns: dict, task: str | None, dataset_options: dict) -> TaskData:
+    """Test data read whole: a built-in name gives its test split, anything else is read as training data is."""
+    resolved, its_test = _resolve_one(test_data, columns=columns, task=task, dataset_options=dataset_options)
+    return its_test if isinstance(test_data, str) and its_test is not None else resolved
 
 
 def _resolve_stream(data: Any, test_data: Any, columns: dict, task: str | None) -> tuple[StreamData, TaskData | None]:
@@ -215,16 +218,16 @@ def _resolve_stream(data: Any, test_data: Any, columns: dict, task: str | None) 
                                                                    label_column=columns["label_column"])
     test = None
     if test_data is not None:
-        resolved, its_test = _resolve_one(test_data, columns=columns, task=task, dataset_options={})
-        test = its_test if isinstance(test_data, str) and its_test is not None else resolved  # a built-in's test split
-        test = align_to_label_names(test, train.label_names, owner=f"the training stream '{train.name}'")
+        test = align_to_label_names(_resolve_test(test_data, columns, task, {}), train.label_names,
+                                    owner=f"the training stream '{train.name}'")
     return train, test
 
 
 def prepare_stream(train: StreamData, test, val_data, labels_per_class, val_fraction, max_test,
                    data_options: dict) -> tuple[StreamData, TaskData | None, TaskData | None]:
     """``prepare_data`` for a stream: the stream as it is (no per-class draw, no split held out), validation
-    data read whole and indexed as its labels, the test data cut to ``max_test``.
+    data read whole and indexed as its labels (as test data is: a built-in name gives its test split), the test
+    data cut to ``max_test``.
 
     Raises:
         ConfigError: ``labels_per_class``, or a ``val_fraction`` above 0 (both need the data whole).
@@ -238,8 +241,5 @@ def prepare_stream(train: StreamData, test, val_data, labels_per_class, val_frac
     val = None
     if val_data is not None:
         columns = {k: v for k, v in data_options.items() if k in ("text_column", "label_column")}
-        val, _ = resolve_data(val_data, **columns)
-        val = align_to_label_names(val, train.label_names, owner=f"the training stream '{train.name}'")
-    if test is not None and max_test is not None and len(test) > max_test:
-        test = subsample(test, max_test, 0)
-    return train, val, test
+        _, val = resolve_data(train, test_data=val_data, **columns)  # read whole, indexed as the stream's classes
+    return train, val, cap_test(test, max_test)

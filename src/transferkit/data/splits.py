@@ -208,6 +208,13 @@ def _warn_duplicates(data: TaskData, train_idx: np.ndarray, val_idx: np.ndarray)
                       DataWarning, stacklevel=3)
 
 
+def cap_test(test: TaskData | None, max_test: int | None) -> TaskData | None:
+    """``test`` cut to a stratified ``max_test`` items when it has more (seed 0: the same items for every seed)."""
+    if test is not None and max_test is not None and len(test) > max_test:
+        return subsample(test, max_test, 0)
+    return test
+
+
 def subsample(data: TaskData, n: int, seed: int) -> TaskData:
     """A stratified random subset of ``n`` items in total (for evaluating on part of a large test set).
 

@@ -2,7 +2,7 @@
 image folders.
 
 Each source is a list of shards read in order. :meth:`StreamSource.labels` is the cheap pass (labels
-only, no item decoded); :meth:`StreamSource.records` yields ``(encoded item, raw label, where)``, and
+only, no item decoded, each with its shard); :meth:`StreamSource.records` yields ``(encoded item, raw label, where)``, and
 :meth:`StreamSource.decode` turns an encoded item into what the backbone's preprocessing reads (a PIL
 image or a string), naming ``where`` when it cannot.
 
@@ -48,6 +48,8 @@ class StreamSource:
         name: a short display name; ``origin``: where the data is (shown in errors and reports).
         modality: ``"image"`` or ``"text"``.
         declared_labels: the class names the source declares (their order indexes the targets), or ``None``.
+        labels_are_indices: every label is an index into ``declared_labels`` (a ``ClassLabel``, class folders),
+            never a class name (a tar's ``.cls`` may be either: a name first).
         num_shards: how many shards (units whose order an epoch shuffles).
     """
 
@@ -55,10 +57,11 @@ class StreamSource:
     origin: str = ""
     modality: str = "image"
     declared_labels: list[str] | None = None
+    labels_are_indices: bool = False
     num_shards: int = 1
 
-    def labels(self) -> Iterator[tuple[Any, str]]:
-        """``(raw label, where)`` of every item in shard order, reading labels only."""
+    def labels(self) -> Iterator[tuple[int, Any, str]]:
+        """``(shard, raw label, where)`` of every item in shard order, reading labels only."""
         raise NotImplementedError
 
     def records(self, shard: int) -> Iterator[tuple[Any, Any, str]]:
@@ -203,11 +206,11 @@ class TarShards(StreamSource):
         self.modality = modality
         return item_ext, _label_text(members[LABEL_EXT], f"{path}: member {key}.{LABEL_EXT}")
 
-    def labels(self) -> Iterator[tuple[Any, str]]:
+    def labels(self) -> Iterator[tuple[int, Any, str]]:
         for shard in range(self.num_shards):
             for key, members, path in self._samples(shard, read_items=False):
                 _, label = self._item_and_label(key, members, path)
-                yield label, f"{path}: member {key}.{LABEL_EXT}"
+                yield shard, label, f"{path}: member {key}.{LABEL_EXT}"
 
     def records(self, shard: int) -> Iterator[tuple[Any, Any, str]]:
         for key, members, path in self._samples(shard, read_items=True):
@@ -259,6 +262,7 @@ class HFStream(StreamSource):
             raise DataError(f"{origin or 'Hugging Face dataset'}: column {label_column!r} holds {kind} targets; "
                             f"streaming fit trains classification.")
         self.declared_labels = names
+        self.labels_are_indices = names is not None  # a ClassLabel's values are indices into its names
         self.ds, self.column, self.label_column = ds, column, label_column
         self.num_shards = max(1, int(getattr(ds, "num_shards", 1) or 1))
         info_name = getattr(getattr(ds, "info", None), "dataset_name", None)
@@ -269,11 +273,11 @@ class HFStream(StreamSource):
     def _shard(self, shard: int):
         return self.ds.shard(self.num_shards, shard) if self.num_shards > 1 else self.ds
 
-    def labels(self) -> Iterator[tuple[Any, str]]:
+    def labels(self) -> Iterator[tuple[int, Any, str]]:
         row = 0
         for shard in range(self.num_shards):
             for example in self._shard(shard).select_columns([self.label_column]):
-                yield example[self.label_column], f"{self.origin}, row {row}"
+                yield shard, example[self.label_column], f"{self.origin}, row {row}"
                 row += 1
 
     def records(self, shard: int) -> Iterator[tuple[Any, Any, str]]:
@@ -328,6 +332,7 @@ class FolderStream(StreamSource):
     class folders declare the classes); one shard, the files in listing order, each decoded in its batch."""
 
     modality = "image"
+    labels_are_indices = True  # a class folder's index (a folder named "2" need not be class 2)
 
     def __init__(self, path: str | os.PathLike):
         from transferkit.data.class_folders import read_class_folders
@@ -337,9 +342,9 @@ class FolderStream(StreamSource):
         self.declared_labels = names
         self.name, self.origin = root.name, str(root.resolve())
 
-    def labels(self) -> Iterator[tuple[Any, str]]:
+    def labels(self) -> Iterator[tuple[int, Any, str]]:
         for path, k in zip(self.items, self.targets):
-            yield int(k), path
+            yield 0, int(k), path
 
     def records(self, shard: int) -> Iterator[tuple[Any, Any, str]]:
         for path, k in zip(self.items, self.targets):

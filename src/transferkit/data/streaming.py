@@ -8,7 +8,9 @@ a batch at a time, decodes them then, and forgets them after the step.
 ``.cls`` members, a dataset's label column; no image is decoded): the pass counts the items (the
 learning-rate schedule needs the steps of an epoch), counts each class (two are needed, as for in-memory
 data; ``class_weight=balanced`` reads the counts) and checks every label, so a bad label is named before
-training starts. Where the source declares its classes (a ``ClassLabel`` feature, ``classes.txt`` beside
+training starts. It keeps each item's class number, in the source's order: :meth:`StreamData.targets` and
+the targets of every batch are read from them by the item's position, so no label is read or checked again
+(a source reads its items in the same order every time; a shard whose item count changed since is refused). Where the source declares its classes (a ``ClassLabel`` feature, ``classes.txt`` beside
 tar shards, class folders), those names in that order index the targets and integer labels are indices
 into them; otherwise the classes are the labels found, sorted as :func:`~transferkit.data.encode_labels`
 sorts them.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.data.adapters_labels import _check_class_label, _class_index, _label_key, _sort_names
+from transferkit.data.batches import drops_last_single
 from transferkit.data.stream_sources import StreamSource, open_source
 from transferkit.errors import DataError
 from transferkit.tasks import Task, get_task
@@ -54,28 +58,30 @@ class StreamData:
     """Labelled training data for one classification task, read from its source a batch at a time.
 
     Built by :func:`open_stream`, which makes the label pass. It answers what :class:`TaskData` answers
-    about the data (modality, task, label names, name, source, length, fingerprint) but has no
-    ``items`` or ``targets``: :meth:`batches` reads them.
+    about the data (modality, task, label names, name, source, length, fingerprint) but holds no
+    ``items``: :meth:`batches` reads them; :meth:`targets` gives the label pass's class indices.
 
     Attributes:
         reader: where the items come from (:class:`~transferkit.data.stream_sources.StreamSource`).
         label_names: the classes; targets index them.
-        label_counts: items per class (from the label pass).
-        by_index: integer labels are indices into ``label_names`` (the source declared its classes).
+        classes: the class index of every item in the source's order (from the label pass).
+        shard_sizes: the items of each shard (from the label pass).
         shuffle_buffer: items the shuffle buffer holds (0: the source's order, shards still shuffled).
+        label_counts: items per class (counted from ``classes``).
     """
 
     reader: StreamSource
     label_names: list[str]
-    label_counts: np.ndarray
-    by_index: bool = False
+    classes: np.ndarray = field(repr=False)
+    shard_sizes: list[int] = field(repr=False)
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     task: str = "classification"
-    _lookup: dict = field(default_factory=dict, repr=False)
+    label_counts: np.ndarray = field(init=False)
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._lookup = {n: k for k, n in enumerate(self.label_names)}
+        self.label_counts = np.bincount(self.classes, minlength=len(self.label_names)).astype(np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(self.shard_sizes, dtype=np.int64)])
 
     @property
     def modality(self) -> str:
@@ -105,11 +111,6 @@ class StreamData:
     def num_outputs(self) -> int:
         return self.task_spec.num_outputs(self.label_names)
 
-    def target(self, label: Any, where: str) -> int:
-        """The class index of a raw label, or a :class:`DataError` naming ``where``."""
-        _check_class_label(label, where)
-        return _class_index(label, self.label_names, self._lookup, self.by_index, where)
-
     def fingerprint(self) -> str:
         """A sha256 over the source (files by path, size and mtime), the classes and their counts."""
         if self._fingerprint is None:
@@ -121,12 +122,12 @@ class StreamData:
         return self._fingerprint
 
     def records(self, seed: int = 0, epoch: int = 0) -> Iterator[tuple[Any, Any, str]]:
-        """``(encoded item, raw label, where)`` of every item, in the epoch's order (see the module docstring)."""
+        """``(encoded item, class index, where)`` of every item, in the epoch's order (see the module docstring)."""
         rng = random.Random(f"{seed}:{epoch}")
         shards = list(range(self.reader.num_shards))
         if len(shards) > 1:
             rng.shuffle(shards)
-        records = (r for s in shards for r in self.reader.records(s))
+        records = (r for s in shards for r in self._shard_records(s))
         if self.shuffle_buffer <= 1:
             yield from records
             return
@@ -145,61 +146,63 @@ class StreamData:
                 skip: int = 0) -> Iterator[tuple[list, np.ndarray]]:
         """``(decoded items, int64 targets)`` per batch of the epoch, after the first ``skip`` batches.
 
-        A last batch of one item is dropped when there are more items than ``batch_size`` (BatchNorm cannot
-        train on one item), as the in-memory loop does. Skipped batches are read but not decoded.
+        A last batch of one item is dropped when there are more items than ``batch_size``
+        (:func:`~transferkit.data.batches.drops_last_single`), as the in-memory loop does. Skipped batches are
+        read but not decoded.
         """
-        n = len(self)
-        drop_single = n > batch_size and n % batch_size == 1
-        chunk: list = []
-        done = 0
-        for record in self.records(seed, epoch):
-            chunk.append(record)
-            if len(chunk) < batch_size:
-                continue
-            if done >= skip:
+        chunks = _chunks(self.records(seed, epoch), batch_size, drop_single=drops_last_single(len(self), batch_size))
+        for k, chunk in enumerate(chunks):
+            if k >= skip:
                 yield self._decode(chunk)
-            done += 1
-            chunk = []
-        if chunk and not (drop_single and len(chunk) == 1) and done >= skip:
-            yield self._decode(chunk)
 
     def in_order(self, batch_size: int) -> Iterator[tuple[list, np.ndarray]]:
         """``(decoded items, int64 targets)`` of every item in the source's order (what feature extraction reads)."""
-        chunk: list = []
-        for record in self._source_order():
-            chunk.append(record)
-            if len(chunk) == batch_size:
-                yield self._decode(chunk)
-                chunk = []
-        if chunk:
-            yield self._decode(chunk)
+        return (self._decode(chunk) for chunk in _chunks(self._source_order(), batch_size))
 
     def targets(self) -> np.ndarray:
-        """The class index of every item in the source's order, from a pass over the labels only."""
-        return np.fromiter((self.target(label, where) for label, where in self.reader.labels()), dtype=np.int64)
+        """The class index of every item in the source's order (int64; kept from the label pass, nothing read)."""
+        return self.classes.astype(np.int64)
 
     def batches_per_epoch(self, batch_size: int) -> int:
-        n = len(self)
-        full, rest = divmod(n, batch_size)
-        return full + (1 if rest and not (n > batch_size and rest == 1) else 0)
+        return -(-len(self) // batch_size) - drops_last_single(len(self), batch_size)
 
     def head(self, n: int) -> list:
         """The first ``n`` items in the source's order, decoded (what a strategy measures features on)."""
-        out: list = []
-        for record in self._source_order():
-            if len(out) >= n:
-                break
-            out.append(record)
-        return self._decode(out)[0] if out else []
+        first = next(_chunks(self._source_order(), n), []) if n > 0 else []
+        return self._decode(first)[0] if first else []
 
-    def _source_order(self) -> Iterator[tuple[Any, Any, str]]:
-        return (r for s in range(self.reader.num_shards) for r in self.reader.records(s))
+    def _source_order(self) -> Iterator[tuple[Any, int, str]]:
+        return (r for s in range(self.reader.num_shards) for r in self._shard_records(s))
+
+    def _shard_records(self, shard: int) -> Iterator[tuple[Any, int, str]]:
+        """Shard ``shard``'s ``(encoded item, class index, where)``; the class is the label pass's for the item's
+        position (its raw label is not read again)."""
+        start, size, n = int(self._starts[shard]), self.shard_sizes[shard], 0
+        for item, _, where in self.reader.records(shard):
+            if n == size:
+                raise DataError(f"{where}: shard {shard} of {self.reader.origin} has more items than the {size} it "
+                                f"had when the stream was opened; the data changed since. Open the stream again.")
+            yield item, int(self.classes[start + n]), where
+            n += 1
+        if n != size:
+            raise DataError(f"Shard {shard} of {self.reader.origin} has {n} items, {size} when the stream was opened; "
+                            f"the data changed since. Open the stream again.")
 
     def _decode(self, chunk: list) -> tuple[list, np.ndarray]:
         items = [self.reader.decode(item, where) for item, _, where in chunk]
-        targets = np.fromiter((self.target(label, where) for _, label, where in chunk), dtype=np.int64,
-                              count=len(chunk))
-        return items, targets
+        return items, np.fromiter((k for _, k, _ in chunk), dtype=np.int64, count=len(chunk))
+
+
+def _chunks(records: Iterator, size: int, drop_single: bool = False) -> Iterator[list]:
+    """``records`` in lists of ``size`` (the last one shorter), without a last list of one when ``drop_single``."""
+    chunk: list = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk and not (drop_single and len(chunk) == 1):
+        yield chunk
 
 
 def open_stream(data: Any, *, text_column: str | None = None, image_column: str | None = None,
@@ -221,26 +224,39 @@ def open_stream(data: Any, *, text_column: str | None = None, image_column: str 
     if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
         raise DataError(f"The 'shuffle_buffer' parameter must be an int in [0, inf). Got {shuffle_buffer!r} instead.")
     reader = open_source(data, text_column=text_column, image_column=image_column, label_column=label_column)
+    names, classes, shard_sizes = _label_pass(reader)
+    stream = StreamData(reader, names, classes, shard_sizes, shuffle_buffer=shuffle_buffer)
+    _check_two_classes(reader, names, stream.label_counts)
+    return stream
+
+
+def _label_pass(reader: StreamSource) -> tuple[list[str], np.ndarray, list[int]]:
+    """``(class names, each item's class index in the source's order, items per shard)``, every label checked.
+
+    Declared classes index the targets (an integer label is an index into them; a label that is not a class
+    name, or any label where the source's labels are indices); otherwise the classes are
+    the labels found, sorted, and each item's first-seen code is mapped to its sorted index at the end.
+    """
     declared = reader.declared_labels
-    counts: dict[str, int] = {}
-    raw_declared: dict[int, int] = {}
-    lookup = {n: k for k, n in enumerate(declared or [])}
-    for label, where in reader.labels():
+    # indices are never looked up as names: with classes "1", "2", index 1 is "2"
+    lookup = {} if reader.labels_are_indices else {n: k for k, n in enumerate(declared or [])}
+    seen: dict[str, int] = {}  # no declared classes: class name -> its code in order of first sight
+    codes, shard_sizes = array("q"), [0] * reader.num_shards
+    for shard, label, where in reader.labels():
         _check_class_label(label, where)
         if declared is not None:
-            k = _class_index(label, declared, lookup, True, where)
-            raw_declared[k] = raw_declared.get(k, 0) + 1
+            codes.append(_class_index(label, declared, lookup, True, where))
         else:
-            key = _label_key(label)
-            counts[key] = counts.get(key, 0) + 1
+            codes.append(seen.setdefault(_label_key(label), len(seen)))
+        shard_sizes[shard] += 1
+    classes = np.frombuffer(codes, dtype=np.int64) if codes else np.zeros(0, dtype=np.int64)
     if declared is not None:
         names = list(declared)
-        tally = np.array([raw_declared.get(k, 0) for k in range(len(names))], dtype=np.int64)
     else:
-        names = _sort_names(set(counts))
-        tally = np.array([counts[n] for n in names], dtype=np.int64)
-    _check_two_classes(reader, names, tally)
-    return StreamData(reader, names, tally, by_index=declared is not None, shuffle_buffer=shuffle_buffer)
+        names = _sort_names(set(seen))
+        sorted_index = {n: k for k, n in enumerate(names)}
+        classes = np.array([sorted_index[n] for n in seen], dtype=np.int64)[classes]
+    return names, classes.astype(np.min_scalar_type(max(len(names) - 1, 0))), shard_sizes
 
 
 def _check_two_classes(reader: StreamSource, names: list[str], counts: np.ndarray) -> None:

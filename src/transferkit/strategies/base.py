@@ -212,30 +212,35 @@ class ItemDataset(torch.utils.data.Dataset):
         return collate_batch(self.data, self.preprocess, self._items(indices), targets, self.augment)
 
 
-class StreamDataset(torch.utils.data.IterableDataset):
+class StreamDataset:
     """The training batches of a :class:`~transferkit.data.streaming.StreamData`, read, decoded and
     preprocessed a batch at a time (the streaming counterpart of :class:`ItemDataset`).
 
-    The loop sets ``batch_size`` and ``seed``; :meth:`epoch` yields one epoch's collated batches (the same
-    dicts as :meth:`ItemDataset.collate`) and ``len()`` is the number of batches an epoch has.
+    The loop gives it its batch size and seed (:meth:`batched`); then :meth:`epoch` yields one epoch's collated
+    batches (the same dicts as :meth:`ItemDataset.collate`) and ``len()`` is the number of batches an epoch has.
     """
 
     def __init__(self, data: StreamData, preprocess, augment: bool = False):
         self.data = data
         self.preprocess = preprocess
         self.augment = augment
-        self.batch_size, self.seed = 32, 0
+        self.batch_size: int | None = None  # both set by batched(): the loop's
+        self.seed: int | None = None
+
+    def batched(self, batch_size: int, seed: int) -> StreamDataset:
+        """Read in batches of ``batch_size``, each epoch's order drawn from ``seed`` and the epoch."""
+        self.batch_size, self.seed = batch_size, seed
+        return self
 
     def __len__(self) -> int:
+        assert self.batch_size is not None, "StreamDataset.batched() sets the batch size first"
         return self.data.batches_per_epoch(self.batch_size)
 
     def epoch(self, epoch: int, skip: int = 0):
         """The collated batches of ``epoch`` (its order drawn from the seed and the epoch), after ``skip``."""
+        assert self.batch_size is not None, "StreamDataset.batched() sets the batch size and seed first"
         for items, targets in self.data.batches(self.batch_size, seed=self.seed, epoch=epoch, skip=skip):
             yield collate_batch(self.data, self.preprocess, items, targets, self.augment)
-
-    def __iter__(self):
-        return self.epoch(0)
 
 
 def predict_outputs(model: TransferModel, data: TaskData, batch_size: int = 64,

@@ -228,7 +228,7 @@ class LinearProbe(Strategy):
     def _fit_streaming(self, backbone: Backbone, train: TaskData | StreamData, val: TaskData | None,
                        trainer) -> tuple[TransferModel, list[dict]]:
         """Features written to and read from the cache file a batch at a time (larger than the memory); a stream's
-        features in its source's order, with its targets from a pass over its labels."""
+        features in its source's order, with its targets kept from its label pass."""
         from transferkit.data.cache import feature_file
         from transferkit.strategies.linear_probe_stream import fit_streaming_head
 

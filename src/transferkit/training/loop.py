@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from transferkit.constraints import NONE, Interval, Options, validate_declared
-from transferkit.data.batches import to_device
+from transferkit.data.batches import drops_last_single, to_device
 from transferkit.data.dataset import TaskData
 from transferkit.data.streaming import StreamData
 from transferkit.errors import ConfigError
@@ -223,7 +223,7 @@ class Trainer:
         else:
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate, generator=g,
-                drop_last=len(dataset) > cfg.batch_size and len(dataset) % cfg.batch_size == 1)
+                drop_last=drops_last_single(len(dataset), cfg.batch_size))
         groups = _decay_split(strategy.param_groups(model, lr, head_lr), cfg.weight_decay)
         if not groups:
             raise ConfigError(f"Strategy '{strategy.name}' left no parameter to train.")
@@ -260,8 +260,7 @@ class Trainer:
             raise ConfigError(f"A streamed training set ('{train.name}') is read by one process; this run has "
                               f"{self.accelerator.num_processes}. Run it without accelerate launch / torchrun, or "
                               f"read the data whole (without --stream).")
-        dataset.batch_size, dataset.seed = self.config.batch_size, self.config.seed
-        return dataset
+        return dataset.batched(self.config.batch_size, self.config.seed)
 
     def _start_tracking(self, strategy, model, epochs, lr, head_lr, steps) -> None:
         cfg, acc = self.config, self.accelerator
@@ -405,7 +404,8 @@ class _progress:
         self.seen += n
         if self.p is not None:
             rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
-            self.p.update(self.t, rate=f"{rate:,.0f} items/s")
+            shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"  # a slow run's 0.4/s is not "0"
+            self.p.update(self.t, rate=f"{shown} items/s")
 
     def update(self, row: dict) -> None:
         if self.p is not None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferkit.data.batches import to_device
+from transferkit.data.batches import drops_last_single, to_device
 from transferkit.data.dataset import TaskData
 from transferkit.errors import ConfigError, check_range
 from transferkit.strategies.base import Strategy, TransferModel
@@ -163,8 +163,7 @@ def _batches(strategy: Strategy, model: TransferModel, train: TaskData, batch_si
         raise ConfigError(f"The learning-rate finder needs training data; '{train.name}' is empty.")
     g = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=dataset.collate,
-                                         generator=g,
-                                         drop_last=len(dataset) > batch_size and len(dataset) % batch_size == 1)
+                                         generator=g, drop_last=drops_last_single(len(dataset), batch_size))
     while True:
         yield from loader
 

@@ -20,6 +20,7 @@ from transferkit.data import (align_to_label_names, auto_val_fraction, check_two
                               sample_per_class, subsample, train_val_split)
 from transferkit.data.dataset import TaskData
 from transferkit.data.resolve import is_streamed, prepare_stream
+from transferkit.data.splits import cap_test
 from transferkit.data.streaming import StreamData, is_stream
 from transferkit.errors import ConfigError, DataError
 from transferkit.export.bundle import Predictor, check_writable, load, read_manifest, rebuild_model, save_bundle
@@ -91,9 +92,7 @@ def prepare_data(data, *, test_data=None, val_data=None, labels_per_class: int |
         if val_fraction is None:
             val_fraction = auto_val_fraction(train, has_test=test is not None)
         train, val = train_val_split(train, val_fraction, seed)
-    if test is not None and max_test is not None and len(test) > max_test:
-        test = subsample(test, max_test, 0)  # the same test items for every seed
-    return train, val, test
+    return train, val, cap_test(test, max_test)  # the same test items for every seed
 
 
 def fit(backbone: str | Backbone | None, data, strategy: str | Strategy = "linear-probe", *,
