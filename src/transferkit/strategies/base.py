@@ -146,14 +146,14 @@ PRECOMPUTE_SHARE = 0.25
 
 
 def collate_batch(data: TaskData | StreamData, preprocess, items: list | None, targets: np.ndarray,
-                  augment: bool, inputs=None) -> dict:
+                  augment: bool, inputs=None, target_options: dict | None = None) -> dict:
     """A training batch of labelled items: the inputs the task trains on (``inputs`` when preprocessed
     already; else ``items`` preprocessed with their targets where the task reads them), the collated
-    targets, and the task's augmentation when ``augment``."""
+    targets (with the strategy's ``target_options``), and the task's augmentation when ``augment``."""
     task = data.task_spec
     if inputs is None:
         inputs = preprocess(task.training_items(items, targets))
-    collated = task.collate_targets(targets, inputs)
+    collated = task.collate_targets(targets, inputs, **(target_options or {}))
     if augment:
         inputs, collated = task.augment(inputs, collated)
     return {"inputs": inputs, "task": data.task, "targets": collated}
@@ -174,7 +174,7 @@ class ItemDataset(torch.utils.data.Dataset):
         self.data = data
         self.preprocess = preprocess
         self.augment = augment
-        self.tensor = None
+        self.tensor, self.target_options = None, {}
         if precompute and data.modality in ("image", "tabular") and self._fits(data, preprocess):
             chunks = [preprocess(self._items(range(i, min(i + 256, len(data))))) for i in range(0, len(data), 256)]
             self.tensor = torch.cat(chunks) if chunks else None
@@ -206,8 +206,10 @@ class ItemDataset(torch.utils.data.Dataset):
             return {"inputs": self.inputs(indices), "task": self.data.task}
         targets = np.asarray(self.data.targets)[indices]
         if self.tensor is not None:  # precomputed images and rows read no targets
-            return collate_batch(self.data, self.preprocess, None, targets, self.augment, self.inputs(indices))
-        return collate_batch(self.data, self.preprocess, self._items(indices), targets, self.augment)
+            return collate_batch(self.data, self.preprocess, None, targets, self.augment, self.inputs(indices),
+                                 self.target_options)
+        return collate_batch(self.data, self.preprocess, self._items(indices), targets, self.augment,
+                             target_options=self.target_options)
 
 
 class StreamDataset(torch.utils.data.IterableDataset):
@@ -222,7 +224,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
         self.data = data
         self.preprocess = preprocess
         self.augment = augment
-        self.batch_size, self.seed = 32, 0
+        self.batch_size, self.seed, self.target_options = 32, 0, {}
 
     def __len__(self) -> int:
         return self.data.batches_per_epoch(self.batch_size)
@@ -230,7 +232,8 @@ class StreamDataset(torch.utils.data.IterableDataset):
     def epoch(self, epoch: int, skip: int = 0):
         """The collated batches of ``epoch`` (its order drawn from the seed and the epoch), after ``skip``."""
         for items, targets in self.data.batches(self.batch_size, seed=self.seed, epoch=epoch, skip=skip):
-            yield collate_batch(self.data, self.preprocess, items, targets, self.augment)
+            yield collate_batch(self.data, self.preprocess, items, targets, self.augment,
+                                target_options=self.target_options)
 
     def __iter__(self):
         return self.epoch(0)
@@ -412,10 +415,14 @@ class Strategy:
         return {}
 
     def train_dataset(self, model: TransferModel, data: TaskData | StreamData) -> ItemDataset | StreamDataset:
-        """The training batches: indexed in-memory items, or a stream's batches as they are read."""
-        if is_stream(data):
-            return StreamDataset(data, model.backbone.preprocess, augment=True)
-        return ItemDataset(data, model.backbone.preprocess, augment=True)
+        """The training batches (in-memory items or a stream's), targets collated with :meth:`target_options`."""
+        dataset = (StreamDataset if is_stream(data) else ItemDataset)(data, model.backbone.preprocess, augment=True)
+        dataset.target_options = self.target_options(data)
+        return dataset
+
+    def target_options(self, data: TaskData | StreamData) -> dict:
+        """Keywords of the task's ``collate_targets`` for training batches (none by default)."""
+        return {}
 
     def param_groups(self, model: TransferModel, lr: float, head_lr: float) -> list[dict]:
         """Everything trainable: the backbone at ``lr``, the head at ``head_lr``."""
