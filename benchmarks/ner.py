@@ -19,7 +19,9 @@ more, as ``transferkit fit`` does), on the same sentences per seed:
 * ``finetune``: full fine-tuning of MiniLM (``sentence:all-MiniLM-L6-v2``, 20 epochs by default);
 * ``lora``: LoRA on MiniLM (its defaults);
 * ``finetune+all-tokens``, ``lora+all-tokens``: the same with ``label_all_tokens=true`` (every sub-token of a
-  word trains, the later ones on its ``I-`` tag).
+  word trains, the later ones on its ``I-`` tag);
+* ``finetune+last-epoch``, ``lora+last-epoch``: the same training sentences, without the checkpoint choice
+  (the validation split is held out but unused) and the last epoch scored.
 
 Each run also records its best validation F1 (``val_f1``, the epoch the checkpoint choice kept:
 ``best_epoch``), the score a recipe choice may look at; the test F1 is for reporting.
@@ -57,7 +59,7 @@ POOL = 1000
 SHARED = {"PERSON": "PERSON", "ORG": "ORG", "GPE": "CITY", "DATE": "DATE", "MONEY": "MONEY"}
 SHARED_TYPES = sorted(set(SHARED.values()))
 #: ``METHOD+VARIANT``: a method with these strategy options.
-VARIANTS = {"all-tokens": {"label_all_tokens": True}}
+VARIANTS = {"all-tokens": {"label_all_tokens": True}, "last-epoch": {}}
 #: Row order of the summary; ``(epochs=20)``: finetune's and LoRA's 20 epochs before token classification's
 #: step budget (``min_train_steps``), kept side by side with the new default.
 METHODS = ("crf", "linear-probe", "finetune (epochs=20)", "finetune", "lora (epochs=20)", "lora")
@@ -114,7 +116,8 @@ def run(method: str, seed: int, size: int) -> dict:
     strategy = make_strategy("scratch", {"variant": "crf"}) if method == "crf" else make_strategy(
         name, VARIANTS[variant] if variant else {})
     backbone = None if method == "crf" else BACKBONE
-    result = train_and_score(backbone, strategy, train, val, test, TrainConfig(seed=seed, progress=False),
+    fit_val = None if variant == "last-epoch" else val  # no checkpoint choice: the last epoch is scored
+    result = train_and_score(backbone, strategy, train, fit_val, test, TrainConfig(seed=seed, progress=False),
                              {"max_length": MAX_LENGTH} if backbone else {})
     task = get_task("token-classification")
     m = result.metrics

@@ -146,7 +146,9 @@ def probe(size: int) -> None:
 
 #: ``(A, B)``: the comparisons ``paired`` prints, where both were run on the same seeds.
 PAIRS = (("finetune", "crf"), ("lora", "crf"), ("lora", "finetune"), ("finetune+all-tokens", "finetune"),
-         ("lora+all-tokens", "lora"), ("lora+all-tokens", "finetune+all-tokens"), ("finetune+all-tokens", "crf"))
+         ("lora+all-tokens", "lora"), ("lora+all-tokens", "finetune+all-tokens"), ("finetune+all-tokens", "crf"),
+         ("finetune+last-epoch", "finetune"), ("lora+last-epoch", "lora"), ("lora+last-epoch", "finetune+last-epoch"),
+         ("finetune+last-epoch", "crf"))
 
 
 def paired() -> None:
