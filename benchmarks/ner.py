@@ -1,6 +1,7 @@
 """Named-entity recognition: transfer from MiniLM against the CRF a practitioner would train without it.
 
     python benchmarks/ner.py [--seeds 3] [--sizes 50,200,1000] [--methods crf,linear-probe,finetune,lora]
+                             [--runs runs.csv]
 
 Data: the built-in ``pii-ner`` corpus (synthetic PII in 60 templates, 7 entity types); the test split's
 500 sentences use templates, Faker locales and entity strings never seen in training, so the score
@@ -16,7 +17,14 @@ more, as ``transferkit fit`` does), on the same sentences per seed:
   c1/c2 chosen on the validation split;
 * ``linear-probe``: frozen MiniLM token features, one logistic regression over the words;
 * ``finetune``: full fine-tuning of MiniLM (``sentence:all-MiniLM-L6-v2``, 20 epochs by default);
-* ``lora``: LoRA on MiniLM (its defaults).
+* ``lora``: LoRA on MiniLM (its defaults);
+* ``finetune+all-tokens``, ``lora+all-tokens``: the same with ``label_all_tokens=true`` (every sub-token of a
+  word trains, the later ones on its ``I-`` tag);
+* ``finetune+last-epoch``, ``lora+last-epoch``: the same training sentences, without the checkpoint choice
+  (the validation split is held out but unused) and the last epoch scored.
+
+Each run also records its best validation F1 (``val_f1``, the epoch the checkpoint choice kept:
+``best_epoch``), the score a recipe choice may look at; the test F1 is for reporting.
 
 spaCy's ``en_core_web_sm`` (OntoNotes NER, no training on this data) is the off-the-shelf reference on
 the four types it shares with the corpus: PERSON, ORG, DATE, MONEY (and its GPE read as CITY); every
@@ -50,6 +58,8 @@ MAX_LENGTH = 64
 POOL = 1000
 SHARED = {"PERSON": "PERSON", "ORG": "ORG", "GPE": "CITY", "DATE": "DATE", "MONEY": "MONEY"}
 SHARED_TYPES = sorted(set(SHARED.values()))
+#: ``METHOD+VARIANT``: a method with these strategy options.
+VARIANTS = {"all-tokens": {"label_all_tokens": True}, "last-epoch": {}}
 #: Row order of the summary; ``(epochs=20)``: finetune's and LoRA's 20 epochs before token classification's
 #: step budget (``min_train_steps``), kept side by side with the new default.
 METHODS = ("crf", "linear-probe", "finetune (epochs=20)", "finetune", "lora (epochs=20)", "lora")
@@ -102,9 +112,12 @@ def run(method: str, seed: int, size: int) -> dict:
     torch.set_num_threads(1)
     pool, test = _data(seed, size)
     train, val, test = tk.prepare_data(pool, test_data=test, seed=seed)
-    strategy = make_strategy("scratch", {"variant": "crf"}) if method == "crf" else make_strategy(method)
+    name, _, variant = method.partition("+")
+    strategy = make_strategy("scratch", {"variant": "crf"}) if method == "crf" else make_strategy(
+        name, VARIANTS[variant] if variant else {})
     backbone = None if method == "crf" else BACKBONE
-    result = train_and_score(backbone, strategy, train, val, test, TrainConfig(seed=seed, progress=False),
+    fit_val = None if variant == "last-epoch" else val  # no checkpoint choice: the last epoch is scored
+    result = train_and_score(backbone, strategy, train, fit_val, test, TrainConfig(seed=seed, progress=False),
                              {"max_length": MAX_LENGTH} if backbone else {})
     task = get_task("token-classification")
     m = result.metrics
@@ -112,6 +125,9 @@ def run(method: str, seed: int, size: int) -> dict:
            "f1": 100 * m["f1"], "precision": 100 * m["precision"], "recall": 100 * m["recall"],
            "shared_f1": 100 * shared_f1(task, test.targets, result.outputs, test.label_names),
            "seconds": result.seconds, "epochs": len(result.history)}
+    val_f1 = [h.get("val_f1") for h in result.history if h.get("val_f1") is not None]
+    if val_f1:
+        row.update(val_f1=100 * max(val_f1), best_epoch=1 + int(np.argmax(val_f1)))
     row.update({k: 100 * v for k, v in m.items() if k.startswith("f1_")})
     return row
 
@@ -177,7 +193,7 @@ def summarize(runs: pd.DataFrame, spacy_row: dict | None) -> str:
                   "validation)", "", "| method | entity F1 | gain vs CRF (pts) | shared F1 | seeds | s / run |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         base = group[group.method == "crf"].set_index("seed").f1
-        for method in METHODS:
+        for method in [*METHODS, *sorted(set(group.method) - set(METHODS))]:
             rows = group[group.method == method].set_index("seed")
             if rows.empty:
                 continue
@@ -235,9 +251,11 @@ def main() -> None:
     parser.add_argument("--seed-list", default=None,
                         help="run these seeds only (e.g. 1,2), to split the work over processes")
     parser.add_argument("--no-summary", action="store_true", help="record runs only (another process summarises)")
+    parser.add_argument("--runs", default="runs.csv", help="the runs file under benchmarks/results/ner/ "
+                        "(runs_X.csv writes summary_X.md and f1_vs_sentences_X.png)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    csv = OUT / "runs.csv"
+    csv = OUT / args.runs
     runs = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
     done = set() if runs.empty else set(zip(runs.method, runs.seed, runs.sentences))
     seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else range(args.seeds)
@@ -253,8 +271,9 @@ def main() -> None:
         return
     spacy_row = spacy_reference()
     text = summarize(runs, spacy_row)
-    (OUT / "summary.md").write_text(text + "\n", encoding="utf-8")
-    plot(runs, OUT / "f1_vs_sentences.png")
+    suffix = Path(args.runs).stem.removeprefix("runs")  # runs_x.csv -> summary_x.md: other runs' summary stays
+    (OUT / f"summary{suffix}.md").write_text(text + "\n", encoding="utf-8")
+    plot(runs, OUT / f"f1_vs_sentences{suffix}.png")
     print(text)
 
 

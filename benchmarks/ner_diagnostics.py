@@ -2,6 +2,7 @@
 
     python benchmarks/ner_diagnostics.py case     # the CRF with and without capitalisation, 3 seeds
     python benchmarks/ner_diagnostics.py probe    # the token linear probe: every MiniLM layer, every C
+    python benchmarks/ner_diagnostics.py paired   # paired differences of the recorded runs, per seed
 
 * ``case``: ``all-MiniLM-L6-v2``'s tokenizer lowercases every word (``do_lower_case``), so a model on it
   never sees capitalisation, the strongest cue for names, organisations and cities. This trains the
@@ -12,6 +13,11 @@
   reads) for the seed-0 pool and the test set; a logistic regression (standardised or raw features) on
   the 80% training share of the 50 or 200 sentences (``--size``), for each C of 0.01 ... 100, scored by
   test entity F1. Shows whether the probe's weakness is its C selection and scaling or the features.
+* ``paired``: no training; reads ``benchmarks/results/ner/runs*.csv`` (what ``ner.py`` recorded) and prints,
+  per training size, each comparison paired by seed (``A - B`` on the same sentences): the per-seed
+  differences, their mean and 95% Student-t interval, in test entity F1 and, where both runs recorded it,
+  best validation F1 (the score a recipe choice may look at), and how many seeds an interval of +-1 point
+  would take at the spread of these differences (``seeds for +-1``); written to ``results/ner/paired.md``.
 """
 from __future__ import annotations
 
@@ -138,11 +144,68 @@ def probe(size: int) -> None:
         print(f"  layer {layer}, standardised", run([layer]))
 
 
+#: ``(A, B)``: the comparisons ``paired`` prints, where both were run on the same seeds.
+PAIRS = (("finetune", "crf"), ("lora", "crf"), ("lora", "finetune"), ("finetune+all-tokens", "finetune"),
+         ("lora+all-tokens", "lora"), ("lora+all-tokens", "finetune+all-tokens"), ("finetune+all-tokens", "crf"),
+         ("finetune+last-epoch", "finetune"), ("lora+last-epoch", "lora"), ("lora+last-epoch", "finetune+last-epoch"),
+         ("finetune+last-epoch", "crf"))
+
+
+def paired() -> None:
+    import pandas as pd
+
+    from transferkit.evaluation.stats import mean_ci
+
+    out = Path(__file__).parent / "results" / "ner"
+    files = sorted(out.glob("runs*.csv"))
+    runs = pd.concat([pd.read_csv(p).assign(file=p.name) for p in files], ignore_index=True)
+    lines = ["# NER: paired differences per seed", "",
+             f"`python benchmarks/ner_diagnostics.py paired` over {', '.join(f'`{p.name}`' for p in files)} (the "
+             "runs `benchmarks/ner.py` recorded; no training here). `A - B`: entity F1 points on the same "
+             "sentences and seed; mean and 95% Student-t interval over the seeds both ran. `val F1`: the best "
+             "validation F1 of each run, where both recorded it. `seeds for +-1`: how many seeds would give an "
+             "interval of +-1 point at the spread of these differences.", "",
+             "| sentences | A - B | per seed (seed: test F1 diff) | test F1: mean [95% CI] | val F1: mean [95% CI] "
+             "| seeds for +-1 |", "| ---: | --- | --- | --- | --- | ---: |"]
+    for size, group in runs.groupby("sentences"):
+        for a, b in PAIRS:
+            left = group[group.method == a].drop_duplicates("seed", keep="last").set_index("seed")
+            right = group[group.method == b].drop_duplicates("seed", keep="last").set_index("seed")
+            seeds = sorted(set(left.index) & set(right.index))
+            if not seeds:
+                continue
+            cells = []
+            for col in ("f1", "val_f1"):
+                if col not in runs or left.loc[seeds, col].isna().any() or right.loc[seeds, col].isna().any():
+                    cells.append("—")
+                    continue
+                diff = (left.loc[seeds, col] - right.loc[seeds, col]).to_numpy(float)
+                mean, lo, hi = mean_ci(diff) if len(diff) > 1 else (diff[0], np.nan, np.nan)
+                cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]" if len(diff) > 1 else f"{mean:+.1f} (1 seed)")
+            per_seed = ", ".join(f"{s}: {left.f1[s] - right.f1[s]:+.1f}" for s in seeds)
+            lines.append(f"| {size} | {a} - {b} | {per_seed} | {cells[0]} | {cells[1]} | "
+                         f"{_seeds_for(np.std(left.f1[seeds] - right.f1[seeds], ddof=1)) if len(seeds) > 1 else '—'} |")
+    (out / "paired.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+def _seeds_for(sd: float, half_width: float = 1.0) -> int:
+    """The fewest seeds n whose 95% Student-t interval of a mean difference with spread ``sd`` is +-``half_width``."""
+    from scipy import stats
+
+    n = 2
+    while stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) > half_width and n < 10_000:
+        n += 1
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("case", "probe"))
+    parser.add_argument("what", choices=("case", "probe", "paired"))
     parser.add_argument("--size", type=int, default=50)
     args = parser.parse_args()
+    if args.what == "paired":
+        return paired()
     import torch
 
     torch.set_num_threads(1)

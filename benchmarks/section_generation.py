@@ -126,7 +126,8 @@ def run_encoder(method: str, seed: int, args) -> dict:
     t1 = time.perf_counter()
     pred = strategy.predict(model, test).argmax(1)
     return {"method": method, "seed": seed, "epochs": epochs or 0, "accuracy": 100 * float(np.mean(pred == test.targets)),
-            "lenient": float("nan"), "unknown": 0.0, "train_s": t1 - t0, "predict_s": time.perf_counter() - t1}
+            "lenient": float("nan"), "unknown": 0.0, "train_s": t1 - t0, "predict_s": time.perf_counter() - t1,
+            "load": os.getloadavg()[0]}
 
 
 def run_lm(method: str, seed: int, args) -> dict:
@@ -157,7 +158,7 @@ def run_lm(method: str, seed: int, args) -> dict:
             "lenient": 100 * float(np.mean([s == t for s, t in zip(lenient, truth)])),
             "unknown": 100 * float(np.mean([s is None for s in strict])),
             "train_s": t1 - t0 if method != "zero-shot" else 0.0, "predict_s": time.perf_counter() - t1,
-            "epochs": 0 if method == "zero-shot" else args.epochs,
+            "load": os.getloadavg()[0], "epochs": 0 if method == "zero-shot" else args.epochs,
             "steps": 0 if method == "zero-shot" else args.epochs * -(-len(train) // LM_BATCH),
             "examples": json.dumps({"first": [[t, o] for t, o in zip(truth, outputs)][:4], "wrong": wrong})}
 
@@ -223,7 +224,7 @@ def summarize(runs: pd.DataFrame, args) -> str:
              "steps of batch 32) instead of their default 20 epochs; no validation split; otherwise the "
              "strategies' defaults (LoRA r=8 on every linear layer, lr 1e-3; finetune lr 1e-4, head 1e-3; linear "
              f"probe C by 5-fold cross-validation). Each run had {THREADS} torch thread(s) on a machine shared with "
-             "other jobs (load about 11 on 2 cores): `train s` and `predict s` are wall-clock seconds under that load, "
+             f"other jobs ({_load_text(runs)}): `train s` and `predict s` are wall-clock seconds under that load, "
              "comparable only as orders of magnitude.", "",
              "| method | model | runs | accuracy | LoRA minus it | unknown | lenient | train s | predict s |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -250,6 +251,15 @@ def summarize(runs: pd.DataFrame, args) -> str:
             lines += ["", f"{method} generations (the first test packages, then the first wrong ones; reference -> "
                           "generated): " + "; ".join(f"{t} -> {json.dumps(o)}" for t, o in shown)]
     return "\n".join(lines)
+
+
+def _load_text(runs) -> str:
+    """The 1-minute load average recorded at the end of the runs (``load``), or that it was not recorded."""
+    loads = runs["load"].dropna() if "load" in runs else []
+    recorded = f"1-minute load average {loads.min():.1f} to {loads.max():.1f} on 2 cores at the end of the {len(loads)} runs " \
+               "that recorded it" if len(loads) else ""
+    missing = len(runs) - len(loads)
+    return "; ".join(x for x in (recorded, f"load not recorded for {missing} runs" if missing else "") if x)
 
 
 def main() -> None:

@@ -283,3 +283,69 @@ def test_fit_runs_the_step_budget_on_tiny_token_data(tiny_bert, monkeypatch):
     backbone = load_backbone(f"hf:{tiny_bert}", max_length=16)
     _, history = make_strategy("finetune").fit(backbone, tagged, None, Trainer(TrainConfig(progress=False)))
     assert len(history) == 25  # finetune's default 20 epochs of one step each, raised to reach 25 steps
+
+
+# -- label_all_tokens: every sub-token of a word trains ---------------------------------------------
+
+
+def test_label_all_tokens_gives_later_subtokens_the_inside_tag_of_their_word(tiny_bert):
+    from transferkit.backbones import load_backbone
+    from transferkit.strategies import make_strategy
+
+    # the real MiniLM tokenizer: "Lovelace" -> love ##lace, "unbelievably" -> un ##bel ##ie ##va ##bly
+    data = token_data([["Ada", "Lovelace", "was", "unbelievably", "kind"], ["Lovelace", "spoke"]],
+                      [["B-PER", "I-PER", "O", "O", "O"], ["B-PER", "O"]], name="two")
+    backbone = load_backbone(f"hf:{tiny_bert}", max_length=16)
+    tokens = backbone.tokenizer.convert_ids_to_tokens
+
+    def tagged(options):
+        s = make_strategy("finetune", options)
+        batch = s.train_dataset(s.prepare(backbone, data), data).collate([0, 1])
+        labels, ids = batch["targets"], batch["inputs"]["input_ids"]
+        return [[(tok, data.label_names[j] if j >= 0 else None) for tok, j in zip(tokens(ids[r]), labels[r].tolist())
+                 if tok != "[PAD]"] for r in range(2)]
+
+    assert tagged({"label_all_tokens": True}) == [
+        [("[CLS]", None), ("ada", "B-PER"), ("love", "I-PER"), ("##lace", "I-PER"), ("was", "O"), ("un", "O"),
+         ("##bel", "O"), ("##ie", "O"), ("##va", "O"), ("##bly", "O"), ("kind", "O"), ("[SEP]", None)],
+        [("[CLS]", None), ("love", "B-PER"), ("##lace", "I-PER"), ("spoke", "O"), ("[SEP]", None)]]
+    default = tagged({})  # the first sub-token only
+    assert [t for t, j in default[1] if j is not None] == ["love", "spoke"] and ("##lace", None) in default[1]
+
+
+def test_label_all_tokens_refuses_bilou_tags_other_tasks_and_bad_values():
+    from transferkit.strategies import make_strategy
+    from transferkit.tasks.token_classification import continuation_tags
+
+    assert continuation_tags(["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]).tolist() == [0, 2, 2, 4, 4]
+    bilou = token_data([["Ada", "Lovelace", "spoke"]], [["B-PER", "L-PER", "O"]], name="bilou")
+    with pytest.raises(ConfigError, match=r"label_all_tokens=true .* BILOU \('L-PER'\).*label_all_tokens=false"):
+        make_strategy("lora", {"label_all_tokens": True}).target_options(bilou)
+    labels = _rows_data()
+    with pytest.raises(ConfigError, match="'rows' is classification data. Set label_all_tokens=false"):
+        make_strategy("finetune", {"label_all_tokens": True}).target_options(labels)
+    assert make_strategy("finetune", {"label_all_tokens": False}).target_options(labels) == {}
+    with pytest.raises(ConfigError, match="'label_all_tokens' parameter of FinetuneConfig must be a bool.*'maybe'"):
+        make_strategy("finetune", {"label_all_tokens": "maybe"})
+
+
+def _rows_data():
+    from transferkit.data.dataset import TaskData
+
+    return TaskData(np.zeros((4, 3), np.float32), np.arange(4) % 2, "tabular", label_names=["a", "b"], name="rows")
+
+
+def test_label_all_tokens_round_trips_through_the_bundle(tiny_bert, tmp_path):
+    import transferkit as tk
+    from transferkit.export.bundle import load
+
+    train = token_data(*sentences(16, seed=0), name="people")
+    result = tk.fit(f"hf:{tiny_bert}", train, "finetune", strategy_options={"label_all_tokens": True}, epochs=1,
+                    max_length=16, val_fraction=0.0, out=tmp_path / "b", report=False, progress=False)
+    loaded = load(tmp_path / "b")
+    assert loaded.manifest["strategy"]["config"]["label_all_tokens"] is True
+    text = ["Grace Smith went to Prague today .", "yesterday Ivan Jones flew from Oslo ."]
+    for t, mine, theirs in zip(text, result.predictor.outputs(text), loaded.outputs(text)):
+        assert mine.shape == (len(split_words(t)), len(train.label_names))  # one row per word (its first sub-token)
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert loaded.predict(text) == result.predictor.predict(text)

@@ -148,14 +148,14 @@ PRECOMPUTE_SHARE = 0.25
 
 
 def collate_batch(data: TaskData | StreamData, preprocess, items: list | None, targets: np.ndarray,
-                  augment: bool, inputs=None) -> dict:
+                  augment: bool, inputs=None, target_options: dict | None = None) -> dict:
     """A training batch of labelled items: the inputs the task trains on (``inputs`` when preprocessed
     already; else ``items`` preprocessed with their targets where the task reads them), the collated
-    targets, and the task's augmentation when ``augment``."""
+    targets (with the strategy's ``target_options``), and the task's augmentation when ``augment``."""
     task = data.task_spec
     if inputs is None:
         inputs = preprocess(task.training_items(items, targets))
-    collated = task.collate_targets(targets, inputs)
+    collated = task.collate_targets(targets, inputs, **(target_options or {}))
     if augment:
         inputs, collated = task.augment(inputs, collated)
     return {"inputs": inputs, "task": data.task, "targets": collated}
@@ -176,7 +176,7 @@ class ItemDataset(torch.utils.data.Dataset):
         self.data = data
         self.preprocess = preprocess
         self.augment = augment
-        self.tensor = None
+        self.tensor, self.target_options = None, {}
         if precompute and data.modality in ("image", "tabular") and self._fits(data, preprocess):
             chunks = [preprocess(self._items(range(i, min(i + 256, len(data))))) for i in range(0, len(data), 256)]
             self.tensor = torch.cat(chunks) if chunks else None
@@ -207,9 +207,9 @@ class ItemDataset(torch.utils.data.Dataset):
         if self.data.targets is None:
             return {"inputs": self.inputs(indices), "task": self.data.task}
         targets = np.asarray(self.data.targets)[indices]
-        if self.tensor is not None:  # precomputed images and rows read no targets
-            return collate_batch(self.data, self.preprocess, None, targets, self.augment, self.inputs(indices))
-        return collate_batch(self.data, self.preprocess, self._items(indices), targets, self.augment)
+        inputs = self.inputs(indices) if self.tensor is not None else None  # precomputed: reads no targets
+        items = self._items(indices) if inputs is None else None
+        return collate_batch(self.data, self.preprocess, items, targets, self.augment, inputs, self.target_options)
 
 
 class StreamDataset:
@@ -224,8 +224,7 @@ class StreamDataset:
         self.data = data
         self.preprocess = preprocess
         self.augment = augment
-        self.batch_size: int | None = None  # both set by batched(): the loop's
-        self.seed: int | None = None
+        self.batch_size, self.seed, self.target_options = None, None, {}  # set by batched()
 
     def batched(self, batch_size: int, seed: int) -> StreamDataset:
         """Read in batches of ``batch_size``, each epoch's order drawn from ``seed`` and the epoch."""
@@ -240,7 +239,8 @@ class StreamDataset:
         """The collated batches of ``epoch`` (its order drawn from the seed and the epoch), after ``skip``."""
         assert self.batch_size is not None, "StreamDataset.batched() sets the batch size and seed first"
         for items, targets in self.data.batches(self.batch_size, seed=self.seed, epoch=epoch, skip=skip):
-            yield collate_batch(self.data, self.preprocess, items, targets, self.augment)
+            yield collate_batch(self.data, self.preprocess, items, targets, self.augment,
+                                target_options=self.target_options)
 
 
 def predict_outputs(model: TransferModel, data: TaskData, batch_size: int = 64,
@@ -410,8 +410,7 @@ class Strategy:
         return TransferModel(backbone, head, data.task, data.label_names)
 
     def chosen_head(self) -> str | None:
-        """The head the user chose among the task's :attr:`~transferkit.tasks.Task.heads` (a detector);
-        ``None``: the task's default."""
+        """The head chosen among the task's :attr:`~transferkit.tasks.Task.heads` (a detector), or ``None``."""
         return None
 
     def head_options(self, data: TaskData) -> dict:
@@ -419,10 +418,14 @@ class Strategy:
         return {}
 
     def train_dataset(self, model: TransferModel, data: TaskData | StreamData) -> ItemDataset | StreamDataset:
-        """The training batches: indexed in-memory items, or a stream's batches as they are read."""
-        if is_stream(data):
-            return StreamDataset(data, model.backbone.preprocess, augment=True)
-        return ItemDataset(data, model.backbone.preprocess, augment=True)
+        """The training batches (in-memory items or a stream's), targets collated with :meth:`target_options`."""
+        dataset = (StreamDataset if is_stream(data) else ItemDataset)(data, model.backbone.preprocess, augment=True)
+        dataset.target_options = self.target_options(data)
+        return dataset
+
+    def target_options(self, data: TaskData | StreamData) -> dict:
+        """Keywords of the task's ``collate_targets`` for training batches (none by default)."""
+        return {}
 
     def param_groups(self, model: TransferModel, lr: float, head_lr: float) -> list[dict]:
         """Everything trainable: the backbone at ``lr``, the head at ``head_lr``."""
@@ -487,9 +490,8 @@ def make_strategy(name: str, options: dict | None = None) -> Strategy:
 def frozen_batchnorm_to_eval(module: nn.Module) -> None:
     """Put BatchNorm layers whose parameters are all frozen into eval mode.
 
-    A frozen layer should be frozen: in train mode its running statistics would
-    still drift toward the target batches and change the features under it.
-    """
+    A frozen layer should be frozen: in train mode its running statistics would still drift toward the
+    target batches and change the features under it."""
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             params = list(m.parameters(recurse=False))

@@ -93,6 +93,10 @@ class FinetuneConfig(StrategyConfig):
         "help": "text-generation: pack several prompt/completion pairs into each training row of up to max_length "
                 "tokens (less padding; positions restart and attention stays within each pair; batch_size counts "
                 "rows, so an epoch has fewer steps)"})
+    label_all_tokens: bool = field(default=False, metadata={
+        "help": "token-classification: train every sub-token of a word, its later ones on the I- tag of its type "
+                "(IOB2 tags; BILOU refused); false: the first sub-token only. Predictions read each word at its "
+                "first sub-token either way"})
     detector: str | None = field(default=None, metadata={
         "help": f"detection data: the detector on the backbone's pyramid, one of {', '.join(DETECTORS)} "
                 f"(None: {DETECTORS[0]}); instance-segmentation: mask-rcnn (its only one); other tasks refuse it"})
@@ -290,6 +294,7 @@ class Finetune(Strategy):
         self._check_mixing(data)
         self._check_stream_options(data)
         self._check_packing(backbone, data)
+        self.target_options(data)  # label_all_tokens on data without a tag per word, or on BILOU tags: refused now
         self.class_weight_ = class_weights_for(self.config.class_weight, data)
         model = super().prepare(backbone, data)
         self._scale_features(model, data)
@@ -382,6 +387,17 @@ class Finetune(Strategy):
                                   f"read audio through transferkit's audio preprocessing.")
             dataset.preprocess = pre.with_wave_augment(WaveAugment(self.config.audio_augment))
         return dataset
+
+    def target_options(self, data: TaskData) -> dict:
+        """``label_all_tokens``: the tag of a word's later sub-tokens (tasks with a tag per word only)."""
+        if not self.config.label_all_tokens:
+            return {}
+        if data.task_spec.target_kind != "per-token":
+            raise ConfigError(f"label_all_tokens=true tags the sub-tokens of words (token-classification); "
+                              f"'{data.name}' is {data.task} data. Set label_all_tokens=false.")
+        from transferkit.tasks.token_classification import continuation_tags
+
+        return {"continuation": continuation_tags(data.label_names)}
 
     def augment(self, inputs):
         """The ``augment`` policy on a normalised image batch (other inputs pass through)."""

@@ -99,8 +99,9 @@ class Task:
         """Validate targets and return them in the task's array format; :class:`DataError` names ``where``."""
         return np.asarray(targets)
 
-    def collate_targets(self, targets: np.ndarray, inputs: Any) -> torch.Tensor:
-        """A batch of targets as a tensor; ``inputs`` is the preprocessed batch (word ids for per-token tasks)."""
+    def collate_targets(self, targets: np.ndarray, inputs: Any, **options: Any) -> torch.Tensor:
+        """A batch of targets as a tensor; ``inputs`` is the preprocessed batch (word ids for per-token tasks);
+        ``options``: what a strategy's :meth:`~transferkit.strategies.Strategy.target_options` asks of the task."""
         return torch.as_tensor(np.asarray(targets))
 
     def target_bytes(self, targets: np.ndarray) -> bytes:

@@ -8,7 +8,9 @@ word into ``label_names`` (the tag set, ``O`` first).
 
 Sub-tokens: the first sub-token of each word carries the word's tag; the other
 sub-tokens, special tokens and padding are ignored by the loss
-(Hugging Face's ``run_ner`` recipe). A sentence longer than the model's window is
+(Hugging Face's ``run_ner`` recipe). With the fine-tuning strategies' ``label_all_tokens``
+option (:func:`continuation_tags`), a word's later sub-tokens train too, on the ``I-`` tag of
+its type (``O`` for ``O``; IOB2 only); predictions still read each word at its first sub-token. A sentence longer than the model's window is
 tokenised as overlapping windows (the backbone's preprocess returns
 ``item_ids``, the sentence of each window row); each word is read in the window
 where it sits farthest from an edge, in training and prediction alike, so nothing
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from transferkit.errors import DataError
 from transferkit.tasks.base import IGNORE_INDEX, Task
-from transferkit.tasks.token_schemes import split_words, tags_to_entities
+from transferkit.tasks.token_schemes import parse_tag, split_words, tags_to_entities
 
 
 def label_positions(word_ids: torch.Tensor, item_ids: torch.Tensor | None = None) -> list[tuple[int, int, int, int]]:
@@ -65,6 +67,37 @@ def label_positions(word_ids: torch.Tensor, item_ids: torch.Tensor | None = None
             if key not in best or margin > best[key][0]:
                 best[key] = (margin, r, int(p))
     return [(r, p, item, w) for (item, w), (_, r, p) in sorted(best.items())]
+
+
+def continuation_tags(label_names: Sequence[str]) -> np.ndarray:
+    """For each tag index, the tag a word's later sub-tokens train on with ``label_all_tokens``: ``I-X`` for
+    ``B-X`` and ``I-X``, ``O`` for ``O`` (Hugging Face ``run_ner``'s ``b_to_i_label``).
+
+    Only IOB2 tag sets: in BILOU a word's ``U-``/``L-`` tag ends its entity, so no tag could follow it on the
+    word's later sub-tokens while the first keeps the word's tag (what predictions read); such tag sets are
+    refused, as is a ``B-X`` without its ``I-X``.
+
+    Example:
+        >>> continuation_tags(["O", "B-PER", "I-PER"]).tolist()
+        [0, 2, 2]
+    """
+    from transferkit.errors import ConfigError
+
+    names = list(label_names)
+    index = {t: i for i, t in enumerate(names)}
+    out = np.arange(len(names))
+    for i, tag in enumerate(names):
+        prefix, kind = parse_tag(tag)
+        if prefix in "LU":
+            raise ConfigError(f"label_all_tokens=true gives a word's later sub-tokens the I- tag of its type, which "
+                              f"IOB2 tags allow; this tag set is BILOU ({tag!r}), where a word's U-/L- tag ends its "
+                              f"entity. Use IOB2 tags, or label_all_tokens=false (the first sub-token only).")
+        if prefix == "B":
+            if f"I-{kind}" not in index:
+                raise ConfigError(f"label_all_tokens=true: tag {tag!r} has no 'I-{kind}' in the tag set "
+                                  f"{names}, so its later sub-tokens have no tag.")
+            out[i] = index[f"I-{kind}"]
+    return out
 
 
 def _rows(inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -108,7 +141,13 @@ class TokenClassification(Task):
     def target_bytes(self, targets: np.ndarray) -> bytes:
         return b"|".join(np.asarray(t, np.int64).tobytes() for t in targets)
 
-    def collate_targets(self, targets: np.ndarray, inputs: Any) -> torch.Tensor:
+    def collate_targets(self, targets: np.ndarray, inputs: Any, *,
+                        continuation: np.ndarray | None = None) -> torch.Tensor:
+        """The tag of each word at the sub-token where it is read (:func:`label_positions`); -100 elsewhere.
+
+        ``continuation`` (``label_all_tokens``, from :func:`continuation_tags`): the word's later sub-tokens in
+        that same window take ``continuation[tag]``; its sub-tokens in other overlapping windows stay ignored.
+        """
         word_ids, item_ids, _ = _rows(inputs)
         labels = torch.full(word_ids.shape, IGNORE_INDEX, dtype=torch.long)
         for r, p, item, w in label_positions(word_ids, item_ids):
@@ -117,6 +156,10 @@ class TokenClassification(Task):
                 raise DataError(f"Sentence {item + 1} of the batch has {len(row)} tags for more words; "
                                 f"give one tag per word.")
             labels[r, p] = int(row[w])
+            if continuation is not None:
+                rest = word_ids[r] == w
+                rest[:p + 1] = False
+                labels[r, rest] = int(continuation[int(row[w])])
         return labels
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
