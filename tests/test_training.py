@@ -44,6 +44,30 @@ def test_early_stopping_restores_the_best_checkpoint(tiny_images):
     assert final == pytest.approx(max(scores))
 
 
+def test_a_validation_tie_keeps_the_later_epoch_and_does_not_reset_patience(tiny_images, monkeypatch):
+    """A small validation split saturates (NER reached F1 100 by epoch 18 of 60): a tie must not keep the early
+    model, and patience counts a tie as no gain."""
+    import transferkit.training.loop as loop
+
+    scripted, states = iter([0.5, 0.9, 0.9, 0.9, 0.7, 0.7]), []
+    real = loop.predict_outputs
+
+    def recording(model, data, **kw):  # the weights each epoch is validated with
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, data, **kw)
+
+    monkeypatch.setattr(loop, "predict_outputs", recording)
+    monkeypatch.setattr(loop, "compute_metrics", lambda *a, **k: {"accuracy": next(scripted)})
+    strategy = make_strategy("finetune")
+    model = strategy.prepare(load_backbone("small-cnn:16"), tiny_images)
+    model, history = Trainer(TrainConfig(epochs=6, patience=3, progress=False)).fit(
+        strategy, model, tiny_images, tiny_images)
+    assert [h["val_accuracy"] for h in history] == [0.5, 0.9, 0.9, 0.9, 0.7]  # stopped: 3 epochs without a gain
+    restored = model.state_dict()
+    assert all(torch.equal(restored[k], v) for k, v in states[3].items())  # the last of the tied epochs
+    assert not all(torch.equal(restored[k], v) for k, v in states[1].items())
+
+
 def test_weight_decay_skips_biases_and_norms():
     layer = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
     groups = _decay_split([{"params": list(layer.parameters()), "lr": 1.0}], 0.1)

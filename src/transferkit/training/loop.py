@@ -297,11 +297,12 @@ class Trainer:
                 outputs = predict_outputs(model, val, dataset=val_ds)
                 scores = compute_metrics(model.task, val.targets, outputs, model.label_names)
                 row[f"val_{metric}"] = scores[metric]
-                if sign * scores[metric] > run.best_score:
-                    run.best, run.stale = sign * scores[metric], 0
-                    run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    run.stale += 1
+                # a tie goes to the later epoch (as good on validation and further along its schedule: a small
+                # validation split that saturates must not keep an early model); only a gain resets patience
+                score = sign * scores[metric]
+                run.stale = 0 if score > run.best_score else run.stale + 1
+                if score >= run.best_score:
+                    run.best, run.best_state = score, {k: v.detach().clone() for k, v in model.state_dict().items()}
             run.history.append(row)
             run.epoch, run.batch, run.totals, run.shuffle = epoch + 1, 0, {}, self._shuffle.get_state()
             self._save(run)
