@@ -148,7 +148,8 @@ def probe(size: int) -> None:
 PAIRS = (("finetune", "crf"), ("lora", "crf"), ("lora", "finetune"), ("finetune+all-tokens", "finetune"),
          ("lora+all-tokens", "lora"), ("lora+all-tokens", "finetune+all-tokens"), ("finetune+all-tokens", "crf"),
          ("finetune+last-epoch", "finetune"), ("lora+last-epoch", "lora"), ("lora+last-epoch", "finetune+last-epoch"),
-         ("finetune+last-epoch", "crf"))
+         ("finetune+last-epoch", "crf"), ("finetune (ties later)", "finetune"), ("lora (ties later)", "lora"),
+         ("lora (ties later)", "finetune (ties later)"), ("finetune (ties later)", "crf"), ("lora (ties later)", "crf"))
 
 
 def paired() -> None:
