@@ -24,7 +24,6 @@ Example:
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 
 from transferkit.backbones import register_source
 from transferkit.backbones.base import Backbone, ImagePreprocess
-from transferkit.backbones.packaged import package_file
+from transferkit.backbones.packaged import load_tensors, package_file
 from transferkit.errors import ConfigError, MissingWeightsError, check_range
 
 PACKAGE, VERSION, MODULE = "facenet-pytorch", "2.6.0", "facenet_pytorch"
@@ -119,11 +118,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """
     if not path.is_file():
         raise MissingWeightsError(f"No MTCNN weight file at {path}; reinstall: {_INSTALL} --force-reinstall")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise MissingWeightsError(f"{path} cannot be read as tensors with torch.load(weights_only=True): "
-                                  f"{str(exc).strip()[:200]}. transferkit never unpickles code.") from None
+    state = load_tensors(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise MissingWeightsError(f"{path} holds a {type(state).__name__}, not a state dict of tensors.")
     return state

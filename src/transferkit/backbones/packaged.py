@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import pickle
+import warnings
 from pathlib import Path
 
 
@@ -23,3 +25,23 @@ def package_file(module: str, relative: str | Path) -> Path | None:
         if (Path(location) / relative).is_file():
             return Path(location) / relative
     return None
+
+
+def load_tensors(path: Path):
+    """What ``path`` holds, read with ``torch.load(weights_only=True)`` (tensors and plain containers only).
+
+    Raises:
+        MissingWeightsError: the file cannot be read that way (a pickled object, a truncated file, ...).
+    """
+    import torch
+
+    from transferkit.errors import MissingWeightsError
+
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": older packaged files, read fine
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MissingWeightsError(f"{path} cannot be read as tensors with torch.load(weights_only=True): "
+                                  f"{first[:200]}. transferkit never unpickles code.") from None

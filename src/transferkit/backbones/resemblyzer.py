@@ -34,8 +34,6 @@ Example:
 from __future__ import annotations
 
 import math
-import pickle
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,7 +46,7 @@ from transferkit.backbones import register_source
 from transferkit.backbones.audio import (HOP, N_FFT, SAMPLE_RATE, AudioPreprocess, audio_options, mel_filters,
                                         register_features)
 from transferkit.backbones.base import Backbone
-from transferkit.backbones.packaged import package_file
+from transferkit.backbones.packaged import load_tensors, package_file
 from transferkit.backbones.pooling import masked_mean
 from transferkit.errors import ConfigError, MissingWeightsError, check_range
 
@@ -201,14 +199,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"No resemblyzer checkpoint at {path}.")
-    try:
-        with warnings.catch_warnings():  # "Detected pickle protocol 4": the packaged file's, read fine
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MissingWeightsError(f"{path} cannot be read as tensors with torch.load(weights_only=True): "
-                                  f"{first[:200]}. transferkit never unpickles code.") from None
+    checkpoint = load_tensors(path)
     state = checkpoint.get("model_state", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise MissingWeightsError(f"{path} holds a {type(checkpoint).__name__}, not resemblyzer's "
