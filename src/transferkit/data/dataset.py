@@ -30,8 +30,23 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+class TaskOf:
+    """What a labelled data set (in memory, :class:`TaskData`, or streamed) answers from its ``task`` and
+    ``label_names``."""
+
+    @property
+    def task_spec(self) -> Task:
+        """The registered :class:`~transferkit.tasks.Task` named by ``task``."""
+        return get_task(self.task)
+
+    @property
+    def num_outputs(self) -> int:
+        """Output width of a head for this task: classes, labels, or 1 for regression."""
+        return self.task_spec.num_outputs(self.label_names)
+
+
 @dataclass
-class TaskData:
+class TaskData(TaskOf):
     """A labelled (or unlabelled) data set for one task.
 
     Attributes:
@@ -93,16 +108,6 @@ class TaskData:
 
     def __len__(self) -> int:
         return len(self.items)
-
-    @property
-    def task_spec(self) -> Task:
-        """The registered :class:`~transferkit.tasks.Task` named by ``task``."""
-        return get_task(self.task)
-
-    @property
-    def num_outputs(self) -> int:
-        """Output width of a head for this task: classes, labels, or 1 for regression."""
-        return self.task_spec.num_outputs(self.label_names)
 
     def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> "TaskData":
         """A new TaskData holding ``indices`` (order kept)."""

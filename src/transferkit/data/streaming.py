@@ -38,9 +38,9 @@ import numpy as np
 
 from transferkit.data.adapters_labels import _check_class_label, _class_index, _label_key, _sort_names
 from transferkit.data.batches import drops_last_single
+from transferkit.data.dataset import TaskOf
 from transferkit.data.stream_sources import StreamSource, open_source
 from transferkit.errors import DataError
-from transferkit.tasks import Task, get_task
 
 __all__ = ["DEFAULT_SHUFFLE_BUFFER", "StreamData", "is_stream", "open_stream"]
 
@@ -54,7 +54,7 @@ def is_stream(data: Any) -> bool:
 
 
 @dataclass
-class StreamData:
+class StreamData(TaskOf):
     """Labelled training data for one classification task, read from its source a batch at a time.
 
     Built by :func:`open_stream`, which makes the label pass. It answers what :class:`TaskData` answers
@@ -102,14 +102,6 @@ class StreamData:
 
     def __len__(self) -> int:
         return int(self.label_counts.sum())
-
-    @property
-    def task_spec(self) -> Task:
-        return get_task(self.task)
-
-    @property
-    def num_outputs(self) -> int:
-        return self.task_spec.num_outputs(self.label_names)
 
     def fingerprint(self) -> str:
         """A sha256 over the source (files by path, size and mtime), the classes and their counts."""
