@@ -20,7 +20,7 @@ MTCNN tolerates for mild aspect ratios; ``min_face_size`` is in input pixels.
 Example:
     >>> bb = load_backbone("mtcnn:")                                        # doctest: +SKIP
     >>> bb.forward_detections(bb.preprocess([astronaut]))["detections"][0]  # doctest: +SKIP
-    {'boxes': tensor([[181.1, 62.2, 267.7, 172.1]]), 'scores': tensor([1.0000]), 'labels': tensor([0])}
+    {'boxes': tensor([[x0, y0, x1, y1]]), 'scores': tensor([...]), 'labels': tensor([0])}
 """
 from __future__ import annotations
 
