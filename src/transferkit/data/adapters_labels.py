@@ -236,18 +236,12 @@ def _check_known(evaluation: TaskData, seen: Sequence[str], owner: str) -> None:
 def align_to_label_names(data: TaskData, names: Sequence[str] | None, owner: str = "the trained model") -> TaskData:
     """Re-index evaluation targets to a trained model's label order, refusing labels it never saw.
 
-    A model keeps label names, not training data, so a reference that holds
-    every known label once stands in for the training set of :func:`align_labels`.
-    Regression data, or a model without label names, is returned unchanged.
+    A model keeps label names, not training data: every one of them counts as seen, and the targets are
+    re-indexed by name (as :func:`align_labels` does against a training set). Regression data, data without
+    targets or label sets, or a model without label names, is returned unchanged.
     """
     if names is None or data.task == "regression":
         return data
-    if data.task == "token-classification":  # one sentence per tag, of that tag: every type the model knows
-        known = [[k] for k in range(len(names))]
-        return align_labels(TaskData([[n] for n in names], known, data.modality, data.task, list(names), name=owner),
-                            data)
-    # the model knows each of its labels: checked and re-indexed by name, without a stand-in training set (whose
-    # targets would have to be valid boxes or masks for dense tasks)
     if data.targets is None or data.label_names == list(names) or not data.task_spec.has_labels:
         return data
     _check_known(data, list(names), owner)
