@@ -60,6 +60,8 @@ class Task:
         pipeline_tags: modality -> Hugging Face Hub pipeline tag.
         spatial_targets: targets are tied to pixel positions (boxes, masks); see :meth:`augment`.
         min_train_steps: the fewest optimizer steps the loop takes when no ``epochs`` are given (0: none).
+        min_train_examples: the fewest training examples (repeats counted) the loop shows when no ``epochs``
+            are given (0: none); unlike a step floor it does not change with the batch size.
         packable: training items are token sequences that may be packed several to a row (the ``packing``
             option of the fine-tuning strategies, :mod:`transferkit.data.packing`).
         streams: a prediction can be handed out piece by piece as it is made (:meth:`stream`; ``serve``'s
@@ -87,6 +89,9 @@ class Task:
     #: The fewest optimizer steps the training loop takes on this task when the user gives no ``epochs``: the
     #: strategy's default epochs are raised until they reach it (0: epochs alone set the length of a run).
     min_train_steps: ClassVar[int] = 0
+    #: The fewest training examples (each epoch counts every example once) the loop shows on this task when the
+    #: user gives no ``epochs``: the strategy's default epochs are raised until they reach it (0: none).
+    min_train_examples: ClassVar[int] = 0
     packable: ClassVar[bool] = False
     streams: ClassVar[bool] = False
 

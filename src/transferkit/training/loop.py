@@ -198,14 +198,19 @@ class Trainer:
                 c.head_lr if c.head_lr is not None else d.head_lr)
 
     def epochs_for(self, epochs: int, steps_per_epoch: int, train: TaskData) -> int:
-        """``epochs``, raised to reach the task's ``min_train_steps`` unless the user gave the epochs.
+        """``epochs``, raised until the run takes the task's ``min_train_steps`` optimizer steps and shows its
+        ``min_train_examples`` training examples (counting repeats), unless the user gave the epochs.
 
         A step budget for tiny data: 40 sentences at batch 32 are two optimizer steps an epoch, too few
         for a pre-trained encoder to learn a tagger in the default 20 epochs. Epochs the user set are kept.
         """
-        floor = train.task_spec.min_train_steps if self.config.epochs is None else 0
-        if floor and steps_per_epoch:
-            return max(epochs, math.ceil(floor / steps_per_epoch))
+        spec = train.task_spec
+        if self.config.epochs is not None:
+            return epochs
+        if spec.min_train_steps and steps_per_epoch:
+            epochs = max(epochs, math.ceil(spec.min_train_steps / steps_per_epoch))
+        if spec.min_train_examples and len(train):  # an epoch shows every training example once
+            epochs = max(epochs, math.ceil(spec.min_train_examples / len(train)))
         return epochs
 
     def fit(self, strategy: Strategy, model: TransferModel, train: TaskData | StreamData,
