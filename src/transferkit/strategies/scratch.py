@@ -86,10 +86,15 @@ def small_data_epochs(n: int, batch_size: int, min_epochs: int = 60, max_epochs:
     return int(min(max_epochs, max(min_epochs, math.ceil(steps / per_epoch))))
 
 
-def dense_scratch_epochs(n: int, batch_size: int) -> int:
-    """Epochs for a detector or segmenter from scratch: about 400 optimizer steps (40 to 150 epochs), twice
-    the steps of a transfer run at its defaults on tiny data: random weights need longer to learn anything."""
-    return small_data_epochs(n, batch_size, min_epochs=40, max_epochs=150, steps=400)
+#: How many times the training examples of a transfer run at its defaults (the task's ``min_train_examples``)
+#: a detector or segmenter from scratch is shown: random weights need a longer schedule to be a fair baseline.
+DENSE_SCRATCH_FACTOR = 4
+
+
+def dense_scratch_epochs(n: int, min_examples: int) -> int:
+    """Epochs for a detector or segmenter from scratch on ``n`` images: at least 40, and enough to show
+    :data:`DENSE_SCRATCH_FACTOR` times the ``min_examples`` a transfer run at its defaults is shown."""
+    return max(40, math.ceil(DENSE_SCRATCH_FACTOR * min_examples / max(1, n)))
 
 
 @register_strategy
@@ -149,16 +154,16 @@ class Scratch(Finetune):
             arch = backbone.architecture()
             backbone = load_backbone(arch["spec"], pretrained=False, **arch.get("options", {}))
         self.check_data(backbone, train)
-        self.defaults = self._defaults(variant, len(train), trainer.config.batch_size, train.task_spec.spatial_targets)
+        self.defaults = self._defaults(variant, len(train), trainer.config.batch_size, train.task_spec)
         model = self.prepare(backbone, train)
         model, history = trainer.fit(self, model, train, val)
         if variant == "same-arch":
             recalibrate_batchnorm(model, train)
         return model, history
 
-    def _defaults(self, variant: str, n: int, batch_size: int, spatial: bool = False) -> TrainDefaults:
-        if spatial:
-            return TrainDefaults(epochs=dense_scratch_epochs(n, batch_size), lr=1e-3, head_lr=1e-3)
+    def _defaults(self, variant: str, n: int, batch_size: int, spec) -> TrainDefaults:
+        if spec.spatial_targets:
+            return TrainDefaults(epochs=dense_scratch_epochs(n, spec.min_train_examples), lr=1e-3, head_lr=1e-3)
         if variant in ("small-cnn", "audio-cnn"):
             e = small_data_epochs(n, batch_size)
             return TrainDefaults(epochs=e, lr=3e-3, head_lr=3e-3)

@@ -80,6 +80,8 @@ class Segmentation(Task):
     spatial_targets = True
     pipeline_tags = {"image": "image-segmentation"}
     metric_names = ("mean_iou", "pixel_accuracy", "iou_<class>")
+    #: as detection's (:attr:`transferkit.tasks.detection.Detection.min_train_examples`): a new decoder on the pyramid
+    min_train_examples = 4800
 
     # -- targets ---------------------------------------------------------------
     def check_targets(self, targets: Any, label_names: Sequence[str] | None, where: str) -> np.ndarray:
