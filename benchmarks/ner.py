@@ -1,7 +1,7 @@
 """Named-entity recognition: transfer from MiniLM against the CRF a practitioner would train without it.
 
     python benchmarks/ner.py [--seeds 3] [--sizes 50,200,1000] [--methods crf,linear-probe,finetune,lora]
-                             [--runs runs.csv]
+                             [--runs runs.csv] [--label 'ties later'] [--seed-list 0,1,2] [--no-summary]
 
 Data: the built-in ``pii-ner`` corpus (synthetic PII in 60 templates, 7 entity types); the test split's
 500 sentences use templates, Faker locales and entity strings never seen in training, so the score
@@ -251,6 +251,8 @@ def main() -> None:
     parser.add_argument("--seed-list", default=None,
                         help="run these seeds only (e.g. 1,2), to split the work over processes")
     parser.add_argument("--no-summary", action="store_true", help="record runs only (another process summarises)")
+    parser.add_argument("--label", default="", help="record each method as 'METHOD (LABEL)', e.g. --label "
+                        "'ties later' for a rerun of the same method under changed code, kept apart from older rows")
     parser.add_argument("--runs", default="runs.csv", help="the runs file under benchmarks/results/ner/ "
                         "(runs_X.csv writes summary_X.md and f1_vs_sentences_X.png)")
     args = parser.parse_args()
@@ -262,9 +264,10 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         for seed in seeds:
             for method in args.methods.split(","):
-                if (method, seed, size) in done:
+                name = f"{method} ({args.label})" if args.label else method
+                if (name, seed, size) in done:
                     continue
-                row = run(method, seed, size)
+                row = {**run(method, seed, size), "method": name}
                 print(row, flush=True)
                 runs = _record(csv, row)
     if args.no_summary:
