@@ -23,8 +23,10 @@ more, as ``transferkit fit`` does), on the same sentences per seed:
 * ``finetune+last-epoch``, ``lora+last-epoch``: the same training sentences, without the checkpoint choice
   (the validation split is held out but unused) and the last epoch scored.
 
-Each run also records its best validation F1 (``val_f1``, the epoch the checkpoint choice kept:
-``best_epoch``), the score a recipe choice may look at; the test F1 is for reporting.
+Each run also records its best validation F1 (``val_f1``), the score a recipe choice may look at, the first
+epoch that reached it (``best_epoch``: what the checkpoint choice kept before ties went to the later epoch) and
+the last (``kept_epoch``: what it keeps now; missing in rows recorded before this column was added); the test
+F1 is for reporting.
 
 spaCy's ``en_core_web_sm`` (OntoNotes NER, no training on this data) is the off-the-shelf reference on
 the four types it shares with the corpus: PERSON, ORG, DATE, MONEY (and its GPE read as CITY); every
@@ -127,7 +129,10 @@ def run(method: str, seed: int, size: int) -> dict:
            "seconds": result.seconds, "epochs": len(result.history)}
     val_f1 = [h.get("val_f1") for h in result.history if h.get("val_f1") is not None]
     if val_f1:
-        row.update(val_f1=100 * max(val_f1), best_epoch=1 + int(np.argmax(val_f1)))
+        # best_epoch: the first epoch at the best score (what the strict rule kept); kept_epoch: the last one,
+        # which the training loop restores now that a tie goes to the later epoch
+        row.update(val_f1=100 * max(val_f1), best_epoch=1 + int(np.argmax(val_f1)),
+                   kept_epoch=len(val_f1) - int(np.argmax(val_f1[::-1])))
     row.update({k: 100 * v for k, v in m.items() if k.startswith("f1_")})
     return row
 
