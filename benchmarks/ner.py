@@ -64,8 +64,8 @@ SHARED_TYPES = sorted(set(SHARED.values()))
 VARIANTS = {"all-tokens": {"label_all_tokens": True}, "last-epoch": {}}
 #: Row order of the summary; ``(epochs=20)``: finetune's and LoRA's 20 epochs before token classification's
 #: step budget (``min_train_steps``), kept side by side with the new default.
-METHODS = ("crf", "linear-probe", "finetune (epochs=20)", "finetune", "finetune (ties later)", "lora (epochs=20)", "lora",
-           "lora (ties later)")
+METHODS = ("crf", "linear-probe", "finetune (epochs=20)", "finetune", "finetune (ties later)", "lora (epochs=20)",
+           "lora", "lora (ties later)")
 #: Shown names: ``finetune`` and ``lora`` in ``runs.csv`` were trained while a validation tie kept the earlier epoch.
 LABELS = {"finetune": "finetune (strict rule)", "lora": "lora (strict rule)"}
 NOTES = (
@@ -189,9 +189,10 @@ def summarize(runs: pd.DataFrame, spacy_row: dict | None, command: str = "") -> 
         return f"{mean:.1f} ± {(hi - lo) / 2:.1f}" if len(values) > 1 else f"{mean:.1f}"
 
     seeds = runs.seed.nunique()
+    command = command or f"python benchmarks/ner.py --seeds {seeds}"
     lines = ["# Named-entity recognition: MiniLM transfer vs a CRF from scratch", "",
-             f"`{command or f'python benchmarks/ner.py --seeds {seeds}'}`; `pii-ner` (synthetic PII, 7 types; 500 test sentences "
-             "with templates, locales and entity strings unseen in training). Each method with its defaults and "
+             f"`{command}`; `pii-ner` (synthetic PII, 7 types; 500 test sentences with templates, locales and "
+             "entity strings unseen in training). Each method with its defaults and "
              "the default protocol (20% validation split for checkpoint choice), on the same sentences per seed; "
              f"MiniLM `{BACKBONE}` at max_length {MAX_LENGTH}. Entity F1 in points, "
              "mean ± 95% CI over the seeds in the `seeds` column; gain vs the CRF paired by seed. `shared F1`: "
@@ -210,8 +211,8 @@ def summarize(runs: pd.DataFrame, spacy_row: dict | None, command: str = "") -> 
             diff = (rows.f1 - base).dropna().to_numpy()
             gain = "—" if method == "crf" or not len(diff) else f"{diff.mean():+.1f} " + (
                 f"[{mean_ci(diff)[1]:+.1f}, {mean_ci(diff)[2]:+.1f}]" if len(diff) > 1 else "(1 seed)")
-            lines.append(f"| {LABELS.get(method, method)} | {ci(rows.f1)} | {gain} | {ci(rows.shared_f1)} | {len(rows)} | "
-                         f"{rows.seconds.mean():.0f} |")
+            lines.append(f"| {LABELS.get(method, method)} | {ci(rows.f1)} | {gain} | {ci(rows.shared_f1)} | "
+                         f"{len(rows)} | {rows.seconds.mean():.0f} |")
         lines.append("")
     types = sorted(c for c in runs.columns if c.startswith("f1_"))
     largest = runs[runs.sentences == runs.sentences.max()]
@@ -231,7 +232,8 @@ def summarize(runs: pd.DataFrame, spacy_row: dict | None, command: str = "") -> 
 def _lora_vs_finetune(runs: pd.DataFrame, mean_ci) -> list[str]:
     """LoRA minus fine-tuning per training size and checkpoint rule, paired by seed."""
     lines = ["## LoRA minus fine-tuning, paired by seed", "",
-             "| sentences | rule | LoRA - finetune (pts): mean [95% CI] | per seed | seeds |", "| ---: | --- | ---: | --- | ---: |"]
+             "| sentences | rule | LoRA - finetune (pts): mean [95% CI] | per seed | seeds |",
+             "| ---: | --- | ---: | --- | ---: |"]
     for size, group in runs.groupby("sentences"):
         for rule, suffix in (("strict", ""), ("ties later", " (ties later)")):
             f1 = {m: group[group.method == m + suffix].drop_duplicates("seed", keep="last").set_index("seed").f1
