@@ -257,7 +257,7 @@ def plot(runs: pd.DataFrame, path: Path) -> None:
     for method, rows in runs.groupby("method"):
         g = rows.groupby("sentences").f1
         ax.errorbar(g.mean().index, g.mean().values, yerr=g.std().fillna(0).values, marker="o", capsize=3,
-                    label=method)
+                    label=LABELS.get(method, method))
     ax.set_xscale("log")
     ax.set_xlabel("training sentences")
     ax.set_ylabel("entity F1 (points)")
