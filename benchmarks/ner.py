@@ -1,7 +1,7 @@
 """Named-entity recognition: transfer from MiniLM against the CRF a practitioner would train without it.
 
     python benchmarks/ner.py [--seeds 3] [--sizes 50,200,1000] [--methods crf,linear-probe,finetune,lora]
-                             [--runs runs.csv]
+                             [--runs runs.csv] [--label 'ties later'] [--seed-list 0,1,2] [--no-summary]
 
 Data: the built-in ``pii-ner`` corpus (synthetic PII in 60 templates, 7 entity types); the test split's
 500 sentences use templates, Faker locales and entity strings never seen in training, so the score
@@ -23,8 +23,10 @@ more, as ``transferkit fit`` does), on the same sentences per seed:
 * ``finetune+last-epoch``, ``lora+last-epoch``: the same training sentences, without the checkpoint choice
   (the validation split is held out but unused) and the last epoch scored.
 
-Each run also records its best validation F1 (``val_f1``, the epoch the checkpoint choice kept:
-``best_epoch``), the score a recipe choice may look at; the test F1 is for reporting.
+Each run also records its best validation F1 (``val_f1``), the score a recipe choice may look at, the first
+epoch that reached it (``best_epoch``: what the checkpoint choice kept before ties went to the later epoch) and
+the last (``kept_epoch``: what it keeps now; missing in rows recorded before this column was added); the test
+F1 is for reporting.
 
 spaCy's ``en_core_web_sm`` (OntoNotes NER, no training on this data) is the off-the-shelf reference on
 the four types it shares with the corpus: PERSON, ORG, DATE, MONEY (and its GPE read as CITY); every
@@ -62,18 +64,23 @@ SHARED_TYPES = sorted(set(SHARED.values()))
 VARIANTS = {"all-tokens": {"label_all_tokens": True}, "last-epoch": {}}
 #: Row order of the summary; ``(epochs=20)``: finetune's and LoRA's 20 epochs before token classification's
 #: step budget (``min_train_steps``), kept side by side with the new default.
-METHODS = ("crf", "linear-probe", "finetune (epochs=20)", "finetune", "lora (epochs=20)", "lora")
+METHODS = ("crf", "linear-probe", "finetune (epochs=20)", "finetune", "finetune (ties later)", "lora (epochs=20)",
+           "lora", "lora (ties later)")
+#: Shown names: ``finetune`` and ``lora`` in ``runs.csv`` were trained while a validation tie kept the earlier epoch.
+LABELS = {"finetune": "finetune (strict rule)", "lora": "lora (strict rule)"}
 NOTES = (
     "Token classification now takes at least 300 optimizer steps when no epochs are given (150 epochs at 40 "
     "training sentences, 60 at 160; the 20 default epochs at 800 sentences are already 500 steps). Rows "
-    "`finetune (epochs=20)` and `lora (epochs=20)` are the runs before that change (2 threads each); `finetune` "
-    "and `lora` are the new default. The 1000-sentence `finetune`/`lora` runs were made before the change, which "
-    "does not alter them (same 20 epochs, 500 steps), and were not rerun; at 500 sentences the new default "
-    "(24 epochs) was not run. The new default ran 3 seeds at 50 and 200 sentences, 1 thread per run. Rows "
-    "marked `probe.py` in `runs.csv` (`via`) came from a scratch driver with the same data, split and settings "
-    "and the resolved epochs given explicitly; it records entity F1 only, so their `shared F1` is missing "
-    "and that column averages the other seeds: see "
-    "`diagnostics.md`.")
+    "`finetune (epochs=20)` and `lora (epochs=20)` are the runs before that change (2 threads each). Rows "
+    "`(strict rule)` (`finetune` and `lora` in `runs.csv`) have the step budget, and their checkpoint is the "
+    "first epoch at the best validation F1 (a tie kept the earlier epoch); the 1000-sentence ones were made "
+    "before the step budget, which does not alter them (same 20 epochs, 500 steps); at 500 sentences neither "
+    "was run. Rows `(ties later)` (`runs_ties_later.csv`, recorded with `--label 'ties later'`) are today's "
+    "default: the step budget and the tie rule of commit 483e384 (a tie keeps the later epoch; only a gain "
+    "resets patience), on the same sentences, seeds and settings, 1 thread per run; a size without them was "
+    "not rerun. Rows marked `probe.py` in `runs.csv` (`via`) came from a scratch driver with the same data, "
+    "split and settings and the resolved epochs given explicitly; it records entity F1 only, so their `shared "
+    "F1` is missing and that column averages the other seeds: see `diagnostics.md`.")
 
 
 def _data(seed: int, size: int):
@@ -127,7 +134,10 @@ def run(method: str, seed: int, size: int) -> dict:
            "seconds": result.seconds, "epochs": len(result.history)}
     val_f1 = [h.get("val_f1") for h in result.history if h.get("val_f1") is not None]
     if val_f1:
-        row.update(val_f1=100 * max(val_f1), best_epoch=1 + int(np.argmax(val_f1)))
+        # best_epoch: the first epoch at the best score (what the strict rule kept); kept_epoch: the last one,
+        # which the training loop restores now that a tie goes to the later epoch
+        row.update(val_f1=100 * max(val_f1), best_epoch=1 + int(np.argmax(val_f1)),
+                   kept_epoch=len(val_f1) - int(np.argmax(val_f1[::-1])))
     row.update({k: 100 * v for k, v in m.items() if k.startswith("f1_")})
     return row
 
@@ -167,7 +177,7 @@ def spacy_reference() -> dict | None:
             "shared_f1": 100 * shared_f1(task, test.targets, outputs, names), "seconds": seconds}
 
 
-def summarize(runs: pd.DataFrame, spacy_row: dict | None) -> str:
+def summarize(runs: pd.DataFrame, spacy_row: dict | None, command: str = "") -> str:
     from transferkit.evaluation.stats import mean_ci
 
     def ci(values) -> str:
@@ -179,9 +189,10 @@ def summarize(runs: pd.DataFrame, spacy_row: dict | None) -> str:
         return f"{mean:.1f} ± {(hi - lo) / 2:.1f}" if len(values) > 1 else f"{mean:.1f}"
 
     seeds = runs.seed.nunique()
+    command = command or f"python benchmarks/ner.py --seeds {seeds}"
     lines = ["# Named-entity recognition: MiniLM transfer vs a CRF from scratch", "",
-             f"`python benchmarks/ner.py --seeds {seeds}`; `pii-ner` (synthetic PII, 7 types; 500 test sentences "
-             "with templates, locales and entity strings unseen in training). Each method with its defaults and "
+             f"`{command}`; `pii-ner` (synthetic PII, 7 types; 500 test sentences with templates, locales and "
+             "entity strings unseen in training). Each method with its defaults and "
              "the default protocol (20% validation split for checkpoint choice), on the same sentences per seed; "
              f"MiniLM `{BACKBONE}` at max_length {MAX_LENGTH}. Entity F1 in points, "
              "mean ± 95% CI over the seeds in the `seeds` column; gain vs the CRF paired by seed. `shared F1`: "
@@ -200,19 +211,40 @@ def summarize(runs: pd.DataFrame, spacy_row: dict | None) -> str:
             diff = (rows.f1 - base).dropna().to_numpy()
             gain = "—" if method == "crf" or not len(diff) else f"{diff.mean():+.1f} " + (
                 f"[{mean_ci(diff)[1]:+.1f}, {mean_ci(diff)[2]:+.1f}]" if len(diff) > 1 else "(1 seed)")
-            lines.append(f"| {method} | {ci(rows.f1)} | {gain} | {ci(rows.shared_f1)} | {len(rows)} | "
-                         f"{rows.seconds.mean():.0f} |")
+            lines.append(f"| {LABELS.get(method, method)} | {ci(rows.f1)} | {gain} | {ci(rows.shared_f1)} | "
+                         f"{len(rows)} | {rows.seconds.mean():.0f} |")
         lines.append("")
     types = sorted(c for c in runs.columns if c.startswith("f1_"))
     largest = runs[runs.sentences == runs.sentences.max()]
     lines += [f"## F1 per entity type at {runs.sentences.max()} sentences", "",
               "| method | " + " | ".join(t[3:] for t in types) + " |", "| --- |" + " ---: |" * len(types)]
     for method, rows in largest.groupby("method"):
-        lines.append(f"| {method} | " + " | ".join(f"{rows[t].mean():.1f}" for t in types) + " |")
-    if spacy_row is not None:
+        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(f"{rows[t].mean():.1f}" for t in types) + " |")
+    lines += ["", *_lora_vs_finetune(runs, mean_ci)]
+    if isinstance(spacy_row, str):
+        lines += ["", spacy_row]
+    elif spacy_row is not None:
         lines += ["", f"spaCy `en_core_web_sm` (no training on this data), shared types: F1 "
                       f"{spacy_row['shared_f1']:.1f} on the same 500 test sentences ({spacy_row['seconds']:.1f} s)."]
     return "\n".join(lines)
+
+
+def _lora_vs_finetune(runs: pd.DataFrame, mean_ci) -> list[str]:
+    """LoRA minus fine-tuning per training size and checkpoint rule, paired by seed."""
+    lines = ["## LoRA minus fine-tuning, paired by seed", "",
+             "| sentences | rule | LoRA - finetune (pts): mean [95% CI] | per seed | seeds |",
+             "| ---: | --- | ---: | --- | ---: |"]
+    for size, group in runs.groupby("sentences"):
+        for rule, suffix in (("strict", ""), ("ties later", " (ties later)")):
+            f1 = {m: group[group.method == m + suffix].drop_duplicates("seed", keep="last").set_index("seed").f1
+                  for m in ("finetune", "lora")}
+            diff = (f1["lora"] - f1["finetune"]).dropna().sort_index()
+            if len(diff) < 2:
+                continue
+            mean, lo, hi = mean_ci(diff.to_numpy())
+            per_seed = ", ".join(f"{s}: {d:+.1f}" for s, d in diff.items())
+            lines.append(f"| {size} | {rule} | {mean:+.1f} [{lo:+.1f}, {hi:+.1f}] | {per_seed} | {len(diff)} |")
+    return lines
 
 
 def plot(runs: pd.DataFrame, path: Path) -> None:
@@ -225,7 +257,7 @@ def plot(runs: pd.DataFrame, path: Path) -> None:
     for method, rows in runs.groupby("method"):
         g = rows.groupby("sentences").f1
         ax.errorbar(g.mean().index, g.mean().values, yerr=g.std().fillna(0).values, marker="o", capsize=3,
-                    label=method)
+                    label=LABELS.get(method, method))
     ax.set_xscale("log")
     ax.set_xlabel("training sentences")
     ax.set_ylabel("entity F1 (points)")
@@ -233,6 +265,15 @@ def plot(runs: pd.DataFrame, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _spacy_line(summary: Path) -> str | None:
+    """The spaCy reference line of an earlier summary, marked as such, when spaCy is not installed to rerun it."""
+    old = summary.read_text(encoding="utf-8").splitlines() if summary.exists() else []
+    line = next((x for x in old if x.startswith("spaCy `en_core_web_sm`")), None)
+    if line is None or "not rerun" in line:
+        return line
+    return line + " (recorded by an earlier run of this script; not rerun: spaCy is not installed here)"
 
 
 def _record(path: Path, row: dict) -> pd.DataFrame:
@@ -251,8 +292,12 @@ def main() -> None:
     parser.add_argument("--seed-list", default=None,
                         help="run these seeds only (e.g. 1,2), to split the work over processes")
     parser.add_argument("--no-summary", action="store_true", help="record runs only (another process summarises)")
+    parser.add_argument("--label", default="", help="record each method as 'METHOD (LABEL)', e.g. --label "
+                        "'ties later' for a rerun of the same method under changed code, kept apart from older rows")
     parser.add_argument("--runs", default="runs.csv", help="the runs file under benchmarks/results/ner/ "
                         "(runs_X.csv writes summary_X.md and f1_vs_sentences_X.png)")
+    parser.add_argument("--with", dest="also", default="", help="other runs files under benchmarks/results/ner/ "
+                        "(comma-separated, e.g. runs_ties_later.csv) whose rows the summary shows beside --runs'")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     csv = OUT / args.runs
@@ -262,18 +307,22 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         for seed in seeds:
             for method in args.methods.split(","):
-                if (method, seed, size) in done:
+                name = f"{method} ({args.label})" if args.label else method
+                if (name, seed, size) in done:
                     continue
-                row = run(method, seed, size)
+                row = {**run(method, seed, size), "method": name}
                 print(row, flush=True)
                 runs = _record(csv, row)
     if args.no_summary:
         return
-    spacy_row = spacy_reference()
-    text = summarize(runs, spacy_row)
+    also = [OUT / name for name in args.also.split(",") if name]
+    shown = pd.concat([runs, *(pd.read_csv(p) for p in also)], ignore_index=True)
     suffix = Path(args.runs).stem.removeprefix("runs")  # runs_x.csv -> summary_x.md: other runs' summary stays
+    spacy_row = spacy_reference() or _spacy_line(OUT / f"summary{suffix}.md")
+    command = " ".join(["python benchmarks/ner.py", *sys.argv[1:]]) if len(sys.argv) > 1 else ""
+    text = summarize(shown, spacy_row, command)
     (OUT / f"summary{suffix}.md").write_text(text + "\n", encoding="utf-8")
-    plot(runs, OUT / f"f1_vs_sentences{suffix}.png")
+    plot(shown, OUT / f"f1_vs_sentences{suffix}.png")
     print(text)
 
 
