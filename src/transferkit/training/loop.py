@@ -204,8 +204,8 @@ class Trainer:
         A step budget for tiny data: 40 sentences at batch 32 are two optimizer steps an epoch, too few
         for a pre-trained encoder to learn a tagger in the default 20 epochs. Epochs the user set are kept.
         """
-        spec = train.task_spec
-        if self.config.epochs is not None:
+        spec = getattr(train, "task_spec", None)  # multi-task data has one per task, and no budget
+        if self.config.epochs is not None or spec is None:
             return epochs
         if spec.min_train_steps and steps_per_epoch:
             epochs = max(epochs, math.ceil(spec.min_train_steps / steps_per_epoch))
