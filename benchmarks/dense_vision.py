@@ -92,13 +92,16 @@ def run_one(job: dict, pool, test, args) -> dict:
     strategy, options, factor, lr, head_lr = {**ARMS, **DETECTOR_ARMS}[job["arm"]]
     draw = np.sort(np.random.default_rng(job["seed"]).permutation(len(pool))[:job["n"]])
     train = pool.subset(draw, name=f"{pool.name}[{job['n']}]")
-    steps = args.steps * factor
-    per_epoch = max(1, math.ceil(job["n"] / args.batch_size))
-    epochs = max(1, round(steps / per_epoch))
     torch.manual_seed(job["seed"])
     backbone = load_backbone(BACKBONE, image_size=args.image_size)
-    config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, head_lr=head_lr, seed=job["seed"],
-                         progress=False, cpu=True)
+    if args.recipe == "defaults":  # what `transferkit fit` does when the user sets nothing: each strategy's defaults
+        config = TrainConfig(seed=job["seed"], progress=False, cpu=True)
+    else:
+        per_epoch = max(1, math.ceil(job["n"] / args.batch_size))
+        epochs = max(1, round(args.steps * factor / per_epoch))
+        config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, head_lr=head_lr, seed=job["seed"],
+                             progress=False, cpu=True)
+    per_epoch = max(1, math.ceil(job["n"] / config.batch_size))
     start = time.perf_counter()
     model, history = make_strategy(strategy, options).fit(backbone, train, None, Trainer(config))
     seconds = time.perf_counter() - start
@@ -106,6 +109,7 @@ def run_one(job: dict, pool, test, args) -> dict:
     outputs = predict_outputs(model, test, batch_size=16)
     predict_seconds = time.perf_counter() - start
     metrics = test.task_spec.metrics(test.targets, outputs, test.label_names)
+    epochs = len(history)  # no validation data: every epoch runs
     return {**job, "strategy": strategy, "options": options, "epochs": epochs, "steps": epochs * per_epoch,
             "train_seconds": round(seconds, 1), "predict_seconds": round(predict_seconds, 2), "final_loss": round(float(history[-1]["train_loss"]), 4),
             **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("n", "objects")}}
@@ -145,6 +149,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps of the transfer arms (scratch: 2x)")
+    parser.add_argument("--recipe", default="fixed", choices=["fixed", "defaults"],
+                        help="fixed: --steps, --batch-size and the arms' learning rates; defaults: every arm with its "
+                             "strategy's defaults, as `transferkit fit` without options (batch 32, the task's "
+                             "step budget)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--pool", type=int, default=200, help="training scenes drawn from")
     parser.add_argument("--n-test", type=int, default=60)
@@ -167,6 +175,8 @@ def main(argv=None) -> None:
 
     import torch
 
+    from transferkit.training import TrainConfig
+
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     runs_file = args.out / "runs.jsonl"
@@ -183,7 +193,9 @@ def main(argv=None) -> None:
         pool, test = data[job["task"]]
         row = run_one(job, pool, test, args)
         row["load_1min"] = round(os.getloadavg()[0], 2)  # the machine is shared: the summary reports the range
-        row["settings"] = {"image_size": args.image_size, "batch_size": args.batch_size, "base_steps": args.steps,
+        row["settings"] = {"image_size": args.image_size, "recipe": args.recipe,
+                           "batch_size": TrainConfig().batch_size if args.recipe == "defaults" else args.batch_size,
+                           "base_steps": None if args.recipe == "defaults" else args.steps,
                            "pool": args.pool, "n_test": args.n_test, "threads": args.threads}
         runs.append(row)
         with open(runs_file, "a") as f:
@@ -302,8 +314,9 @@ def write_summary(runs: list[dict], args) -> None:
                + (f"--seg-sizes {','.join(map(str, args.seg_sizes))} " if args.part in ("segmentation", "both")
                   and args.seg_sizes != [50] else "")
                + (f"--arms {','.join(args.arms)} " if args.arms != list(ARMS) else "")
-               + f"--seeds {args.seeds} --steps {args.steps} --image-size {args.image_size} --n-test {args.n_test} "
-               f"--threads {args.threads}`")
+               + f"--seeds {args.seeds} "
+               + ("--recipe defaults " if args.recipe == "defaults" else f"--steps {args.steps} ")
+               + f"--image-size {args.image_size} --n-test {args.n_test} --threads {args.threads}`")
     model = ("Mask R-CNN (the task's `mask-rcnn` head: torchvision FPN 64 channels, RPN, RoIAlign on P3-P5, a "
              "256-wide two-layer box head, a mask branch of two 3x3 convs 64 wide and a 28x28 mask per class)"
              if instance else "torchvision FPN (64 channels, P3-P7) + FCOS head (2 conv layers per tower)")
@@ -316,28 +329,40 @@ def write_summary(runs: list[dict], args) -> None:
         "channel). Per seed, the training scenes are a seeded draw from the pool, the same for every arm.", "",
         f"Model: `{BACKBONE}` (packaged ImageNet weights) + {model}, batch size "
         f"{s.get('batch_size')}, AdamW, cosine schedule with 10% warm-up, flip/zoom/shift augmentation with "
-        f"the boxes{' and masks' if instance else ''}. Transfer arms: about {s.get('base_steps')} optimizer steps; "
-        "scratch: about twice as many "
-        "(a longer schedule for random weights; whole epochs, so the steps column gives the exact count). "
-        "`train s/run` is wall time while other jobs shared the CPU: compare it within a row only. "
-        + ("" if instance else "frozen: backbone lr 0, head lr 1e-3; ") + "finetune: backbone 2e-4, "
-        "head 1e-3, BatchNorm statistics frozen; "
-        + ("" if instance else "lora: rank-8 LoRA (alpha 16) on every plain convolution of the backbone, "
-           "adapters and head lr 1e-3, the backbone's own weights frozen; ")
-        + "scratch: 1e-3 everywhere, BatchNorm trained and re-estimated after training.", "",
+        f"the boxes{' and masks' if instance else ''}. " + _recipe_text(s, instance), "",
         *tables,
         f"Cuts forced by the CPU (2 cores shared with other engineers' jobs; {load_text}; so one thread per run): "
         f"images at {s.get('image_size')} px (the issue asks for 128-192 px), "
         + ("a 64-channel FPN and mask branch (torchvision's Mask R-CNN: 256, four convs), fewer proposals, one "
            "training-set size, " if instance else
            "an FPN/head of 64 channels and 2 conv layers (torchvision's FCOS: 256 and 4), ")
-        + f"{s.get('base_steps')} "
-        f"optimizer steps (scratch: {2 * (s.get('base_steps') or 0)}) rather than a schedule run to convergence, "
-        f"and a test set of {s.get('n_test')} scenes. The comparison itself is not cut: the same "
+        + (f"{s.get('base_steps')} optimizer steps (scratch: {2 * (s.get('base_steps') or 0)}) rather than a "
+           "schedule run to convergence, " if s.get("recipe", "fixed") == "fixed" else "")
+        + f"and a test set of {s.get('n_test')} scenes. The comparison itself is not cut: the same "
         f"{'model' if instance else 'detector'}, data draw, augmentation and batch size in every arm.",
     ]
     (args.out / "summary.md").write_text("\n".join(text) + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def _recipe_text(s: dict, instance: bool) -> str:
+    """The summary's sentence on how long each arm trained and with which learning rates."""
+    if s.get("recipe") == "defaults":
+        return ("Every arm trains with its strategy's defaults, as `transferkit fit` without options: no epochs "
+                "given, so the task's step budget (`min_train_examples`) sets the length of the transfer arms, and "
+                "`scratch` takes its own longer schedule; the steps column gives the exact count. frozen: "
+                "`finetune -o train_last=0` (head lr 1e-3); finetune: backbone 1e-4, head 1e-3, BatchNorm statistics "
+                "frozen; lora: rank-8 LoRA on every plain convolution of the backbone, 1e-3; scratch: 1e-3 "
+                "everywhere, BatchNorm trained and re-estimated after training. `train s/run` is wall time while "
+                "other jobs shared the CPU: compare it within a row only.")
+    return (f"Transfer arms: about {s.get('base_steps')} optimizer steps; scratch: about twice as many "
+            "(a longer schedule for random weights; whole epochs, so the steps column gives the exact count). "
+            "`train s/run` is wall time while other jobs shared the CPU: compare it within a row only. "
+            + ("" if instance else "frozen: backbone lr 0, head lr 1e-3; ") + "finetune: backbone 2e-4, "
+            "head 1e-3, BatchNorm statistics frozen; "
+            + ("" if instance else "lora: rank-8 LoRA (alpha 16) on every plain convolution of the backbone, "
+               "adapters and head lr 1e-3, the backbone's own weights frozen; ")
+            + "scratch: 1e-3 everywhere, BatchNorm trained and re-estimated after training.")
 
 
 def _paired(rows: list[dict], arm_a: str, arm_b: str, metric: str):

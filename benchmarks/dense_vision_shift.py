@@ -240,7 +240,7 @@ def write_summary(runs: list[dict], args) -> None:
         f"{s['few']} other scenes in line art (never a source scene). Tested on {s['n_test']} line-art test scenes; "
         "`colour map_50` scores the same test scenes drawn in colour.", "",
         f"Model: `{BACKBONE}` (packaged ImageNet weights) + torchvision FPN (64 channels) + FCOS (the default "
-        "detector, 2 conv layers per tower). Fine-tuning as in `../dense_vision/summary.md`: backbone lr 2e-4, "
+        "detector, 2 conv layers per tower). Fine-tuning as in `../dense_vision/fixed_96px/summary.md`: backbone lr 2e-4, "
         "FPN and head 1e-3, BatchNorm statistics frozen; scratch: the same detector from random weights, 1e-3 "
         f"everywhere, BatchNorm trained and re-estimated, twice the steps. Batch size {s['batch_size']}, AdamW, "
         "cosine schedule with 10% warm-up, flip/zoom/shift with the boxes; steps are whole epochs (the steps "
