@@ -17,8 +17,11 @@ Lite0's pyramid, ``fpn_channels=64``, two conv layers per tower):
 * ``scratch``: ``scratch`` (variant ``same-arch``): the same detector with every weight random,
   BatchNorm statistics trained and re-estimated at the end, twice the optimizer steps.
 
-Every arm sees the same augmentation (flip, zoom, shift with the boxes) and batch size; steps are
-fixed per arm, not per epoch, so 10 and 50 images get the same compute. mAP@.5 (primary) and mAP@[.5:.95]
+Every arm sees the same augmentation (flip, zoom, shift with the boxes) and batch size. With the default
+``--recipe fixed``, steps are fixed per arm, not per epoch, so 10 and 50 images get the same compute, at
+``--batch-size`` and the learning rates of ``ARMS``; ``--recipe defaults`` trains each arm as ``transferkit
+fit`` does without options (batch 32, each strategy's learning rates, the task's ``min_train_examples`` for
+the transfer arms and four times that for ``scratch``). mAP@.5 (primary) and mAP@[.5:.95]
 on the test set, mean and 95% Student-t interval over seeds, and the paired (same seed, same draw)
 differences transfer minus scratch.
 

@@ -204,9 +204,9 @@ class Trainer:
         A step budget for tiny data: 40 sentences at batch 32 are two optimizer steps an epoch, too few
         for a pre-trained encoder to learn a tagger in the default 20 epochs. Epochs the user set are kept.
         """
-        spec = getattr(train, "task_spec", None)  # multi-task data has one per task, and no budget
-        if self.config.epochs is not None or spec is None:
+        if self.config.epochs is not None:
             return epochs
+        spec = train.task_spec
         if spec.min_train_steps and steps_per_epoch:
             epochs = max(epochs, math.ceil(spec.min_train_steps / steps_per_epoch))
         if spec.min_train_examples and len(train):  # an epoch shows every training example once
