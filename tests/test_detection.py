@@ -436,6 +436,32 @@ def test_dense_tasks_get_an_example_budget_and_scratch_four_times_it_unless_epoc
     assert Scratch()._defaults("same-arch", 10_000, 32, scenes.task_spec).epochs == 40  # never under 40 epochs
 
 
+def test_dense_tasks_train_at_their_batch_size_unless_the_user_gives_one(monkeypatch):
+    from transferkit.data import TaskData
+    from transferkit.data.multitask import MultiTaskData
+
+    scenes = box_scenes(10, size=32)
+    labels = TaskData(items=np.zeros((10, 4), np.float32), targets=np.arange(10) % 2, label_names=["a", "b"],
+                      modality="tabular", task="classification", name="tiny")
+    assert [TrainConfig().batch_for(d) for d in (scenes, box_scenes(4, size=32, task="segmentation"), labels)] == [
+        8, 8, 32]
+    assert TrainConfig(batch_size=32).batch_for(scenes) == 32  # the user's batch size is kept
+    assert TrainConfig().batch_for(MultiTaskData({"a": labels, "b": labels})) == 32
+    seen = []
+
+    class Loader(torch.utils.data.DataLoader):
+        def __init__(self, *args, batch_size=1, **kwargs):
+            if kwargs.get("shuffle"):  # the loop's training loader (not Accelerate's re-wrapping of it)
+                seen.append(batch_size)
+            super().__init__(*args, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Loader)
+    for given in (None, 4):  # the loop trains at the resolved size
+        make_strategy("finetune").fit(tiny_pyramid_backbone(32), scenes, None,
+                                      Trainer(TrainConfig(epochs=1, batch_size=given, progress=False, cpu=True)))
+    assert seen == [8, 4]
+
+
 @pytest.fixture
 def quick_scratch(monkeypatch):
     """The scratch detector's recipe (at least 40 epochs, four times a transfer run's examples) cut to 2 epochs: these

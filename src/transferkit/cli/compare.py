@@ -33,7 +33,7 @@ def compare_command(
                    "validation items (or there is no test split), else none: every run trains on all labels."),
     epochs: Optional[int] = typer.Option(None, help="Epochs of the transfer strategies (baselines keep their recipes)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate of pre-trained weights."),
-    batch_size: int = typer.Option(32, help="Batch size."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per optimizer step. Default: the task's (32; 8 for detection and segmentation)."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels for the backbone."),
     max_length: Optional[int] = typer.Option(None, help="Text: maximum tokens."),
     text_column: Optional[str] = typer.Option(None, help="Table files: the text column."),

@@ -99,7 +99,8 @@ def fit_command(
     lr: Optional[str] = train_option(None, "Learning rate of pre-trained weights. A number, or 'auto' to run the "
                                            "learning-rate finder first (default: the strategy's)."),
     head_lr: Optional[float] = train_option(None, "Learning rate of new layers (head). Default: the strategy's."),
-    batch_size: int = train_option(32, "Examples per optimizer step (per process)."),
+    batch_size: Optional[int] = train_option(None, "Examples per optimizer step (per process); default: the "
+                                                    "task's (32; 8 for detection and segmentation)."),
     schedule: str = train_option("cosine", "One of cosine, onecycle, constant. All with linear warm-up."),
     patience: Optional[int] = train_option(None, "Early stopping after this many epochs without gain. Gain on "
                                                  "the validation split."),

@@ -66,7 +66,7 @@ def tune_command(
     labels_per_class: Optional[int] = typer.Option(None, help="Draw N labelled training examples per class (seeded), once for all trials."),
     val_fraction: float = typer.Option(0.2, help="Stratified validation split every trial is scored on."),
     metric: Optional[str] = typer.Option(None, help="Validation metric to optimise (default: accuracy, or r2 for regression)."),
-    batch_size: int = typer.Option(32, help="Batch size per process (fixed)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size per process (fixed). Default: the task's (32; 8 for detection and segmentation)."),
     seed: int = typer.Option(0, help="Seed of the draw, the split, training and the sampler."),
     out: Optional[Path] = typer.Option(None, help="Refit the best parameters and save that bundle here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out."),

@@ -286,7 +286,7 @@ class ContrastiveText(Strategy):
         self.check_data(backbone, train)
         check_pairs(train, self.config.pair_rule)
         cfg = trainer.config
-        self._loop = (cfg.batch_size, trainer.resolved(self)[0], cfg.seed)
+        self._loop = (cfg.batch_for(train), trainer.resolved(self)[0], cfg.seed)
         torch.manual_seed(cfg.seed)
         model = self.prepare(backbone, train)
         # No validation inside the loop: the identity head has no metric; val picks the head's C instead.
@@ -299,7 +299,7 @@ class ContrastiveText(Strategy):
         model.eval()
         if history:  # the steps run: max_steps rounded up to a multiple of the loop's epochs
             epochs = self._loop[1]
-            steps = math.ceil(self.total_steps(len(train), cfg.batch_size) / epochs) * epochs
+            steps = math.ceil(self.total_steps(len(train), cfg.batch_for(train)) / epochs) * epochs
             history[-1].update({"steps": steps, **info})
         return model, history
 

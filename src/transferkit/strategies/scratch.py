@@ -154,7 +154,7 @@ class Scratch(Finetune):
             arch = backbone.architecture()
             backbone = load_backbone(arch["spec"], pretrained=False, **arch.get("options", {}))
         self.check_data(backbone, train)
-        self.defaults = self._defaults(variant, len(train), trainer.config.batch_size, train.task_spec)
+        self.defaults = self._defaults(variant, len(train), trainer.config.batch_for(train), train.task_spec)
         model = self.prepare(backbone, train)
         model, history = trainer.fit(self, model, train, val)
         if variant == "same-arch":

@@ -62,6 +62,7 @@ class Task:
         min_train_steps: the fewest optimizer steps the loop takes when no ``epochs`` are given (0: none).
         min_train_examples: the fewest training examples (repeats counted) the loop shows when no ``epochs``
             are given (0: none); unlike a step floor it does not change with the batch size.
+        train_batch_size: the examples per optimizer step the loop uses when the user gives no batch size.
         packable: training items are token sequences that may be packed several to a row (the ``packing``
             option of the fine-tuning strategies, :mod:`transferkit.data.packing`).
         streams: a prediction can be handed out piece by piece as it is made (:meth:`stream`; ``serve``'s
@@ -92,6 +93,8 @@ class Task:
     #: The fewest training examples (each epoch counts every example once) the loop shows on this task when the
     #: user gives no ``epochs``: the strategy's default epochs are raised until they reach it (0: none).
     min_train_examples: ClassVar[int] = 0
+    #: Examples per optimizer step when the user gives no batch size (``TrainConfig.batch_size`` of None).
+    train_batch_size: ClassVar[int] = 32
     packable: ClassVar[bool] = False
     streams: ClassVar[bool] = False
 

@@ -28,7 +28,7 @@ from transferkit.data.dataset import TaskData
 from transferkit.data.streaming import StreamData
 from transferkit.errors import ConfigError
 from transferkit.evaluation.metrics import higher_is_better
-from transferkit.tasks import compute_metrics, primary_metric
+from transferkit.tasks import compute_metrics, get_task, primary_metric
 from transferkit.strategies.base import (ItemDataset, StepContext, Strategy, StreamDataset, TransferModel,
                                          predict_outputs)
 from transferkit.training.checkpoint import Checkpointer, LoopState
@@ -44,7 +44,8 @@ class TrainConfig:
     """Settings of the loop. ``None`` means "the strategy's default"."""
 
     epochs: int | None = field(default=None, metadata={"help": "passes over the training data"})
-    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step (per process)"})
+    batch_size: int | None = field(default=None, metadata={
+        "help": "examples per optimizer step (per process); default: the task's (32; 8 for detection and segmentation)"})
     lr: float | None = field(default=None, metadata={"help": "learning rate of pre-trained weights"})
     head_lr: float | None = field(default=None, metadata={"help": "learning rate of new layers (head)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW decay of matrices/kernels (not biases, norms)"})
@@ -65,7 +66,7 @@ class TrainConfig:
 
     _parameter_constraints: ClassVar[dict] = {
         "epochs": [Interval("int", 1, None), NONE],
-        "batch_size": [Interval("int", 1, None)],
+        "batch_size": [Interval("int", 1, None), NONE],
         "lr": [Interval("number", 0, 10, closed="right"), NONE],
         "head_lr": [Interval("number", 0, 10, closed="right"), NONE],
         "weight_decay": [Interval("number", 0, None)],
@@ -87,6 +88,16 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """The settings as a plain dict (what a bundle's manifest records under ``train``)."""
         return asdict(self)
+
+    def batch_for(self, data) -> int:
+        """The batch size to train on ``data`` with: the user's, else its task's ``train_batch_size``.
+
+        Data of several tasks (:class:`~transferkit.data.multitask.MultiTaskData`) takes the smallest of theirs.
+        """
+        if self.batch_size is not None:
+            return self.batch_size
+        parts = data.tasks.values() if hasattr(data, "tasks") else [data]
+        return min(get_task(d.task).train_batch_size for d in parts)
 
 
 def _decay_split(groups: list[dict], weight_decay: float) -> list[dict]:
@@ -221,14 +232,15 @@ class Trainer:
         cfg, acc = self.config, self.accelerator
         set_seed(cfg.seed)
         epochs, lr, head_lr = self.resolved(strategy)
+        batch = cfg.batch_for(train)
         dataset = strategy.train_dataset(model, train)
         g = torch.Generator().manual_seed(cfg.seed)
         if isinstance(dataset, StreamDataset):
             loader = self._stream_loader(dataset, train)
         else:
             loader = torch.utils.data.DataLoader(
-                dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=dataset.collate, generator=g,
-                drop_last=drops_last_single(len(dataset), cfg.batch_size))
+                dataset, batch_size=batch, shuffle=True, collate_fn=dataset.collate, generator=g,
+                drop_last=drops_last_single(len(dataset), batch))
         groups = _decay_split(strategy.param_groups(model, lr, head_lr), cfg.weight_decay)
         if not groups:
             raise ConfigError(f"Strategy '{strategy.name}' left no parameter to train.")
@@ -253,7 +265,7 @@ class Trainer:
         if cfg.track is None:
             return self._run(strategy, model, wrapped, optimizer, loader, sched, ctx, val, val_ds)
         try:
-            self._start_tracking(strategy, model, epochs, lr, head_lr, steps)
+            self._start_tracking(strategy, model, epochs, lr, head_lr, steps, batch)
             return self._run(strategy, model, wrapped, optimizer, loader, sched, ctx, val, val_ds)
         finally:
             acc.end_training()
@@ -265,9 +277,9 @@ class Trainer:
             raise ConfigError(f"A streamed training set ('{train.name}') is read by one process; this run has "
                               f"{self.accelerator.num_processes}. Run it without accelerate launch / torchrun, or "
                               f"read the data whole (without --stream).")
-        return dataset.batched(self.config.batch_size, self.config.seed)
+        return dataset.batched(self.config.batch_for(train), self.config.seed)
 
-    def _start_tracking(self, strategy, model, epochs, lr, head_lr, steps) -> None:
+    def _start_tracking(self, strategy, model, epochs, lr, head_lr, steps, batch) -> None:
         cfg, acc = self.config, self.accelerator
         if cfg.track == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI") and acc.is_main_process:
             import mlflow
@@ -278,7 +290,8 @@ class Trainer:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((Path(self.track_dir).resolve() / "mlruns").as_uri())
         backbone = getattr(getattr(model, "backbone", None), "spec", None)
-        params = {**cfg.to_dict(), "resolved": {"epochs": epochs, "lr": lr, "head_lr": head_lr, "steps": steps},
+        params = {**cfg.to_dict(), "resolved": {"epochs": epochs, "lr": lr, "head_lr": head_lr, "steps": steps,
+                                                 "batch_size": batch},
                   "strategy": {"name": strategy.name, **(strategy.config.to_dict() if strategy.config else {})},
                   "backbone": backbone, "task": model.task}
         self._step = 0

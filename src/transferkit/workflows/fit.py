@@ -254,7 +254,8 @@ def _manifest(backbone, strategy: Strategy, config: TrainConfig, train: TaskData
         "backbone_spec": backbone if isinstance(backbone, str) else getattr(backbone, "spec", None),
         "backbone_provenance": _provenance(backbone, strategy, train),
         "strategy": {"name": strategy.name, "kind": strategy.kind, "config": strategy.config.to_dict()},
-        "train": config.to_dict(), "task": train.task, "modality": train.modality,
+        "train": config.to_dict() | {"batch_size": config.batch_for(train)},  # the task's when not given
+        "task": train.task, "modality": train.modality,
         "data": {"name": train.name, "source": train.source, "fingerprint": train.fingerprint(),
                  "n_train": len(train), "n_val": len(val) if val is not None else 0,
                  "n_test": len(test) if test is not None else 0, "labels_per_class": labels_per_class,
@@ -430,8 +431,8 @@ def _find_lr_for(backbone, strategy: Strategy, train: TaskData, backbone_options
 
 def _auto_lr(backbone, strategy: Strategy, train: TaskData, bb_options: dict, config: TrainConfig):
     """``lr="auto"``: the finder's result, and ``config`` at its suggestion (``head_lr`` too unless given)."""
-    finder = _find_lr_for(backbone, strategy, train, bb_options, batch_size=config.batch_size, seed=config.seed,
-                          cpu=config.cpu, progress=config.progress)
+    finder = _find_lr_for(backbone, strategy, train, bb_options, batch_size=config.batch_for(train),
+                          seed=config.seed, cpu=config.cpu, progress=config.progress)
     config = replace(config, lr=finder.suggestion,
                      head_lr=config.head_lr if config.head_lr is not None else finder.head_lr)
     return finder, config
