@@ -169,6 +169,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/dense_vision, "
                                                                  "its detectors/ subfolder for --part detectors)")
     parser.add_argument("--summary-only", action="store_true", help="rewrite summary.md/json from runs.jsonl")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="with --summary-only: also write against.md/json, every (task, scenes, arm) of this "
+                             "folder's runs minus the same in that folder's runs.jsonl, paired by seed (the same "
+                             "draws: e.g. the task's batch size against another)")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in str(args.sizes).split(",")]
     args.seg_sizes = [int(s) for s in str(args.seg_sizes).split(",")]
@@ -190,6 +194,9 @@ def main(argv=None) -> None:
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
     done = {_key(r) for r in runs}
     if args.summary_only:
+        if args.against is not None:
+            write_against(runs, [json.loads(line) for line in (args.against / "runs.jsonl").read_text().splitlines()],
+                          args)
         return summarize(runs, args)
     data = {}
     for job in jobs(args):
@@ -350,6 +357,43 @@ def write_summary(runs: list[dict], args) -> None:
     ]
     (args.out / "summary.md").write_text("\n".join(text) + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def _setting(rows: list[dict]) -> str:
+    """What sets a run folder apart, from its rows: its batch sizes and recipe."""
+    sizes = sorted({r.get("batch_size", r["settings"].get("batch_size")) for r in rows}, key=str)
+    st = rows[0]["settings"]
+    return f"{st.get('image_size')} px, batch {'/'.join(map(str, sizes))}, recipe {st.get('recipe', 'fixed')}"
+
+
+def write_against(runs: list[dict], other: list[dict], args) -> None:
+    """``against.md``/``.json`` in ``args.out``: each (task, scenes, arm) of ``runs`` minus the same of ``other``,
+    paired by seed (same draws and test set), in the task's primary metric."""
+    here, there = _setting(runs), _setting(other)
+    lines = [f"# This folder's runs ({here}) minus `{args.against}` ({there})", "",
+             f"`python benchmarks/dense_vision.py --part {args.part} --summary-only --out {args.out} --against "
+             f"{args.against}`", "", "Paired by seed: the same training draw, augmentation and test scenes; "
+             "points, mean [95% Student-t CI].", "",
+             "| task | training scenes | arm | metric | this folder | other folder | difference | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = []
+    for task, n, arm in sorted({(r["task"], r["n"], r["arm"]) for r in runs}):
+        metric = PRIMARY[task]
+        a = {r["seed"]: r[metric] for r in runs if (r["task"], r["n"], r["arm"]) == (task, n, arm)}
+        b = {r["seed"]: r[metric] for r in other if (r["task"], r["n"], r["arm"]) == (task, n, arm)}
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        d = _ci([a[k] - b[k] for k in seeds])
+        va, vb = [a[k] for k in seeds], [b[k] for k in seeds]
+        lines.append(f"| {task} | {n} | {arm} | {metric} | {_fmt(*_ci(va))} | {_fmt(*_ci(vb))} | {_fmt_diff(*d)} | "
+                     f"{len(seeds)} |")
+        out.append({"task": task, "n": n, "arm": arm, "metric": metric, "seeds": seeds, "this": va, "other": vb,
+                    "difference": {"mean": round(100 * d[0], 1), "low": round(100 * d[1], 1),
+                                   "high": round(100 * d[2], 1)}})
+    (args.out / "against.md").write_text("\n".join(lines) + "\n")
+    (args.out / "against.json").write_text(json.dumps({"this": here, "other": there, "against": str(args.against),
+                                                       "rows": out}, indent=1) + "\n")
 
 
 def _recipe_text(s: dict, instance: bool) -> str:
