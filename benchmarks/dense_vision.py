@@ -312,7 +312,7 @@ def write_summary(runs: list[dict], args) -> None:
                     "mean": round(100 * float(d[0]), 1), "low": round(100 * float(d[1]), 1),
                     "high": round(100 * float(d[2]), 1), "seeds": len(seeds)}
             diffs.append(f"| {n} | " + " | ".join(cells) + " |")
-        tables += lines + [""] + diffs + [""]
+        tables += lines + [""] + (diffs + [""] if pairs else [])
     s = runs[-1]["settings"] if runs else {}
     instance = args.part == "instance-segmentation"
     loads = [r["load_1min"] for r in runs if "load_1min" in r]
@@ -322,18 +322,21 @@ def write_summary(runs: list[dict], args) -> None:
                                         f"that did ({', '.join(later)}) ran at another time, so their train s/run "
                                         "does not compare with the other arms'"
                                         if len(loads) < len(runs) else "") if loads else "load not recorded")
+    seg_only = args.part == "segmentation"
     command = (f"`python benchmarks/dense_vision.py --part {args.part} "
                + (f"--inst-sizes {','.join(map(str, args.inst_sizes))} " if instance else
-                  f"--sizes {','.join(map(str, args.sizes))} ")
-               + (f"--seg-sizes {','.join(map(str, args.seg_sizes))} " if args.part in ("segmentation", "both")
-                  and args.seg_sizes != [50] else "")
+                  "" if seg_only else f"--sizes {','.join(map(str, args.sizes))} ")
+               + (f"--seg-sizes {','.join(map(str, args.seg_sizes))} " if seg_only or (args.part == "both"
+                  and args.seg_sizes != [50]) else "")
                + (f"--arms {','.join(args.arms)} " if args.arms != list(ARMS) else "")
                + f"--seeds {args.seeds} "
                + ("--recipe defaults " if args.recipe == "defaults" else f"--steps {args.steps} ")
+               + (f"--batch-size {args.batch_size} " if args.batch_size else "")
                + f"--image-size {args.image_size} --n-test {args.n_test} --threads {args.threads}`")
     model = ("Mask R-CNN (the task's `mask-rcnn` head: torchvision FPN 64 channels, RPN, RoIAlign on P3-P5, a "
              "256-wide two-layer box head, a mask branch of two 3x3 convs 64 wide and a 28x28 mask per class)"
-             if instance else "torchvision FPN (64 channels, P3-P7) + FCOS head (2 conv layers per tower)")
+             if instance else "torchvision FPN (64 channels) + Panoptic FPN's semantic branch (`fpn-seg`)" if seg_only
+             else "torchvision FPN (64 channels, P3-P7) + FCOS head (2 conv layers per tower)")
     text = [
         "# Dense vision: " + ("instance segmentation (Mask R-CNN)" if instance else "detection and segmentation")
         + " transfer from ImageNet on CPU", "", command, "",
@@ -343,7 +346,7 @@ def write_summary(runs: list[dict], args) -> None:
         "channel). Per seed, the training scenes are a seeded draw from the pool, the same for every arm.", "",
         f"Model: `{BACKBONE}` (packaged ImageNet weights) + {model}, batch size "
         f"{s.get('batch_size')}, AdamW, cosine schedule with 10% warm-up, flip/zoom/shift augmentation with "
-        f"the boxes{' and masks' if instance else ''}. " + _recipe_text(s, instance), "",
+        f"the {'masks' if seg_only else 'boxes'}{' and masks' if instance else ''}. " + _recipe_text(s, instance), "",
         *tables,
         f"Cuts forced by the CPU (2 cores shared with other engineers' jobs; {load_text}; so one thread per run): "
         f"images at {s.get('image_size')} px (the issue asks for 128-192 px), "
