@@ -28,7 +28,8 @@ more, as ``transferkit fit`` does), on the same sentences per seed:
 ``KEY=VALUE`` pairs, ``lr`` and ``head_lr`` for the training loop (LoRA's defaults: 1e-3 and 1e-3), any other
 key a ``lora`` strategy option (``rank``, ``alpha``, ``lora_dropout``, ...). Give such runs a ``--label`` (e.g.
 ``--label r16a32``) and their own ``--runs`` file; the row records the options (``lora_options``). The summary's
-LoRA-minus-fine-tuning table pairs each such ``lora (LABEL)`` against ``finetune (ties later)`` by seed.
+LoRA-minus-fine-tuning table pairs each such ``lora (LABEL)`` by seed against ``finetune (LABEL)`` where that
+ran (e.g. a rerun of both), else ``finetune (ties later)``.
 
 Each run also records its best validation F1 (``val_f1``), the score a recipe choice may look at, the first
 epoch that reached it (``best_epoch``: what the checkpoint choice kept before ties went to the later epoch) and
@@ -259,17 +260,21 @@ def summarize(runs: pd.DataFrame, spacy_row: dict | None, command: str = "") -> 
 
 def _lora_vs_finetune(runs: pd.DataFrame, mean_ci) -> list[str]:
     """LoRA minus fine-tuning per training size and checkpoint rule, paired by seed; each ``lora (LABEL)`` run
-    with other LoRA settings (``--lora-options``) against ``finetune (ties later)``."""
+    with other LoRA settings (``--lora-options``) against ``finetune (LABEL)`` if it ran, else
+    ``finetune (ties later)``."""
     lines = ["## LoRA minus fine-tuning, paired by seed", "",
-             "Rows `ties later, LABEL`: LoRA with the settings in `LABEL` (`--lora-options`, recorded in the "
-             "`lora_options` column of its runs file), minus `finetune (ties later)` on the same seeds.", "",
+             "Rows `LABEL (vs finetune (...))`: `lora (LABEL)`, LoRA with the settings in `LABEL` (`--lora-options`, "
+             "recorded in the `lora_options` column of its runs file), minus `finetune (LABEL)` where that ran, "
+             "else `finetune (ties later)`, on the same seeds.", "",
              "| sentences | rule | LoRA F1 | LoRA - finetune (pts): mean [95% CI] | per seed | seeds |",
              "| ---: | --- | ---: | ---: | --- | ---: |"]
     known = {"lora", "lora (ties later)", "lora (epochs=20)"}
     for size, group in runs.groupby("sentences"):
         pairs = [("strict", "finetune", "lora"), ("ties later", "finetune (ties later)", "lora (ties later)")]
-        pairs += [(f"ties later, {m[6:-1]}", "finetune (ties later)", m) for m in sorted(set(group.method))
-                  if m.startswith("lora (") and m.endswith(")") and m not in known]
+        for m in sorted(set(group.method)):
+            if m.startswith("lora (") and m.endswith(")") and m not in known:  # against its own label's finetune
+                base = f"finetune {m[5:]}" if f"finetune {m[5:]}" in set(group.method) else "finetune (ties later)"
+                pairs.append((f"{m[6:-1]} (vs {base})", base, m))
         for rule, base, other in pairs:
             f1 = {m: group[group.method == m].drop_duplicates("seed", keep="last").set_index("seed").f1
                   for m in (base, other)}
