@@ -88,7 +88,12 @@ NOTES = (
     "resets patience), on the same sentences, seeds and settings, 1 thread per run; a size without them was "
     "not rerun. Rows marked `probe.py` in `runs.csv` (`via`) came from a scratch driver with the same data, "
     "split and settings and the resolved epochs given explicitly; it records entity F1 only, so their `shared "
-    "F1` is missing and that column averages the other seeds: see `diagnostics.md`.")
+    "F1` is missing and that column averages the other seeds: see `diagnostics.md`. Rows `lora (drop0.1)`, "
+    "`lora (lr2e-3)` and `lora (r16a32)` (`runs_lora_drop.csv`, `runs_lora_lr.csv`, `runs_lora_r16.csv`; "
+    "`--lora-options` `lora_dropout=0.1`, `lr=2e-3` (the adapters' rate; the head keeps 1e-3) and "
+    "`rank=16,alpha=32`) are LoRA with one setting changed, otherwise as `(ties later)`, same sentences and "
+    "seeds. Rows `(ties later, rerun)` (`runs_rerun.csv`): the default LoRA and fine-tuning rerun on seed 0 "
+    "in the environment of those runs; both equal their `(ties later)` rows to every digit.")
 
 
 def _data(seed: int, size: int):
