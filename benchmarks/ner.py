@@ -2,6 +2,7 @@
 
     python benchmarks/ner.py [--seeds 3] [--sizes 50,200,1000] [--methods crf,linear-probe,finetune,lora]
                              [--runs runs.csv] [--label 'ties later'] [--seed-list 0,1,2] [--no-summary]
+                             [--lora-options 'rank=16,alpha=32'] [--with runs_ties_later.csv]
 
 Data: the built-in ``pii-ner`` corpus (synthetic PII in 60 templates, 7 entity types); the test split's
 500 sentences use templates, Faker locales and entity strings never seen in training, so the score
@@ -22,6 +23,13 @@ more, as ``transferkit fit`` does), on the same sentences per seed:
   word trains, the later ones on its ``I-`` tag);
 * ``finetune+last-epoch``, ``lora+last-epoch``: the same training sentences, without the checkpoint choice
   (the validation split is held out but unused) and the last epoch scored.
+
+``--lora-options 'rank=16,alpha=32'`` changes LoRA's settings for the ``lora`` runs of one invocation:
+``KEY=VALUE`` pairs, ``lr`` and ``head_lr`` for the training loop (LoRA's defaults: 1e-3 and 1e-3), any other
+key a ``lora`` strategy option (``rank``, ``alpha``, ``lora_dropout``, ...). Give such runs a ``--label`` (e.g.
+``--label r16a32``) and their own ``--runs`` file; the row records the options (``lora_options``). The summary's
+LoRA-minus-fine-tuning table pairs each such ``lora (LABEL)`` by seed against ``finetune (LABEL)`` where that
+ran (e.g. a rerun of both), else ``finetune (ties later)``.
 
 Each run also records its best validation F1 (``val_f1``), the score a recipe choice may look at, the first
 epoch that reached it (``best_epoch``: what the checkpoint choice kept before ties went to the later epoch) and
@@ -80,7 +88,12 @@ NOTES = (
     "resets patience), on the same sentences, seeds and settings, 1 thread per run; a size without them was "
     "not rerun. Rows marked `probe.py` in `runs.csv` (`via`) came from a scratch driver with the same data, "
     "split and settings and the resolved epochs given explicitly; it records entity F1 only, so their `shared "
-    "F1` is missing and that column averages the other seeds: see `diagnostics.md`.")
+    "F1` is missing and that column averages the other seeds: see `diagnostics.md`. Rows `lora (drop0.1)`, "
+    "`lora (lr2e-3)` and `lora (r16a32)` (`runs_lora_drop.csv`, `runs_lora_lr.csv`, `runs_lora_r16.csv`; "
+    "`--lora-options` `lora_dropout=0.1`, `lr=2e-3` (the adapters' rate; the head keeps 1e-3) and "
+    "`rank=16,alpha=32`) are LoRA with one setting changed, otherwise as `(ties later)`, same sentences and "
+    "seeds. Rows `(ties later, rerun)` (`runs_rerun.csv`): the default LoRA and fine-tuning rerun on seed 0 "
+    "in the environment of those runs; both equal their `(ties later)` rows to every digit.")
 
 
 def _data(seed: int, size: int):
@@ -107,7 +120,24 @@ def shared_f1(task, y_true, outputs, names) -> float:
     return task.metrics(gold, pred, names)["f1"]
 
 
-def run(method: str, seed: int, size: int) -> dict:
+def parse_options(text: str) -> tuple[dict, dict]:
+    """``'rank=16,alpha=32,lr=2e-3'`` -> (strategy options, training-loop options ``lr``/``head_lr``)."""
+    import json
+
+    strategy, loop = {}, {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--lora-options: expected KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass  # a plain string
+        (loop if key in ("lr", "head_lr") else strategy)[key.strip()] = value
+    return strategy, loop
+
+
+def run(method: str, seed: int, size: int, lora_options: str = "") -> dict:
     import torch
 
     import transferkit as tk
@@ -120,11 +150,13 @@ def run(method: str, seed: int, size: int) -> dict:
     pool, test = _data(seed, size)
     train, val, test = tk.prepare_data(pool, test_data=test, seed=seed)
     name, _, variant = method.partition("+")
+    options, loop = parse_options(lora_options) if name == "lora" else ({}, {})
     strategy = make_strategy("scratch", {"variant": "crf"}) if method == "crf" else make_strategy(
-        name, VARIANTS[variant] if variant else {})
+        name, {**(VARIANTS[variant] if variant else {}), **options})
     backbone = None if method == "crf" else BACKBONE
     fit_val = None if variant == "last-epoch" else val  # no checkpoint choice: the last epoch is scored
-    result = train_and_score(backbone, strategy, train, fit_val, test, TrainConfig(seed=seed, progress=False),
+    result = train_and_score(backbone, strategy, train, fit_val, test,
+                             TrainConfig(seed=seed, progress=False, **loop),
                              {"max_length": MAX_LENGTH} if backbone else {})
     task = get_task("token-classification")
     m = result.metrics
@@ -139,6 +171,8 @@ def run(method: str, seed: int, size: int) -> dict:
         row.update(val_f1=100 * max(val_f1), best_epoch=1 + int(np.argmax(val_f1)),
                    kept_epoch=len(val_f1) - int(np.argmax(val_f1[::-1])))
     row.update({k: 100 * v for k, v in m.items() if k.startswith("f1_")})
+    if name == "lora" and lora_options:
+        row["lora_options"] = lora_options
     return row
 
 
@@ -230,20 +264,32 @@ def summarize(runs: pd.DataFrame, spacy_row: dict | None, command: str = "") -> 
 
 
 def _lora_vs_finetune(runs: pd.DataFrame, mean_ci) -> list[str]:
-    """LoRA minus fine-tuning per training size and checkpoint rule, paired by seed."""
+    """LoRA minus fine-tuning per training size and checkpoint rule, paired by seed; each ``lora (LABEL)`` run
+    with other LoRA settings (``--lora-options``) against ``finetune (LABEL)`` if it ran, else
+    ``finetune (ties later)``."""
     lines = ["## LoRA minus fine-tuning, paired by seed", "",
-             "| sentences | rule | LoRA - finetune (pts): mean [95% CI] | per seed | seeds |",
-             "| ---: | --- | ---: | --- | ---: |"]
+             "Rows `LABEL (vs finetune (...))`: `lora (LABEL)`, LoRA with the settings in `LABEL` (`--lora-options`, "
+             "recorded in the `lora_options` column of its runs file), minus `finetune (LABEL)` where that ran, "
+             "else `finetune (ties later)`, on the same seeds.", "",
+             "| sentences | rule | LoRA F1 | LoRA - finetune (pts): mean [95% CI] | per seed | seeds |",
+             "| ---: | --- | ---: | ---: | --- | ---: |"]
+    known = {"lora", "lora (ties later)", "lora (epochs=20)"}
     for size, group in runs.groupby("sentences"):
-        for rule, suffix in (("strict", ""), ("ties later", " (ties later)")):
-            f1 = {m: group[group.method == m + suffix].drop_duplicates("seed", keep="last").set_index("seed").f1
-                  for m in ("finetune", "lora")}
-            diff = (f1["lora"] - f1["finetune"]).dropna().sort_index()
+        pairs = [("strict", "finetune", "lora"), ("ties later", "finetune (ties later)", "lora (ties later)")]
+        for m in sorted(set(group.method)):
+            if m.startswith("lora (") and m.endswith(")") and m not in known:  # against its own label's finetune
+                base = f"finetune {m[5:]}" if f"finetune {m[5:]}" in set(group.method) else "finetune (ties later)"
+                pairs.append((f"{m[6:-1]} (vs {base})", base, m))
+        for rule, base, other in pairs:
+            f1 = {m: group[group.method == m].drop_duplicates("seed", keep="last").set_index("seed").f1
+                  for m in (base, other)}
+            diff = (f1[other] - f1[base]).dropna().sort_index()
             if len(diff) < 2:
                 continue
             mean, lo, hi = mean_ci(diff.to_numpy())
             per_seed = ", ".join(f"{s}: {d:+.1f}" for s, d in diff.items())
-            lines.append(f"| {size} | {rule} | {mean:+.1f} [{lo:+.1f}, {hi:+.1f}] | {per_seed} | {len(diff)} |")
+            lines.append(f"| {size} | {rule} | {f1[other][diff.index].mean():.1f} | {mean:+.1f} [{lo:+.1f}, "
+                         f"{hi:+.1f}] | {per_seed} | {len(diff)} |")
     return lines
 
 
@@ -296,9 +342,14 @@ def main() -> None:
                         "'ties later' for a rerun of the same method under changed code, kept apart from older rows")
     parser.add_argument("--runs", default="runs.csv", help="the runs file under benchmarks/results/ner/ "
                         "(runs_X.csv writes summary_X.md and f1_vs_sentences_X.png)")
+    parser.add_argument("--lora-options", default="", help="LoRA settings for this invocation's lora runs, e.g. "
+                        "'rank=16,alpha=32' or 'lr=2e-3' (lr, head_lr: the loop's; other keys: lora options); "
+                        "give a --label too")
     parser.add_argument("--with", dest="also", default="", help="other runs files under benchmarks/results/ner/ "
                         "(comma-separated, e.g. runs_ties_later.csv) whose rows the summary shows beside --runs'")
     args = parser.parse_args()
+    if args.lora_options and not args.label:
+        parser.error("--lora-options needs a --label, so its rows stay apart from the default LoRA's")
     OUT.mkdir(parents=True, exist_ok=True)
     csv = OUT / args.runs
     runs = pd.read_csv(csv) if csv.exists() else pd.DataFrame()
@@ -310,7 +361,7 @@ def main() -> None:
                 name = f"{method} ({args.label})" if args.label else method
                 if (name, seed, size) in done:
                     continue
-                row = {**run(method, seed, size), "method": name}
+                row = {**run(method, seed, size, args.lora_options), "method": name}
                 print(row, flush=True)
                 runs = _record(csv, row)
     if args.no_summary:

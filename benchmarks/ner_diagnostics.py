@@ -149,7 +149,12 @@ PAIRS = (("finetune", "crf"), ("lora", "crf"), ("lora", "finetune"), ("finetune+
          ("lora+all-tokens", "lora"), ("lora+all-tokens", "finetune+all-tokens"), ("finetune+all-tokens", "crf"),
          ("finetune+last-epoch", "finetune"), ("lora+last-epoch", "lora"), ("lora+last-epoch", "finetune+last-epoch"),
          ("finetune+last-epoch", "crf"), ("finetune (ties later)", "finetune"), ("lora (ties later)", "lora"),
-         ("lora (ties later)", "finetune (ties later)"), ("finetune (ties later)", "crf"), ("lora (ties later)", "crf"))
+         ("lora (ties later)", "finetune (ties later)"), ("finetune (ties later)", "crf"), ("lora (ties later)", "crf"),
+         # LoRA settings (ner.py --lora-options, issue 17) and a rerun of the defaults in the same environment
+         *((f"lora ({x})", "finetune (ties later)") for x in ("drop0.1", "lr2e-3", "r16a32", "ties later, rerun")),
+         *((f"lora ({x})", "lora (ties later)") for x in ("drop0.1", "lr2e-3", "r16a32", "ties later, rerun")),
+         *((f"lora ({x})", "finetune (ties later, rerun)") for x in ("drop0.1", "lr2e-3", "r16a32", "ties later, rerun")),
+         ("finetune (ties later, rerun)", "finetune (ties later)"))
 
 
 def paired() -> None:
