@@ -372,6 +372,8 @@ def _setting(rows: list[dict]) -> str:
 def write_against(runs: list[dict], other: list[dict], args) -> None:
     """``against.md``/``.json`` in ``args.out``: each (task, scenes, arm) of ``runs`` minus the same of ``other``,
     paired by seed (same draws and test set), in the task's primary metric."""
+    import numpy as np
+
     here, there = _setting(runs), _setting(other)
     lines = [f"# This folder's runs ({here}) minus `{args.against}` ({there})", "",
              f"`python benchmarks/dense_vision.py --part {args.part} --summary-only --out {args.out} --against "
@@ -395,8 +397,13 @@ def write_against(runs: list[dict], other: list[dict], args) -> None:
                     "difference": {"mean": round(100 * d[0], 1), "low": round(100 * d[1], 1),
                                    "high": round(100 * d[2], 1)}})
     (args.out / "against.md").write_text("\n".join(lines) + "\n")
+    keyed = {}  # task -> n<scenes> -> arm -> the difference in points, for the guide's value() directives
+    for r in out:
+        keyed.setdefault(r["task"], {}).setdefault(f"n{r['n']}", {})[r["arm"]] = {
+            **r["difference"], "this": round(100 * float(np.mean(r["this"])), 1),
+            "other": round(100 * float(np.mean(r["other"])), 1), "seeds": len(r["seeds"])}
     (args.out / "against.json").write_text(json.dumps({"this": here, "other": there, "against": str(args.against),
-                                                       "rows": out}, indent=1) + "\n")
+                                                       "rows": out, "difference": keyed}, indent=1) + "\n")
 
 
 def _recipe_text(s: dict, instance: bool) -> str:
