@@ -413,12 +413,18 @@ def target_accuracy(name: str, seed: int = 0) -> float:
 
 
 def test_adaptation_beats_source_only_on_a_synthetic_shift():
-    """Seeds 0-7 measured when this test was written (one thread): source-only 0.58-0.78 target
-    accuracy, DANN 0.84-0.98, deep CORAL 0.81-0.96 (40 epochs); seed 0: 0.64, 0.96, 0.94. The margin
-    asked here (10 points) is below the smallest per-seed margin seen (12 points)."""
-    base = target_accuracy("source-only")
-    assert target_accuracy("dann") > base + 0.1
-    assert target_accuracy("coral") > base + 0.1
+    """Target accuracy, seeds 0-7, one thread, 40 epochs: source-only 0.58-0.78, deep CORAL 0.81-0.96, DANN
+    0.84-0.98 when this test was written; on 2026-12-07's fresh install (torch 2.14.1, accelerate 1.16.0) DANN
+    gave 0.66-1.00 (seed 0: 0.74 instead of 0.96, seed 3: 0.66; the same on the code of 1958f23, which had
+    passed CI, and with accelerate 1.15) while source-only and CORAL gave their earlier values. One adversarial
+    run is that sensitive, so
+    the claim is on the mean over seeds 0-3, paired by seed: +0.13 (DANN) and +0.22 (CORAL) on that install;
+    5 points are asked."""
+    seeds = range(4)
+    base = np.array([target_accuracy("source-only", s) for s in seeds])
+    for name in ("dann", "coral"):
+        gain = np.array([target_accuracy(name, s) for s in seeds]) - base
+        assert gain.mean() > 0.05, (name, gain)
 
 
 # ----------------------------------------------------------------------------- api and command line
