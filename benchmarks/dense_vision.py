@@ -101,7 +101,6 @@ def run_one(job: dict, pool, test, args) -> dict:
     if args.recipe == "defaults":  # what `transferkit fit` does when the user sets nothing: each strategy's defaults
         config = TrainConfig(seed=job["seed"], batch_size=args.batch_size, progress=False, cpu=True)
     else:
-        args.batch_size = args.batch_size or 8
         per_epoch = max(1, math.ceil(job["n"] / args.batch_size))
         epochs = max(1, round(args.steps * factor / per_epoch))
         config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, head_lr=head_lr, seed=job["seed"],
@@ -180,6 +179,8 @@ def main(argv=None) -> None:
     args.arms = [a for a in str(args.arms).split(",") if a]
     if not set(args.arms) <= set(ARMS):
         parser.error(f"--arms {','.join(args.arms)}: choose among {', '.join(ARMS)}")
+    if args.recipe == "fixed":
+        args.batch_size = args.batch_size or 8
     args.detectors = [d for d in str(args.detectors).split(",") if d]
     if not set(args.detectors) <= set(DETECTORS):
         parser.error(f"--detectors {','.join(args.detectors)}: choose among {', '.join(DETECTORS)}")
@@ -374,6 +375,8 @@ def write_against(runs: list[dict], other: list[dict], args) -> None:
     paired by seed (same draws and test set), in the task's primary metric."""
     import numpy as np
 
+    from transferkit.evaluation.stats import paired_difference
+
     here, there = _setting(runs), _setting(other)
     lines = [f"# This folder's runs ({here}) minus `{args.against}` ({there})", "",
              f"`python benchmarks/dense_vision.py --part {args.part} --summary-only --out {args.out} --against "
@@ -389,8 +392,8 @@ def write_against(runs: list[dict], other: list[dict], args) -> None:
         seeds = sorted(set(a) & set(b))
         if not seeds:
             continue
-        d = _ci([a[k] - b[k] for k in seeds])
         va, vb = [a[k] for k in seeds], [b[k] for k in seeds]
+        d = paired_difference(va, vb)
         lines.append(f"| {task} | {n} | {arm} | {metric} | {_fmt(*_ci(va))} | {_fmt(*_ci(vb))} | {_fmt_diff(*d)} | "
                      f"{len(seeds)} |")
         out.append({"task": task, "n": n, "arm": arm, "metric": metric, "seeds": seeds, "this": va, "other": vb,

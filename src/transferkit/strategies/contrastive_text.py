@@ -299,7 +299,7 @@ class ContrastiveText(Strategy):
         model.eval()
         if history:  # the steps run: max_steps rounded up to a multiple of the loop's epochs
             epochs = self._loop[1]
-            steps = math.ceil(self.total_steps(len(train), cfg.batch_for(train)) / epochs) * epochs
+            steps = math.ceil(self.total_steps(len(train), self._loop[0]) / epochs) * epochs
             history[-1].update({"steps": steps, **info})
         return model, history
 

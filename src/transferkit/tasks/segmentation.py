@@ -84,7 +84,8 @@ class Segmentation(Task):
     #: pyramid. Checked on one seed (50 scenes, 128 px, batch 8, fine-tuned): mean IoU 61.0 after 4,300 images
     #: shown, 63.6 after 8,550 (benchmarks/results/dense_vision/convergence).
     min_train_examples = 4800
-    #: as detection's: mean IoU 61.0 at batch 8 against 45.4 at batch 32 on the same draw (one seed).
+    #: as detection's: fine-tuned, mean IoU 58.6 at batch 8 against 45.8 at batch 32 (50 scenes, 3 seeds;
+    #: benchmarks/results/dense_vision/batch8/seg50/against.md).
     train_batch_size = 8
 
     # -- targets ---------------------------------------------------------------

@@ -45,7 +45,8 @@ class TrainConfig:
 
     epochs: int | None = field(default=None, metadata={"help": "passes over the training data"})
     batch_size: int | None = field(default=None, metadata={
-        "help": "examples per optimizer step (per process); default: the task's (32; 8 for detection and segmentation)"})
+        "help": "examples per optimizer step (per process); default: the task's (32; 8 for detection and "
+                "segmentation)"})
     lr: float | None = field(default=None, metadata={"help": "learning rate of pre-trained weights"})
     head_lr: float | None = field(default=None, metadata={"help": "learning rate of new layers (head)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW decay of matrices/kernels (not biases, norms)"})
