@@ -131,6 +131,8 @@ def jobs(args) -> list[dict]:
         sizes = {"detection": args.sizes, "segmentation": args.seg_sizes}.get(task, args.inst_sizes)
         arms = INST_ARMS if task == "instance-segmentation" else ARMS
         for seed in range(args.seeds):  # seeds outermost: every comparison fills in evenly if stopped
+            if args.only_seeds and seed not in args.only_seeds:
+                continue
             for n in sizes:
                 for arm in arms:
                     if arm in args.arms:
@@ -153,6 +155,8 @@ def main(argv=None) -> None:
     parser.add_argument("--detector-size", type=int, default=50, help="training scenes per run (--part detectors)")
     parser.add_argument("--detectors", default=",".join(DETECTORS), help="--part detectors: which detectors")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--only-seeds", default="", help="run only these of the --seeds draws (e.g. 1,2): to split "
+                                                             "one benchmark across processes, each into its own --out")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps of the transfer arms (scratch: 2x)")
     parser.add_argument("--recipe", default="fixed", choices=["fixed", "defaults"],
@@ -177,6 +181,7 @@ def main(argv=None) -> None:
     args.seg_sizes = [int(s) for s in str(args.seg_sizes).split(",")]
     args.inst_sizes = [int(s) for s in str(args.inst_sizes).split(",")]
     args.arms = [a for a in str(args.arms).split(",") if a]
+    args.only_seeds = [int(s) for s in str(args.only_seeds).split(",") if s]
     if not set(args.arms) <= set(ARMS):
         parser.error(f"--arms {','.join(args.arms)}: choose among {', '.join(ARMS)}")
     if args.recipe == "fixed":

@@ -9,6 +9,11 @@ too, to show the drop and any forgetting). Per seed, a seeded permutation of the
 ``--source`` colour scenes and ``--few`` *other* scenes in line art, so the few target images never
 repeat a source scene.
 
+``--recipe fixed`` (the default, the first runs) trains every arm for the step counts below; ``--recipe
+defaults`` trains every arm as ``transferkit fit`` does without options (the task's batch size and image
+budget, each strategy's learning rates; ``source+few``'s second stage and ``few-only`` take the budget on
+the few scenes, ``few-scratch`` scratch's own longer schedule). ``--arms`` and ``--only-seeds`` pick what runs.
+
 Every arm is the default detector (torchvision FPN + FCOS on EfficientNet-Lite0's pyramid), the recipes
 of ``benchmarks/dense_vision.py``:
 
@@ -91,10 +96,13 @@ def _train(arm: str, data, seed: int, args, start=None):
     from transferkit.training import TrainConfig, Trainer
 
     strategy_name, options, _, lr, head_lr = ARMS[SHIFT_ARMS[arm][1]]
-    per_epoch = max(1, math.ceil(len(data) / args.batch_size))
-    epochs = max(1, round(_steps(arm, args) / per_epoch))
-    config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, head_lr=head_lr, seed=seed,
-                         progress=False, cpu=True)
+    if args.recipe == "defaults":  # as `transferkit fit` without options: the strategy's and the task's defaults
+        config = TrainConfig(seed=seed, progress=False, cpu=True)
+    else:
+        per_epoch = max(1, math.ceil(len(data) / args.batch_size))
+        config = TrainConfig(epochs=max(1, round(_steps(arm, args) / per_epoch)), batch_size=args.batch_size,
+                             lr=lr, head_lr=head_lr, seed=seed, progress=False, cpu=True)
+    per_epoch = max(1, math.ceil(len(data) / config.batch_for(data)))
     strategy = make_strategy(strategy_name, options)
     torch.manual_seed(seed)
     began = time.perf_counter()
@@ -106,7 +114,13 @@ def _train(arm: str, data, seed: int, args, start=None):
         strategy.check_data(model.backbone, data)
         model, history = Trainer(config).fit(strategy, model, data, None)
         strategy.on_train_end(model, data)
-    return model, epochs * per_epoch, time.perf_counter() - began, float(history[-1]["train_loss"])
+    return model, len(history) * per_epoch, time.perf_counter() - began, float(history[-1]["train_loss"])
+
+
+def _task_batch(data) -> int:
+    from transferkit.training import TrainConfig
+
+    return TrainConfig().batch_for(data)
 
 
 def _score(model, test) -> dict:
@@ -122,7 +136,7 @@ def run_seed(seed: int, data, args, done: set[str]):
     sets = _draws(seed, args, colour, line)
     source_model = None
     for arm in SHIFT_ARMS:
-        if f"{seed}|{arm}" in done:
+        if f"{seed}|{arm}" in done or arm not in args.arms:
             continue
         kind = SHIFT_ARMS[arm][0]
         if arm == "source+few" and source_model is None:  # resumed after source-only: train it again
@@ -145,13 +159,24 @@ def main(argv=None) -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps on the source (and target-full)")
     parser.add_argument("--few-steps", type=int, default=20, help="optimizer steps of source+few's second stage")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--recipe", default="fixed", choices=["fixed", "defaults"],
+                        help="fixed: --steps, --few-steps, --batch-size and the arms' learning rates; defaults: "
+                             "every arm with its strategy's defaults, as `transferkit fit` without options (the "
+                             "task's batch size and image budget; source+few's second stage too)")
+    parser.add_argument("--arms", default=",".join(SHIFT_ARMS), help="which arms run")
+    parser.add_argument("--only-seeds", default="", help="run only these of the --seeds draws (e.g. 1,2): to split "
+                                                             "the benchmark across processes, each into its own --out")
+    parser.add_argument("--batch-size", type=int, default=8, help="--recipe fixed only")
     parser.add_argument("--pool", type=int, default=200, help="training scenes drawn from")
     parser.add_argument("--n-test", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--summary-only", action="store_true", help="rewrite summary.md/json from runs.jsonl")
     args = parser.parse_args(argv)
+    args.arms = [a for a in str(args.arms).split(",") if a]
+    if not set(args.arms) <= set(SHIFT_ARMS):
+        parser.error(f"--arms {','.join(args.arms)}: choose among {', '.join(SHIFT_ARMS)}")
+    args.only_seeds = [int(s) for s in str(args.only_seeds).split(",") if s]
     if args.source + args.few > args.pool:
         parser.error(f"--source {args.source} + --few {args.few} scenes do not fit a pool of {args.pool}")
 
@@ -164,10 +189,15 @@ def main(argv=None) -> None:
     if args.summary_only:
         return write_summary(runs, args)
     began, data = time.perf_counter(), _data(args)
-    settings = {"image_size": args.image_size, "batch_size": args.batch_size, "source": args.source,
-                "few": args.few, "base_steps": args.steps, "few_steps": args.few_steps, "pool": args.pool,
-                "n_test": args.n_test, "threads": args.threads}
+    fixed = args.recipe == "fixed"
+    settings = {"image_size": args.image_size, "recipe": args.recipe,
+                "batch_size": args.batch_size if fixed else _task_batch(data[0]),
+                "source": args.source, "few": args.few, "base_steps": args.steps if fixed else None,
+                "few_steps": args.few_steps if fixed else None, "pool": args.pool, "n_test": args.n_test,
+                "threads": args.threads}
     for seed in range(args.seeds):
+        if args.only_seeds and seed not in args.only_seeds:
+            continue
         for row in run_seed(seed, data, args, {f"{r['seed']}|{r['arm']}" for r in runs}):
             row["settings"], row["load_average"] = settings, load_average()
             runs.append(row)
@@ -229,16 +259,56 @@ def write_summary(runs: list[dict], args) -> None:
         diffs.append(f"| source-only: colour test - line-art test | {len(drop)} | {_fmt_diff(*d)} |")
         summary["paired"]["shift_drop"] = {"mean": round(100 * float(d[0]), 1), "low": round(100 * float(d[1]), 1),
                                            "high": round(100 * float(d[2]), 1), "seeds": len(drop)}
+    defaults = s.get("recipe") == "defaults"
+    recipe = ("--recipe defaults" if defaults else f"--steps {s['base_steps']} --few-steps {s['few_steps']}")
+    ran = sorted({r["arm"] for r in runs}, key=list(SHIFT_ARMS).index)
+    arms = "" if len(ran) == len(SHIFT_ARMS) else f" --arms {','.join(ran)}"
     text = [
         "# Dense vision: detection under a colour -> line-art shift", "",
         f"`python benchmarks/dense_vision_shift.py --seeds {args.seeds} --source {s['source']} --few {s['few']} "
-        f"--steps {s['base_steps']} --few-steps {s['few_steps']} --image-size {s['image_size']} "
-        f"--n-test {s['n_test']} --threads {s['threads']}`", "",
+        f"{recipe}{arms} --image-size {s['image_size']} --n-test {s['n_test']} --threads {s['threads']}`", "",
         f"Data: built-in `emoji-scenes` (seed 0) at {s['image_size']} px, drawn in colour (Noto Color Emoji) and in "
         f"line art (Symbola): the same scenes, boxes and 9 classes, only the drawing differs. Per seed, a seeded "
         f"draw from the pool of {s['pool']} training scenes gives {s['source']} colour source scenes and "
         f"{s['few']} other scenes in line art (never a source scene). Tested on {s['n_test']} line-art test scenes; "
         "`colour map_50` scores the same test scenes drawn in colour.", "",
+        *(_defaults_text(s) if defaults else _fixed_text(s)), "",
+        *table, "", *diffs, "",
+        *(_defaults_cuts(s, runs, ran) if defaults else _fixed_cuts(s, runs)),
+    ]
+    (args.out / "summary.md").write_text("\n".join(text) + "\n")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def _defaults_text(s) -> list[str]:
+    return [
+        f"Model: `{BACKBONE}` (packaged ImageNet weights) + torchvision FPN (64 channels) + FCOS (the default "
+        f"detector, 2 conv layers per tower). Every arm trains as `transferkit fit` without options: the task's "
+        f"batch size ({s['batch_size']}) and image budget (4,800 images shown; `scratch` its own, four times that), "
+        "each strategy's learning rates (finetune: backbone 1e-4, FPN and head 1e-3, BatchNorm statistics "
+        "frozen; scratch: 1e-3 everywhere, BatchNorm trained and re-estimated), AdamW, cosine schedule with 10% "
+        "warm-up, flip/zoom/shift with the boxes; the steps column is exact. `source+few` continues "
+        "`source-only`'s model on the few line-art scenes with the same defaults (a fresh optimizer and schedule, "
+        "the budget again); `few-only` fine-tunes ImageNet Lite0 on them alone at the defaults. `target-full` "
+        "is the labelled target data the shift takes away: a reference, not a contender. Times are wall seconds "
+        "on a shared CPU: compare them within this table only.",
+    ]
+
+
+def _defaults_cuts(s, runs, ran) -> list[str]:
+    left = [a for a in SHIFT_ARMS if a not in ran]
+    return [
+        f"Cuts forced by the CPU (2 cores shared with other workers{load_note(runs)}, {s['threads']} thread(s) "
+        f"per run): {s['image_size']} px images, a 64-channel FPN and 2-conv FCOS towers (torchvision's: 256 and "
+        f"4), {s['source']} source scenes, a {s['n_test']}-scene test set, one few-shot size"
+        + (f", and the arms {', '.join(left)} did not run" if left else "")
+        + ". Not cut: each arm's default schedule, the same draws, detector, augmentation and batch size in "
+        "every arm.",
+    ]
+
+
+def _fixed_text(s) -> list[str]:
+    return [
         f"Model: `{BACKBONE}` (packaged ImageNet weights) + torchvision FPN (64 channels) + FCOS (the default "
         "detector, 2 conv layers per tower). Fine-tuning as in `../dense_vision/fixed_96px/summary.md`: backbone lr 2e-4, "
         "FPN and head 1e-3, BatchNorm statistics frozen; scratch: the same detector from random weights, 1e-3 "
@@ -247,8 +317,12 @@ def write_summary(runs: list[dict], args) -> None:
         f"column is exact). `source+few` continues `source-only`'s model for {s['few_steps']} more steps with a "
         "fresh optimizer and schedule; `few-only` gets as many steps as `source+few` took in all. `target-full` "
         "is the labelled target data the shift takes away: a reference, not a contender. Times are wall seconds "
-        "on a shared CPU: compare them within this table only.", "",
-        *table, "", *diffs, "",
+        "on a shared CPU: compare them within this table only.",
+    ]
+
+
+def _fixed_cuts(s, runs) -> list[str]:
+    return [
         f"Cuts forced by the CPU (2 cores shared with other workers{load_note(runs)}, {s['threads']} thread(s) "
         "per run): "
         f"{s['image_size']} px images, about {s['base_steps']} optimizer steps on the source and {s['few_steps']} "
@@ -256,8 +330,6 @@ def write_summary(runs: list[dict], args) -> None:
         f"towers (torchvision's: 256 and 4), {s['source']} source scenes, a {s['n_test']}-scene test set, and "
         "one few-shot size. Not cut: the same draws, detector, augmentation and batch size in every arm.",
     ]
-    (args.out / "summary.md").write_text("\n".join(text) + "\n")
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":
