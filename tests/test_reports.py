@@ -166,3 +166,30 @@ def test_projection_png_draws_classes_and_refuses_bad_shapes():
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     with pytest.raises(DataError, match="N labels"):
         projection_png(feats, labels[:10])
+
+
+def test_fit_report_draws_the_tasks_figure_truth_beside_prediction(tmp_path):
+    from transferkit.reports.plots import prediction_pairs_png
+
+    truth = np.zeros((40, 60, 3), np.uint8)
+    truth[10:20, 10:30] = (0, 255, 0)  # a green box where the object is
+    rows = [("image 3", truth, np.full((40, 60, 3), 255, np.uint8)), ("image 0", truth, truth)]
+    figure = ("Predictions on evaluated images", "Two images, worst first.", rows)
+    paths = write_fit_report(tmp_path, manifest={}, history=HISTORY, metrics=None, figure=figure)
+    assert {p.name for p in paths} == {"report.md", "report.html", "learning_curve.png", "predictions.png"}
+    md = (tmp_path / "report.md").read_text()
+    assert "## Predictions on evaluated images" in md and "Two images, worst first." in md
+    assert "plots/predictions.png" in md
+    png = (tmp_path / "plots" / "predictions.png").read_bytes()
+    _check_png(png)
+    with Image.open(io.BytesIO(png)) as image:  # one row per item: taller with more rows
+        tall = image.size[1]
+    with Image.open(io.BytesIO(prediction_pairs_png(rows[:1]))) as image:
+        assert image.size[1] < tall
+    assert len(_data_uris((tmp_path / "report.html").read_text())) == 2
+    with pytest.raises(DataError, match="'image 3'.*\\[H, W, 3\\]"):
+        prediction_pairs_png([("image 3", truth[..., 0], truth)])
+    with pytest.raises(DataError, match="No items"):
+        prediction_pairs_png([])
+    empty = write_fit_report(tmp_path / "none", manifest={}, history=[], metrics=None, figure=("t", "c", []))
+    assert [p.name for p in empty] == ["report.md", "report.html"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.reports.plots import confusion_png, learning_curve_png, projection_png
+from transferkit.reports.plots import confusion_png, learning_curve_png, prediction_pairs_png, projection_png
 from transferkit.reports.report_render import Block, _cell, _h, _img, _p, _table, _ul, _write_report
 
 
@@ -227,6 +227,7 @@ def write_fit_report(
     label_names: Sequence[str] | None = None,
     projection: tuple | None = None,
     examples: tuple | None = None,
+    figure: tuple[str, str, list] | None = None,
 ) -> list[Path]:
     """Write the model card of one fit as ``report.md`` (+ ``plots/``) and a self-contained ``report.html``.
 
@@ -250,6 +251,8 @@ def write_fit_report(
         label_names: Class names; default ``manifest["label_names"]``.
         projection: ``(features [N, D], labels [N])`` of the evaluated items, drawn as a 2-D PCA plot.
         examples: ``(headers, rows)`` of a few evaluated items (the task's ``report_examples``).
+        figure: ``(title, caption, rows)`` of a few evaluated items drawn (the task's ``report_figure``): each
+            row's ground truth beside its prediction, in ``plots/predictions.png``.
 
     Returns:
         The paths written: ``report.md``, ``report.html``, then the PNGs.
@@ -266,5 +269,7 @@ def write_fit_report(
     if examples is not None and examples[1]:
         blocks += [_h(2, "Examples"), _p("A few evaluated items, those the model got wrong first."),
                    _table(examples[0], examples[1])]
+    if figure is not None and figure[2]:
+        blocks += [_h(2, figure[0]), _p(figure[1]), _img("predictions.png", prediction_pairs_png(figure[2]), figure[0])]
     blocks += _limits_section(manifest) + _versions_section(manifest)
     return _write_report(Path(out_dir), blocks, title, extra={})

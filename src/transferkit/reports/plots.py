@@ -173,6 +173,32 @@ def projection_png(features, labels, label_names: Sequence[str] | None = None, m
     return _to_png(fig)
 
 
+def prediction_pairs_png(rows: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
+    """Items drawn twice, side by side: the ground truth on the left, the prediction on the right.
+
+    Args:
+        rows: ``(name, truth, prediction)`` per item, each picture ``[H, W, 3]`` uint8 (a task's
+            ``report_figure``).
+
+    Raises:
+        DataError: no rows, or a picture that is not ``[H, W, 3]``.
+    """
+    if not rows:
+        raise DataError("No items to draw.")
+    for name, *pictures in rows:
+        for picture in pictures:
+            if np.ndim(picture) != 3 or np.shape(picture)[2] != 3:
+                raise DataError(f"Item {name!r}: a picture must be [H, W, 3]; got shape {np.shape(picture)}.")
+    fig = Figure(figsize=(7.0, 3.4 * len(rows)), layout="constrained")
+    for i, (name, truth, prediction) in enumerate(rows):
+        for j, (picture, side) in enumerate(((truth, "ground truth"), (prediction, "prediction"))):
+            ax = fig.add_subplot(len(rows), 2, 2 * i + j + 1)
+            ax.imshow(np.asarray(picture, dtype=np.uint8), interpolation="nearest")
+            ax.set_title(f"{name}: {side}", fontsize=9)
+            ax.set_axis_off()
+    return _to_png(fig)
+
+
 def strategy_colors(summary: pd.DataFrame) -> dict[str, tuple]:
     """A colour per strategy: blues for transfer, oranges for scratch, stable across figures."""
     kinds = _kinds(summary)

@@ -242,6 +242,13 @@ class Task:
         classification); ``None``: the report shows no examples."""
         return None
 
+    def report_figure(self, items: Sequence, y_true: Any, outputs: Any, label_names: Sequence[str] | None,
+                      k: int = 4) -> tuple[str, str, list[tuple[str, np.ndarray, np.ndarray]]] | None:
+        """A few evaluated items drawn for the report, as ``(title, caption, rows)``: each row ``(name, truth,
+        prediction)``, two ``[H, W, 3]`` uint8 pictures of one item (its ground truth and the model's prediction
+        drawn on it: boxes, masks), set side by side; ``None``: the report draws none."""
+        return None
+
     # -- shipping --------------------------------------------------------------
     #: The exported graph stops before a data-dependent selection (detection's NMS): an export's parity check
     #: then also compares the final predictions of both paths (:meth:`compare_outputs`).

@@ -261,8 +261,7 @@ def _manifest(backbone, strategy: Strategy, config: TrainConfig, train: TaskData
                  "n_test": len(test) if test is not None else 0, "labels_per_class": labels_per_class,
                  **({"streamed": True} if is_stream(train) else {}),
                  **({"sensitive_column": train.sensitive_name} if train.sensitive is not None else {})},
-        "metrics": run.metrics, "history": run.history, "train_seconds": round(run.seconds, 2),
-    }
+        "metrics": run.metrics, "history": run.history, "train_seconds": round(run.seconds, 2)}
 
 
 def _save_fit(run: Run, manifest: dict, train: TaskData, scored: TaskData | None, out, *, overwrite: bool,
@@ -333,11 +332,12 @@ def _fit_report(manifest, history, metrics, train, model=None, scored=None, outp
     def write(directory: Path) -> None:
         from transferkit.reports import write_fit_report
 
-        examples = None
+        examples = figure = None
         if scored is not None and outputs is not None and scored.targets is not None:
-            examples = get_task(train.task).report_examples(scored.items, scored.targets, outputs, train.label_names)
+            task, shown = get_task(train.task), (scored.items, scored.targets, outputs, train.label_names)
+            examples, figure = task.report_examples(*shown), task.report_figure(*shown)
         write_fit_report(directory, manifest=manifest, history=history, metrics=metrics, label_names=train.label_names,
-                         projection=_projection(model, scored), examples=examples)
+                         projection=_projection(model, scored), examples=examples, figure=figure)
     return write
 
 
