@@ -117,6 +117,32 @@ def to_rgb(image, where: str = "image"):
         raise DataError(f"Cannot convert {where} (mode {mode}) to RGB: {exc}") from None
 
 
+def load_rgb(item, index: int | None = None):
+    """An image item (a file path, a PIL image, a uint8 or float array ``[H, W]`` / ``[H, W, C]``) as an RGB PIL
+    image in its own size; a file that cannot be read, or NaN pixels, raise :class:`DataError` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(item, Image.Image):
+        return to_rgb(item, f"image at index {index}")
+    if isinstance(item, np.ndarray):
+        arr = item
+        if arr.dtype != np.uint8:
+            if not np.isfinite(arr).all():
+                raise DataError(f"Image at index {index} contains NaN or inf values.")
+            arr = to_uint8(arr)
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        return Image.fromarray(arr).convert("RGB")
+    path = os.fspath(item)
+    try:
+        with Image.open(path) as im:
+            return to_rgb(im, path)
+    except FileNotFoundError:
+        raise DataError(f"Image file not found: {path}") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"Cannot read image {path}: {exc}") from None
+
+
 class ImagePreprocess(Preprocess):
     """Resize to ``size`` x ``size``, scale to [0, 1], normalise with the model's mean/std.
 
@@ -136,27 +162,7 @@ class ImagePreprocess(Preprocess):
         self._std_t = torch.tensor(self.std).view(1, 3, 1, 1)
 
     def load(self, item, index: int | None = None):
-        from PIL import Image, UnidentifiedImageError
-
-        if isinstance(item, Image.Image):
-            return to_rgb(item, f"image at index {index}")
-        if isinstance(item, np.ndarray):
-            arr = item
-            if arr.dtype != np.uint8:
-                if not np.isfinite(arr).all():
-                    raise DataError(f"Image at index {index} contains NaN or inf values.")
-                arr = to_uint8(arr)
-            if arr.ndim == 3 and arr.shape[-1] == 1:
-                arr = arr[..., 0]
-            return Image.fromarray(arr).convert("RGB")
-        path = os.fspath(item)
-        try:
-            with Image.open(path) as im:
-                return to_rgb(im, path)
-        except FileNotFoundError:
-            raise DataError(f"Image file not found: {path}") from None
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"Cannot read image {path}: {exc}") from None
+        return load_rgb(item, index)
 
     def to_tensor(self, images) -> torch.Tensor:
         from PIL import Image

@@ -306,6 +306,19 @@ class Detection(Task):
     def records(self, outputs: np.ndarray, label_names: Sequence[str] | None, items: Sequence | None = None) -> list[dict]:
         return [{"objects": objs} for objs in self.objects(outputs, label_names, items, SHOW_SCORE)]
 
+    def report_figure(self, items: Sequence, y_true: Any, outputs: Any, label_names: Sequence[str] | None,
+                      k: int = 4) -> tuple[str, str, list] | None:
+        """Up to ``k`` evaluated images, most errors first: gold boxes beside the predicted ones
+        (:func:`~transferkit.tasks.dense_figures.detection_rows`)."""
+        from transferkit.tasks.dense_figures import MATCH_IOU, detection_rows
+
+        rows = detection_rows(items, y_true, outputs, label_names, k, SHOW_SCORE)
+        return ("Predictions on evaluated images",
+                f"{len(rows)} of the {len(y_true)} evaluated images, those with the most errors first: the gold "
+                f"boxes on the left, the predicted boxes scoring at least {SHOW_SCORE} on the right (class and "
+                f"score). An error is a gold box that no prediction of its class overlaps by an IoU of "
+                f"{MATCH_IOU} or more, or a prediction that overlaps none.", rows)
+
     # -- evaluation ------------------------------------------------------------
     def metrics(self, y_true: Any, outputs: Any, label_names: Sequence[str] | None = None) -> dict:
         """COCO evaluation (torchmetrics ``MeanAveragePrecision``, pycocotools backend) in each image's pixels."""

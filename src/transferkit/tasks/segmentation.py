@@ -156,6 +156,18 @@ class Segmentation(Task):
         return [{"classes": d["classes"], "mask_png": mask_png(d["mask"]), "height": int(d["mask"].shape[0]),
                  "width": int(d["mask"].shape[1])} for d in self.decode(outputs, label_names, items)]
 
+    def report_figure(self, items: Sequence, y_true: Any, outputs: Any, label_names: Sequence[str] | None,
+                      k: int = 4) -> tuple[str, str, list] | None:
+        """Up to ``k`` evaluated images, lowest pixel accuracy first: the gold mask beside the predicted one
+        (:func:`~transferkit.tasks.dense_figures.segmentation_rows`)."""
+        from transferkit.tasks.dense_figures import segmentation_rows
+
+        rows = segmentation_rows(items, y_true, self.masks(outputs, items), label_names, k, IGNORE_PIXEL)
+        return ("Predictions on evaluated images",
+                f"{len(rows)} of the {len(y_true)} evaluated images, the lowest pixel accuracy first: the gold mask "
+                "on the left, the predicted one on the right, each class in its own colour (background unpainted).",
+                rows)
+
     # -- evaluation ------------------------------------------------------------
     def confusion(self, y_true: Any, outputs: Any, num_classes: int) -> np.ndarray:
         """``[C, C]`` pixel counts (true class x predicted class) over every image, in each image's size."""
