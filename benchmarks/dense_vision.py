@@ -342,7 +342,9 @@ def write_summary(runs: list[dict], args) -> None:
     model = ("Mask R-CNN (the task's `mask-rcnn` head: torchvision FPN 64 channels, RPN, RoIAlign on P3-P5, a "
              "256-wide two-layer box head, a mask branch of two 3x3 convs 64 wide and a 28x28 mask per class)"
              if instance else "torchvision FPN (64 channels) + Panoptic FPN's semantic branch (`fpn-seg`)" if seg_only
-             else "torchvision FPN (64 channels, P3-P7) + FCOS head (2 conv layers per tower)")
+             else "torchvision FPN (64 channels, P3-P7) + FCOS head (2 conv layers per tower)"
+             + ("; for segmentation, torchvision FPN (64 channels) + Panoptic FPN's semantic branch (`fpn-seg`)"
+                if any(r["task"] == "segmentation" for r in runs) else ""))
     text = [
         "# Dense vision: " + ("instance segmentation (Mask R-CNN)" if instance else "detection and segmentation")
         + " transfer from ImageNet on CPU", "", command, "",
