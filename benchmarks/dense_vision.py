@@ -226,6 +226,17 @@ def main(argv=None) -> None:
     summarize(runs, args)
 
 
+def _missing(runs: list[dict]) -> str:
+    """``" Not run: ..."``: the (task, scenes) rows of the summary where an arm that ran elsewhere has no run."""
+    arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
+    gaps = []
+    for task, n in sorted({(r["task"], r["n"]) for r in runs}, key=lambda k: (k[0], k[1])):
+        absent = [a for a in arms if not any(r["task"] == task and r["n"] == n and r["arm"] == a for r in runs)]
+        if absent:
+            gaps.append(f"{task} at {n} scenes: {', '.join(absent)}")
+    return f" Not run (the CPU's time went elsewhere): {'; '.join(gaps)}." if gaps else ""
+
+
 def load_average() -> list[float] | None:
     """The machine's 1, 5 and 15 minute load averages now (``None`` where the OS has none): each run's row records
     them as it ends, and the summary reports their range from the rows, never as fixed text."""
@@ -364,7 +375,8 @@ def write_summary(runs: list[dict], args) -> None:
         + (f"{s.get('base_steps')} optimizer steps (scratch: {2 * (s.get('base_steps') or 0)}) rather than a "
            "schedule run to convergence, " if s.get("recipe", "fixed") == "fixed" else "")
         + f"and a test set of {s.get('n_test')} scenes. The comparison itself is not cut: the same "
-        f"{'model' if instance else 'detector'}, data draw, augmentation and batch size in every arm.",
+        f"{'model' if instance else 'detector'}, data draw, augmentation and batch size in every arm."
+        + _missing(runs),
     ]
     (args.out / "summary.md").write_text("\n".join(text) + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
