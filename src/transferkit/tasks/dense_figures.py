@@ -46,15 +46,21 @@ def _boxes(picture: torch.Tensor, boxes: np.ndarray, labels: np.ndarray, texts: 
     return picture.permute(1, 2, 0).numpy()
 
 
+def _shown(predicted: dict, size: tuple[int, int], min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The predictions scoring at least ``min_score``: boxes in pixels of an image of ``size`` (h, w), labels,
+    scores."""
+    h, w = size
+    keep = np.asarray(predicted["scores"]) >= min_score
+    boxes = np.asarray(predicted["boxes"], dtype=np.float32).reshape(-1, 4)[keep] * np.array([w, h, w, h])
+    return boxes, np.asarray(predicted["labels"])[keep], np.asarray(predicted["scores"])[keep]
+
+
 def detection_errors(gold: dict, predicted: dict, size: tuple[int, int], min_score: float) -> int:
     """Gold boxes no shown prediction of their class finds (IoU >= :data:`MATCH_IOU`, greedy, best score first)
     plus shown predictions that find none: what makes an image worth looking at."""
     from torchvision.ops import box_iou
 
-    h, w = size
-    keep = np.asarray(predicted["scores"]) >= min_score
-    boxes = np.asarray(predicted["boxes"], dtype=np.float32).reshape(-1, 4)[keep] * np.array([w, h, w, h])
-    labels, scores = np.asarray(predicted["labels"])[keep], np.asarray(predicted["scores"])[keep]
+    boxes, labels, scores = _shown(predicted, size, min_score)
     gold_boxes = np.asarray(gold["boxes"], dtype=np.float32).reshape(-1, 4)
     gold_labels = np.asarray(gold["labels"]).reshape(-1)
     if not len(boxes) or not len(gold_boxes):
@@ -81,13 +87,10 @@ def detection_rows(items: Sequence, y_true: Any, outputs: Any, label_names: Sequ
     for i in np.argsort(-np.asarray(errors), kind="stable")[:k]:
         t, p = y_true[i], outputs[i]
         picture = _picture(items[i], int(i))
-        h, w = picture.shape[1:]
         gold_labels = np.asarray(t["labels"]).reshape(-1)
         truth = _boxes(picture, np.asarray(t["boxes"]).reshape(-1, 4), gold_labels,
                        [_name(int(c), names) for c in gold_labels])
-        keep = np.asarray(p["scores"]) >= min_score
-        labels, scores = np.asarray(p["labels"])[keep], np.asarray(p["scores"])[keep]
-        boxes = np.asarray(p["boxes"], dtype=np.float32).reshape(-1, 4)[keep] * np.array([w, h, w, h])
+        boxes, labels, scores = _shown(p, tuple(picture.shape[1:]), min_score)
         shown = _boxes(picture, boxes, labels, [f"{_name(int(c), names)} {s:.2f}" for c, s in zip(labels, scores)])
         rows.append((f"image {int(i)} ({errors[i]} error{'s' if errors[i] != 1 else ''})", truth, shown))
     return rows
